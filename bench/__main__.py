@@ -1,0 +1,27 @@
+"""Run the benchmarks: `python -m bench [NAME ...]` (NAME as in bench_NAME.py)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+
+def main(argv: list[str]) -> int:
+    here = Path(__file__).parent
+    names = argv or sorted(p.stem.removeprefix("bench_") for p in here.glob("bench_*.py"))
+    print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    for name in names:
+        module = importlib.import_module(f"bench.bench_{name}")
+        print(f"\n## {name}")
+        started = time.perf_counter()
+        module.main()
+        print(f"({name}: {time.perf_counter() - started:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

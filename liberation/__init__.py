@@ -1,0 +1,1 @@
+"""The `liberation` command: the composition root that wires protocol, node and hub."""

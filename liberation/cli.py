@@ -1,0 +1,211 @@
+"""Parse the command line, build settings, hand over to node, hub or protocol. No logic here."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from protocol.errors import LiberationError
+
+KEY_FILE = "signing.key"
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _keys_generate(args: argparse.Namespace) -> int:
+    from protocol.keys import SigningKey
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    key = SigningKey.generate()
+    key.save(out / KEY_FILE)
+    print(f"key id: {key.public.key_id}")
+    print(f"private key: {out / KEY_FILE} (mode 0600)")
+    return 0
+
+
+def _keys_show(args: argparse.Namespace) -> int:
+    from protocol.keys import SigningKey
+
+    path = Path(args.dir)
+    key = SigningKey.load(path / KEY_FILE if path.is_dir() else path)
+    _print_public(key.public)
+    return 0
+
+
+def _print_public(public: object) -> None:
+    from protocol.keys import PublicKey
+
+    assert isinstance(public, PublicKey)
+    print(f"key id:     {public.key_id}")
+    print(f"public key: {public.b64}")
+    print(public.pem.rstrip())
+
+
+def _catalog_show(args: argparse.Namespace) -> int:
+    from protocol.catalog import load_catalog
+
+    catalog = load_catalog(args.catalog)
+    if args.json:
+        print(catalog.canonical_json.decode())
+        return 0
+    print(f"catalog {catalog.name} v{catalog.version}  hash {catalog.hash}")
+    print(
+        f"epsilon per window {catalog.epsilon_per_window:g}, k_min {catalog.k_min}, "
+        f"at most {catalog.max_events_per_session} events per session, "
+        f"raw rows kept {catalog.retention_days} days after export"
+    )
+    print("\napps:")
+    for name, app in catalog.apps.items():
+        print(f"  {name:28s} actions: {', '.join(app.actions)}")
+        if app.attributes:
+            print(f"  {'':28s} attributes: {', '.join(app.attributes)}")
+    print("\nattributes:")
+    for name, spec in catalog.attributes.items():
+        print(f"  {name:20s} {spec.kind.value:8s} {', '.join(spec.domain)}")
+    print("\nmetrics:")
+    print(f"  {'name':20s} {'unit':8s} {'cells':>6s} {'k*c':>4s} {'epsilon':>8s} {'scale':>7s} {'thresh':>6s}")
+    for m in catalog.metrics:
+        print(
+            f"  {m.name:20s} {m.unit.value:8s} {catalog.domain_size(m):6d} {m.sensitivity:4d} "
+            f"{catalog.epsilon(m):8.3f} {catalog.scale(m):7.1f} {catalog.threshold(m):6d}"
+        )
+    return 0
+
+
+def _catalog_hash(args: argparse.Namespace) -> int:
+    from protocol.catalog import load_catalog
+
+    print(load_catalog(args.catalog).hash)
+    return 0
+
+
+def _node_settings(args: argparse.Namespace) -> Any:
+    from node.settings import load_node_settings
+
+    overrides = {k: getattr(args, k, None) for k in ("host", "port", "data_dir")}
+    return load_node_settings(args.config or os.environ.get("LIBERATION_NODE_CONFIG"), **overrides)
+
+
+def _node_serve(args: argparse.Namespace) -> int:
+    from liberation.server import run_app
+    from node.app import create_app
+    from protocol.logs import configure_logging
+
+    settings = _node_settings(args)
+    configure_logging(settings.log_level)
+    run_app(create_app(settings), settings.host, settings.port, "node")
+    return 0
+
+
+def _node_key(args: argparse.Namespace) -> int:
+    from node.app import data_paths
+    from protocol.keys import load_or_create
+
+    settings = _node_settings(args)
+    _print_public(load_or_create(data_paths(settings)["key"]).public)
+    return 0
+
+
+def _node_import(args: argparse.Namespace) -> int:
+    from node.app import close_node, open_node
+    from node.importer import import_lines, progress_bar
+
+    settings = _node_settings(args)
+    node = open_node(settings)
+    try:
+        show = progress_bar(sys.stderr) if sys.stderr.isatty() and not args.quiet else None
+        if args.file == "-":
+            summary = import_lines(node, sys.stdin, progress=show)
+        else:
+            with open(args.file, encoding="utf-8") as lines:
+                summary = import_lines(node, lines, progress=show)
+    finally:
+        close_node(node)
+    if show is not None:
+        print(file=sys.stderr)
+    print(summary.render())
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    print("Liberation Analytics: the demo federation arrives with the dashboard issue.")
+    print("Available now:")
+    print("  liberation keys generate --out DIR   make an Ed25519 signing key")
+    print("  liberation keys show DIR             print its key id and public key")
+    print("  liberation catalog show              what the default catalog collects and publishes")
+    print("  liberation catalog hash              the catalog's content hash")
+    return 0
+
+
+def _node_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="node settings TOML (or $LIBERATION_NODE_CONFIG)")
+    parser.add_argument("--data-dir", dest="data_dir", metavar="DIR", help="data directory (default ./data/node)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command tree; each leaf sets `func`."""
+    parser = argparse.ArgumentParser(
+        prog="liberation",
+        description="Privacy-first federated movement analytics: track the movement, never the individual.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    keys = sub.add_parser("keys", help="Ed25519 signing keys").add_subparsers(
+        dest="keys_command", required=True, metavar="SUBCOMMAND"
+    )
+    gen = keys.add_parser("generate", help="generate a signing key in DIR (private key mode 0600)")
+    gen.add_argument("--out", required=True, metavar="DIR")
+    gen.set_defaults(func=_keys_generate)
+    show = keys.add_parser("show", help="print the key id and public key of the key in DIR")
+    show.add_argument("dir", metavar="DIR")
+    show.set_defaults(func=_keys_show)
+
+    catalog = sub.add_parser("catalog", help="the metric catalog").add_subparsers(
+        dest="catalog_command", required=True, metavar="SUBCOMMAND"
+    )
+    cshow = catalog.add_parser("show", help="what the catalog collects and publishes")
+    cshow.add_argument("--catalog", metavar="FILE", help="a catalog TOML file (default: built in)")
+    cshow.add_argument("--json", action="store_true", help="print the canonical JSON form")
+    cshow.set_defaults(func=_catalog_show)
+    chash = catalog.add_parser("hash", help="the catalog's content hash")
+    chash.add_argument("--catalog", metavar="FILE")
+    chash.set_defaults(func=_catalog_hash)
+
+    node = sub.add_parser("node", help="the community node").add_subparsers(
+        dest="node_command", required=True, metavar="SUBCOMMAND"
+    )
+    serve = node.add_parser("serve", help="run the node's HTTP server")
+    _node_options(serve)
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind; 0 picks a free one (default 8701)")
+    serve.set_defaults(func=_node_serve)
+    nkey = node.add_parser("key", help="print the node's key id and public key, for enrollment")
+    _node_options(nkey)
+    nkey.set_defaults(func=_node_key)
+    nimport = node.add_parser("import", help="import historical events from a JSONL file (or -)")
+    _node_options(nimport)
+    nimport.add_argument("file", metavar="FILE")
+    nimport.add_argument("--quiet", action="store_true", help="no progress bar")
+    nimport.set_defaults(func=_node_import)
+
+    demo = sub.add_parser("demo", help="run the demo federation")
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `liberation` console script."""
+    args = build_parser().parse_args(argv)
+    func: Command = args.func
+    try:
+        return func(args)
+    except LiberationError as exc:
+        print(f"liberation: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,75 @@
+"""Client address -> country, and nothing more: the IP is looked up, then forgotten.
+
+`client_ip` honours X-Forwarded-For only from configured trusted proxies
+(walking the chain from the right, skipping trusted hops). `GeoLocator`
+reads any MaxMind-format country database (.mmdb: GeoLite2-Country,
+DB-IP country lite, ...); without one every lookup answers None (-> ZZ).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+import maxminddb
+
+from protocol.countries import ISO_COUNTRIES
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(cidrs: tuple[str, ...]) -> tuple[Network, ...]:
+    """Trusted-proxy CIDRs from settings."""
+    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+
+def client_ip(peer: str | None, forwarded_for: str | None, trusted: tuple[Network, ...]) -> IPAddress | None:
+    """The address of the client, believing X-Forwarded-For only when the peer is a trusted proxy."""
+    try:
+        address: IPAddress | None = ipaddress.ip_address(peer) if peer else None
+    except ValueError:
+        address = None
+    if address is None or not trusted or not forwarded_for:
+        return address
+    if not any(address in net for net in trusted):
+        return address
+    for hop in reversed([h.strip() for h in forwarded_for.split(",")]):
+        try:
+            candidate = ipaddress.ip_address(hop)
+        except ValueError:
+            return address  # a malformed chain: trust nothing beyond the proxy
+        if not any(candidate in net for net in trusted):
+            return candidate
+        address = candidate
+    return address
+
+
+class GeoLocator:
+    """Country lookups in a MaxMind-format database, or no database at all."""
+
+    def __init__(self, database: Path | None) -> None:
+        self._reader: Any = maxminddb.open_database(str(database)) if database else None
+
+    def country(self, address: IPAddress | None) -> str | None:
+        """ISO alpha-2 code of the address's country, or None when unknown."""
+        if self._reader is None or address is None:
+            return None
+        try:
+            record = self._reader.get(address)
+        except (ValueError, maxminddb.InvalidDatabaseError):
+            return None
+        if not isinstance(record, dict):
+            return None
+        for key in ("country", "registered_country"):
+            entry = record.get(key)
+            if isinstance(entry, dict):
+                code = entry.get("iso_code")
+                if isinstance(code, str) and code.upper() in ISO_COUNTRIES:
+                    return code.upper()
+        return None
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()

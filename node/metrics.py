@@ -1,0 +1,56 @@
+"""The node's Prometheus metrics, in a registry of its own (no process-global state)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class NodeMetrics:
+    """Counters and gauges of one node app."""
+
+    def __init__(self, rows: Callable[[], float], db_bytes: Callable[[], float]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.accepted = Counter("liberation_events_accepted", "Events stored", registry=r)
+        self.rejected = Counter(
+            "liberation_events_rejected", "Events refused, by reason", ["reason"], registry=r
+        )
+        self.attributes_dropped = Counter(
+            "liberation_attributes_dropped",
+            "Attributes dropped before storage (undeclared or out of domain)",
+            registry=r,
+        )
+        self.plausible_dropped = Counter(
+            "liberation_plausible_dropped",
+            "Plausible events dropped (unknown domain or undeclared event)",
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "liberation_rate_limited", "Requests answered 429", registry=r
+        )
+        self.commit_seconds = Histogram(
+            "liberation_commit_seconds",
+            "Duration of one group commit",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
+        self.commit_rows = Histogram(
+            "liberation_commit_rows",
+            "Rows in one group commit",
+            buckets=(1, 10, 100, 1_000, 10_000, 100_000),
+            registry=r,
+        )
+        Gauge("liberation_rows", "Raw event rows stored", registry=r).set_function(rows)
+        Gauge("liberation_db_bytes", "Bytes of the DuckDB file and WAL", registry=r).set_function(
+            db_bytes
+        )
+
+    def observe_commit(self, rows: int, seconds: float) -> None:
+        self.commit_seconds.observe(seconds)
+        self.commit_rows.observe(rows)
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,152 @@
+"""The privacy filter: pure functions that turn a validated Event into what may be stored.
+
+Runs before anything touches storage (DESIGN.md, Privacy filter):
+1. schema: app and action must be declared; undeclared attributes are dropped;
+   numbers are bucketed, money banded, unknown categories become `other`;
+2. geography: a valid `geo_hint`, else the country the caller resolved from the
+   IP (the IP itself never comes in here);
+3. sessions: HMAC-SHA256 of the session key under the day's secret salt;
+4. time: the UTC hour only, and the minute inside the window for the session's
+   first/last-minute state; live events far from the server clock are refused.
+No I/O here: the salt and the clock come in as arguments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from protocol.catalog import Catalog
+from protocol.countries import UNKNOWN_COUNTRY
+from protocol.events import Event
+
+DAY = timedelta(days=1)
+
+SaltSource = Callable[[datetime], bytes | None]
+"""Gives the secret salt of a window, or None when that window is closed to new events."""
+
+
+def window_of(moment: datetime) -> datetime:
+    """Start of the UTC day holding `moment`: the node's window."""
+    utc = moment.astimezone(UTC)
+    return utc.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def session_hash(salt: bytes, session_key: bytes) -> int:
+    """HMAC-SHA256(salt, key), first 8 bytes as a signed int64: the only session id stored.
+
+    With the salt destroyed at export, the stored value cannot be linked back
+    to the raw id nor to the same person's sessions on other days. 64 bits
+    keep collisions negligible at a day's volume (n^2 / 2^65).
+    """
+    digest = hmac.new(salt, session_key, hashlib.sha256).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@dataclass(frozen=True, slots=True)
+class FilteredEvent:
+    """What the store may keep of one event: no raw id, no exact time, declared values only."""
+
+    window: datetime  # UTC day start
+    hour: datetime  # UTC hour
+    minute: int  # minutes since the window start (session state only, deleted at export)
+    session: int
+    app: str
+    action: str
+    country: str
+    attributes: dict[str, str]  # attribute name -> domain label
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why one event was refused: the field at fault and a problem slug; never its value."""
+
+    field: str
+    reason: str
+    message: str
+
+
+@dataclass(slots=True)
+class FilterResult:
+    event: FilteredEvent | None
+    rejection: Rejection | None
+    dropped_attributes: int
+
+
+class PrivacyFilter:
+    """Applies the catalog's allowlist and domains; pure, so it is tested without a server."""
+
+    def __init__(self, catalog: Catalog, *, clock_skew: timedelta) -> None:
+        self._catalog = catalog
+        self._skew = clock_skew
+        self._apps = {
+            name: (frozenset(app.actions), frozenset(app.attributes))
+            for name, app in catalog.apps.items()
+        }
+        self._attributes = dict(catalog.attributes)
+
+    def resolve_country(self, geo_hint: str | None, client_country: str | None) -> str:
+        """A valid hint wins; else the IP's country; else ZZ."""
+        return geo_hint or client_country or UNKNOWN_COUNTRY
+
+    def apply(
+        self,
+        event: Event,
+        *,
+        now: datetime,
+        salt_for: SaltSource,
+        session_key: bytes | None = None,
+        client_country: str | None = None,
+        live: bool = True,
+    ) -> FilterResult:
+        """Filter one event. `live`: the server clock decides the time; else the event's own."""
+        declared = self._apps.get(event.app)
+        if declared is None:
+            return _reject("app", "undeclared-app", "app is not declared in the catalog")
+        actions, allowed = declared
+        if event.action not in actions:
+            return _reject("action", "undeclared-action", "action is not declared for this app")
+        if live:
+            if abs(event.timestamp - now) > self._skew:
+                return _reject(
+                    "timestamp", "timestamp-skew", "timestamp is too far from the server clock"
+                )
+            moment = now
+        else:
+            if event.timestamp - now > self._skew:
+                return _reject("timestamp", "timestamp-future", "timestamp is in the future")
+            moment = event.timestamp.astimezone(UTC)
+        window = window_of(moment)
+        salt = salt_for(window)
+        if salt is None:
+            return _reject("timestamp", "window-closed", "the event's window is closed")
+
+        kept: dict[str, str] = {}
+        dropped = 0
+        for name, value in event.attributes.items():
+            spec = self._attributes.get(name) if name in allowed else None
+            label = spec.bucket(value) if spec is not None else None
+            if label is None:
+                dropped += 1
+            else:
+                kept[name] = label
+        key = session_key if session_key is not None else event.session_id.encode()
+        minute = int((moment - window).total_seconds() // 60)
+        filtered = FilteredEvent(
+            window=window,
+            hour=moment.replace(minute=0, second=0, microsecond=0),
+            minute=minute,
+            session=session_hash(salt, key),
+            app=event.app,
+            action=event.action,
+            country=self.resolve_country(event.geo_hint, client_country),
+            attributes=kept,
+        )
+        return FilterResult(filtered, None, dropped)
+
+
+def _reject(field: str, reason: str, message: str) -> FilterResult:
+    return FilterResult(None, Rejection(field, reason, message), 0)

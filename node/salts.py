@@ -1,0 +1,94 @@
+"""The daily session salts: one secret per UTC day, kept in its own file, destroyed at export.
+
+Each salt lives in `salts/YYYY-MM-DD.salt` (mode 0600) rather than in DuckDB,
+so destroying it is an unlink of a small file, not a row deletion that a
+database might keep in free pages. Once a day's salt is gone, the stored
+session hashes of that day can no longer be linked to any session id.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+SALT_BYTES = 32
+
+
+class SaltKeeper:
+    """Creates, caches and destroys the per-day salts of one node."""
+
+    def __init__(self, directory: Path) -> None:
+        self._dir = directory
+        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._cache: dict[date, bytes] = {}
+        self._lock = threading.Lock()
+
+    def _path(self, day: date) -> Path:
+        return self._dir / f"{day.isoformat()}.salt"
+
+    def get(self, window: datetime) -> bytes:
+        """The salt of the UTC day starting at `window`, created on first use."""
+        day = window.astimezone(UTC).date()
+        salt = self._cache.get(day)
+        if salt is not None:
+            return salt
+        with self._lock:
+            path = self._path(day)
+            try:
+                salt = path.read_bytes()
+            except FileNotFoundError:
+                salt = secrets.token_bytes(SALT_BYTES)
+                tmp = path.with_suffix(".tmp")
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                try:
+                    os.write(fd, salt)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, path)
+                _fsync_dir(self._dir)
+            if len(salt) != SALT_BYTES:
+                raise RuntimeError(f"salt file for {day} is damaged")
+            self._cache[day] = salt
+            return salt
+
+    def destroy(self, window: datetime) -> None:
+        """Forget the day's salt for good: cache entry and file."""
+        day = window.astimezone(UTC).date()
+        with self._lock:
+            self._cache.pop(day, None)
+            self._path(day).unlink(missing_ok=True)
+            _fsync_dir(self._dir)
+
+    def days(self) -> list[date]:
+        """Days whose salt still exists."""
+        return sorted(date.fromisoformat(p.stem) for p in self._dir.glob("*.salt"))
+
+    def destroy_before(self, cutoff: datetime) -> int:
+        """Destroy every salt of a day that starts before `cutoff`; returns how many."""
+        gone = 0
+        for day in self.days():
+            start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            if start < cutoff:
+                self.destroy(start)
+                gone += 1
+        return gone
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def day_start(day: date) -> datetime:
+    """The UTC window start of a calendar day."""
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+ONE_DAY = timedelta(days=1)

@@ -1,0 +1,64 @@
+"""The node's frozen settings: defaults that work with no config, TOML + LIBERATION_NODE_* overrides."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from protocol.config import load_settings
+
+ENV_PREFIX = "LIBERATION_NODE_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PlausibleSettings(_Section):
+    """The Plausible Events API endpoint (`POST /api/event`)."""
+
+    # Site domain as the tracker sends it (`d`) -> catalog app. Unknown domains are dropped.
+    domains: dict[str, str] = Field(default_factory=dict)
+    # Event name (`n`) -> catalog action, where they differ (e.g. pageview = "start").
+    events: dict[str, str] = Field(default_factory=dict)
+
+
+class RateLimitSettings(_Section):
+    """Per-client token bucket, keyed by an HMAC of the IP under a key that lives in memory only."""
+
+    requests_per_second: float = Field(default=20.0, ge=0)  # 0 turns the limit off
+    burst: int = Field(default=60, ge=1)
+
+
+class NodeSettings(_Section):
+    """Everything a node operator can set; every field is documented in deploy/node.example.toml."""
+
+    data_dir: Path = Path("data/node")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8701, ge=0, le=65535)
+    catalog: Path | None = None  # a catalog TOML; None = the built-in default catalog
+    geoip_database: Path | None = None  # a MaxMind-format country .mmdb; None = country ZZ
+    trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-For is believed
+    cors_origins: tuple[str, ...] = ()  # origins allowed to post events; "*" = any
+    max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
+    clock_skew_seconds: int = Field(default=600, ge=0)  # live events further off are refused
+    retention_days: int | None = Field(default=None, ge=0)  # None = the catalog's
+    commit_max_rows: int = Field(default=50_000, ge=1)  # most rows in one group commit
+    log_level: str = "INFO"
+    plausible: PlausibleSettings = Field(default_factory=PlausibleSettings)
+    rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for cidr in value:
+            ipaddress.ip_network(cidr, strict=False)
+        return value
+
+
+def load_node_settings(path: Path | str | None = None, **overrides: Any) -> NodeSettings:
+    """Settings from an optional TOML file, the environment, then command-line overrides."""
+    return load_settings(NodeSettings, path, ENV_PREFIX, overrides=overrides)

@@ -1,0 +1,194 @@
+"""The node's DuckDB store: schema and migrations, hour-truncated rows, session state, retention.
+
+Tables (times are unix seconds, UTC; nothing finer than an hour except the
+per-session minutes, which live only until the window is exported):
+    events        one row per accepted event: window, hour, session hash, app,
+                  action, country and one `a_<attribute>` column per declared attribute
+    session_apps  per (window, session, app): order of first use (first_seq) and the
+                  first/last minute inside the window, for durations and tool pairs
+Only the writer task calls the mutating methods; readers use their own cursor.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from node.privacy import FilteredEvent
+from protocol.catalog import Catalog
+
+Migration = Callable[[duckdb.DuckDBPyConnection], None]
+
+
+def _v1(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(
+        """
+        CREATE TABLE events (
+            seq BIGINT NOT NULL,
+            window_start BIGINT NOT NULL,
+            hour BIGINT NOT NULL,
+            session BIGINT NOT NULL,
+            app VARCHAR NOT NULL,
+            action VARCHAR NOT NULL,
+            country VARCHAR NOT NULL
+        )
+        """
+    )
+    con.execute(
+        """
+        CREATE TABLE session_apps (
+            window_start BIGINT NOT NULL,
+            session BIGINT NOT NULL,
+            app VARCHAR NOT NULL,
+            first_seq BIGINT NOT NULL,
+            first_minute SMALLINT NOT NULL,
+            last_minute SMALLINT NOT NULL,
+            PRIMARY KEY (window_start, session, app)
+        )
+        """
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1,)
+"""Schema migrations in order; the schema version is their count."""
+
+
+def attribute_column(name: str) -> str:
+    """Column of a declared attribute; names are catalog slugs, so quoting is safe."""
+    return '"a_' + name.replace("-", "_") + '"'
+
+
+class Store:
+    """Owns the DuckDB file of one node."""
+
+    def __init__(self, path: Path, catalog: Catalog) -> None:
+        self.path = path
+        self.catalog = catalog
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._con = duckdb.connect(str(path))
+        self._lock = threading.Lock()
+        self._attrs = tuple(catalog.attributes)
+        self._migrate()
+        self._next_seq = int(self._con.execute("SELECT coalesce(max(seq), 0) + 1 FROM events").fetchall()[0][0])
+
+    def _migrate(self) -> None:
+        con = self._con
+        con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        current = con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchall()[0][0]
+        for version, migration in enumerate(MIGRATIONS, start=1):
+            if version > current:
+                con.execute("BEGIN")
+                migration(con)
+                con.execute("INSERT INTO schema_version VALUES (?)", [version])
+                con.execute("COMMIT")
+        # The catalog may declare new attributes: each gets a nullable column.
+        for name in self._attrs:
+            con.execute(f"ALTER TABLE events ADD COLUMN IF NOT EXISTS {attribute_column(name)} VARCHAR")
+
+    @property
+    def schema_version(self) -> int:
+        rows = self.cursor().execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchall()
+        return int(rows[0][0])
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A reader connection to the same database (readers never block the writer)."""
+        return self._con.cursor()
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()
+
+    # ---- writes (writer task only) ---------------------------------------------
+
+    def commit_events(self, events: Sequence[FilteredEvent]) -> None:
+        """Store events and their session state in one transaction; durable on return."""
+        if not events:
+            return
+        with self._lock:
+            first = self._next_seq
+            table = self._arrow(events, first)
+            con = self._con
+            con.register("incoming", table)
+            try:
+                con.execute("BEGIN")
+                columns = ", ".join(
+                    ["seq", "window_start", "hour", "session", "app", "action", "country"]
+                    + [attribute_column(a) for a in self._attrs]
+                )
+                con.execute(f"INSERT INTO events ({columns}) SELECT {columns} FROM incoming")
+                con.execute(
+                    """
+                    INSERT INTO session_apps
+                    SELECT window_start, session, app, min(seq), min(minute), max(minute)
+                    FROM incoming GROUP BY window_start, session, app
+                    ON CONFLICT (window_start, session, app) DO UPDATE SET
+                        first_seq = least(session_apps.first_seq, excluded.first_seq),
+                        first_minute = least(session_apps.first_minute, excluded.first_minute),
+                        last_minute = greatest(session_apps.last_minute, excluded.last_minute)
+                    """
+                )
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            finally:
+                con.unregister("incoming")
+            self._next_seq = first + len(events)
+
+    def _arrow(self, events: Sequence[FilteredEvent], first_seq: int) -> pa.Table:
+        n = len(events)
+        columns: dict[str, pa.Array] = {
+            "seq": pa.array(range(first_seq, first_seq + n), pa.int64()),
+            "window_start": pa.array([int(e.window.timestamp()) for e in events], pa.int64()),
+            "hour": pa.array([int(e.hour.timestamp()) for e in events], pa.int64()),
+            "session": pa.array([e.session for e in events], pa.int64()),
+            "app": pa.array([e.app for e in events], pa.string()),
+            "action": pa.array([e.action for e in events], pa.string()),
+            "country": pa.array([e.country for e in events], pa.string()),
+            "minute": pa.array([e.minute for e in events], pa.int16()),
+        }
+        for name in self._attrs:
+            columns["a_" + name.replace("-", "_")] = pa.array(
+                [e.attributes.get(name) for e in events], pa.string()
+            )
+        return pa.table(columns)
+
+    def delete_windows_before(self, cutoff: int) -> int:
+        """Delete raw rows and session state of windows starting before `cutoff` (unix s)."""
+        with self._lock:
+            con = self._con
+            con.execute("BEGIN")
+            deleted = con.execute("DELETE FROM events WHERE window_start < ?", [cutoff]).fetchall()
+            con.execute("DELETE FROM session_apps WHERE window_start < ?", [cutoff])
+            con.execute("COMMIT")
+            return int(deleted[0][0]) if deleted else 0
+
+    # ---- reads -----------------------------------------------------------------
+
+    def row_count(self) -> int:
+        return int(self.cursor().execute("SELECT count(*) FROM events").fetchall()[0][0])
+
+    def size_bytes(self) -> int:
+        """Bytes on disk of the database and its write-ahead log."""
+        total = 0
+        for p in (self.path, self.path.with_name(self.path.name + ".wal")):
+            try:
+                total += p.stat().st_size
+            except FileNotFoundError:
+                pass
+        return total
+
+    def hourly_summary(self, k_min: int, since: int) -> list[tuple[int, str, str, int]]:
+        """Events per (hour, app, action) since `since`, cells under k_min left out."""
+        rows = self.cursor().execute(
+            """
+            SELECT hour, app, action, count(*) AS n FROM events
+            WHERE hour >= ? GROUP BY ALL HAVING count(*) >= ? ORDER BY ALL
+            """,
+            [since, k_min],
+        ).fetchall()
+        return [(int(h), str(a), str(act), int(n)) for h, a, act, n in rows]

@@ -1,0 +1,98 @@
+"""The one writer: an asyncio task that owns DuckDB writes and group-commits concurrent requests.
+
+Handlers `await writer.submit(events)`; the task drains whatever is queued
+(up to `max_rows`), commits it in one transaction in a worker thread, then
+resolves every waiting request. A request is answered only after its commit
+returned: acked means durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from node.privacy import FilteredEvent
+from node.store import Store
+
+log = logging.getLogger("liberation.node.writer")
+
+
+class StorageUnavailable(Exception):
+    """The commit failed (disk full, I/O error): nothing of the request was stored."""
+
+
+@dataclass
+class _Pending:
+    events: Sequence[FilteredEvent]
+    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class Writer:
+    """Group-commits submitted events; `observe` receives (rows, seconds) of each commit."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_rows: int = 50_000,
+        observe: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._max_rows = max_rows
+        self._observe = observe
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="duckdb-writer")
+
+    async def stop(self) -> None:
+        """Commit what is queued, then stop."""
+        if self._task is None:
+            return
+        await self._queue.join()
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        self._task = None
+
+    async def submit(self, events: Sequence[FilteredEvent]) -> None:
+        """Return once `events` are committed; raise StorageUnavailable if they were not."""
+        if not events:
+            return
+        pending = _Pending(events)
+        await self._queue.put(pending)
+        await pending.done
+
+    async def _run(self) -> None:
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            rows = len(first.events)
+            while rows < self._max_rows and not self._queue.empty():
+                item = self._queue.get_nowait()
+                batch.append(item)
+                rows += len(item.events)
+            events = [e for item in batch for e in item.events]
+            started = time.perf_counter()
+            error: BaseException | None = None
+            try:
+                await asyncio.to_thread(self._store.commit_events, events)
+            except Exception as exc:  # noqa: BLE001 - every waiter must hear of it
+                log.error("commit of %d rows failed: %s", rows, type(exc).__name__)
+                error = StorageUnavailable(type(exc).__name__)
+            elapsed = time.perf_counter() - started
+            if error is None and self._observe is not None:
+                self._observe(rows, elapsed)
+            for item in batch:
+                if not item.done.done():
+                    if error is None:
+                        item.done.set_result(None)
+                    else:
+                        item.done.set_exception(error)
+                self._queue.task_done()

@@ -1,0 +1,367 @@
+"""The declarative metric catalog: apps, attributes, public domains, metrics, DP budget, hash.
+
+One catalog drives the node's privacy filter and SQL, the noise, the hub's
+merge and the views. Every dimension has a public, finite, ordered domain, so
+a metric's cells are the cartesian product of its dimensions' domains
+(row-major: the last dimension varies fastest) and can all be noised.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import math
+import tomllib
+from collections.abc import Mapping
+from enum import StrEnum
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from protocol.countries import COUNTRY_DOMAIN
+from protocol.errors import LiberationError
+from protocol.events import SLUG_PATTERN
+
+Slug = Annotated[str, Field(pattern=SLUG_PATTERN)]
+OTHER = "other"
+MAX_DOMAIN = 1_000_000
+
+
+class CatalogError(LiberationError):
+    """A catalog file that cannot be read or whose parts do not add up."""
+
+
+class AttributeKind(StrEnum):
+    """How an attribute's values map onto its public domain."""
+
+    NUMBER = "number"  # numeric, bucketed by `edges`
+    MONEY = "money"  # numeric amount, banded by `edges` at ingest (labels like 10k-25k)
+    BAND = "band"  # the client sends one of `labels`
+    CATEGORY = "category"  # one of `values`; anything else becomes `other`
+
+
+class Unit(StrEnum):
+    """What a metric counts."""
+
+    EVENTS = "events"
+    SESSIONS = "sessions"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _fmt_number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _fmt_money(value: float) -> str:
+    for divisor, suffix in ((1_000_000, "M"), (1_000, "k")):
+        if abs(value) >= divisor:
+            return _fmt_number(value / divisor) + suffix
+    return _fmt_number(value)
+
+
+def bucket_labels(edges: tuple[float, ...], *, money: bool = False) -> tuple[str, ...]:
+    """Labels of the buckets [e_i, e_i+1) and [e_last, inf) that `edges` define."""
+    fmt = _fmt_money if money else _fmt_number
+    sep = "-" if money else ".."
+    labels = []
+    for lo, hi in zip(edges, edges[1:]):
+        if money and lo == 0:
+            labels.append(f"<{fmt(hi)}")
+        else:
+            labels.append(f"{fmt(lo)}{sep}{fmt(hi)}")
+    labels.append(f"{fmt(edges[-1])}+")
+    return tuple(labels)
+
+
+def bucket_index(edges: tuple[float, ...], value: float) -> int:
+    """Index of the bucket holding `value`; values below the first edge clamp into bucket 0."""
+    return max(0, bisect.bisect_right(edges, value) - 1)
+
+
+class AttributeSpec(_Frozen):
+    """One declared attribute and its public domain."""
+
+    kind: AttributeKind
+    description: str = ""
+    edges: tuple[float, ...] | None = None
+    labels: tuple[str, ...] | None = None
+    values: tuple[str, ...] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> AttributeSpec:
+        needs = {
+            AttributeKind.NUMBER: "edges",
+            AttributeKind.MONEY: "edges",
+            AttributeKind.BAND: "labels",
+            AttributeKind.CATEGORY: "values",
+        }[self.kind]
+        for name in ("edges", "labels", "values"):
+            present = getattr(self, name) is not None
+            if present != (name == needs):
+                raise ValueError(f"a {self.kind.value} attribute takes `{needs}` only")
+        if self.edges is not None:
+            if not self.edges or not all(math.isfinite(e) for e in self.edges):
+                raise ValueError("edges must be a non-empty list of finite numbers")
+            if any(b <= a for a, b in zip(self.edges, self.edges[1:])):
+                raise ValueError("edges must be strictly increasing")
+        for name in ("labels", "values"):
+            items = getattr(self, name)
+            if items is not None:
+                if not items or len(set(items)) != len(items) or any(not i for i in items):
+                    raise ValueError(f"{name} must be non-empty and unique")
+        return self
+
+    @cached_property
+    def domain(self) -> tuple[str, ...]:
+        """The ordered public domain of this attribute's stored values."""
+        if self.edges is not None:
+            return bucket_labels(self.edges, money=self.kind is AttributeKind.MONEY)
+        if self.labels is not None:
+            return self.labels
+        assert self.values is not None
+        return self.values if OTHER in self.values else self.values + (OTHER,)
+
+    def bucket(self, value: str | int | float | bool) -> str | None:
+        """Map a raw value onto the domain; None means "drop it" (wrong type or unknown band)."""
+        if self.edges is not None:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return None
+            return self.domain[bucket_index(self.edges, value)]
+        if not isinstance(value, str):
+            return None
+        if self.labels is not None:
+            return value if value in self.labels else None
+        return value if value in self.domain else OTHER
+
+
+class AppSpec(_Frozen):
+    """A tool: its actions and the attributes its events may carry."""
+
+    title: str = ""
+    actions: tuple[Slug, ...]
+    attributes: tuple[Slug, ...] = ()
+    start_action: Slug | None = "start"
+    complete_action: Slug | None = "complete"
+
+    @model_validator(mode="after")
+    def _check(self) -> AppSpec:
+        if not self.actions or len(set(self.actions)) != len(self.actions):
+            raise ValueError("actions must be non-empty and unique")
+        if len(set(self.attributes)) != len(self.attributes):
+            raise ValueError("attributes must be unique")
+        for name in ("start_action", "complete_action"):
+            action = getattr(self, name)
+            if action is not None and action not in self.actions:
+                raise ValueError(f"{name} {action!r} is not one of the app's actions")
+        return self
+
+
+class MetricSpec(_Frozen):
+    """One published metric: what it counts over which dimensions, and its DP bounds."""
+
+    name: Slug
+    description: str = ""
+    unit: Unit
+    dimensions: tuple[str, ...]
+    max_cells: int = Field(ge=1)  # k: distinct cells one session may touch
+    cell_cap: int = Field(default=1, ge=1)  # c: most one session adds to one cell
+    epsilon_share: float = Field(gt=0, le=1)
+    threshold: int | None = Field(default=None, ge=1)
+
+    @property
+    def sensitivity(self) -> int:
+        """L1 sensitivity for one session: k * c."""
+        return self.max_cells * self.cell_cap
+
+
+class SessionSpec(_Frozen):
+    """Public domains of the session-shape dimensions."""
+
+    duration_edges_minutes: tuple[float, ...] = (0, 1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120)
+
+
+FIXED_DIMENSIONS = ("app", "app_action", "app_pair", "country", "hour", "stage", "tool_count", "duration")
+ATTRIBUTE_DIMENSION_PREFIX = "attr:"
+STAGES = ("started", "completed")
+
+
+class Catalog(_Frozen):
+    """A versioned, content-hashed catalog; `hash` identifies it on the wire."""
+
+    name: str
+    version: int = Field(ge=1)
+    k_min: int = Field(default=10, ge=1)
+    epsilon_per_window: float = Field(gt=0, le=100)
+    max_events_per_session: int = Field(ge=1)
+    retention_days: int = Field(default=7, ge=0)
+    apps: dict[Slug, AppSpec]
+    attributes: dict[Slug, AttributeSpec] = Field(default_factory=dict)
+    metrics: tuple[MetricSpec, ...]
+    session: SessionSpec = Field(default_factory=SessionSpec)
+
+    @model_validator(mode="after")
+    def _check(self) -> Catalog:
+        if not self.apps:
+            raise ValueError("a catalog declares at least one app")
+        if not math.isfinite(self.epsilon_per_window):
+            raise ValueError("epsilon_per_window must be finite")
+        for app_name, app in self.apps.items():
+            for attr in app.attributes:
+                if attr not in self.attributes:
+                    raise ValueError(f"app {app_name!r} uses undeclared attribute {attr!r}")
+        names = [m.name for m in self.metrics]
+        if not names or len(set(names)) != len(names):
+            raise ValueError("metrics must be non-empty with unique names")
+        for metric in self.metrics:
+            self._check_metric(metric)
+        total = math.fsum(m.epsilon_share for m in self.metrics)
+        if abs(total - 1.0) > 1e-9:
+            raise ValueError(f"metric epsilon shares add up to {total:.6g}, not 1")
+        return self
+
+    def _check_metric(self, metric: MetricSpec) -> None:
+        where = f"metric {metric.name!r}"
+        if not metric.dimensions or len(set(metric.dimensions)) != len(metric.dimensions):
+            raise ValueError(f"{where}: dimensions must be non-empty and unique")
+        for dim in metric.dimensions:
+            if dim.startswith(ATTRIBUTE_DIMENSION_PREFIX):
+                if dim.removeprefix(ATTRIBUTE_DIMENSION_PREFIX) not in self.attributes:
+                    raise ValueError(f"{where}: dimension {dim!r} names no declared attribute")
+            elif dim not in FIXED_DIMENSIONS:
+                raise ValueError(f"{where}: unknown dimension {dim!r}")
+        size = self.domain_size(metric)
+        if size > MAX_DOMAIN:
+            raise ValueError(f"{where}: domain of {size} cells is over {MAX_DOMAIN}")
+        if metric.max_cells > size:
+            raise ValueError(f"{where}: max_cells {metric.max_cells} exceeds its {size} cells")
+        if metric.unit is Unit.SESSIONS and metric.cell_cap != 1:
+            raise ValueError(f"{where}: a sessions metric counts each session once (cell_cap 1)")
+        if metric.cell_cap > self.max_events_per_session:
+            raise ValueError(f"{where}: cell_cap exceeds max_events_per_session")
+        if metric.threshold is not None and metric.threshold < self.k_min:
+            raise ValueError(f"{where}: threshold {metric.threshold} is below k_min {self.k_min}")
+
+    # ---- identity -------------------------------------------------------------
+
+    @cached_property
+    def canonical_json(self) -> bytes:
+        """The canonical JSON form (sorted keys, no spaces) that the hash covers."""
+        data = self.model_dump(mode="json")
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+    @cached_property
+    def hash(self) -> str:
+        """SHA-256 of the canonical JSON form, lowercase hex: the catalog's wire identity."""
+        return hashlib.sha256(self.canonical_json).hexdigest()
+
+    # ---- domains --------------------------------------------------------------
+
+    @cached_property
+    def app_names(self) -> tuple[str, ...]:
+        return tuple(self.apps)
+
+    def domain(self, dimension: str) -> tuple[str, ...]:
+        """The ordered public domain of one dimension."""
+        return self._domains[dimension]
+
+    @cached_property
+    def _domains(self) -> Mapping[str, tuple[str, ...]]:
+        apps = self.app_names
+        domains: dict[str, tuple[str, ...]] = {
+            "app": apps,
+            "app_action": tuple(f"{a}/{act}" for a in apps for act in self.apps[a].actions),
+            "app_pair": tuple(f"{a}>{b}" for a in apps for b in apps if a != b) or ("none",),
+            "country": COUNTRY_DOMAIN,
+            "hour": tuple(f"{h:02d}" for h in range(24)),
+            "stage": STAGES,
+            "tool_count": tuple(str(n) for n in range(1, len(apps) + 1)),
+            "duration": bucket_labels(self.session.duration_edges_minutes),
+        }
+        for name, spec in self.attributes.items():
+            domains[ATTRIBUTE_DIMENSION_PREFIX + name] = spec.domain
+        return domains
+
+    def metric(self, name: str) -> MetricSpec:
+        """The metric called `name` (KeyError if none)."""
+        for metric in self.metrics:
+            if metric.name == name:
+                return metric
+        raise KeyError(name)
+
+    def shape(self, metric: MetricSpec) -> tuple[int, ...]:
+        """Sizes of the metric's dimensions, in declared order."""
+        return tuple(len(self._domains[d]) for d in metric.dimensions)
+
+    def domain_size(self, metric: MetricSpec) -> int:
+        """Number of cells of the metric: the product of its dimensions' domain sizes."""
+        return math.prod(self.shape(metric))
+
+    def prefix_size(self, metric: MetricSpec) -> int:
+        """Number of `other` cells: the product of all dimensions but the last."""
+        return math.prod(self.shape(metric)[:-1])
+
+    def cell_labels(self, metric: MetricSpec, index: int) -> tuple[str, ...]:
+        """The labels of cell `index` (row-major, last dimension fastest)."""
+        labels: list[str] = []
+        for dim in reversed(metric.dimensions):
+            domain = self._domains[dim]
+            index, rest = divmod(index, len(domain))
+            labels.append(domain[rest])
+        return tuple(reversed(labels))
+
+    # ---- differential privacy ------------------------------------------------
+
+    def epsilon(self, metric: MetricSpec) -> float:
+        """The metric's share of the window's epsilon."""
+        return self.epsilon_per_window * metric.epsilon_share
+
+    def scale(self, metric: MetricSpec) -> float:
+        """Discrete Laplace scale b = sensitivity / epsilon for the metric's cells."""
+        return metric.sensitivity / self.epsilon(metric)
+
+    def threshold(self, metric: MetricSpec) -> int:
+        """Publication threshold: declared, else max(k_min, ceil(b ln(D/2))).
+
+        P(noise >= t) for an empty cell is about exp(-t/b)/2 (one-sided), so
+        over D empty cells t = b ln(D/2) expects about one spurious cell.
+        """
+        if metric.threshold is not None:
+            return metric.threshold
+        size = self.domain_size(metric)
+        auto = math.ceil(self.scale(metric) * math.log(size / 2)) if size > 2 else 0
+        return max(self.k_min, auto)
+
+    @property
+    def total_sensitivity(self) -> int:
+        """L1 sensitivity of a whole snapshot: sum over metrics of k_j * c_j."""
+        return sum(m.sensitivity for m in self.metrics)
+
+
+def parse_catalog(data: Mapping[str, Any]) -> Catalog:
+    """Validate a catalog from its parsed TOML/JSON data."""
+    try:
+        return Catalog.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "catalog"
+        raise CatalogError(f"invalid catalog: {where}: {first['msg']}") from None
+
+
+def load_catalog(path: Path | str | None = None) -> Catalog:
+    """Load a catalog TOML file, or the packaged default catalog when `path` is None."""
+    try:
+        if path is None:
+            text = resources.files("protocol").joinpath("data/default_catalog.toml").read_text()
+        else:
+            text = Path(path).read_text(encoding="utf-8")
+        data = tomllib.loads(text)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise CatalogError(f"cannot read catalog {path or 'default'}: {exc}") from None
+    return parse_catalog(data)

@@ -1,0 +1,289 @@
+"""Ed25519 keys: public keys and their key ids, signing keys and their files on disk.
+
+    LiberationError
+    ├── KeyFormatError (also a ValueError)   key text or seed that is not an Ed25519 key
+    └── KeyFileError                         key file missing, unsafe (mode), or not PKCS#8 Ed25519
+
+A node or hub keeps its private key as an unencrypted PKCS#8 PEM file of mode
+0600 (`SigningKey.save`), next to `<stem>.pub` holding the base64 public key.
+Error messages name files and modes, never key material.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import secrets
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from protocol.errors import LiberationError
+
+KEY_ID_PREFIX = b"liberation-key-id/v1\x00"
+"""Domain-separation prefix hashed before the raw public key to derive a key id."""
+
+PUBLIC_KEY_SIZE = 32
+SIGNATURE_SIZE = 64
+SEED_SIZE = 32
+PRIVATE_KEY_MODE = 0o600
+PUBLIC_KEY_MODE = 0o644
+MAX_KEY_FILE_SIZE = 16 * 1024  # a PKCS#8 Ed25519 PEM is 119 bytes
+
+_PEM_PRIVATE_HEADER = b"-----BEGIN PRIVATE KEY-----"
+_PEM_ENCRYPTED_HEADER = b"-----BEGIN ENCRYPTED PRIVATE KEY-----"
+
+
+class KeyFormatError(LiberationError, ValueError):
+    """Key text (base64, PEM) or a seed that does not hold an Ed25519 key."""
+
+
+class KeyFileError(LiberationError):
+    """A key file that is missing, readable by others, already present, or not PKCS#8 Ed25519."""
+
+
+def key_id_of(raw: bytes) -> str:
+    """The key id of a raw public key: hex of the first 16 bytes of SHA-256(KEY_ID_PREFIX + raw)."""
+    return hashlib.sha256(KEY_ID_PREFIX + raw).digest()[:16].hex()
+
+
+def public_key_path(key_path: str | os.PathLike[str]) -> Path:
+    """Where `SigningKey.save` puts the public key: `<stem>.pub` beside the key file."""
+    path = Path(key_path)
+    return path.with_name(path.stem + ".pub")
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    """An Ed25519 public key, compared by its 32 raw bytes."""
+
+    raw: bytes
+    key_id: str = field(init=False, compare=False)
+    """Lowercase hex (32 characters) of the first 16 bytes of SHA-256(KEY_ID_PREFIX + raw)."""
+    _key: Ed25519PublicKey = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if type(self.raw) is not bytes or len(self.raw) != PUBLIC_KEY_SIZE:
+            raise KeyFormatError("an Ed25519 public key is 32 raw bytes")
+        try:
+            key = Ed25519PublicKey.from_public_bytes(self.raw)
+        except ValueError:
+            raise KeyFormatError("not an Ed25519 public key") from None
+        object.__setattr__(self, "_key", key)
+        object.__setattr__(self, "key_id", key_id_of(self.raw))
+
+    def __repr__(self) -> str:
+        return f"PublicKey(key_id={self.key_id!r})"
+
+    @classmethod
+    def from_raw(cls, raw: bytes) -> PublicKey:
+        """The key of 32 raw bytes (RFC 8032 encoding)."""
+        return cls(bytes(raw))
+
+    @classmethod
+    def from_b64(cls, text: str | bytes) -> PublicKey:
+        """The key of standard base64 of its 32 raw bytes (surrounding whitespace allowed)."""
+        try:
+            raw = base64.b64decode(text.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise KeyFormatError("public key is not valid base64") from None
+        if len(raw) != PUBLIC_KEY_SIZE:
+            raise KeyFormatError("base64 public key does not decode to 32 bytes")
+        return cls(raw)
+
+    @classmethod
+    def from_pem(cls, text: str | bytes) -> PublicKey:
+        """The key of a SubjectPublicKeyInfo PEM (`-----BEGIN PUBLIC KEY-----`)."""
+        data = text.encode() if isinstance(text, str) else text
+        try:
+            key = serialization.load_pem_public_key(data)
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            raise KeyFormatError("not a PEM public key") from None
+        if not isinstance(key, Ed25519PublicKey):
+            raise KeyFormatError("PEM public key is not an Ed25519 key")
+        return cls(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+
+    @classmethod
+    def parse(cls, text: str | bytes) -> PublicKey:
+        """The key of either a PEM or base64 text (what `--key BASE64|FILE` gives)."""
+        data = text.encode() if isinstance(text, str) else text
+        if b"-----BEGIN" in data:
+            return cls.from_pem(data)
+        return cls.from_b64(data)
+
+    @property
+    def b64(self) -> str:
+        """Standard base64 of the 32 raw bytes."""
+        return base64.b64encode(self.raw).decode("ascii")
+
+    @property
+    def pem(self) -> str:
+        """SubjectPublicKeyInfo PEM, as OpenSSL's `-pubin -inkey` reads it."""
+        return self._key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode("ascii")
+
+    def verify(self, signature: bytes, message: bytes) -> bool:
+        """True if `signature` is this key's Ed25519 signature of `message`."""
+        if len(signature) != SIGNATURE_SIZE:
+            return False
+        try:
+            self._key.verify(signature, message)
+        except InvalidSignature:
+            return False
+        return True
+
+
+class SigningKey:
+    """An Ed25519 private key; `repr` and errors show its key id only."""
+
+    __slots__ = ("_key", "public")
+
+    def __init__(self, key: Ed25519PrivateKey) -> None:
+        self._key = key
+        self.public: PublicKey = PublicKey(
+            key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        )
+        """The matching public key."""
+
+    def __repr__(self) -> str:
+        return f"SigningKey(key_id={self.public.key_id!r})"
+
+    @classmethod
+    def generate(cls) -> SigningKey:
+        """A fresh key from the operating system's CSPRNG."""
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> SigningKey:
+        """The key of a 32-byte RFC 8032 seed (test vectors; never for real keys)."""
+        if type(seed) is not bytes or len(seed) != SEED_SIZE:
+            raise KeyFormatError("an Ed25519 seed is 32 bytes")
+        return cls(Ed25519PrivateKey.from_private_bytes(seed))
+
+    def sign(self, message: bytes) -> bytes:
+        """The 64-byte Ed25519 signature of `message` (deterministic)."""
+        return self._key.sign(message)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the key as PKCS#8 PEM of mode 0600, and its base64 public key to `<stem>.pub`.
+
+        The key file appears complete or not at all, is never readable by
+        others, and an existing file is never overwritten (KeyFileError).
+        Missing parent directories are created with mode 0700. The `.pub`
+        file is public and (re)written to match.
+        """
+        try:
+            self._save(Path(path))
+        except FileExistsError:
+            raise KeyFileError(f"{os.fspath(path)} already exists; refusing to overwrite a key") from None
+
+    def _save(self, path: Path) -> None:
+        if path.suffix == ".pub":
+            raise KeyFileError(f"{path}: a private key file must not be named *.pub")
+        if os.path.lexists(path):
+            raise FileExistsError(path)
+        pem = self._key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # link() publishes the complete temporary file under its name, or
+            # fails with FileExistsError: atomic, and never an overwrite.
+            _write_then(path, pem, PRIVATE_KEY_MODE, os.link)
+            _write_then(public_key_path(path), (self.public.b64 + "\n").encode(), PUBLIC_KEY_MODE, os.replace)
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            raise KeyFileError(f"cannot write key file {path}: {exc.strerror or exc}") from None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> SigningKey:
+        """Read a key written by `save`: refused unless mode has no group/other bits and it is PKCS#8 Ed25519."""
+        name = os.fspath(path)
+        try:
+            fd = os.open(name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            raise KeyFileError(f"no key file at {name}") from None
+        except OSError as exc:
+            raise KeyFileError(f"cannot open key file {name}: {exc.strerror or exc}") from None
+        with os.fdopen(fd, "rb") as file:
+            # fstat on the open file: the mode checked is the mode of the bytes read.
+            info = os.fstat(file.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise KeyFileError(f"key file {name} is not a regular file")
+            mode = stat.S_IMODE(info.st_mode)
+            if mode & 0o077:
+                raise KeyFileError(
+                    f"key file {name} has mode {mode:04o}, readable beyond its owner; "
+                    f"run `chmod 600 {name}`"
+                )
+            data = file.read(MAX_KEY_FILE_SIZE + 1)
+        return cls(_parse_private_pem(data, name))
+
+    @classmethod
+    def load_or_create(cls, path: str | os.PathLike[str]) -> SigningKey:
+        """Load the key at `path`, or generate and save one there if there is none (first start)."""
+        if os.path.lexists(path):
+            return cls.load(path)
+        key = cls.generate()
+        try:
+            key._save(Path(path))
+        except FileExistsError:
+            return cls.load(path)  # another process created it first: use theirs
+        return key
+
+
+def load_or_create(path: str | os.PathLike[str]) -> SigningKey:
+    """Load the signing key at `path`, creating it on first start (see `SigningKey.load_or_create`)."""
+    return SigningKey.load_or_create(path)
+
+
+def _parse_private_pem(data: bytes, name: str) -> Ed25519PrivateKey:
+    if len(data) > MAX_KEY_FILE_SIZE:
+        raise KeyFileError(f"key file {name} is too large to be an Ed25519 key")
+    text = data.lstrip()
+    if text.startswith(_PEM_ENCRYPTED_HEADER):
+        raise KeyFileError(f"key file {name} is encrypted; an unencrypted PKCS#8 PEM is required")
+    if not text.startswith(_PEM_PRIVATE_HEADER):
+        raise KeyFileError(f"key file {name} is not a PKCS#8 PEM (-----BEGIN PRIVATE KEY-----)")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        # The library's message is dropped: it is not ours to vouch that it holds no key bytes.
+        raise KeyFileError(f"key file {name} is not a valid PKCS#8 private key") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError(f"key file {name} holds a key that is not Ed25519")
+    return key
+
+
+def _write_then(path: Path, data: bytes, mode: int, publish: Callable[[Path, Path], None]) -> None:
+    """Write `data` to a fresh temporary file of `mode` beside `path`, then `publish(tmp, path)`."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(tmp, flags, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)  # exactly `mode`, whatever the umask took away
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        publish(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)

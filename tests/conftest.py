@@ -1,0 +1,31 @@
+"""Shared fixtures: real node servers on loopback, temporary data dirs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.servers import RunningNode, node_settings, run_node
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[RunningNode]:
+    """A real node on 127.0.0.1:<ephemeral>, with its own data dir."""
+    async with run_node(node_settings(tmp_path / "node")) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def geoip_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small MaxMind-format country database: 203.0.113.0/24 -> DE, 2001:db8::/32 -> BR."""
+    from mmdb_writer import MMDBWriter
+    from netaddr import IPSet
+
+    path = tmp_path_factory.mktemp("geoip") / "country.mmdb"
+    writer = MMDBWriter(ip_version=6, database_type="GeoLite2-Country", languages=["en"], description="test", ipv4_compatible=True)
+    writer.insert_network(IPSet(["203.0.113.0/24"]), {"country": {"iso_code": "DE"}})
+    writer.insert_network(IPSet(["2001:db8::/32"]), {"country": {"iso_code": "BR"}})
+    writer.to_db_file(str(path))
+    return path

@@ -1,0 +1,118 @@
+"""Real servers for tests: in-process aiohttp apps on 127.0.0.1:0, and whole `liberation` processes."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from node.app import NODE, Node, create_app
+from node.ingest import Clock, utc_now
+from node.settings import NodeSettings
+
+URL_PATTERN = re.compile(r'"url": "(http://127\.0\.0\.1:\d+)"')
+
+
+@dataclass
+class RunningNode:
+    url: str
+    app: web.Application
+    settings: NodeSettings
+
+    @property
+    def node(self) -> Node:
+        return self.app[NODE]
+
+
+def node_settings(data_dir: Path, **changes: Any) -> NodeSettings:
+    """Test settings: loopback, ephemeral port, no rate limit unless asked."""
+    base: dict[str, Any] = {
+        "data_dir": data_dir,
+        "host": "127.0.0.1",
+        "port": 0,
+        "rate_limit": {"requests_per_second": 0},
+    }
+    base.update(changes)
+    return NodeSettings.model_validate(base)
+
+
+@asynccontextmanager
+async def run_node(settings: NodeSettings, *, clock: Clock = utc_now) -> AsyncIterator[RunningNode]:
+    """Start the real node app on 127.0.0.1 with an ephemeral port."""
+    app = create_app(settings, clock=clock)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield RunningNode(f"http://127.0.0.1:{port}", app, settings)
+    finally:
+        await runner.cleanup()
+
+
+class Process:
+    """A `liberation ...` subprocess whose JSON logs are captured to a file."""
+
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "liberation", *args],
+            stdout=self._log,
+            stderr=self._log,
+            env=full_env,
+        )
+        self.url = self._wait_for_url()
+
+    def _wait_for_url(self, timeout: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"process exited: {self.log_path.read_text()[-2000:]}")
+            found = URL_PATTERN.findall(self.log_path.read_text(errors="replace"))
+            if found:
+                url = found[-1]
+                if _responds(url + "/healthz"):
+                    return url
+            time.sleep(0.05)
+        raise TimeoutError(f"no URL logged in {timeout}s: {self.log_path.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to flush or clean up."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self._log.close()
+
+    def stop(self) -> int:
+        """SIGTERM and wait: the clean shutdown path."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+def _responds(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback only
+            return bool(resp.status == 200)
+    except OSError:
+        return False

@@ -1,0 +1,130 @@
+"""The privacy filter as pure functions: allowlist, banding, geography, sessions, time."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from node.geo import client_ip, parse_networks
+from node.privacy import PrivacyFilter, session_hash, window_of
+from protocol.catalog import load_catalog
+from protocol.events import Event
+
+NOW = datetime(2026, 11, 24, 15, 37, 12, tzinfo=UTC)
+SALT = b"s" * 32
+
+
+def salt_for(window: datetime) -> bytes | None:
+    return SALT if window >= window_of(NOW) - timedelta(days=7) else None
+
+
+def event(**changes: Any) -> Event:
+    data: dict[str, Any] = {
+        "app": "real-wage-calculator",
+        "action": "reveal",
+        "attributes": {"salary": 87_000, "industry": "astrology", "real_wage_gap_pct": 23.5},
+        "timestamp": NOW.isoformat(),
+        "session_id": "sess_abc123",
+    }
+    data.update(changes)
+    return Event.model_validate(data)
+
+
+@pytest.fixture(scope="module")
+def privacy() -> PrivacyFilter:
+    return PrivacyFilter(load_catalog(), clock_skew=timedelta(minutes=10))
+
+
+def test_money_is_banded_and_unknown_categories_become_other(privacy: PrivacyFilter) -> None:
+    result = privacy.apply(event(), now=NOW, salt_for=salt_for)
+    assert result.event is not None
+    assert result.event.attributes == {
+        "salary": "75k-100k",
+        "industry": "other",
+        "real_wage_gap_pct": "20..25",
+    }
+    assert result.dropped_attributes == 0
+
+
+def test_undeclared_attributes_are_dropped_and_counted(privacy: PrivacyFilter) -> None:
+    attrs = {"salary": 87_000, "email": "a@b.c", "runway_months": 3, "salary_note": "x"}
+    result = privacy.apply(event(attributes=attrs), now=NOW, salt_for=salt_for)
+    assert result.event is not None
+    # runway_months is declared, but not for this app: dropped as well.
+    assert result.event.attributes == {"salary": "75k-100k"}
+    assert result.dropped_attributes == 3
+
+
+def test_wrong_typed_values_are_dropped(privacy: PrivacyFilter) -> None:
+    result = privacy.apply(
+        event(attributes={"salary": "lots", "industry": 3}), now=NOW, salt_for=salt_for
+    )
+    assert result.event is not None and result.event.attributes == {}
+    assert result.dropped_attributes == 2
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"app": "surveillance-tool"}, "undeclared-app"),
+        ({"action": "calculate"}, "undeclared-action"),
+        ({"timestamp": (NOW - timedelta(hours=1)).isoformat()}, "timestamp-skew"),
+        ({"timestamp": (NOW + timedelta(minutes=11)).isoformat()}, "timestamp-skew"),
+    ],
+)
+def test_live_rejections(privacy: PrivacyFilter, changes: dict[str, Any], reason: str) -> None:
+    result = privacy.apply(event(**changes), now=NOW, salt_for=salt_for)
+    assert result.event is None and result.rejection is not None
+    assert result.rejection.reason == reason
+
+
+def test_server_clock_decides_the_hour_of_live_events(privacy: PrivacyFilter) -> None:
+    skewed = NOW - timedelta(minutes=9)  # inside the skew, in the previous hour
+    result = privacy.apply(event(timestamp=skewed.isoformat()), now=NOW, salt_for=salt_for)
+    assert result.event is not None
+    assert result.event.hour == datetime(2026, 11, 24, 15, tzinfo=UTC)
+    assert result.event.window == datetime(2026, 11, 24, tzinfo=UTC)
+    assert result.event.minute == 15 * 60 + 37
+
+
+def test_imported_events_keep_their_own_window(privacy: PrivacyFilter) -> None:
+    past = NOW - timedelta(days=3, hours=2)
+    result = privacy.apply(event(timestamp=past.isoformat()), now=NOW, salt_for=salt_for, live=False)
+    assert result.event is not None
+    assert result.event.window == window_of(past)
+    too_old = NOW - timedelta(days=30)
+    late = privacy.apply(event(timestamp=too_old.isoformat()), now=NOW, salt_for=salt_for, live=False)
+    assert late.rejection is not None and late.rejection.reason == "window-closed"
+    future = NOW + timedelta(days=1)
+    ahead = privacy.apply(event(timestamp=future.isoformat()), now=NOW, salt_for=salt_for, live=False)
+    assert ahead.rejection is not None and ahead.rejection.reason == "timestamp-future"
+
+
+def test_geography_prefers_a_valid_hint(privacy: PrivacyFilter) -> None:
+    hinted = privacy.apply(event(geo_hint="fr"), now=NOW, salt_for=salt_for, client_country="DE")
+    assert hinted.event is not None and hinted.event.country == "FR"
+    bad_hint = privacy.apply(event(geo_hint="Narnia"), now=NOW, salt_for=salt_for, client_country="DE")
+    assert bad_hint.event is not None and bad_hint.event.country == "DE"
+    unknown = privacy.apply(event(), now=NOW, salt_for=salt_for)
+    assert unknown.event is not None and unknown.event.country == "ZZ"
+
+
+def test_session_hash_depends_on_the_daily_salt(privacy: PrivacyFilter) -> None:
+    a = session_hash(b"a" * 32, b"sess_abc123")
+    assert a == session_hash(b"a" * 32, b"sess_abc123")
+    assert a != session_hash(b"b" * 32, b"sess_abc123")
+    assert -(2**63) <= a < 2**63
+    result = privacy.apply(event(), now=NOW, salt_for=salt_for)
+    assert result.event is not None and result.event.session == session_hash(SALT, b"sess_abc123")
+
+
+def test_forwarded_for_is_believed_only_from_trusted_proxies() -> None:
+    trusted = parse_networks(("10.0.0.0/8",))
+    assert str(client_ip("10.1.2.3", "203.0.113.9, 10.9.9.9", trusted)) == "203.0.113.9"
+    assert str(client_ip("198.51.100.1", "203.0.113.9", trusted)) == "198.51.100.1"
+    assert str(client_ip("10.1.2.3", "garbage", trusted)) == "10.1.2.3"
+    assert str(client_ip("10.1.2.3", None, trusted)) == "10.1.2.3"
+    assert str(client_ip("10.1.2.3", "203.0.113.9", ())) == "10.1.2.3"
+    assert client_ip(None, "203.0.113.9", trusted) is None

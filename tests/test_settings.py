@@ -1,0 +1,67 @@
+"""Settings: every field documented in the example file, TOML and environment both work, typos fail."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from node.settings import NodeSettings, load_node_settings
+from protocol.config import ConfigError
+
+DEPLOY = Path(__file__).parent.parent / "deploy"
+
+
+def _fields(model: type[BaseModel], prefix: str = "") -> set[str]:
+    names = set()
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names |= _fields(annotation, f"{prefix}{name}.")
+        else:
+            names.add(prefix + name)
+    return names
+
+
+@pytest.mark.parametrize(("model", "example"), [(NodeSettings, "node.example.toml")])
+def test_every_setting_is_documented(model: type[BaseModel], example: str) -> None:
+    text = (DEPLOY / example).read_text()
+    documented = set()
+    section = ""
+    for line in text.splitlines():
+        stripped = line.lstrip("# ").strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            section = stripped.strip("[]") + "."
+        elif "=" in stripped and not stripped.startswith(("Any", "Unset", "0 ")):
+            key = stripped.split("=")[0].strip()
+            if key.replace("_", "").isalnum():
+                documented.add(section + key)
+    missing = _fields(model) - documented
+    assert not missing, f"settings not documented in deploy/{example}: {sorted(missing)}"
+    # And the example itself is a valid settings file.
+    model.model_validate(tomllib.loads(text))
+
+
+def test_toml_then_environment_then_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text('port = 9000\nlog_level = "DEBUG"\n[rate_limit]\nburst = 5\n')
+    monkeypatch.setenv("LIBERATION_NODE_PORT", "9100")
+    monkeypatch.setenv("LIBERATION_NODE_CORS_ORIGINS", '["https://a.example"]')
+    monkeypatch.setenv("LIBERATION_NODE_RATE_LIMIT__REQUESTS_PER_SECOND", "2.5")
+    settings = load_node_settings(config, host="127.0.0.2")
+    assert settings.port == 9100
+    assert settings.log_level == "DEBUG"
+    assert settings.cors_origins == ("https://a.example",)
+    assert settings.rate_limit.burst == 5 and settings.rate_limit.requests_per_second == 2.5
+    assert settings.host == "127.0.0.2"
+
+
+def test_a_typo_is_an_error(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text("prot = 9000\n")
+    with pytest.raises(ConfigError, match="prot"):
+        load_node_settings(config)
+    with pytest.raises(ConfigError, match="trusted_proxies"):
+        load_node_settings(None, trusted_proxies=["not-a-network"])
