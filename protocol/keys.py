@@ -219,7 +219,7 @@ class SigningKey:
             raise KeyFileError(f"no key file at {name}") from None
         except OSError as exc:
             raise KeyFileError(f"cannot open key file {name}: {exc.strerror or exc}") from None
-        with os.fdopen(fd, "rb") as file:
+        with os.fdopen(fd, "rb", buffering=0) as file:
             # fstat on the open file: the mode checked is the mode of the bytes read.
             info = os.fstat(file.fileno())
             if not stat.S_ISREG(info.st_mode):
