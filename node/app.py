@@ -5,17 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 
 from node.geo import GeoLocator
 from node.ingest import Clock, Ingestor, post_events, utc_now
+from node.export import BudgetExceeded, Publisher, epsilon_cap_default
 from node.metrics import NodeMetrics
+from node.outbox import Outbox
 from node.plausible import post_plausible_event
 from node.privacy import PrivacyFilter
 from node.ratelimit import RateLimiter
@@ -24,13 +28,13 @@ from node.settings import NodeSettings
 from node.store import Store
 from node.writer import Writer
 from protocol.catalog import Catalog, load_catalog
-from protocol.errors import Forbidden, problem_middleware
+from protocol.errors import BadRequest, Forbidden, NotFound, problem_middleware
+from protocol.wire import verify_envelope
 from protocol.keys import SigningKey, load_or_create
 
 log = logging.getLogger("liberation.node")
 
 INGEST_PATHS = frozenset({"/v1/events", "/api/event"})
-RETENTION_INTERVAL_SECONDS = 3600.0
 
 
 @dataclass
@@ -46,6 +50,8 @@ class Node:
     geo: GeoLocator
     ingestor: Ingestor
     metrics: NodeMetrics
+    publisher: Publisher
+    outbox: Outbox
     clock: Clock
 
     @property
@@ -54,20 +60,30 @@ class Node:
         return timedelta(days=self.catalog.retention_days if days is None else days)
 
     def window_open(self, window: datetime) -> bool:
-        """Whether a window still takes events: not older than the retention horizon."""
+        """Whether a window still takes events: not exported, not older than the retention horizon."""
+        if int(window.timestamp()) in self.publisher.exported:
+            return False
         today = self.clock().replace(hour=0, minute=0, second=0, microsecond=0)
         return window >= today - self.retention
 
     def salt_for(self, window: datetime) -> bytes | None:
         return self.salts.get(window) if self.window_open(window) else None
 
-    def apply_retention(self) -> tuple[int, int]:
-        """Delete raw rows and salts of windows past the retention horizon."""
-        today = self.clock().replace(hour=0, minute=0, second=0, microsecond=0)
-        cutoff = today - self.retention
-        rows = self.store.delete_windows_before(int(cutoff.timestamp()))
-        salts = self.salts.destroy_before(cutoff)
-        return rows, salts
+    def export_due(self) -> list[int]:
+        """Export every closed window not yet exported; then salts and retention."""
+        done = []
+        for window in self.publisher.due_windows():
+            try:
+                self.publisher.export(window)
+            except BudgetExceeded as exc:
+                self.metrics.exports_refused.labels("budget").inc()
+                log.error("export refused: %s", exc)
+                break
+            self.metrics.snapshots_exported.inc()
+            done.append(window)
+        self.publisher.destroy_exported_salts()
+        self.publisher.apply_retention(int(self.retention.total_seconds()))
+        return done
 
 
 NODE = web.AppKey("node", Node)
@@ -95,9 +111,30 @@ def open_node(settings: NodeSettings, *, clock: Clock = utc_now) -> Node:
     writer = Writer(store, max_rows=settings.commit_max_rows, observe=metrics.observe_commit)
     geo = GeoLocator(settings.geoip_database)
     node_ref: list[Node] = []
+    publisher = Publisher(
+        store=store,
+        catalog=catalog,
+        key=key,
+        salts=salts,
+        window_seconds=settings.window_seconds,
+        grace_seconds=settings.export_grace_seconds,
+        epsilon_cap_per_day=settings.epsilon_cap_per_day
+        or epsilon_cap_default(catalog, settings.window_seconds),
+        clock=clock,
+    )
+    outbox = Outbox(
+        store,
+        settings.push,
+        on_corrupt=lambda seq: metrics.corrupt_snapshots.inc(),
+        on_result=lambda outcome: metrics.pushes.labels(outcome).inc(),
+    )
     ingestor = Ingestor(
         settings=settings,
-        privacy=PrivacyFilter(catalog, clock_skew=timedelta(seconds=settings.clock_skew_seconds)),
+        privacy=PrivacyFilter(
+            catalog,
+            clock_skew=timedelta(seconds=settings.clock_skew_seconds),
+            window_seconds=settings.window_seconds,
+        ),
         salts=lambda window: node_ref[0].salt_for(window),
         writer=writer,
         geo=geo,
@@ -105,7 +142,9 @@ def open_node(settings: NodeSettings, *, clock: Clock = utc_now) -> Node:
         metrics=metrics,
         clock=clock,
     )
-    node = Node(settings, catalog, key, store, salts, writer, geo, ingestor, metrics, clock)
+    node = Node(
+        settings, catalog, key, store, salts, writer, geo, ingestor, metrics, publisher, outbox, clock
+    )
     node_ref.append(node)
     return node
 
@@ -185,42 +224,128 @@ async def _client_script(request: web.Request) -> web.Response:
     )
 
 
-async def _local_summary(request: web.Request) -> web.Response:
+def _iso(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _window_param(text: str, window_seconds: int) -> int:
+    """`2026-11-23` or `2026-11-23T05` (hourly) or unix seconds -> window start."""
+    try:
+        if text.isdigit():
+            ts = int(text)
+        else:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            ts = int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp())
+    except ValueError:
+        raise BadRequest("window must be a date (2026-11-23), an hour (2026-11-23T05) or unix seconds", slug="invalid-window") from None
+    if ts % window_seconds:
+        raise BadRequest("that is not the start of a window", slug="invalid-window")
+    return ts
+
+
+async def _snapshot(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    since = node.clock() - timedelta(hours=48)
-    rows = await asyncio.to_thread(
-        node.store.hourly_summary, node.catalog.k_min, int(since.timestamp())
+    window = _window_param(request.match_info["window"], node.publisher.window_seconds)
+    envelope = await asyncio.to_thread(node.publisher.verified, window)
+    if envelope is None:
+        raise NotFound("no published snapshot for that window", slug="no-snapshot")
+    return web.Response(
+        body=envelope,
+        content_type="application/msgpack",
+        headers={"Cache-Control": "public, max-age=86400, immutable"},
     )
-    cells = [
-        {
-            "hour": datetime.fromtimestamp(hour, UTC).strftime("%Y-%m-%dT%H:00:00Z"),
-            "app": app,
-            "action": action,
-            "events": n,
-        }
-        for hour, app, action, n in rows
+
+
+def _published(node: Node) -> list[dict[str, object]]:
+    rows = node.store.cursor().execute(
+        "SELECT window_start, window_end, seq, digest, created FROM snapshots ORDER BY window_start"
+    ).fetchall()
+    return [
+        {"window_start": _iso(w), "window_end": _iso(e), "seq": seq, "digest": d, "created": _iso(c),
+         "url": f"/v1/snapshots/{w}"}
+        for w, e, seq, d, c in rows
     ]
+
+
+async def _snapshots(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    items = await asyncio.to_thread(_published, node)
+    return web.json_response({"node": node.key.public.key_id, "catalog": node.catalog.hash, "snapshots": items})
+
+
+async def _ledger(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    entries = await asyncio.to_thread(node.publisher.ledger)
+    return web.json_response(
+        {
+            "node": node.key.public.key_id,
+            "epsilon_cap_per_day": node.publisher.cap,
+            "entries": [
+                {"window_start": _iso(e.window_start), "metric": e.metric, "epsilon": e.epsilon,
+                 "scale": e.scale, "threshold": e.threshold, "catalog": e.catalog, "digest": e.digest}
+                for e in entries
+            ],
+        }
+    )
+
+
+async def _local_summary(request: web.Request) -> web.Response:
+    """The node's own published view: its snapshots, decoded (public, nothing un-noised)."""
+    node = request.app[NODE]
+    published = await asyncio.to_thread(_published, node)
+    recent = published[-7:]
+    windows = []
+    for item in recent:
+        envelope = await asyncio.to_thread(node.publisher.verified, int(datetime.fromisoformat(str(item["window_start"]).replace("Z", "+00:00")).timestamp()))
+        if envelope is None:
+            continue
+        snapshot = verify_envelope(envelope).snapshot
+        metrics = {}
+        for name, cells in snapshot.metrics.items():
+            spec = node.catalog.metric(name)
+            metrics[name] = {
+                "threshold": cells.threshold,
+                "sd": round(math.sqrt(cells.variance), 2),
+                "cells": [
+                    {"labels": list(node.catalog.cell_labels(spec, i)), "value": v}
+                    for i, v in zip(cells.idx, cells.val)
+                ],
+            }
+        windows.append({"window_start": item["window_start"], "window_end": item["window_end"], "metrics": metrics})
     return web.json_response(
         {
             "node": node.key.public.key_id,
             "catalog": node.catalog.hash,
-            "k_min": node.catalog.k_min,
-            "note": "hourly event counts of the last 48 hours; cells under k_min are not shown",
-            "cells": cells,
+            "note": "the node's published snapshots (noised and thresholded), newest last",
+            "windows": windows,
         },
         headers={"Cache-Control": "public, max-age=60"},
     )
 
 
-async def _retention_loop(node: Node) -> None:
-    while True:
+async def _every(interval: float, stop: asyncio.Event, name: str, step: Callable[[], Awaitable[object]]) -> None:
+    """Run `step` now and then every `interval` seconds until `stop` is set.
+
+    A step already running is allowed to finish (it may be inside a DuckDB call
+    in a worker thread), so shutdown never closes the store under it.
+    """
+    while not stop.is_set():
         try:
-            rows, salts = await asyncio.to_thread(node.apply_retention)
-            if rows or salts:
-                log.info("retention", extra={"rows_deleted": rows, "salts_destroyed": salts})
+            await step()
         except Exception as exc:  # noqa: BLE001 - keep the loop alive, say why
-            log.error("retention failed: %s", type(exc).__name__)
-        await asyncio.sleep(RETENTION_INTERVAL_SECONDS)
+            log.error("%s pass failed: %s", name, type(exc).__name__)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+
+
+async def _export_step(node: Node) -> None:
+    for window in await asyncio.to_thread(node.export_due):
+        log.info("exported", extra={"window_start": _iso(window)})
+
+
+async def _push_loop(node: Node, stop: asyncio.Event) -> None:
+    async with aiohttp.ClientSession() as session:
+        await _every(node.settings.push.interval_seconds, stop, "push", lambda: node.outbox.push_due(session))
 
 
 def create_app(settings: NodeSettings, *, clock: Clock = utc_now) -> web.Application:
@@ -234,12 +359,19 @@ def create_app(settings: NodeSettings, *, clock: Clock = utc_now) -> web.Applica
         node = await asyncio.to_thread(open_node, settings, clock=clock)
         app[NODE] = node
         await node.writer.start()
-        retention = asyncio.create_task(_retention_loop(node), name="retention")
+        stop = asyncio.Event()
+        tasks = [
+            asyncio.create_task(
+                _every(settings.export_interval_seconds, stop, "export", lambda: _export_step(node)),
+                name="export",
+            )
+        ]
+        if settings.push.hub_url:
+            tasks.append(asyncio.create_task(_push_loop(node, stop), name="push"))
         log.info("node ready", extra={"key_id": node.key.public.key_id, "catalog": node.catalog.hash})
         yield
-        retention.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await retention
+        stop.set()
+        await asyncio.gather(*tasks)
         await node.writer.stop()
         close_node(node)
 
@@ -252,4 +384,7 @@ def create_app(settings: NodeSettings, *, clock: Clock = utc_now) -> web.Applica
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/js/liberation.js", _client_script)
     app.router.add_get("/v1/local/summary", _local_summary)
+    app.router.add_get("/v1/snapshots", _snapshots)
+    app.router.add_get("/v1/snapshots/{window}", _snapshot)
+    app.router.add_get("/v1/ledger", _ledger)
     return app

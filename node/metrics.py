@@ -42,6 +42,20 @@ class NodeMetrics:
             buckets=(1, 10, 100, 1_000, 10_000, 100_000),
             registry=r,
         )
+        self.snapshots_exported = Counter(
+            "liberation_snapshots_exported", "Windows exported (noise committed)", registry=r
+        )
+        self.exports_refused = Counter(
+            "liberation_exports_refused", "Exports refused, by reason", ["reason"], registry=r
+        )
+        self.pushes = Counter(
+            "liberation_pushes", "Snapshot push attempts, by outcome", ["outcome"], registry=r
+        )
+        self.corrupt_snapshots = Counter(
+            "liberation_corrupt_snapshots",
+            "ALARM: stored snapshots whose signature no longer verifies (never pushed)",
+            registry=r,
+        )
         Gauge("liberation_rows", "Raw event rows stored", registry=r).set_function(rows)
         Gauge("liberation_db_bytes", "Bytes of the DuckDB file and WAL", registry=r).set_function(
             db_bytes

@@ -23,16 +23,14 @@ from protocol.catalog import Catalog
 from protocol.countries import UNKNOWN_COUNTRY
 from protocol.events import Event
 
-DAY = timedelta(days=1)
-
 SaltSource = Callable[[datetime], bytes | None]
 """Gives the secret salt of a window, or None when that window is closed to new events."""
 
 
-def window_of(moment: datetime) -> datetime:
-    """Start of the UTC day holding `moment`: the node's window."""
-    utc = moment.astimezone(UTC)
-    return utc.replace(hour=0, minute=0, second=0, microsecond=0)
+def window_of(moment: datetime, window_seconds: int = 86_400) -> datetime:
+    """Start of the window (UTC day by default, or hour) holding `moment`."""
+    ts = int(moment.timestamp())
+    return datetime.fromtimestamp(ts - ts % window_seconds, UTC)
 
 
 def session_hash(salt: bytes, session_key: bytes) -> int:
@@ -50,7 +48,7 @@ def session_hash(salt: bytes, session_key: bytes) -> int:
 class FilteredEvent:
     """What the store may keep of one event: no raw id, no exact time, declared values only."""
 
-    window: datetime  # UTC day start
+    window: datetime  # window start (UTC day, or hour)
     hour: datetime  # UTC hour
     minute: int  # minutes since the window start (session state only, deleted at export)
     session: int
@@ -79,9 +77,10 @@ class FilterResult:
 class PrivacyFilter:
     """Applies the catalog's allowlist and domains; pure, so it is tested without a server."""
 
-    def __init__(self, catalog: Catalog, *, clock_skew: timedelta) -> None:
+    def __init__(self, catalog: Catalog, *, clock_skew: timedelta, window_seconds: int = 86_400) -> None:
         self._catalog = catalog
         self._skew = clock_skew
+        self._window_seconds = window_seconds
         self._apps = {
             name: (frozenset(app.actions), frozenset(app.attributes))
             for name, app in catalog.apps.items()
@@ -119,7 +118,7 @@ class PrivacyFilter:
             if event.timestamp - now > self._skew:
                 return _reject("timestamp", "timestamp-future", "timestamp is in the future")
             moment = event.timestamp.astimezone(UTC)
-        window = window_of(moment)
+        window = window_of(moment, self._window_seconds)
         salt = salt_for(window)
         if salt is None:
             return _reject("timestamp", "window-closed", "the event's window is closed")
@@ -134,6 +133,10 @@ class PrivacyFilter:
             else:
                 kept[name] = label
         key = session_key if session_key is not None else event.session_id.encode()
+        if self._window_seconds != 86_400:
+            # Shorter windows: a session is cut at window boundaries, so that it
+            # belongs to exactly one window (the day's cap bounds its total loss).
+            key = int(window.timestamp()).to_bytes(8, "big") + key
         minute = int((moment - window).total_seconds() // 60)
         filtered = FilteredEvent(
             window=window,

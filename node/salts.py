@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 import threading
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 SALT_BYTES = 32
@@ -67,16 +67,6 @@ class SaltKeeper:
         """Days whose salt still exists."""
         return sorted(date.fromisoformat(p.stem) for p in self._dir.glob("*.salt"))
 
-    def destroy_before(self, cutoff: datetime) -> int:
-        """Destroy every salt of a day that starts before `cutoff`; returns how many."""
-        gone = 0
-        for day in self.days():
-            start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-            if start < cutoff:
-                self.destroy(start)
-                gone += 1
-        return gone
-
 
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
@@ -84,11 +74,3 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def day_start(day: date) -> datetime:
-    """The UTC window start of a calendar day."""
-    return datetime(day.year, day.month, day.day, tzinfo=UTC)
-
-
-ONE_DAY = timedelta(days=1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -33,6 +33,16 @@ class RateLimitSettings(_Section):
     burst: int = Field(default=60, ge=1)
 
 
+class PushSettings(_Section):
+    """Where and how the node pushes its signed snapshots."""
+
+    hub_url: str | None = None  # e.g. "https://hub.example.org"; None = keep snapshots local
+    interval_seconds: float = Field(default=10.0, gt=0)  # how often the outbox is looked at
+    min_backoff_seconds: float = Field(default=2.0, gt=0)
+    max_backoff_seconds: float = Field(default=600.0, gt=0)
+    timeout_seconds: float = Field(default=30.0, gt=0)
+
+
 class NodeSettings(_Section):
     """Everything a node operator can set; every field is documented in deploy/node.example.toml."""
 
@@ -47,9 +57,18 @@ class NodeSettings(_Section):
     clock_skew_seconds: int = Field(default=600, ge=0)  # live events further off are refused
     retention_days: int | None = Field(default=None, ge=0)  # None = the catalog's
     commit_max_rows: int = Field(default=50_000, ge=1)  # most rows in one group commit
+    window: Literal["day", "hour"] = "day"  # the snapshot window (one granularity only)
+    export_grace_seconds: int = Field(default=3600, ge=0)  # a window closes this long after its end
+    export_interval_seconds: float = Field(default=60.0, gt=0)  # how often closed windows are looked for
+    epsilon_cap_per_day: float | None = Field(default=None, gt=0)  # None = one day's worth of windows
     log_level: str = "INFO"
     plausible: PlausibleSettings = Field(default_factory=PlausibleSettings)
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    push: PushSettings = Field(default_factory=PushSettings)
+
+    @property
+    def window_seconds(self) -> int:
+        return 86_400 if self.window == "day" else 3_600
 
     @field_validator("trusted_proxies")
     @classmethod

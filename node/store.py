@@ -12,7 +12,8 @@ Only the writer task calls the mutating methods; readers use their own cursor.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -53,7 +54,53 @@ def _v1(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1,)
+def _v2(con: duckdb.DuckDBPyConnection) -> None:
+    # Published snapshots (the committed noise), the append-only privacy ledger,
+    # the push outbox, and small named values such as the node's first window.
+    con.execute(
+        """
+        CREATE TABLE snapshots (
+            window_start BIGINT PRIMARY KEY,
+            window_end BIGINT NOT NULL,
+            seq BIGINT NOT NULL UNIQUE,
+            catalog VARCHAR NOT NULL,
+            digest VARCHAR NOT NULL,
+            envelope BLOB NOT NULL,
+            created BIGINT NOT NULL
+        )
+        """
+    )
+    con.execute(
+        """
+        CREATE TABLE ledger (
+            window_start BIGINT NOT NULL,
+            metric VARCHAR NOT NULL,
+            epsilon DOUBLE NOT NULL,
+            scale DOUBLE NOT NULL,
+            threshold INTEGER NOT NULL,
+            catalog VARCHAR NOT NULL,
+            digest VARCHAR NOT NULL,
+            recorded BIGINT NOT NULL
+        )
+        """
+    )
+    con.execute(
+        """
+        CREATE TABLE outbox (
+            seq BIGINT PRIMARY KEY,
+            window_start BIGINT NOT NULL,
+            state VARCHAR NOT NULL,
+            attempts INTEGER NOT NULL,
+            next_attempt DOUBLE NOT NULL,
+            last_status INTEGER,
+            last_error VARCHAR
+        )
+        """
+    )
+    con.execute("CREATE TABLE node_state (name VARCHAR PRIMARY KEY, value BIGINT NOT NULL)")
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1, _v2)
 """Schema migrations in order; the schema version is their count."""
 
 
@@ -93,6 +140,18 @@ class Store:
     def schema_version(self) -> int:
         rows = self.cursor().execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchall()
         return int(rows[0][0])
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The write connection inside BEGIN ... COMMIT (ROLLBACK on error), holding the write lock."""
+        with self._lock:
+            self._con.execute("BEGIN")
+            try:
+                yield self._con
+            except BaseException:
+                self._con.execute("ROLLBACK")
+                raise
+            self._con.execute("COMMIT")
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A reader connection to the same database (readers never block the writer)."""
@@ -157,16 +216,6 @@ class Store:
             )
         return pa.table(columns)
 
-    def delete_windows_before(self, cutoff: int) -> int:
-        """Delete raw rows and session state of windows starting before `cutoff` (unix s)."""
-        with self._lock:
-            con = self._con
-            con.execute("BEGIN")
-            deleted = con.execute("DELETE FROM events WHERE window_start < ?", [cutoff]).fetchall()
-            con.execute("DELETE FROM session_apps WHERE window_start < ?", [cutoff])
-            con.execute("COMMIT")
-            return int(deleted[0][0]) if deleted else 0
-
     # ---- reads -----------------------------------------------------------------
 
     def row_count(self) -> int:
@@ -181,14 +230,3 @@ class Store:
             except FileNotFoundError:
                 pass
         return total
-
-    def hourly_summary(self, k_min: int, since: int) -> list[tuple[int, str, str, int]]:
-        """Events per (hour, app, action) since `since`, cells under k_min left out."""
-        rows = self.cursor().execute(
-            """
-            SELECT hour, app, action, count(*) AS n FROM events
-            WHERE hour >= ? GROUP BY ALL HAVING count(*) >= ? ORDER BY ALL
-            """,
-            [since, k_min],
-        ).fetchall()
-        return [(int(h), str(a), str(act), int(n)) for h, a, act, n in rows]

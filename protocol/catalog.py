@@ -190,6 +190,7 @@ class SessionSpec(_Frozen):
 FIXED_DIMENSIONS = ("app", "app_action", "app_pair", "country", "hour", "stage", "tool_count", "duration")
 ATTRIBUTE_DIMENSION_PREFIX = "attr:"
 STAGES = ("started", "completed")
+SESSION_SHAPES = (("app", "stage"), ("app_pair",), ("tool_count",), ("duration",))
 
 
 class Catalog(_Frozen):
@@ -236,6 +237,12 @@ class Catalog(_Frozen):
                     raise ValueError(f"{where}: dimension {dim!r} names no declared attribute")
             elif dim not in FIXED_DIMENSIONS:
                 raise ValueError(f"{where}: unknown dimension {dim!r}")
+        session_dims = {"stage", "app_pair", "tool_count", "duration"} & set(metric.dimensions)
+        if session_dims and metric.dimensions not in SESSION_SHAPES:
+            raise ValueError(
+                f"{where}: session dimensions go alone (app_pair, tool_count, duration) "
+                "or as (app, stage)"
+            )
         size = self.domain_size(metric)
         if size > MAX_DOMAIN:
             raise ValueError(f"{where}: domain of {size} cells is over {MAX_DOMAIN}")

@@ -34,10 +34,15 @@ KEY_ID_PREFIX = b"liberation-key-id/v1\x00"
 """Domain-separation prefix hashed before the raw public key to derive a key id."""
 
 PUBLIC_KEY_SIZE = 32
+"""Bytes in a raw Ed25519 public key."""
 SIGNATURE_SIZE = 64
+"""Bytes in an Ed25519 signature."""
 SEED_SIZE = 32
+"""Bytes in an Ed25519 private key seed."""
 PRIVATE_KEY_MODE = 0o600
+"""Mode of a saved private key file."""
 PUBLIC_KEY_MODE = 0o644
+"""Mode of the `<stem>.pub` file beside it."""
 MAX_KEY_FILE_SIZE = 16 * 1024  # a PKCS#8 Ed25519 PEM is 119 bytes
 
 _PEM_PRIVATE_HEADER = b"-----BEGIN PRIVATE KEY-----"
@@ -86,8 +91,10 @@ class PublicKey:
         return f"PublicKey(key_id={self.key_id!r})"
 
     @classmethod
-    def from_raw(cls, raw: bytes) -> PublicKey:
+    def from_raw(cls, raw: bytes | bytearray | memoryview) -> PublicKey:
         """The key of 32 raw bytes (RFC 8032 encoding)."""
+        if not isinstance(raw, (bytes, bytearray, memoryview)):
+            raise KeyFormatError("an Ed25519 public key is 32 raw bytes")
         return cls(bytes(raw))
 
     @classmethod
@@ -219,9 +226,9 @@ class SigningKey:
             raise KeyFileError(f"no key file at {name}") from None
         except OSError as exc:
             raise KeyFileError(f"cannot open key file {name}: {exc.strerror or exc}") from None
-        with os.fdopen(fd, "rb", buffering=0) as file:
+        try:
             # fstat on the open file: the mode checked is the mode of the bytes read.
-            info = os.fstat(file.fileno())
+            info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 raise KeyFileError(f"key file {name} is not a regular file")
             mode = stat.S_IMODE(info.st_mode)
@@ -230,7 +237,11 @@ class SigningKey:
                     f"key file {name} has mode {mode:04o}, readable beyond its owner; "
                     f"run `chmod 600 {name}`"
                 )
-            data = file.read(MAX_KEY_FILE_SIZE + 1)
+            data = b""
+            while len(data) <= MAX_KEY_FILE_SIZE and (chunk := os.read(fd, MAX_KEY_FILE_SIZE + 1)):
+                data += chunk
+        finally:
+            os.close(fd)
         return cls(_parse_private_pem(data, name))
 
     @classmethod

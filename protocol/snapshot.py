@@ -83,8 +83,11 @@ def _index_array(value: object) -> tuple[int, ...]:
 
 
 NonNegativeInt64 = Annotated[int, Field(ge=0, le=INT64_MAX)]
+"""An int in [0, 2**63) (never a bool)."""
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False), BeforeValidator(_exact_float)]
+"""A finite float > 0 (never an int)."""
 NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False), BeforeValidator(_exact_float)]
+"""A finite float >= 0 (never an int)."""
 # The explicit serializer works around pydantic handing a plain validator's
 # tuple to the tuple serializer as a list (and warning) in JSON mode.
 _AS_LIST = PlainSerializer(list, return_type=list[int], when_used="json")
@@ -93,8 +96,11 @@ IndexArray = Annotated[tuple[int, ...], PlainValidator(_index_array, json_schema
 ValueArray = Annotated[tuple[int, ...], PlainValidator(_value_array, json_schema_input_type=list[int]), _AS_LIST]
 """int64 values (a list is accepted and stored as a tuple)."""
 MetricName = Annotated[str, StringConstraints(pattern=SLUG_PATTERN)]
+"""A catalog slug: `[a-z0-9][a-z0-9_-]{0,63}`."""
 HexKeyId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+"""A key id: 32 lowercase hex characters."""
 HexHash = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+"""A SHA-256 digest: 64 lowercase hex characters."""
 
 _STRICT = ConfigDict(frozen=True, extra="forbid", strict=True)
 

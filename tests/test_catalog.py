@@ -145,6 +145,7 @@ def _mutate(raw: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
         pytest.param("metrics.0.dimensions", ["colour"], "unknown dimension", id="unknown-dim"),
         pytest.param("metrics.0.dimensions", ["attr:shoe_size"], "no declared", id="unknown-attr-dim"),
         pytest.param("metrics.0.threshold", 5, "below k_min", id="threshold-below-kmin"),
+        pytest.param("metrics.0.dimensions", ["country", "stage"], "session dimensions", id="stage-combo"),
         pytest.param("metrics.0.max_cells", 0, "greater than or equal", id="zero-k"),
         pytest.param("attributes.runway_months.edges", [3, 2, 1], "increasing", id="edges-decreasing"),
         pytest.param("attributes.runway_months.edges", [], "non-empty", id="edges-empty"),

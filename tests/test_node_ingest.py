@@ -248,8 +248,7 @@ async def test_operations_endpoints(node: RunningNode) -> None:
             assert "liberation_commit_seconds_count" in text
         async with session.get(node.url + "/v1/local/summary") as resp:
             summary = await resp.json()
-            cells = summary["cells"]
-            # 12 runway events clear k_min = 10; the 3 assessment starts are suppressed.
-            assert [(c["app"], c["action"], c["events"]) for c in cells] == [("runway-calculator", "calculate", 12)]
+            # Nothing exported yet: today's window is open, and nothing un-noised is ever shown.
+            assert resp.status == 200 and summary["windows"] == []
         async with session.get(node.url + "/js/liberation.js") as resp:
             assert resp.status == 200 and resp.content_type == "application/javascript"

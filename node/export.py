@@ -1,0 +1,287 @@
+"""Snapshot export: bound, noise, threshold, sign, and commit each closed window exactly once.
+
+Noise is committed once: the signed envelope is stored with its ledger rows
+and outbox entry in one transaction, and every later export of the window
+returns those same bytes (fresh noise for the same data could be averaged
+away). After export the window's per-session state and, once its day is
+fully exported, the day's salt are destroyed; raw rows follow retention.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from node.aggregate import true_tables
+from node.dp import NoiseSampler, laplace_variance, opendp_laplace, privacy_loss, threshold_and_fold
+from node.salts import SaltKeeper
+from node.store import Store
+from protocol.catalog import Catalog
+from protocol.errors import LiberationError
+from protocol.keys import SigningKey
+from protocol.snapshot import FORMAT, MetricCells, Snapshot
+from protocol.wire import EnvelopeError, sign_snapshot, verify_envelope
+
+DAY = 86_400
+
+
+class ExportError(LiberationError):
+    """A window that cannot be exported now."""
+
+
+class WindowNotClosed(ExportError):
+    """The window has not ended, or its grace period has not passed."""
+
+
+class BudgetExceeded(ExportError):
+    """The export would spend more epsilon in its day than the configured cap."""
+
+
+def build_snapshot(
+    catalog: Catalog,
+    tables: dict[str, list[int]],
+    *,
+    node: str,
+    window_start: int,
+    window_end: int,
+    seq: int,
+    created: int,
+    sampler: NoiseSampler = opendp_laplace,
+) -> Snapshot:
+    """Noise every cell of every metric's domain, threshold, fold into `other`: the snapshot body."""
+    metrics: dict[str, MetricCells] = {}
+    for metric in catalog.metrics:
+        counts = tables[metric.name]
+        if len(counts) != catalog.domain_size(metric):
+            raise ValueError(f"metric {metric.name!r}: table does not cover its domain")
+        scale = catalog.scale(metric)
+        noisy = sampler(counts, scale)
+        kept = threshold_and_fold(noisy, catalog.shape(metric)[-1], catalog.threshold(metric))
+        metrics[metric.name] = MetricCells(
+            epsilon=catalog.epsilon(metric),
+            scale=scale,
+            variance=laplace_variance(scale),
+            threshold=catalog.threshold(metric),
+            idx=kept.idx,
+            val=kept.val,
+            other_idx=kept.other_idx,
+            other_val=kept.other_val,
+        )
+    return Snapshot(
+        format=FORMAT,
+        node=node,
+        catalog=catalog.hash,
+        window_start=window_start,
+        window_end=window_end,
+        seq=seq,
+        created=created,
+        nodes=1,
+        metrics=metrics,
+    )
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One row of the privacy ledger."""
+
+    window_start: int
+    metric: str
+    epsilon: float
+    scale: float
+    threshold: int
+    catalog: str
+    digest: str
+    recorded: int
+
+
+class Publisher:
+    """Exports windows of one node: the only code that creates snapshots and spends budget."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        catalog: Catalog,
+        key: SigningKey,
+        salts: SaltKeeper,
+        window_seconds: int,
+        grace_seconds: int,
+        epsilon_cap_per_day: float,
+        clock: Callable[[], datetime],
+        sampler: NoiseSampler = opendp_laplace,
+    ) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.key = key
+        self.salts = salts
+        self.window_seconds = window_seconds
+        self.grace_seconds = grace_seconds
+        self.cap = epsilon_cap_per_day
+        self.clock = clock
+        self._sampler = sampler
+        self._check_certified_epsilon()
+        self.exported: set[int] = {
+            int(w) for (w,) in store.cursor().execute("SELECT window_start FROM snapshots").fetchall()
+        }
+
+    def _check_certified_epsilon(self) -> None:
+        # OpenDP's own privacy map must agree with the catalog: epsilon_j = k_j c_j / b_j.
+        for metric in self.catalog.metrics:
+            certified = privacy_loss(self.catalog.scale(metric), metric.sensitivity)
+            if certified > self.catalog.epsilon(metric) * (1 + 1e-9):
+                raise ExportError(f"metric {metric.name}: OpenDP certifies epsilon {certified}")
+
+    # ---- windows ----------------------------------------------------------------
+
+    def window_of(self, moment: datetime) -> int:
+        ts = int(moment.timestamp())
+        return ts - ts % self.window_seconds
+
+    def is_closed(self, window_start: int) -> bool:
+        now = self.clock().timestamp()
+        return window_start + self.window_seconds + self.grace_seconds <= now
+
+    def first_window(self) -> int:
+        """The node's first window: creation day, or earlier if history was imported."""
+        con = self.store.cursor()
+        created = con.execute("SELECT value FROM node_state WHERE name = 'first_window'").fetchall()
+        if not created:
+            with self.store.transaction() as tx:
+                tx.execute(
+                    "INSERT INTO node_state VALUES ('first_window', ?) ON CONFLICT DO NOTHING",
+                    [self.window_of(self.clock())],
+                )
+            return self.first_window()
+        earliest = con.execute("SELECT min(window_start) FROM events").fetchall()[0][0]
+        return int(min(created[0][0], earliest if earliest is not None else created[0][0]))
+
+    def due_windows(self) -> list[int]:
+        """Every closed, unexported window since the first one.
+
+        Every window is exported, with data or without: skipping empty ones
+        would publish whether anybody came, outside the DP guarantee.
+        """
+        first = self.first_window()
+        now_window = self.window_of(self.clock())
+        return [
+            w
+            for w in range(first, now_window, self.window_seconds)
+            if w not in self.exported and self.is_closed(w)
+        ]
+
+    # ---- export -----------------------------------------------------------------
+
+    def stored(self, window_start: int) -> bytes | None:
+        """The committed envelope of a window, if it was exported."""
+        rows = self.store.cursor().execute(
+            "SELECT envelope FROM snapshots WHERE window_start = ?", [window_start]
+        ).fetchall()
+        return bytes(rows[0][0]) if rows else None
+
+    def spent(self, day_start: int) -> float:
+        """Epsilon recorded in the ledger for the windows of one UTC day."""
+        rows = self.store.cursor().execute(
+            "SELECT coalesce(sum(epsilon), 0) FROM ledger WHERE window_start >= ? AND window_start < ?",
+            [day_start, day_start + DAY],
+        ).fetchall()
+        return float(rows[0][0])
+
+    def export(self, window_start: int) -> bytes:
+        """The signed envelope of a window: built and committed once, then the same bytes forever."""
+        if window_start % self.window_seconds:
+            raise ExportError("a window starts on a window boundary")
+        existing = self.stored(window_start)
+        if existing is not None:
+            return existing
+        if not self.is_closed(window_start):
+            raise WindowNotClosed("the window is still open (or in its grace period)")
+        day = window_start - window_start % DAY
+        spent = self.spent(day)
+        if spent + self.catalog.epsilon_per_window > self.cap * (1 + 1e-9):
+            raise BudgetExceeded(
+                f"exporting would spend epsilon {spent + self.catalog.epsilon_per_window:g} "
+                f"on {datetime.fromtimestamp(day, UTC):%Y-%m-%d}, over the cap of {self.cap:g}"
+            )
+        tables = true_tables(self.store.cursor(), self.catalog, window_start)
+        with self.store.transaction() as tx:
+            seq = int(tx.execute("SELECT coalesce(max(seq), 0) + 1 FROM snapshots").fetchall()[0][0])
+            now = int(self.clock().timestamp())
+            snapshot = build_snapshot(
+                self.catalog,
+                tables,
+                node=self.key.public.key_id,
+                window_start=window_start,
+                window_end=window_start + self.window_seconds,
+                seq=seq,
+                created=now - now % 60,
+                sampler=self._sampler,
+            )
+            envelope = sign_snapshot(snapshot, self.key)
+            digest = verify_envelope(envelope).digest
+            tx.execute(
+                "INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [window_start, snapshot.window_end, seq, self.catalog.hash, digest, envelope, snapshot.created],
+            )
+            tx.executemany(
+                "INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    [window_start, name, cells.epsilon, cells.scale, cells.threshold, self.catalog.hash, digest, now]
+                    for name, cells in snapshot.metrics.items()
+                ],
+            )
+            tx.execute("INSERT INTO outbox VALUES (?, ?, 'pending', 0, 0, NULL, NULL)", [seq, window_start])
+            # The per-session minutes and app order live only until export.
+            tx.execute("DELETE FROM session_apps WHERE window_start = ?", [window_start])
+        self.exported.add(window_start)
+        self.destroy_exported_salts()
+        return envelope
+
+    def destroy_exported_salts(self) -> int:
+        """Destroy the salt of every day whose windows are all exported."""
+        destroyed = 0
+        per_day = DAY // self.window_seconds
+        for day in self.salts.days():
+            start = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp())
+            if all(start + i * self.window_seconds in self.exported for i in range(per_day)):
+                self.salts.destroy(datetime.fromtimestamp(start, UTC))
+                destroyed += 1
+        return destroyed
+
+    def verified(self, window_start: int) -> bytes | None:
+        """The stored envelope only if it still verifies: a damaged one is never served or pushed."""
+        envelope = self.stored(window_start)
+        if envelope is None:
+            return None
+        try:
+            verify_envelope(envelope)
+        except EnvelopeError:
+            return None
+        return envelope
+
+    def ledger(self) -> list[LedgerEntry]:
+        """Every ledger row, in order."""
+        rows = self.store.cursor().execute(
+            "SELECT * FROM ledger ORDER BY window_start, metric"
+        ).fetchall()
+        return [LedgerEntry(*(int(r[0]), str(r[1]), float(r[2]), float(r[3]), int(r[4]), str(r[5]), str(r[6]), int(r[7]))) for r in rows]
+
+    def apply_retention(self, retention_seconds: int) -> int:
+        """Delete raw rows of exported windows older than the retention horizon."""
+        now = int(self.clock().timestamp())
+        horizon = now - now % DAY - retention_seconds
+        with self.store.transaction() as tx:
+            rows = tx.execute(
+                """
+                DELETE FROM events WHERE window_start + ? <= ?
+                AND window_start IN (SELECT window_start FROM snapshots)
+                """,
+                [self.window_seconds, horizon],
+            ).fetchall()
+        return int(rows[0][0]) if rows else 0
+
+
+def epsilon_cap_default(catalog: Catalog, window_seconds: int) -> float:
+    """Default cap per UTC day: one window's epsilon times the windows in a day."""
+    return catalog.epsilon_per_window * math.ceil(DAY / window_seconds)

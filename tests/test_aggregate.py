@@ -1,0 +1,116 @@
+"""Aggregation with contribution bounding: exact small cases and the sensitivity bound."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+
+from node.aggregate import true_tables
+from protocol.catalog import load_catalog
+from tests.factories import WINDOW, ev, store_with
+
+CATALOG = load_catalog()
+W = int(WINDOW.timestamp())
+
+
+def cell(metric: str, *labels: str) -> int:
+    m = CATALOG.metric(metric)
+    index = 0
+    for dim, label in zip(m.dimensions, labels):
+        domain = CATALOG.domain(dim)
+        index = index * len(domain) + domain.index(label)
+    return index
+
+
+def test_small_window_counts(tmp_path: Path) -> None:
+    raw = [
+        # Session a: runway start -> calculate -> complete, then the wage calculator.
+        ev("a", "runway-calculator", "start", 0, geo="DE"),
+        ev("a", "runway-calculator", "calculate", 3, runway_months=8.5, industry="tech", savings_band="10k-25k"),
+        ev("a", "runway-calculator", "calculate", 4, runway_months=13, industry="tech"),
+        ev("a", "runway-calculator", "complete", 5),
+        ev("a", "real-wage-calculator", "start", 9),
+        ev("a", "real-wage-calculator", "reveal", 21, salary=87_000, real_wage_gap_pct=23),
+        # Session b: an assessment, started but not completed, many answers.
+        *[ev("b", "cognitive-debt-assessment", a, 60 + i) for i, a in enumerate(["start"] + ["answer"] * 7)],
+    ]
+    store = store_with(tmp_path, raw)
+    t = true_tables(store.cursor(), CATALOG, W)
+
+    assert t["usage_events"][cell("usage_events", "runway-calculator/calculate")] == 2
+    assert t["usage_events"][cell("usage_events", "cognitive-debt-assessment/answer")] == 2  # clamped at c=2
+    assert t["usage_sessions"][cell("usage_sessions", "runway-calculator/calculate")] == 1
+    assert t["geo_sessions"][cell("geo_sessions", "runway-calculator", "DE")] == 1
+    assert t["geo_sessions"][cell("geo_sessions", "cognitive-debt-assessment", "ZZ")] == 1
+    assert t["completion"][cell("completion", "runway-calculator", "started")] == 1
+    assert t["completion"][cell("completion", "runway-calculator", "completed")] == 1
+    assert t["completion"][cell("completion", "cognitive-debt-assessment", "started")] == 1
+    assert t["completion"][cell("completion", "cognitive-debt-assessment", "completed")] == 0
+    assert t["tool_pairs"][cell("tool_pairs", "runway-calculator>real-wage-calculator")] == 1
+    assert sum(t["tool_pairs"]) == 1
+    assert t["session_tools"] == [1, 1, 0]
+    assert t["session_duration"][cell("session_duration", "20..30")] == 1  # minute 0 to 21
+    assert t["session_duration"][cell("session_duration", "5..10")] == 1  # minutes 60 to 67
+    # Attribute metrics keep the value the session ended with: 13 months, not 8.5.
+    assert t["runway_months"][cell("runway_months", "12..18")] == 1
+    assert sum(t["runway_months"]) == 1
+    assert t["salary_band"][cell("salary_band", "75k-100k")] == 1
+    assert t["industry_runway"][cell("industry_runway", "tech", "12..18")] == 1
+    assert t["peak_events"][cell("peak_events", "runway-calculator", "00")] == 2  # 4 events, c=2, one cell
+    for name, vector in t.items():
+        assert len(vector) == CATALOG.domain_size(CATALOG.metric(name))
+
+
+def test_an_empty_window_is_all_zeros(tmp_path: Path) -> None:
+    store = store_with(tmp_path, [ev("a", "runway-calculator", "start", 0)])
+    t = true_tables(store.cursor(), CATALOG, W + 86400)
+    assert all(sum(v) == 0 for v in t.values())
+
+
+def adversary() -> list[dict[str, object]]:
+    """One session sending 10,000 events that touch as many cells as it can."""
+    apps = list(CATALOG.apps.items())
+    countries = ["DE", "US", "BR", "IN", "FR", "KE"]
+    out = []
+    for i in range(10_000):
+        app, spec = apps[i % len(apps)]
+        action = spec.actions[(i // 3) % len(spec.actions)]
+        attrs = {
+            "runway-calculator": {"runway_months": i % 70, "industry": ["tech", "finance", "retail"][i % 3],
+                                  "savings_band": CATALOG.domain("attr:savings_band")[i % 7], "monthly_expenses": i},
+            "real-wage-calculator": {"salary": i * 37, "real_wage_gap_pct": i % 80 - 20, "industry": "nonprofit"},
+            "cognitive-debt-assessment": {"debt_level": ["low", "high"][i % 2], "questions_answered": i % 40},
+        }[app]
+        out.append(ev("adversary", app, action, (i * 7) % 1440, geo=countries[i % 6], **attrs))
+    return out
+
+
+def crowd() -> list[dict[str, object]]:
+    out = []
+    for s, (app, spec) in zip(range(300), itertools.cycle(CATALOG.apps.items())):
+        for j, action in enumerate(spec.actions):
+            out.append(ev(f"crowd{s}", app, action, s + j, runway_months=s % 30, industry="tech",
+                          salary=40_000 + s * 100, debt_level="moderate", geo="US"))
+    return out
+
+
+def test_one_session_moves_each_metric_by_at_most_its_sensitivity(tmp_path: Path) -> None:
+    base = true_tables(store_with(tmp_path / "d", crowd()).cursor(), CATALOG, W)
+    plus = true_tables(store_with(tmp_path / "d1", crowd() + adversary()).cursor(), CATALOG, W)
+    moved_any = False
+    for metric in CATALOG.metrics:
+        l1 = sum(abs(a - b) for a, b in zip(base[metric.name], plus[metric.name]))
+        assert l1 <= metric.sensitivity, f"{metric.name}: moved {l1} > {metric.sensitivity}"
+        moved_any |= l1 == metric.sensitivity
+    # The adversary does reach the bound somewhere: the test can tell a loose bound from none.
+    assert moved_any
+
+
+@pytest.mark.parametrize("metric", ["usage_events", "geo_sessions", "peak_events"])
+def test_the_adversary_saturates_event_metrics(tmp_path: Path, metric: str) -> None:
+    base = true_tables(store_with(tmp_path / "d", crowd()).cursor(), CATALOG, W)
+    plus = true_tables(store_with(tmp_path / "d1", crowd() + adversary()).cursor(), CATALOG, W)
+    spec = CATALOG.metric(metric)
+    assert sum(abs(a - b) for a, b in zip(base[metric], plus[metric])) == spec.sensitivity

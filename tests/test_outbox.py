@@ -1,0 +1,140 @@
+"""The push outbox against a real HTTP hub stand-in on loopback: success, 4xx, 5xx, backoff, tamper alarm."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from node.outbox import Outbox, backoff
+from node.settings import PushSettings
+from node.store import Store
+from protocol.wire import verify_envelope
+from tests.factories import NOW, W_DAY, ev, store_with
+from tests.test_export import publisher
+
+W = W_DAY
+
+
+class HubStandIn:
+    """Answers POST /v1/snapshots with the statuses queued in `answers` (then 202)."""
+
+    def __init__(self) -> None:
+        self.answers: list[int] = []
+        self.received: list[bytes] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.received.append(await request.read())
+        status = self.answers.pop(0) if self.answers else 202
+        return web.Response(status=status, text="{}")
+
+
+@pytest.fixture
+async def hub() -> AsyncIterator[tuple[HubStandIn, str]]:
+    stand_in = HubStandIn()
+    app = web.Application()
+    app.router.add_post("/v1/snapshots", stand_in.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield stand_in, f"http://127.0.0.1:{runner.addresses[0][1]}"
+    await runner.cleanup()
+
+
+def exported_store(tmp: Path, windows: int = 1) -> Store:
+    store = store_with(tmp, [ev(f"s{i}", "runway-calculator", "start", i) for i in range(30)])
+    pub = publisher(store, tmp)
+    for i in range(windows):
+        pub.export(W + i * 86_400)
+    return store
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = NOW.timestamp()
+
+    def __call__(self) -> float:
+        return self.t
+
+
+async def test_push_success_marks_sent(tmp_path: Path, hub: tuple[HubStandIn, str]) -> None:
+    stand_in, url = hub
+    store = exported_store(tmp_path, windows=2)
+    outbox = Outbox(store, PushSettings(hub_url=url))
+    async with aiohttp.ClientSession() as session:
+        assert await outbox.push_due(session) == 2
+        assert await outbox.push_due(session) == 0  # nothing twice
+    assert [e.state for e in outbox.entries()] == ["sent", "sent"]
+    assert [verify_envelope(b).snapshot.seq for b in stand_in.received] == [1, 2]
+
+
+async def test_hub_4xx_is_recorded_and_not_retried(tmp_path: Path, hub: tuple[HubStandIn, str]) -> None:
+    stand_in, url = hub
+    stand_in.answers = [403]
+    store = exported_store(tmp_path)
+    clock = Clock()
+    outbox = Outbox(store, PushSettings(hub_url=url), now=clock)
+    async with aiohttp.ClientSession() as session:
+        await outbox.push_due(session)
+        clock.t += 10_000
+        await outbox.push_due(session)
+    entry = outbox.entries()[0]
+    assert entry.state == "rejected" and entry.last_status == 403 and entry.attempts == 1
+    assert len(stand_in.received) == 1
+
+
+async def test_5xx_and_network_errors_back_off_then_succeed(tmp_path: Path, hub: tuple[HubStandIn, str]) -> None:
+    stand_in, url = hub
+    stand_in.answers = [503, 500]
+    store = exported_store(tmp_path)
+    clock = Clock()
+    outbox = Outbox(store, PushSettings(hub_url=url, min_backoff_seconds=2, max_backoff_seconds=60), now=clock)
+    async with aiohttp.ClientSession() as session:
+        await outbox.push_due(session)
+        first = outbox.entries()[0]
+        assert first.state == "pending" and first.attempts == 1 and first.last_status == 503
+        assert clock.t < first.next_attempt <= clock.t + 2
+        await outbox.push_due(session)  # not due yet: no request
+        assert len(stand_in.received) == 1
+        clock.t = first.next_attempt
+        await outbox.push_due(session)
+        second = outbox.entries()[0]
+        assert second.attempts == 2 and second.next_attempt <= clock.t + 4
+        clock.t = second.next_attempt
+        assert await outbox.push_due(session) == 1
+    assert outbox.entries()[0].state == "sent"
+    # A closed port: a network error is retried too.
+    dead = Outbox(store, PushSettings(hub_url="http://127.0.0.1:9"), now=clock)
+    with store.transaction() as tx:
+        tx.execute("UPDATE outbox SET state = 'pending'")
+    async with aiohttp.ClientSession() as session:
+        await dead.push_due(session)
+    entry = dead.entries()[0]
+    assert entry.state == "pending" and entry.last_error and entry.last_status is None
+
+
+def test_backoff_is_bounded_with_jitter() -> None:
+    values = [backoff(n, 2, 600) for n in range(40) for _ in range(20)]
+    assert all(1 <= v <= 600 for v in values)
+    assert len({round(v, 3) for v in values}) > 100  # jittered, not lock-step
+    assert max(backoff(3, 2, 600) for _ in range(200)) <= 16
+
+
+async def test_a_tampered_snapshot_is_never_pushed(tmp_path: Path, hub: tuple[HubStandIn, str]) -> None:
+    stand_in, url = hub
+    store = exported_store(tmp_path)
+    with store.transaction() as tx:
+        envelope = bytearray(tx.execute("SELECT envelope FROM snapshots").fetchall()[0][0])
+        envelope[-5] ^= 0x40
+        tx.execute("UPDATE snapshots SET envelope = ?", [bytes(envelope)])
+    alarms: list[int] = []
+    outbox = Outbox(store, PushSettings(hub_url=url), on_corrupt=alarms.append)
+    async with aiohttp.ClientSession() as session:
+        assert await outbox.push_due(session) == 0
+    assert stand_in.received == []
+    assert alarms == [1]
+    assert outbox.entries()[0].state == "corrupt"
