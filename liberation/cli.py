@@ -132,6 +132,52 @@ def _node_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _node_export(args: argparse.Namespace) -> int:
+    from node.app import close_node, open_node, parse_window
+
+    settings = _node_settings(args)
+    node = open_node(settings)
+    try:
+        window = parse_window(args.window, settings.window_seconds)
+        envelope = node.publisher.export(window)
+    finally:
+        close_node(node)
+    if args.out:
+        Path(args.out).write_bytes(envelope)
+        print(f"wrote {len(envelope)} bytes to {args.out}", file=sys.stderr)
+    elif sys.stdout.isatty():
+        print("liberation: the envelope is binary; give --out FILE or redirect stdout", file=sys.stderr)
+        return 1
+    else:
+        sys.stdout.buffer.write(envelope)
+    return 0
+
+
+def _node_budget(args: argparse.Namespace) -> int:
+    from node.app import close_node, open_node
+
+    node = open_node(_node_settings(args))
+    try:
+        entries = node.publisher.ledger()
+        cap = node.publisher.cap
+    finally:
+        close_node(node)
+    print(f"epsilon cap per UTC day: {cap:g}")
+    per_window: dict[int, float] = {}
+    for entry in entries:
+        per_window[entry.window_start] = per_window.get(entry.window_start, 0.0) + entry.epsilon
+    if not per_window:
+        print("no window exported yet: nothing spent")
+    for window, spent in sorted(per_window.items()):
+        from datetime import UTC, datetime
+
+        print(f"  {datetime.fromtimestamp(window, UTC):%Y-%m-%d %H:%M}Z  epsilon {spent:.4f}")
+    if args.verbose:
+        for entry in entries:
+            print(f"    {entry.metric:20s} epsilon {entry.epsilon:.4f}  scale {entry.scale:8.2f}  threshold {entry.threshold}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     print("Liberation Analytics: the demo federation arrives with the dashboard issue.")
     print("Available now:")
@@ -192,6 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
     nimport.add_argument("file", metavar="FILE")
     nimport.add_argument("--quiet", action="store_true", help="no progress bar")
     nimport.set_defaults(func=_node_import)
+
+    nexport = node.add_parser("export", help="export a closed window: the signed envelope, for offline transfer")
+    _node_options(nexport)
+    nexport.add_argument("--window", required=True, help="2026-11-23 (or 2026-11-23T05 with hourly windows)")
+    nexport.add_argument("--out", metavar="FILE", help="write the envelope here (default: stdout)")
+    nexport.set_defaults(func=_node_export)
+    nbudget = node.add_parser("budget", help="print the privacy ledger: epsilon spent per window")
+    _node_options(nbudget)
+    nbudget.add_argument("--verbose", "-v", action="store_true", help="one line per metric")
+    nbudget.set_defaults(func=_node_budget)
 
     demo = sub.add_parser("demo", help="run the demo federation")
     demo.set_defaults(func=_demo)

@@ -105,7 +105,7 @@ def open_node(settings: NodeSettings, *, clock: Clock = utc_now) -> Node:
     paths = data_paths(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     key = load_or_create(paths["key"])
-    store = Store(paths["db"], catalog)
+    store = Store(paths["db"], catalog, memory_limit=settings.memory_limit)
     salts = SaltKeeper(paths["salts"])
     metrics = NodeMetrics(rows=store.row_count, db_bytes=store.size_bytes)
     writer = Writer(store, max_rows=settings.commit_max_rows, observe=metrics.observe_commit)
@@ -228,16 +228,21 @@ def _iso(ts: int) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _window_param(text: str, window_seconds: int) -> int:
+def parse_window(text: str, window_seconds: int) -> int:
     """`2026-11-23` or `2026-11-23T05` (hourly) or unix seconds -> window start."""
     try:
         if text.isdigit():
             ts = int(text)
         else:
+            if len(text) == 13:  # 2026-11-23T05
+                text += ":00"
             moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
             ts = int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp())
     except ValueError:
-        raise BadRequest("window must be a date (2026-11-23), an hour (2026-11-23T05) or unix seconds", slug="invalid-window") from None
+        raise BadRequest(
+            "window must be a date (2026-11-23), an hour (2026-11-23T05) or unix seconds",
+            slug="invalid-window",
+        ) from None
     if ts % window_seconds:
         raise BadRequest("that is not the start of a window", slug="invalid-window")
     return ts
@@ -245,7 +250,7 @@ def _window_param(text: str, window_seconds: int) -> int:
 
 async def _snapshot(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    window = _window_param(request.match_info["window"], node.publisher.window_seconds)
+    window = parse_window(request.match_info["window"], node.publisher.window_seconds)
     envelope = await asyncio.to_thread(node.publisher.verified, window)
     if envelope is None:
         raise NotFound("no published snapshot for that window", slug="no-snapshot")

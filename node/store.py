@@ -4,8 +4,10 @@ Tables (times are unix seconds, UTC; nothing finer than an hour except the
 per-session minutes, which live only until the window is exported):
     events        one row per accepted event: window, hour, session hash, app,
                   action, country and one `a_<attribute>` column per declared attribute
-    session_apps  per (window, session, app): order of first use (first_seq) and the
-                  first/last minute inside the window, for durations and tool pairs
+    sessions_<w>  per (session, app) of window w: order of first use (first_seq) and
+                  the first/last minute inside the window, for durations and tool pairs;
+                  dropped at export
+    snapshots, ledger, outbox, node_state   see node/export.py and node/outbox.py
 Only the writer task calls the mutating methods; readers use their own cursor.
 """
 
@@ -36,19 +38,6 @@ def _v1(con: duckdb.DuckDBPyConnection) -> None:
             app VARCHAR NOT NULL,
             action VARCHAR NOT NULL,
             country VARCHAR NOT NULL
-        )
-        """
-    )
-    con.execute(
-        """
-        CREATE TABLE session_apps (
-            window_start BIGINT NOT NULL,
-            session BIGINT NOT NULL,
-            app VARCHAR NOT NULL,
-            first_seq BIGINT NOT NULL,
-            first_minute SMALLINT NOT NULL,
-            last_minute SMALLINT NOT NULL,
-            PRIMARY KEY (window_start, session, app)
         )
         """
     )
@@ -104,6 +93,23 @@ MIGRATIONS: tuple[Migration, ...] = (_v1, _v2)
 """Schema migrations in order; the schema version is their count."""
 
 
+def session_table(window_start: int) -> str:
+    """The per-session state of one window lives in its own table, dropped whole at export.
+
+    (A DELETE of a day's million session rows from one shared indexed table
+    takes seconds; DROP TABLE takes none.)
+    """
+    return f"sessions_{int(window_start)}"
+
+
+def session_tables(con: duckdb.DuckDBPyConnection) -> list[int]:
+    """Windows that still have per-session state."""
+    rows = con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE table_name LIKE 'sessions\\_%' ESCAPE '\\'"
+    ).fetchall()
+    return sorted(int(name.removeprefix("sessions_")) for (name,) in rows)
+
+
 def attribute_column(name: str) -> str:
     """Column of a declared attribute; names are catalog slugs, so quoting is safe."""
     return '"a_' + name.replace("-", "_") + '"'
@@ -112,11 +118,14 @@ def attribute_column(name: str) -> str:
 class Store:
     """Owns the DuckDB file of one node."""
 
-    def __init__(self, path: Path, catalog: Catalog) -> None:
+    def __init__(self, path: Path, catalog: Catalog, *, memory_limit: str = "640MB") -> None:
         self.path = path
         self.catalog = catalog
         path.parent.mkdir(parents=True, exist_ok=True)
         self._con = duckdb.connect(str(path))
+        self._con.execute("SET enable_progress_bar = false")  # never draw on a server's stderr
+        # Bounded memory: big aggregations spill to `<db>.tmp` rather than grow the process.
+        self._con.execute("SET memory_limit = ?", [memory_limit])
         self._lock = threading.Lock()
         self._attrs = tuple(catalog.attributes)
         self._migrate()
@@ -155,7 +164,9 @@ class Store:
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A reader connection to the same database (readers never block the writer)."""
-        return self._con.cursor()
+        cursor = self._con.cursor()
+        cursor.execute("SET enable_progress_bar = false")
+        return cursor
 
     def close(self) -> None:
         with self._lock:
@@ -179,17 +190,31 @@ class Store:
                     + [attribute_column(a) for a in self._attrs]
                 )
                 con.execute(f"INSERT INTO events ({columns}) SELECT {columns} FROM incoming")
-                con.execute(
-                    """
-                    INSERT INTO session_apps
-                    SELECT window_start, session, app, min(seq), min(minute), max(minute)
-                    FROM incoming GROUP BY window_start, session, app
-                    ON CONFLICT (window_start, session, app) DO UPDATE SET
-                        first_seq = least(session_apps.first_seq, excluded.first_seq),
-                        first_minute = least(session_apps.first_minute, excluded.first_minute),
-                        last_minute = greatest(session_apps.last_minute, excluded.last_minute)
-                    """
-                )
+                for window in sorted({int(e.window.timestamp()) for e in events}):
+                    table = session_table(window)
+                    con.execute(
+                        f"""
+                        CREATE TABLE IF NOT EXISTS {table} (
+                            session BIGINT NOT NULL,
+                            app VARCHAR NOT NULL,
+                            first_seq BIGINT NOT NULL,
+                            first_minute SMALLINT NOT NULL,
+                            last_minute SMALLINT NOT NULL,
+                            PRIMARY KEY (session, app)
+                        )
+                        """
+                    )
+                    con.execute(
+                        f"""
+                        INSERT INTO {table}
+                        SELECT session, app, min(seq), min(minute), max(minute)
+                        FROM incoming WHERE window_start = {window} GROUP BY session, app
+                        ON CONFLICT (session, app) DO UPDATE SET
+                            first_seq = least({table}.first_seq, excluded.first_seq),
+                            first_minute = least({table}.first_minute, excluded.first_minute),
+                            last_minute = greatest({table}.last_minute, excluded.last_minute)
+                        """
+                    )
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")

@@ -12,7 +12,7 @@ import pytest
 from node.dp import laplace_variance, opendp_laplace, threshold_and_fold
 from node.export import BudgetExceeded, Publisher, WindowNotClosed, build_snapshot
 from node.salts import SaltKeeper
-from node.store import Store
+from node.store import Store, session_table, session_tables
 from protocol.catalog import load_catalog
 from protocol.keys import SigningKey
 from protocol.wire import verify_envelope
@@ -125,11 +125,12 @@ def test_export_destroys_salt_and_session_state(tmp_path: Path) -> None:
     pub = publisher(store, tmp_path)
     salt = pub.salts.get(WINDOW)
     assert len(salt) == 32 and pub.salts.days() == [WINDOW.date()]
-    assert store.cursor().execute("SELECT count(*) FROM session_apps WHERE window_start = ?", [W]).fetchall()[0][0] > 0
+    assert session_tables(store.cursor()) == [W]
+    assert store.cursor().execute(f"SELECT count(*) FROM {session_table(W)}").fetchall()[0][0] > 0
     pub.export(W)
     assert pub.salts.days() == []
     assert not any((tmp_path / "salts").iterdir())
-    assert store.cursor().execute("SELECT count(*) FROM session_apps").fetchall() == [(0,)]
+    assert session_tables(store.cursor()) == []
     # Raw rows stay until the retention horizon, then go.
     assert store.row_count() > 0
     late = publisher(store, tmp_path, clock=lambda: WINDOW + timedelta(days=9))
