@@ -13,9 +13,7 @@ Only the writer task calls the mutating methods; readers use their own cursor.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import duckdb
@@ -23,6 +21,7 @@ import pyarrow as pa
 
 from node.privacy import FilteredEvent
 from protocol.catalog import Catalog
+from protocol.storage import Database
 
 Migration = Callable[[duckdb.DuckDBPyConnection], None]
 
@@ -115,62 +114,20 @@ def attribute_column(name: str) -> str:
     return '"a_' + name.replace("-", "_") + '"'
 
 
-class Store:
+class Store(Database):
     """Owns the DuckDB file of one node."""
 
     def __init__(self, path: Path, catalog: Catalog, *, memory_limit: str = "640MB") -> None:
         self.path = path
         self.catalog = catalog
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._con = duckdb.connect(str(path))
-        self._con.execute("SET enable_progress_bar = false")  # never draw on a server's stderr
-        # Bounded memory: big aggregations spill to `<db>.tmp` rather than grow the process.
-        self._con.execute("SET memory_limit = ?", [memory_limit])
-        self._lock = threading.Lock()
+        super().__init__(duckdb.connect(str(path)), MIGRATIONS, memory_limit=memory_limit)
         self._attrs = tuple(catalog.attributes)
-        self._migrate()
-        self._next_seq = int(self._con.execute("SELECT coalesce(max(seq), 0) + 1 FROM events").fetchall()[0][0])
-
-    def _migrate(self) -> None:
-        con = self._con
-        con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        current = con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchall()[0][0]
-        for version, migration in enumerate(MIGRATIONS, start=1):
-            if version > current:
-                con.execute("BEGIN")
-                migration(con)
-                con.execute("INSERT INTO schema_version VALUES (?)", [version])
-                con.execute("COMMIT")
         # The catalog may declare new attributes: each gets a nullable column.
-        for name in self._attrs:
-            con.execute(f"ALTER TABLE events ADD COLUMN IF NOT EXISTS {attribute_column(name)} VARCHAR")
-
-    @property
-    def schema_version(self) -> int:
-        rows = self.cursor().execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchall()
-        return int(rows[0][0])
-
-    @contextmanager
-    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """The write connection inside BEGIN ... COMMIT (ROLLBACK on error), holding the write lock."""
-        with self._lock:
-            self._con.execute("BEGIN")
-            try:
-                yield self._con
-            except BaseException:
-                self._con.execute("ROLLBACK")
-                raise
-            self._con.execute("COMMIT")
-
-    def cursor(self) -> duckdb.DuckDBPyConnection:
-        """A reader connection to the same database (readers never block the writer)."""
-        cursor = self._con.cursor()
-        cursor.execute("SET enable_progress_bar = false")
-        return cursor
-
-    def close(self) -> None:
-        with self._lock:
-            self._con.close()
+        with self.transaction() as tx:
+            for name in self._attrs:
+                tx.execute(f"ALTER TABLE events ADD COLUMN IF NOT EXISTS {attribute_column(name)} VARCHAR")
+        self._next_seq = int(self.cursor().execute("SELECT coalesce(max(seq), 0) + 1 FROM events").fetchall()[0][0])
 
     # ---- writes (writer task only) ---------------------------------------------
 
@@ -178,13 +135,11 @@ class Store:
         """Store events and their session state in one transaction; durable on return."""
         if not events:
             return
-        with self._lock:
+        with self.transaction() as con:
             first = self._next_seq
             table = self._arrow(events, first)
-            con = self._con
             con.register("incoming", table)
             try:
-                con.execute("BEGIN")
                 columns = ", ".join(
                     ["seq", "window_start", "hour", "session", "app", "action", "country"]
                     + [attribute_column(a) for a in self._attrs]
@@ -215,10 +170,6 @@ class Store:
                             last_minute = greatest({table}.last_minute, excluded.last_minute)
                         """
                     )
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
             finally:
                 con.unregister("incoming")
             self._next_seq = first + len(events)

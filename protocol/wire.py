@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -222,8 +223,18 @@ class VerifiedEnvelope:
     """Lowercase hex SHA-256 of `body`: identifies the snapshot's content."""
 
 
-def verify_envelope(data: bytes, *, max_size: int = MAX_ENVELOPE_SIZE) -> VerifiedEnvelope:
-    """Verify and decode a snapshot envelope; raises EnvelopeError (DecodeError or SignatureError) only."""
+def verify_envelope(
+    data: bytes,
+    *,
+    max_size: int = MAX_ENVELOPE_SIZE,
+    check_key: Callable[[PublicKey], None] | None = None,
+) -> VerifiedEnvelope:
+    """Verify and decode a snapshot envelope; raises EnvelopeError (DecodeError or SignatureError) only.
+
+    `check_key`, if given, runs after the envelope's shape is known and before
+    any signature work: a hub uses it to refuse unenrolled keys first (and may
+    raise its own error there, which then escapes as is).
+    """
     from protocol.snapshot import Snapshot  # snapshot.py imports this module's codec
 
     # (1) size, before any parsing
@@ -247,11 +258,16 @@ def verify_envelope(data: bytes, *, max_size: int = MAX_ENVELOPE_SIZE) -> Verifi
     if type(sig) is not bytes or len(sig) != SIGNATURE_SIZE:
         raise DecodeError("shape", "envelope sig must be 64 bytes (bin)")
 
-    # (3) Ed25519 signature over prefix + body bytes as received, before decoding the body
     try:
         public_key = PublicKey.from_raw(pk)
     except KeyFormatError:
         raise SignatureError("bad-signature", "envelope pk is not an Ed25519 public key") from None
+
+    # (2b) the caller's key policy (a hub: enrolled and not revoked)
+    if check_key is not None:
+        check_key(public_key)
+
+    # (3) Ed25519 signature over prefix + body bytes as received, before decoding the body
     if not public_key.verify(sig, SIGNING_PREFIX + body):
         raise SignatureError("bad-signature", "signature does not verify")
 
