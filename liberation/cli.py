@@ -178,6 +178,113 @@ def _node_budget(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hub_settings(args: argparse.Namespace) -> Any:
+    from federation.settings import load_hub_settings
+
+    overrides = {k: getattr(args, k, None) for k in ("host", "port", "data_dir")}
+    return load_hub_settings(args.config or os.environ.get("LIBERATION_HUB_CONFIG"), **overrides)
+
+
+def _hub_serve(args: argparse.Namespace) -> int:
+    from federation.app import create_app
+    from liberation.server import run_app
+    from protocol.logs import configure_logging
+
+    settings = _hub_settings(args)
+    configure_logging(settings.log_level)
+    run_app(create_app(settings), settings.host, settings.port, "hub")
+    return 0
+
+
+def _open_hub(args: argparse.Namespace) -> Any:
+    from federation.app import open_hub
+
+    return open_hub(_hub_settings(args))
+
+
+def _hub_enroll(args: argparse.Namespace) -> int:
+    from protocol.keys import PublicKey
+
+    text = Path(args.key).read_text() if Path(args.key).is_file() else args.key
+    public_key = PublicKey.parse(text.strip())
+    hub = _open_hub(args)
+    try:
+        record = hub.registry.enroll(args.name, public_key)
+    finally:
+        hub.store.close()
+    print(f"enrolled {record.name}: key id {record.key_id}")
+    return 0
+
+
+def _hub_revoke(args: argparse.Namespace) -> int:
+    hub = _open_hub(args)
+    try:
+        record = hub.registry.revoke(args.node)
+    finally:
+        hub.store.close()
+    print(f"revoked {record.name}: key id {record.key_id}")
+    return 0
+
+
+def _hub_nodes(args: argparse.Namespace) -> int:
+    hub = _open_hub(args)
+    try:
+        records = hub.registry.nodes()
+    finally:
+        hub.store.close()
+    if not records:
+        print("no node enrolled")
+    for r in records:
+        state = "active" if r.active else "revoked"
+        print(f"{r.key_id}  {state:8s} {r.name}")
+    return 0
+
+
+def _hub_import(args: argparse.Namespace) -> int:
+    from protocol.errors import Problem
+
+    hub = _open_hub(args)
+    failures = 0
+    try:
+        for name in args.files:
+            try:
+                result = hub.intake.accept(Path(name).read_bytes())
+                print(f"{name}: {result.status} (node {result.node}, window {result.window_start})")
+            except Problem as problem:
+                failures += 1
+                print(f"{name}: refused ({problem.slug}): {problem.detail}")
+    finally:
+        hub.store.close()
+    return 1 if failures else 0
+
+
+def _hub_log_verify(args: argparse.Namespace) -> int:
+    import json
+    import urllib.request
+
+    from federation.translog import ChainError, verify_chain
+
+    entries: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        with urllib.request.urlopen(f"{args.url.rstrip('/')}/v1/log?after={after}&limit=10000", timeout=30) as resp:  # noqa: S310
+            page = json.load(resp)
+        if not page["entries"]:
+            break
+        entries += page["entries"]
+        after = entries[-1]["seq"]
+    try:
+        head = verify_chain(entries)
+    except ChainError as exc:
+        print(f"liberation: the log does NOT verify: {exc}", file=sys.stderr)
+        return 1
+    if entries and head != page["head"]["entry_hash"]:
+        print("liberation: the log's head does not match its entries", file=sys.stderr)
+        return 1
+    print(f"the log verifies: {len(entries)} entries, head {head}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     print("Liberation Analytics: the demo federation arrives with the dashboard issue.")
     print("Available now:")
@@ -191,6 +298,11 @@ def _demo(args: argparse.Namespace) -> int:
 def _node_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="node settings TOML (or $LIBERATION_NODE_CONFIG)")
     parser.add_argument("--data-dir", dest="data_dir", metavar="DIR", help="data directory (default ./data/node)")
+
+
+def _hub_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="hub settings TOML (or $LIBERATION_HUB_CONFIG)")
+    parser.add_argument("--data-dir", dest="data_dir", metavar="DIR", help="data directory (default ./data/hub)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -248,6 +360,37 @@ def build_parser() -> argparse.ArgumentParser:
     _node_options(nbudget)
     nbudget.add_argument("--verbose", "-v", action="store_true", help="one line per metric")
     nbudget.set_defaults(func=_node_budget)
+
+    hub = sub.add_parser("hub", help="the federation hub").add_subparsers(
+        dest="hub_command", required=True, metavar="SUBCOMMAND"
+    )
+    hserve = hub.add_parser("serve", help="run the hub's HTTP server")
+    _hub_options(hserve)
+    hserve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    hserve.add_argument("--port", type=int, help="port to bind; 0 picks a free one (default 8700)")
+    hserve.set_defaults(func=_hub_serve)
+    henroll = hub.add_parser("enroll", help="enroll a node's public key (hub stopped; else use the admin API)")
+    _hub_options(henroll)
+    henroll.add_argument("--name", required=True)
+    henroll.add_argument("--key", required=True, metavar="BASE64|FILE", help="base64 or PEM, or a file holding either")
+    henroll.set_defaults(func=_hub_enroll)
+    hrevoke = hub.add_parser("revoke", help="revoke a node, by key id or name")
+    _hub_options(hrevoke)
+    hrevoke.add_argument("node", metavar="NODE")
+    hrevoke.set_defaults(func=_hub_revoke)
+    hnodes = hub.add_parser("nodes", help="list enrolled nodes")
+    _hub_options(hnodes)
+    hnodes.set_defaults(func=_hub_nodes)
+    himport = hub.add_parser("import", help="import snapshot envelopes carried by hand (same checks as intake)")
+    _hub_options(himport)
+    himport.add_argument("files", nargs="+", metavar="FILE")
+    himport.set_defaults(func=_hub_import)
+    hlog = hub.add_parser("log", help="the transparency log").add_subparsers(
+        dest="log_command", required=True, metavar="SUBCOMMAND"
+    )
+    hverify = hlog.add_parser("verify", help="fetch a hub's log and verify its hash chain")
+    hverify.add_argument("url", metavar="URL")
+    hverify.set_defaults(func=_hub_log_verify)
 
     demo = sub.add_parser("demo", help="run the demo federation")
     demo.set_defaults(func=_demo)

@@ -47,10 +47,12 @@ class EnvelopeError(LiberationError):
     `bad-signature`, `key-mismatch`.
     """
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, *, in_body: bool = False) -> None:
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+        self.in_body = in_body
+        """True when the envelope and its signature were fine and the signed body was refused."""
 
 
 class DecodeError(EnvelopeError):
@@ -272,7 +274,10 @@ def verify_envelope(
         raise SignatureError("bad-signature", "signature does not verify")
 
     # (4) canonical body decode to a Snapshot
-    snapshot = Snapshot.from_bytes(body, max_size=max_size)
+    try:
+        snapshot = Snapshot.from_bytes(body, max_size=max_size)
+    except DecodeError as exc:
+        raise DecodeError(exc.reason, exc.detail, in_body=True) from None
 
     # (5) the body names the key that signed it
     if snapshot.node != public_key.key_id:

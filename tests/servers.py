@@ -116,3 +116,33 @@ def _responds(url: str) -> bool:
             return bool(resp.status == 200)
     except OSError:
         return False
+
+
+@dataclass
+class RunningHub:
+    url: str
+    app: web.Application
+
+    @property
+    def hub(self) -> Any:
+        from federation.app import HUB
+
+        return self.app[HUB]
+
+
+@asynccontextmanager
+async def run_hub(settings: Any, *, now: Any = None) -> AsyncIterator[RunningHub]:
+    """Start the real hub app on 127.0.0.1 with an ephemeral port."""
+    import time as _time
+
+    from federation.app import create_app as create_hub_app
+
+    app = create_hub_app(settings, now=now or _time.time)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield RunningHub(f"http://127.0.0.1:{runner.addresses[0][1]}", app)
+    finally:
+        await runner.cleanup()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
+from federation.settings import HubSettings
 from node.settings import NodeSettings, load_node_settings
 from protocol.config import ConfigError
 
@@ -25,7 +26,9 @@ def _fields(model: type[BaseModel], prefix: str = "") -> set[str]:
     return names
 
 
-@pytest.mark.parametrize(("model", "example"), [(NodeSettings, "node.example.toml")])
+@pytest.mark.parametrize(
+    ("model", "example"), [(NodeSettings, "node.example.toml"), (HubSettings, "hub.example.toml")]
+)
 def test_every_setting_is_documented(model: type[BaseModel], example: str) -> None:
     text = (DEPLOY / example).read_text()
     documented = set()

@@ -1,0 +1,1 @@
+"""The federation hub: enrollment, verified intake, merge, views, archive, hub of hubs."""

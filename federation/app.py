@@ -1,0 +1,233 @@
+"""The hub's app factory: explicit wiring of store, registry, catalogs, intake, archive, views and routes."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from federation.archive import Archive
+from federation.intake import Intake
+from federation.metrics import HubMetrics
+from federation.registry import Registry
+from federation.settings import HubSettings
+from federation.store import HubStore
+from protocol.catalog import Catalog, load_catalog
+from protocol.errors import BadRequest, NotFound, Unauthorized, UnsupportedMediaType, problem_middleware
+from protocol.keys import PublicKey, SigningKey, load_or_create
+
+log = logging.getLogger("liberation.hub")
+
+Now = Callable[[], float]
+
+
+@dataclass
+class Hub:
+    """Everything one running hub owns; reachable from handlers through `HUB`."""
+
+    settings: HubSettings
+    store: HubStore
+    registry: Registry
+    catalogs: dict[str, Catalog]
+    archive: Archive
+    intake: Intake
+    metrics: HubMetrics
+    key: SigningKey
+    now: Now
+    version: list[int] = field(default_factory=lambda: [0])  # bumped on every accepted snapshot
+
+    @property
+    def default_catalog(self) -> Catalog:
+        return next(iter(self.catalogs.values()))
+
+
+HUB = web.AppKey("hub", Hub)
+
+
+def data_paths(settings: HubSettings) -> dict[str, Path]:
+    """Where a hub keeps its files under its data dir."""
+    root = settings.data_dir
+    return {"db": root / "hub.duckdb", "key": root / "keys" / "signing.key", "archive": root / "archive"}
+
+
+def load_catalogs(settings: HubSettings) -> dict[str, Catalog]:
+    """The catalogs this hub merges, by hash; the built-in default first."""
+    catalogs = [load_catalog()] + [load_catalog(p) for p in settings.catalogs]
+    return {c.hash: c for c in catalogs}
+
+
+def open_hub(settings: HubSettings, *, now: Now = time.time) -> Hub:
+    """Open (creating on first start) everything a hub needs; no server involved."""
+    paths = data_paths(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    key = load_or_create(paths["key"])
+    store = HubStore(paths["db"], memory_limit=settings.memory_limit)
+    registry = Registry(store, now=now)
+    catalogs = load_catalogs(settings)
+    archive = Archive(paths["archive"])
+    metrics = HubMetrics()
+    version = [int(store.cursor().execute("SELECT count(*) FROM envelopes").fetchall()[0][0])]
+
+    def bump() -> None:
+        version[0] += 1
+
+    intake = Intake(
+        store=store,
+        registry=registry,
+        catalogs=catalogs,
+        archive=archive,
+        metrics=metrics,
+        max_bytes=settings.max_snapshot_bytes,
+        horizon_seconds=settings.window_horizon_days * 86_400,
+        skew_seconds=settings.clock_skew_seconds,
+        now=now,
+        on_accept=bump,
+    )
+    return Hub(settings, store, registry, catalogs, archive, intake, metrics, key, now, version)
+
+
+# ---- intake -------------------------------------------------------------------
+
+MSGPACK_TYPES = frozenset({"application/msgpack", "application/x-msgpack", "application/vnd.msgpack", "application/octet-stream"})
+
+
+async def _post_snapshot(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    if request.content_type not in MSGPACK_TYPES:
+        hub.metrics.rejected.labels("unsupported-media-type").inc()
+        raise UnsupportedMediaType("send the envelope as application/msgpack", slug="unsupported-media-type")
+    data = await request.read()
+    result = await asyncio.to_thread(hub.intake.accept, data)
+    body = {"status": result.status, "node": result.node, "window_start": result.window_start, "digest": result.digest}
+    if result.log_seq is not None:
+        body["log_seq"] = result.log_seq
+    return web.json_response(body, status=202 if result.status == "accepted" else 200)
+
+
+# ---- admin API ----------------------------------------------------------------
+
+
+def _require_admin(request: web.Request) -> Hub:
+    hub = request.app[HUB]
+    token = hub.settings.admin_token
+    if token is None:
+        raise NotFound("the admin API is off (no admin_token configured)", slug="admin-off")
+    given = request.headers.get("Authorization", "")
+    expected = "Bearer " + token.get_secret_value()
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise Unauthorized("a valid bearer token is required", slug="unauthorized")
+    return hub
+
+
+async def _admin_nodes(request: web.Request) -> web.Response:
+    hub = _require_admin(request)
+    return web.json_response({"nodes": [r.to_dict() for r in hub.registry.nodes()]})
+
+
+async def _admin_enroll(request: web.Request) -> web.Response:
+    hub = _require_admin(request)
+    try:
+        data = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequest("body must be JSON: {\"name\": ..., \"public_key\": ...}", slug="malformed-body") from None
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not isinstance(data.get("public_key"), str):
+        raise BadRequest("`name` and `public_key` (base64 or PEM) are required", slug="invalid-enrollment")
+    try:
+        public_key = PublicKey.parse(data["public_key"])
+    except ValueError:
+        raise BadRequest("`public_key` is not an Ed25519 public key (base64 or PEM)", slug="invalid-key") from None
+    record = await asyncio.to_thread(hub.registry.enroll, data["name"], public_key)
+    log.info("enrolled", extra={"node": record.key_id, "name": record.name})
+    return web.json_response(record.to_dict(), status=201)
+
+
+async def _admin_revoke(request: web.Request) -> web.Response:
+    hub = _require_admin(request)
+    record = await asyncio.to_thread(hub.registry.revoke, request.match_info["node"])
+    log.info("revoked", extra={"node": record.key_id, "name": record.name})
+    return web.json_response(record.to_dict())
+
+
+async def _admin_incidents(request: web.Request) -> web.Response:
+    hub = _require_admin(request)
+    rows = hub.store.cursor().execute("SELECT * FROM incidents ORDER BY detected").fetchall()
+    keys = ("kind", "node", "window_start", "digest_kept", "digest_offered", "detected")
+    return web.json_response({"incidents": [dict(zip(keys, r)) for r in rows]})
+
+
+# ---- public: log, health, metrics ------------------------------------------------
+
+
+async def _log(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    try:
+        after = int(request.query.get("after", "0"))
+        limit = min(10_000, int(request.query.get("limit", "1000")))
+    except ValueError:
+        raise BadRequest("`after` and `limit` are integers", slug="invalid-query") from None
+    rows = hub.store.cursor().execute(
+        "SELECT * FROM translog WHERE seq > ? ORDER BY seq LIMIT ?", [after, max(1, limit)]
+    ).fetchall()
+    entries = [
+        {
+            "seq": int(seq), "node": node, "window_start": int(ws), "window_end": int(we), "catalog": cat,
+            "digest": digest, "epsilon": json.loads(eps), "accepted": int(acc), "prev_hash": prev, "entry_hash": h,
+        }
+        for seq, node, ws, we, cat, digest, eps, acc, prev, h in rows
+    ]
+    head = hub.store.cursor().execute("SELECT seq, entry_hash FROM translog ORDER BY seq DESC LIMIT 1").fetchall()
+    head_seq, head_hash = (int(head[0][0]), str(head[0][1])) if head else (0, "0" * 64)
+    signature = hub.key.sign(f"liberation-log-head/v1\n{head_seq}\n{head_hash}".encode())
+    return web.json_response(
+        {
+            "hub": hub.key.public.key_id,
+            "head": {"seq": head_seq, "entry_hash": head_hash, "signature": signature.hex(), "public_key": hub.key.public.b64},
+            "entries": entries,
+        }
+    )
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    return web.json_response({"status": "ok", "key_id": hub.key.public.key_id, "catalogs": list(hub.catalogs)})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[HUB].metrics.render(), content_type="text/plain", charset="utf-8")
+
+
+Route = tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]
+
+
+def create_app(settings: HubSettings, *, now: Now = time.time) -> web.Application:
+    """Build the hub's aiohttp application; resources open in cleanup_ctx, not at import."""
+    app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_snapshot_bytes + 1)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        hub = await asyncio.to_thread(open_hub, settings, now=now)
+        app[HUB] = hub
+        log.info("hub ready", extra={"key_id": hub.key.public.key_id, "admin_api": settings.admin_token is not None})
+        yield
+        hub.store.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    routes: list[Route] = [
+        ("POST", "/v1/snapshots", _post_snapshot),
+        ("GET", "/v1/admin/nodes", _admin_nodes),
+        ("POST", "/v1/admin/nodes", _admin_enroll),
+        ("DELETE", "/v1/admin/nodes/{node}", _admin_revoke),
+        ("GET", "/v1/admin/incidents", _admin_incidents),
+        ("GET", "/v1/log", _log),
+        ("GET", "/healthz", _healthz),
+        ("GET", "/metrics", _metrics),
+    ]
+    for method, path, handler in routes:
+        app.router.add_route(method, path, handler)
+    return app

@@ -1,0 +1,212 @@
+"""The hub's merge: noisy cells summed over nodes and windows, k_min re-applied, insights derived.
+
+Everything here is post-processing of published values (noised, thresholded,
+signed by their nodes): no function sees a raw event or a true count, so none
+spends privacy budget. Pure: no I/O.
+The insights built on these sums are in federation/insights.py.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from protocol.catalog import Catalog
+from protocol.snapshot import FORMAT, MetricCells, Snapshot
+
+Kind = Literal["cell", "other"]
+CellKey = tuple[str, Kind, int]
+"""(metric name, kind, index): a cell index for "cell", a prefix index for "other"."""
+
+DAY = 86_400
+
+
+@dataclass(frozen=True, slots=True)
+class CellSum:
+    """A sum of noisy values of one cell."""
+
+    value: int
+    """Sum of the noisy values."""
+    variance: float
+    """Sum of the noise variances of the summed values."""
+    nodes: int
+    """Node snapshots that contributed (summed within a window, max over windows)."""
+
+
+Table = dict[CellKey, CellSum]
+ReadTable = Mapping[CellKey, CellSum]
+
+
+# ---- merge -------------------------------------------------------------------
+
+
+def snapshot_table(snapshot: Snapshot, catalog: Catalog | None = None) -> Table:
+    """One snapshot's published cells, each with the snapshot's per-value variance.
+
+    An `other` value is the sum of the m suppressed cells of its prefix, each
+    noised independently, so its variance is m times the per-value variance; m
+    is the size of the last dimension minus the prefix's published cells and
+    needs the catalog. Without it (or for a metric it lacks) m is taken as 1,
+    which understates the sd of `other` values: pass the catalog.
+    """
+    table: Table = {}
+    for name, cells in snapshot.metrics.items():
+        for index, value in zip(cells.idx, cells.val):
+            table[(name, "cell", index)] = CellSum(value, cells.variance, snapshot.nodes)
+        last = _last_dim(catalog, name)
+        published = Counter(index // last for index in cells.idx) if last else Counter[int]()
+        for prefix, value in zip(cells.other_idx, cells.other_val):
+            folded = max(1, last - published[prefix]) if last else 1
+            table[(name, "other", prefix)] = CellSum(value, cells.variance * folded, snapshot.nodes)
+    return table
+
+
+def add_tables(a: ReadTable, b: ReadTable) -> Table:
+    """Two node tables of one window, summed per key (value, variance and nodes add)."""
+    return merge_tables((a, b))
+
+
+def merge_tables(tables: Iterable[ReadTable]) -> Table:
+    """Node tables of one window, summed per key (value, variance and nodes add)."""
+    return _accumulate(tables, nodes_add=True)
+
+
+def combine_windows(tables: Iterable[ReadTable]) -> Table:
+    """Merged tables of several windows, summed per key; nodes is the max over windows.
+
+    The same node appears in many windows, so adding node counts would
+    overstate how many distinct nodes a sum rests on.
+    """
+    return _accumulate(tables, nodes_add=False)
+
+
+def apply_k_min(catalog: Catalog, table: ReadTable, k_min: int) -> Table:
+    """Fold every cell below `k_min` into its prefix's `other`; drop an `other` below `k_min`.
+
+    Post-processing: it reads only noisy published values, so it costs no
+    privacy budget (any function of a DP release is as private as the release).
+    It enforces the seed's rule (no published number below k_min) on merged
+    sums, which can be low where nodes' values partly cancel. Folding rather
+    than dropping keeps the metric's total nearly unbiased. Every metric of the
+    table must be in the catalog.
+    """
+    last = {metric.name: catalog.shape(metric)[-1] for metric in catalog.metrics}
+    out: Table = {}
+    folded: Table = {}
+    for key, cs in table.items():
+        name, kind, index = key
+        if kind == "cell" and cs.value < k_min:
+            other: CellKey = (name, "other", index // last[name])
+            folded[other] = fold_sums(folded.get(other), cs)
+        else:
+            out[key] = cs
+    for key, cs in folded.items():
+        out[key] = fold_sums(out.get(key), cs)
+    return {key: cs for key, cs in out.items() if key[1] == "cell" or cs.value >= k_min}
+
+
+def sd(cs: CellSum) -> float:
+    """Standard deviation of a sum's noise."""
+    return math.sqrt(cs.variance)
+
+
+def to_snapshot(
+    catalog: Catalog,
+    table: ReadTable,
+    *,
+    node: str,
+    window_start: int,
+    window_end: int,
+    seq: int,
+    created: int,
+    nodes: int,
+    epsilon: Mapping[str, float],
+    scale: Mapping[str, float],
+) -> Snapshot:
+    """A merged table as a snapshot body a parent hub can verify and merge (hub of hubs).
+
+    Publish a table that went through `apply_k_min`. The wire has one
+    `variance` per metric, read as each cell's variance and, for an `other`,
+    as that times its m (see `snapshot_table`). A parent needs an sd it can
+    trust, so this writes the largest per-value variance of the metric: the
+    cells' own and each other's variance divided by its m. Every value then
+    gets a variance at least its true one, exactly so when all cells rest on
+    the same nodes. `epsilon` and `scale` per metric are the caller's (nodes
+    hold disjoint data, so a window's epsilon is the largest of its nodes').
+    """
+    by_metric: dict[str, dict[Kind, list[tuple[int, CellSum]]]] = defaultdict(lambda: {"cell": [], "other": []})
+    for (name, kind, index), cs in table.items():
+        by_metric[name][kind].append((index, cs))
+    unknown = set(by_metric) - {metric.name for metric in catalog.metrics}
+    if unknown:
+        raise ValueError(f"metrics not in the catalog: {sorted(unknown)}")
+    metrics: dict[str, MetricCells] = {}
+    for metric in catalog.metrics:
+        cells = sorted(by_metric[metric.name]["cell"], key=lambda item: item[0])
+        others = sorted(by_metric[metric.name]["other"], key=lambda item: item[0])
+        if (cells and cells[-1][0] >= catalog.domain_size(metric)) or (
+            others and others[-1][0] >= catalog.prefix_size(metric)
+        ):
+            raise ValueError(f"metric {metric.name!r}: an index is outside its domain")
+        last = catalog.shape(metric)[-1]
+        published = Counter(index // last for index, _ in cells)
+        per_value = [cs.variance for _, cs in cells]
+        per_value += [cs.variance / max(1, last - published[prefix]) for prefix, cs in others]
+        metrics[metric.name] = MetricCells(
+            epsilon=float(epsilon[metric.name]),
+            scale=float(scale[metric.name]),
+            variance=float(max(per_value, default=0.0)),
+            threshold=catalog.k_min,
+            idx=tuple(index for index, _ in cells),
+            val=tuple(int(cs.value) for _, cs in cells),
+            other_idx=tuple(prefix for prefix, _ in others),
+            other_val=tuple(int(cs.value) for _, cs in others),
+        )
+    return Snapshot(
+        format=FORMAT, node=node, catalog=catalog.hash, window_start=window_start, window_end=window_end,
+        seq=seq, created=created, nodes=nodes, metrics=metrics,
+    )
+
+
+def _accumulate(tables: Iterable[ReadTable], *, nodes_add: bool) -> Table:
+    sums: dict[CellKey, list[Any]] = {}
+    for table in tables:
+        for key, cs in table.items():
+            acc = sums.get(key)
+            if acc is None:
+                sums[key] = [cs.value, cs.variance, cs.nodes]
+            else:
+                acc[0] += cs.value
+                acc[1] += cs.variance
+                acc[2] = acc[2] + cs.nodes if nodes_add else max(acc[2], cs.nodes)
+    return {key: CellSum(int(v), float(var), int(n)) for key, (v, var, n) in sums.items()}
+
+
+def fold_sums(a: CellSum | None, b: CellSum | None) -> CellSum:
+    # Sums across different cells: values and variances add, nodes is the max
+    # (the parts' node sets overlap, so adding would overcount).
+    if a is None or b is None:
+        result = a or b
+        assert result is not None
+        return result
+    return CellSum(a.value + b.value, a.variance + b.variance, max(a.nodes, b.nodes))
+
+
+def total_sums(parts: Iterable[CellSum | None]) -> CellSum | None:
+    result: CellSum | None = None
+    for part in parts:
+        if part is not None:
+            result = fold_sums(result, part)
+    return result
+
+
+def _last_dim(catalog: Catalog | None, name: str) -> int:
+    if catalog is None:
+        return 0
+    try:
+        return catalog.shape(catalog.metric(name))[-1]
+    except KeyError:
+        return 0

@@ -1,0 +1,103 @@
+"""The node registry: enroll a node's public key, revoke it, look it up at intake."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from federation.store import HubStore
+from protocol.errors import Conflict, Forbidden, NotFound, Unprocessable
+from protocol.keys import PublicKey
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    """One enrolled node."""
+
+    key_id: str
+    name: str
+    public_key: PublicKey
+    enrolled: int
+    revoked: int | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked is None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "key_id": self.key_id,
+            "name": self.name,
+            "public_key": self.public_key.b64,
+            "enrolled": self.enrolled,
+            "revoked": self.revoked,
+            "active": self.active,
+        }
+
+
+class Registry:
+    """Enrolled keys, cached in memory for intake (the store is the truth)."""
+
+    def __init__(self, store: HubStore, *, now: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._now = now
+        self._cache: dict[str, NodeRecord] = {r.key_id: r for r in self._load()}
+
+    def _load(self) -> list[NodeRecord]:
+        rows = self._store.cursor().execute(
+            "SELECT key_id, name, public_key, enrolled, revoked FROM nodes ORDER BY enrolled, name"
+        ).fetchall()
+        return [NodeRecord(k, n, PublicKey.from_raw(bytes(pk)), int(e), r) for k, n, pk, e, r in rows]
+
+    def nodes(self) -> list[NodeRecord]:
+        """Every enrolled node, revoked ones included."""
+        return sorted(self._cache.values(), key=lambda r: (r.enrolled, r.name))
+
+    def enroll(self, name: str, public_key: PublicKey) -> NodeRecord:
+        """Enroll a key under a unique name; 409 if the key or the name is already there."""
+        if not NAME_PATTERN.match(name):
+            raise Unprocessable("a node name is 1-64 letters, digits, space, dot, dash or underscore", slug="invalid-name")
+        record = NodeRecord(public_key.key_id, name, public_key, int(self._now()), None)
+        with self._store.transaction() as tx:
+            if tx.execute("SELECT 1 FROM nodes WHERE key_id = ?", [record.key_id]).fetchall():
+                raise Conflict("this key is already enrolled", slug="already-enrolled")
+            if tx.execute("SELECT 1 FROM nodes WHERE name = ?", [name]).fetchall():
+                raise Conflict("a node of that name is already enrolled", slug="name-taken")
+            tx.execute(
+                "INSERT INTO nodes VALUES (?, ?, ?, ?, NULL)",
+                [record.key_id, name, public_key.raw, record.enrolled],
+            )
+        self._cache[record.key_id] = record
+        return record
+
+    def find(self, key_id_or_name: str) -> NodeRecord:
+        """A node by key id or name (404 if none)."""
+        record = self._cache.get(key_id_or_name)
+        if record is None:
+            record = next((r for r in self._cache.values() if r.name == key_id_or_name), None)
+        if record is None:
+            raise NotFound("no enrolled node has that key id or name", slug="unknown-node")
+        return record
+
+    def revoke(self, key_id_or_name: str) -> NodeRecord:
+        """Revoke a node: its snapshots are refused from now on (what was merged stays)."""
+        record = self.find(key_id_or_name)
+        if not record.active:
+            return record
+        revoked = NodeRecord(record.key_id, record.name, record.public_key, record.enrolled, int(self._now()))
+        with self._store.transaction() as tx:
+            tx.execute("UPDATE nodes SET revoked = ? WHERE key_id = ?", [revoked.revoked, record.key_id])
+        self._cache[record.key_id] = revoked
+        return revoked
+
+    def require_active(self, public_key: PublicKey) -> None:
+        """Intake's key policy: (3) the key is enrolled and not revoked, else 403."""
+        record = self._cache.get(public_key.key_id)
+        if record is None or record.public_key.raw != public_key.raw:
+            raise Forbidden("this key is not enrolled at this hub", slug="unknown-key")
+        if not record.active:
+            raise Forbidden("this key has been revoked", slug="revoked-key")

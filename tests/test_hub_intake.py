@@ -1,0 +1,190 @@
+"""Hub intake on a real server: every check in order, its status, problem type and counter."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import duckdb
+import pytest
+
+from federation.settings import HubSettings
+from federation.translog import verify_chain
+from protocol.catalog import load_catalog
+from protocol.errors import PROBLEM_BASE
+from protocol.keys import SigningKey
+from protocol.wire import sign_snapshot, verify_envelope
+from tests.servers import RunningHub, run_hub
+from tests.snapshots import DAY, envelope, node_snapshot
+
+TOKEN = "test-admin-token-123"
+NOW = datetime(2026, 11, 24, 12, tzinfo=UTC).timestamp()
+W = int(NOW) - int(NOW) % DAY - 3 * DAY  # three days ago
+CATALOG = load_catalog()
+
+
+@pytest.fixture
+async def hub(tmp_path: Path) -> AsyncIterator[RunningHub]:
+    settings = HubSettings(data_dir=tmp_path / "hub", port=0, admin_token=TOKEN)  # type: ignore[arg-type]
+    async with run_hub(settings, now=lambda: NOW) as running:
+        yield running
+
+
+async def enroll(hub: RunningHub, name: str, key: SigningKey) -> None:
+    async with aiohttp.ClientSession() as s, s.post(
+        hub.url + "/v1/admin/nodes", json={"name": name, "public_key": key.public.b64},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    ) as resp:
+        assert resp.status == 201, await resp.text()
+
+
+async def push(hub: RunningHub, data: bytes, content_type: str = "application/msgpack") -> tuple[int, Any]:
+    payload: Any = io.BytesIO(data) if len(data) > 512 * 1024 else data  # aiohttp warns on big raw bytes
+    async with aiohttp.ClientSession() as s, s.post(
+        hub.url + "/v1/snapshots", data=payload, headers={"Content-Type": content_type}
+    ) as resp:
+        return resp.status, json.loads(await resp.text())
+
+
+async def metric_text(hub: RunningHub) -> str:
+    async with aiohttp.ClientSession() as s, s.get(hub.url + "/metrics") as resp:
+        return await resp.text()
+
+
+def merged(hub: RunningHub) -> dict[tuple[str, str, int], int]:
+    rows = hub.hub.store.cursor().execute("SELECT metric, kind, idx, value FROM merged WHERE window_start = ?", [W]).fetchall()
+    return {(m, k, int(i)): int(v) for m, k, i, v in rows}
+
+
+async def test_accept_merge_replay_and_log(hub: RunningHub) -> None:
+    a, b = SigningKey.generate(), SigningKey.generate()
+    await enroll(hub, "alpha", a)
+    await enroll(hub, "beta", b)
+    env_a, env_b = envelope(a, W, seed=1), envelope(b, W, seed=2)
+    status, body = await push(hub, env_a)
+    assert status == 202 and body["status"] == "accepted" and body["log_seq"] == 1
+    status, body = await push(hub, env_b)
+    assert status == 202 and body["log_seq"] == 2
+    # Replays are idempotent: 200, never counted twice.
+    for _ in range(3):
+        status, body = await push(hub, env_a)
+        assert status == 200 and body["status"] == "duplicate"
+    sa, sb = verify_envelope(env_a).snapshot, verify_envelope(env_b).snapshot
+    expected: dict[tuple[str, str, int], int] = {}
+    for snap in (sa, sb):
+        for name, cells in snap.metrics.items():
+            for i, v in zip(cells.idx, cells.val):
+                expected[(name, "cell", i)] = expected.get((name, "cell", i), 0) + v
+            for i, v in zip(cells.other_idx, cells.other_val):
+                expected[(name, "other", i)] = expected.get((name, "other", i), 0) + v
+    assert merged(hub) == expected
+    text = await metric_text(hub)
+    assert "liberation_hub_snapshots_accepted_total 2.0" in text
+    assert "liberation_hub_snapshots_duplicate_total 3.0" in text
+    # The transparency log chains and carries each snapshot's epsilon.
+    async with aiohttp.ClientSession() as s, s.get(hub.url + "/v1/log") as resp:
+        log = await resp.json()
+    assert [e["node"] for e in log["entries"]] == [a.public.key_id, b.public.key_id]
+    assert verify_chain(log["entries"]) == log["head"]["entry_hash"]
+    assert sum(log["entries"][0]["epsilon"].values()) == pytest.approx(CATALOG.epsilon_per_window)
+    tampered = [dict(e) for e in log["entries"]]
+    tampered[0]["epsilon"] = {k: 0.0 for k in tampered[0]["epsilon"]}
+    with pytest.raises(ValueError, match="entry 1"):
+        verify_chain(tampered)
+    # The archive holds the cells in place for other engines.
+    archive = hub.hub.archive.root
+    rows = duckdb.sql(
+        f"SELECT count(DISTINCT node), sum(value) FROM read_parquet('{archive}/**/*.parquet', hive_partitioning = true)"
+    ).fetchall()
+    assert rows == [(2, sum(expected.values()))]
+
+
+async def test_equivocation_is_refused_and_recorded(hub: RunningHub) -> None:
+    key = SigningKey.generate()
+    await enroll(hub, "alpha", key)
+    assert (await push(hub, envelope(key, W, seed=1)))[0] == 202
+    before = merged(hub)
+    status, body = await push(hub, envelope(key, W, seed=99))  # same window, other noise
+    assert status == 409 and body["type"] == PROBLEM_BASE + "equivocation"
+    assert merged(hub) == before
+    async with aiohttp.ClientSession() as s, s.get(
+        hub.url + "/v1/admin/incidents", headers={"Authorization": f"Bearer {TOKEN}"}
+    ) as resp:
+        incidents = (await resp.json())["incidents"]
+    assert [(i["kind"], i["node"], i["window_start"]) for i in incidents] == [("equivocation", key.public.key_id, W)]
+    assert 'liberation_hub_snapshots_rejected_total{reason="equivocation"} 1.0' in await metric_text(hub)
+
+
+def flip(data: bytes, position: int) -> bytes:
+    out = bytearray(data)
+    out[position] ^= 0x01
+    return bytes(out)
+
+
+async def test_every_check_has_its_status_and_counter(hub: RunningHub) -> None:
+    key, stranger, revoked = SigningKey.generate(), SigningKey.generate(), SigningKey.generate()
+    await enroll(hub, "alpha", key)
+    await enroll(hub, "gone", revoked)
+    async with aiohttp.ClientSession() as s, s.delete(
+        hub.url + f"/v1/admin/nodes/gone", headers={"Authorization": f"Bearer {TOKEN}"}
+    ) as resp:
+        assert resp.status == 200 and (await resp.json())["active"] is False
+    good = envelope(key, W)
+    other_catalog = node_snapshot(key, W).model_copy(update={"catalog": "f" * 64})
+    future = node_snapshot(key, int(NOW) - int(NOW) % DAY)  # today's window has not ended
+    ancient = node_snapshot(key, W - 500 * DAY)
+    wrong_cells = node_snapshot(key, W)
+    metrics = dict(wrong_cells.metrics)
+    metrics["session_tools"] = metrics["session_tools"].model_copy(update={"idx": (7,), "val": (50,)})
+    wrong_cells = wrong_cells.model_copy(update={"metrics": metrics})
+    cases = [
+        (b"\x00" * (8 * 1024 * 1024 + 1), 413, "snapshot-too-large"),
+        (b"not msgpack at all", 400, "malformed-envelope"),
+        (envelope(stranger, W), 403, "unknown-key"),
+        (envelope(revoked, W), 403, "revoked-key"),
+        (flip(good, len(good) - 10), 400, "invalid-signature"),  # inside the signature
+        (sign_snapshot(other_catalog, key), 422, "unknown-catalog"),
+        (sign_snapshot(future, key), 422, "window-out-of-range"),
+        (sign_snapshot(ancient, key), 422, "window-out-of-range"),
+        (sign_snapshot(wrong_cells, key), 422, "cells-out-of-domain"),
+    ]
+    for data, status, slug in cases:
+        got, body = await push(hub, data)
+        assert (got, body["type"]) == (status, PROBLEM_BASE + slug), slug
+        assert body["status"] == status
+    got, body = await push(hub, good, content_type="application/json")
+    assert got == 415
+    assert merged(hub) == {}
+    text = await metric_text(hub)
+    for _, _, slug in cases:
+        assert f'liberation_hub_snapshots_rejected_total{{reason="{slug}"}}' in text, slug
+    assert (await push(hub, good))[0] == 202
+
+
+async def test_admin_api_needs_the_token(tmp_path: Path) -> None:
+    key = SigningKey.generate()
+    async with run_hub(HubSettings(data_dir=tmp_path / "off", port=0), now=lambda: NOW) as off:
+        async with aiohttp.ClientSession() as s, s.get(off.url + "/v1/admin/nodes") as resp:
+            assert resp.status == 404 and (await resp.json())["type"] == PROBLEM_BASE + "admin-off"
+    settings = HubSettings(data_dir=tmp_path / "on", port=0, admin_token=TOKEN)  # type: ignore[arg-type]
+    async with run_hub(settings, now=lambda: NOW) as on, aiohttp.ClientSession() as s:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+            async with s.get(on.url + "/v1/admin/nodes", headers=headers) as resp:
+                assert resp.status == 401
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        body = {"name": "alpha", "public_key": key.public.pem}
+        async with s.post(on.url + "/v1/admin/nodes", json=body, headers=auth) as resp:
+            assert resp.status == 201 and (await resp.json())["key_id"] == key.public.key_id
+        async with s.post(on.url + "/v1/admin/nodes", json=body, headers=auth) as resp:
+            assert resp.status == 409
+        async with s.post(on.url + "/v1/admin/nodes", json={"name": "x", "public_key": "bm9wZQ=="}, headers=auth) as resp:
+            assert resp.status == 400
+        async with s.delete(on.url + "/v1/admin/nodes/nobody", headers=auth) as resp:
+            assert resp.status == 404
+        async with s.get(on.url + "/v1/admin/nodes", headers=auth) as resp:
+            assert [n["name"] for n in (await resp.json())["nodes"]] == ["alpha"]
