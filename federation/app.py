@@ -18,10 +18,22 @@ from federation.intake import Intake
 from federation.metrics import HubMetrics
 from federation.registry import Registry
 from federation.settings import HubSettings
+from federation.openapi import openapi_document
 from federation.store import HubStore
+from federation.upstream import UpstreamExporter
+from federation.views import (
+    CACHE_CONTROL,
+    ViewService,
+    catalog_document,
+    merged_document,
+    view_handler,
+    views_index,
+    windows_document,
+)
 from protocol.catalog import Catalog, load_catalog
 from protocol.errors import BadRequest, NotFound, Unauthorized, UnsupportedMediaType, problem_middleware
 from protocol.keys import PublicKey, SigningKey, load_or_create
+from protocol.windows import parse_window
 
 log = logging.getLogger("liberation.hub")
 
@@ -40,6 +52,8 @@ class Hub:
     intake: Intake
     metrics: HubMetrics
     key: SigningKey
+    views: ViewService
+    upstream: UpstreamExporter
     now: Now
     version: list[int] = field(default_factory=lambda: [0])  # bumped on every accepted snapshot
 
@@ -90,7 +104,9 @@ def open_hub(settings: HubSettings, *, now: Now = time.time) -> Hub:
         now=now,
         on_accept=bump,
     )
-    return Hub(settings, store, registry, catalogs, archive, intake, metrics, key, now, version)
+    views = ViewService(store, catalogs, version, now=now)
+    upstream = UpstreamExporter(store, key, export_after=settings.export_after_seconds, now=now)
+    return Hub(settings, store, registry, catalogs, archive, intake, metrics, key, views, upstream, now, version)
 
 
 # ---- intake -------------------------------------------------------------------
@@ -194,6 +210,51 @@ async def _log(request: web.Request) -> web.Response:
     )
 
 
+async def _view(request: web.Request) -> web.StreamResponse:
+    hub = request.app[HUB]
+    started = time.perf_counter()
+    response = await view_handler(request, hub.views)
+    hub.metrics.view_seconds.labels(request.match_info["name"]).observe(time.perf_counter() - started)
+    return response
+
+
+async def _windows(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    catalog = hub.views.catalog(request.query.get("catalog"))
+    body = await asyncio.to_thread(windows_document, hub.store, catalog)
+    return web.json_response(body, headers={"Cache-Control": CACHE_CONTROL})
+
+
+async def _merged(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    catalog = hub.views.catalog(request.query.get("catalog"))
+    window = parse_window(request.match_info["window"])
+    body = await asyncio.to_thread(merged_document, hub.store, catalog, window)
+    return web.json_response(body, headers={"Cache-Control": CACHE_CONTROL})
+
+
+async def _catalog(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    catalog = hub.views.catalog(request.query.get("catalog"))
+    return web.json_response(catalog_document(catalog), headers={"Cache-Control": CACHE_CONTROL})
+
+
+async def _export(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    catalog = hub.views.catalog(request.query.get("catalog"))
+    text = request.query.get("window")
+    if not text:
+        raise BadRequest("`window` is required (2026-11-23)", slug="invalid-query")
+    envelope = await asyncio.to_thread(hub.upstream.export, catalog, parse_window(text))
+    return web.Response(
+        body=envelope, content_type="application/msgpack", headers={"Cache-Control": "public, max-age=86400"}
+    )
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document(), headers={"Cache-Control": CACHE_CONTROL})
+
+
 async def _healthz(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     return web.json_response({"status": "ok", "key_id": hub.key.public.key_id, "catalogs": list(hub.catalogs)})
@@ -225,6 +286,13 @@ def create_app(settings: HubSettings, *, now: Now = time.time) -> web.Applicatio
         ("DELETE", "/v1/admin/nodes/{node}", _admin_revoke),
         ("GET", "/v1/admin/incidents", _admin_incidents),
         ("GET", "/v1/log", _log),
+        ("GET", "/v1/views", views_index),
+        ("GET", "/v1/views/{name}", _view),
+        ("GET", "/v1/windows", _windows),
+        ("GET", "/v1/merged/{window}", _merged),
+        ("GET", "/v1/catalog", _catalog),
+        ("GET", "/v1/export", _export),
+        ("GET", "/openapi.json", _openapi),
         ("GET", "/healthz", _healthz),
         ("GET", "/metrics", _metrics),
     ]

@@ -29,6 +29,9 @@ class HubSettings(BaseModel):
     window_horizon_days: int = Field(default=400, ge=1)
     # A node's clock may run this far ahead of the hub's before its window counts as "future".
     clock_skew_seconds: int = Field(default=600, ge=0)
+    # A window is exported upstream (GET /v1/export, hub of hubs) this long after its end,
+    # once late node snapshots had their chance; the export never changes afterwards.
+    export_after_seconds: int = Field(default=6 * 3600, ge=0)
     memory_limit: str = Field(default="640MB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|KiB|MiB|GiB)$")
     log_level: str = "INFO"
 

@@ -133,7 +133,8 @@ def _node_import(args: argparse.Namespace) -> int:
 
 
 def _node_export(args: argparse.Namespace) -> int:
-    from node.app import close_node, open_node, parse_window
+    from node.app import close_node, open_node
+    from protocol.windows import parse_window
 
     settings = _node_settings(args)
     node = open_node(settings)

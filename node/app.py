@@ -30,6 +30,7 @@ from node.writer import Writer
 from protocol.catalog import Catalog, load_catalog
 from protocol.errors import BadRequest, Forbidden, NotFound, problem_middleware
 from protocol.wire import verify_envelope
+from protocol.windows import parse_window
 from protocol.keys import SigningKey, load_or_create
 
 log = logging.getLogger("liberation.node")
@@ -226,26 +227,6 @@ async def _client_script(request: web.Request) -> web.Response:
 
 def _iso(ts: int) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_window(text: str, window_seconds: int) -> int:
-    """`2026-11-23` or `2026-11-23T05` (hourly) or unix seconds -> window start."""
-    try:
-        if text.isdigit():
-            ts = int(text)
-        else:
-            if len(text) == 13:  # 2026-11-23T05
-                text += ":00"
-            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-            ts = int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp())
-    except ValueError:
-        raise BadRequest(
-            "window must be a date (2026-11-23), an hour (2026-11-23T05) or unix seconds",
-            slug="invalid-window",
-        ) from None
-    if ts % window_seconds:
-        raise BadRequest("that is not the start of a window", slug="invalid-window")
-    return ts
 
 
 async def _snapshot(request: web.Request) -> web.Response:

@@ -1,0 +1,353 @@
+"""The public, read-only views API: merged insights over a date range, as JSON or CSV, with ETags.
+
+    GET /v1/views                        the list of views
+    GET /v1/views/{name}?from=&to=       one insight; `catalog=` picks a catalog, `format=csv`
+                                         (or Accept: text/csv) a flat table
+    GET /v1/windows                      windows with data, and how many nodes each merged
+    GET /v1/merged/{window}              one window's merged cells, before re-thresholding (audits)
+    GET /v1/catalog                      the catalog: what is collected, domains, epsilon, thresholds
+
+Every number carries its noise sd and the number of nodes behind it. Sums
+over the range are re-thresholded at k_min (post-processing). Responses are
+cached per (view, range, data version): intake bumps the version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import hashlib
+import io
+import json
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from federation.insights import (
+    breakdown,
+    completion,
+    financial,
+    geography,
+    headline,
+    peak_times,
+    session_shape,
+    tool_combinations,
+    trends,
+    usage,
+    weekday,
+)
+from federation.merge import CellSum, Table, apply_k_min, combine_windows
+from protocol.catalog import Catalog
+from protocol.errors import BadRequest, NotFound
+
+DAY = 86_400
+DEFAULT_RANGE_DAYS = 30
+MAX_RANGE_DAYS = 366
+
+
+@dataclass(frozen=True)
+class RangeData:
+    """The merged tables of a catalog over a date range, as views consume them."""
+
+    catalog: Catalog
+    start: int
+    end: int  # exclusive
+    per_window: dict[int, Table]  # not re-thresholded
+    nodes: int  # most node snapshots merged into one window of the range
+
+    @property
+    def combined(self) -> Table:
+        """The whole range summed and re-thresholded at k_min."""
+        return apply_k_min(self.catalog, combine_windows(self.per_window.values()), self.catalog.k_min)
+
+    def thresholded_windows(self) -> dict[int, Table]:
+        return {w: apply_k_min(self.catalog, t, self.catalog.k_min) for w, t in self.per_window.items()}
+
+    def by_weekday(self) -> dict[int, Table]:
+        """Windows of the same weekday summed (then re-thresholded), keyed by their first window."""
+        groups: dict[int, list[int]] = {}
+        for w in sorted(self.per_window):
+            groups.setdefault(weekday(w), []).append(w)
+        return {
+            ws[0]: apply_k_min(self.catalog, combine_windows(self.per_window[w] for w in ws), self.catalog.k_min)
+            for ws in groups.values()
+        }
+
+
+View = Callable[[RangeData], dict[str, Any]]
+
+VIEWS: dict[str, tuple[str, View]] = {
+    "headline": ("Totals over the range: sessions, events, tools, countries, nodes",
+                 lambda d: headline(d.catalog, d.combined, windows=len(d.per_window), nodes=d.nodes)),
+    "usage": ("Events and sessions per tool and action", lambda d: usage(d.catalog, d.combined)),
+    "completion": ("Sessions that started and completed each tool, and the rate",
+                   lambda d: completion(d.catalog, d.combined)),
+    "tool-combinations": ("Ordered tool pairs: who used A before B (with a Sankey structure)",
+                          lambda d: tool_combinations(d.catalog, d.combined)),
+    "session-shape": ("Tools per session and session duration, with median and quartiles",
+                      lambda d: session_shape(d.catalog, d.combined)),
+    "peak-times": ("Hour-of-week heat map of events (UTC)", lambda d: peak_times(d.catalog, d.by_weekday())),
+    "geography": ("Sessions per country, top countries and per tool", lambda d: geography(d.catalog, d.combined)),
+    "financial": ("Runway, real-wage gap, savings, industries, salary, expenses, debt: histograms and quantiles",
+                  lambda d: financial(d.catalog, d.combined)),
+    "breakdown": ("Industry x runway months", lambda d: breakdown(d.catalog, d.combined)),
+    "trends": ("Per-window series per tool and country, with growth rates",
+               lambda d: trends(d.catalog, d.thresholded_windows())),
+}
+
+
+class ViewService:
+    """Loads merged ranges from the hub store and renders views, with a small cache."""
+
+    def __init__(self, store: Any, catalogs: Mapping[str, Catalog], version: list[int], *, now: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._catalogs = catalogs
+        self._version = version
+        self._now = now
+        self._cache: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
+
+    def catalog(self, hash_: str | None) -> Catalog:
+        if hash_ is None:
+            return next(iter(self._catalogs.values()))
+        catalog = self._catalogs.get(hash_)
+        if catalog is None:
+            raise NotFound("this hub does not merge that catalog", slug="unknown-catalog")
+        return catalog
+
+    def latest_window(self, catalog: Catalog) -> int | None:
+        rows = self._store.cursor().execute(
+            "SELECT max(window_start) FROM windows WHERE catalog = ?", [catalog.hash]
+        ).fetchall()
+        return int(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    def date_range(self, catalog: Catalog, query: Mapping[str, str]) -> tuple[int, int]:
+        """[start, end) from `from`/`to` (inclusive dates); default: the 30 days up to the latest data."""
+        def parse(name: str) -> int | None:
+            text = query.get(name)
+            if not text:
+                return None
+            try:
+                day = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
+            except ValueError:
+                raise BadRequest(f"`{name}` must be a date like 2026-11-23", slug="invalid-query") from None
+            return int(day.timestamp())
+
+        start, last = parse("from"), parse("to")
+        if last is None:
+            latest = self.latest_window(catalog)
+            today = int(self._now()) // DAY * DAY
+            last = (latest // DAY * DAY) if latest is not None else today
+        if start is None:
+            start = last - (DEFAULT_RANGE_DAYS - 1) * DAY
+        if start > last:
+            raise BadRequest("`from` is after `to`", slug="invalid-query")
+        if last - start > MAX_RANGE_DAYS * DAY:
+            raise BadRequest(f"a range spans at most {MAX_RANGE_DAYS} days", slug="invalid-query")
+        return start, last + DAY
+
+    def load(self, catalog: Catalog, start: int, end: int) -> RangeData:
+        con = self._store.cursor()
+        rows = con.execute(
+            """
+            SELECT window_start, metric, kind, idx, value, variance, nodes FROM merged
+            WHERE catalog = ? AND window_start >= ? AND window_start < ?
+            """,
+            [catalog.hash, start, end],
+        ).fetchall()
+        per_window: dict[int, Table] = {}
+        for w, metric, kind, idx, value, variance, nodes in rows:
+            per_window.setdefault(int(w), {})[(metric, kind, int(idx))] = CellSum(int(value), float(variance), int(nodes))
+        counts = con.execute(
+            "SELECT window_start, nodes FROM windows WHERE catalog = ? AND window_start >= ? AND window_start < ?",
+            [catalog.hash, start, end],
+        ).fetchall()
+        for w, _ in counts:
+            per_window.setdefault(int(w), {})
+        return RangeData(catalog, start, end, per_window, max((int(n) for _, n in counts), default=0))
+
+    def render(self, name: str, catalog: Catalog, start: int, end: int, fmt: str) -> tuple[bytes, str]:
+        """The body of one view and its ETag; cached until the next accepted snapshot."""
+        key = (name, catalog.hash, start, end, fmt, self._version[0])
+        etag = 'W/"' + hashlib.sha256(repr(key).encode()).hexdigest()[:32] + '"'
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            return cached, etag
+        data = self.load(catalog, start, end)
+        result = VIEWS[name][1](data)
+        envelope = {
+            "view": name,
+            "catalog": catalog.hash,
+            "from": _day(start),
+            "to": _day(end - DAY),
+            "windows": len(data.per_window),
+            "nodes": data.nodes,
+            "k_min": catalog.k_min,
+            "data": result,
+        }
+        body = to_csv(result).encode() if fmt == "csv" else json.dumps(envelope, allow_nan=False).encode()
+        self._cache[key] = body
+        while len(self._cache) > 512:
+            self._cache.popitem(last=False)
+        return body, etag
+
+
+def _day(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
+
+
+def _is_num(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"value", "sd", "nodes"}
+
+
+def flatten(data: Any, path: tuple[str, ...] = ()) -> list[tuple[str, Any, Any, Any]]:
+    """Every number of a view as (path, value, sd, nodes); list items take their label when one is known."""
+    rows: list[tuple[str, Any, Any, Any]] = []
+    if _is_num(data):
+        rows.append(("/".join(path), data["value"], data["sd"], data["nodes"]))
+    elif data is None:
+        rows.append(("/".join(path), None, None, None))
+    elif isinstance(data, dict):
+        labels = data.get("labels") if isinstance(data.get("labels"), list) else None
+        for key, value in data.items():
+            if key == "labels":
+                continue
+            if labels is not None and isinstance(value, list) and len(value) == len(labels):
+                for label, item in zip(labels, value):
+                    rows += flatten(item, path + (str(key), str(label)))
+            else:
+                rows += flatten(value, path + (str(key),))
+    elif isinstance(data, list):
+        for i, item in enumerate(data):
+            label = None
+            if isinstance(item, dict):
+                label = item.get("country") or item.get("label")
+            rows += flatten(item, path + (str(label if label is not None else i),))
+    elif isinstance(data, int | float) and not isinstance(data, bool):
+        rows.append(("/".join(path), data, None, None))
+    return rows
+
+
+def to_csv(data: Any) -> str:
+    """A view as CSV: one row per number, with its sd and node count."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["key", "value", "sd", "nodes"])
+    for key, value, sd, nodes in flatten(data):
+        if isinstance(value, float):
+            value = round(value, 6)
+        if isinstance(sd, float):
+            sd = round(sd, 6) if math.isfinite(sd) else None
+        writer.writerow([key, "" if value is None else value, "" if sd is None else sd, "" if nodes is None else nodes])
+    return out.getvalue()
+
+
+def wants_csv(request: web.Request) -> bool:
+    fmt = request.query.get("format")
+    if fmt is not None:
+        if fmt not in {"json", "csv"}:
+            raise BadRequest("`format` is json or csv", slug="invalid-query")
+        return fmt == "csv"
+    return "text/csv" in request.headers.get("Accept", "")
+
+
+CACHE_CONTROL = "public, max-age=60"
+
+
+async def view_handler(request: web.Request, service: ViewService) -> web.StreamResponse:
+    """`GET /v1/views/{name}`."""
+    name = request.match_info["name"]
+    if name not in VIEWS:
+        raise NotFound("no such view; see /v1/views", slug="unknown-view")
+    catalog = service.catalog(request.query.get("catalog"))
+    start, end = await asyncio.to_thread(service.date_range, catalog, request.query)
+    fmt = "csv" if wants_csv(request) else "json"
+    body, etag = await asyncio.to_thread(service.render, name, catalog, start, end, fmt)
+    headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL, "Vary": "Accept"}
+    if etag in request.headers.get("If-None-Match", ""):
+        return web.Response(status=304, headers=headers)
+    content_type = "text/csv" if fmt == "csv" else "application/json"
+    return web.Response(body=body, content_type=content_type, charset="utf-8", headers=headers)
+
+
+async def views_index(request: web.Request) -> web.Response:
+    """`GET /v1/views`."""
+    return web.json_response(
+        {"views": [{"name": n, "description": d, "url": f"/v1/views/{n}"} for n, (d, _) in VIEWS.items()]},
+        headers={"Cache-Control": CACHE_CONTROL},
+    )
+
+
+def catalog_document(catalog: Catalog) -> dict[str, Any]:
+    """What the catalog collects and publishes, for the transparency page."""
+    return {
+        "hash": catalog.hash,
+        "name": catalog.name,
+        "version": catalog.version,
+        "k_min": catalog.k_min,
+        "epsilon_per_window": catalog.epsilon_per_window,
+        "max_events_per_session": catalog.max_events_per_session,
+        "retention_days": catalog.retention_days,
+        "apps": {
+            name: {"title": app.title, "actions": list(app.actions), "attributes": list(app.attributes)}
+            for name, app in catalog.apps.items()
+        },
+        "attributes": {
+            name: {"kind": spec.kind.value, "description": spec.description, "domain": list(spec.domain)}
+            for name, spec in catalog.attributes.items()
+        },
+        "metrics": [
+            {
+                "name": m.name, "description": m.description, "unit": m.unit.value,
+                "dimensions": list(m.dimensions), "cells": catalog.domain_size(m),
+                "max_cells_per_session": m.max_cells, "cap_per_cell": m.cell_cap,
+                "sensitivity": m.sensitivity, "epsilon": catalog.epsilon(m), "scale": catalog.scale(m),
+                "threshold": catalog.threshold(m),
+            }
+            for m in catalog.metrics
+        ],
+        "never_collected": [
+            "IP addresses (used once in memory for a country lookup and rate limiting, then discarded)",
+            "raw session ids (replaced by a keyed hash whose daily key is destroyed at export)",
+            "exact timestamps (only the UTC hour is stored)",
+            "cookies, device fingerprints, user agents, referrers, page URLs",
+            "any attribute not declared above (dropped before storage)",
+        ],
+    }
+
+
+def windows_document(store: Any, catalog: Catalog) -> dict[str, Any]:
+    rows = store.cursor().execute(
+        "SELECT window_start, window_end, nodes FROM windows WHERE catalog = ? ORDER BY window_start",
+        [catalog.hash],
+    ).fetchall()
+    return {
+        "catalog": catalog.hash,
+        "windows": [{"window_start": _day(int(w)) if int(w) % DAY == 0 else int(w), "start": int(w), "end": int(e), "nodes": int(n)} for w, e, n in rows],
+    }
+
+
+def merged_document(store: Any, catalog: Catalog, window: int) -> dict[str, Any]:
+    rows = store.cursor().execute(
+        "SELECT metric, kind, idx, value, variance, nodes FROM merged WHERE catalog = ? AND window_start = ? ORDER BY ALL",
+        [catalog.hash, window],
+    ).fetchall()
+    if not rows:
+        raise NotFound("no merged data for that window", slug="no-window")
+    metrics: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for metric, kind, idx, value, variance, nodes in rows:
+        entry = {"index": int(idx), "value": int(value), "sd": math.sqrt(float(variance)), "nodes": int(nodes)}
+        try:
+            spec = catalog.metric(metric)
+            if kind == "cell":
+                entry["labels"] = list(catalog.cell_labels(spec, int(idx)))
+        except KeyError:
+            pass
+        metrics.setdefault(metric, {"cells": [], "other": []})["cells" if kind == "cell" else "other"].append(entry)
+    return {"catalog": catalog.hash, "window_start": window, "metrics": metrics}
