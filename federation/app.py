@@ -160,14 +160,14 @@ async def _admin_enroll(request: web.Request) -> web.Response:
     except ValueError:
         raise BadRequest("`public_key` is not an Ed25519 public key (base64 or PEM)", slug="invalid-key") from None
     record = await asyncio.to_thread(hub.registry.enroll, data["name"], public_key)
-    log.info("enrolled", extra={"node": record.key_id, "name": record.name})
+    log.info("enrolled", extra={"node": record.key_id, "node_name": record.name})
     return web.json_response(record.to_dict(), status=201)
 
 
 async def _admin_revoke(request: web.Request) -> web.Response:
     hub = _require_admin(request)
     record = await asyncio.to_thread(hub.registry.revoke, request.match_info["node"])
-    log.info("revoked", extra={"node": record.key_id, "name": record.name})
+    log.info("revoked", extra={"node": record.key_id, "node_name": record.name})
     return web.json_response(record.to_dict())
 
 
