@@ -287,13 +287,9 @@ def _hub_log_verify(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    print("Liberation Analytics: the demo federation arrives with the dashboard issue.")
-    print("Available now:")
-    print("  liberation keys generate --out DIR   make an Ed25519 signing key")
-    print("  liberation keys show DIR             print its key id and public key")
-    print("  liberation catalog show              what the default catalog collects and publishes")
-    print("  liberation catalog hash              the catalog's content hash")
-    return 0
+    from liberation.demo import run_demo
+
+    return run_demo(Path(args.data_dir), days=args.days, fresh=not args.keep)
 
 
 def _node_options(parser: argparse.ArgumentParser) -> None:
@@ -393,7 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
     hverify.add_argument("url", metavar="URL")
     hverify.set_defaults(func=_hub_log_verify)
 
-    demo = sub.add_parser("demo", help="run the demo federation")
+    demo = sub.add_parser("demo", help="run a demo federation: a hub, three nodes, a month of traffic")
+    demo.add_argument("--data-dir", dest="data_dir", default="data/demo", metavar="DIR")
+    demo.add_argument("--days", type=int, default=30, help="days of history (default 30)")
+    demo.add_argument("--keep", action="store_true", help="keep an existing demo data dir instead of starting afresh")
     demo.set_defaults(func=_demo)
     return parser
 

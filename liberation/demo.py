@@ -1,0 +1,197 @@
+"""`liberation demo`: a hub and three community nodes on loopback, a month of history, a live trickle.
+
+The demo runs the real parts, as an operator would: it generates keys,
+imports synthetic history into each node through `node import`'s code path,
+starts `liberation hub serve` and three `liberation node serve` processes,
+enrolls the nodes through the hub's admin API, lets the nodes export and push
+their closed windows, keeps a trickle of live events going, and prints the
+dashboard's URL. Ctrl-C stops everything cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TextIO
+
+from liberation.traffic import COMMUNITIES, Community, Traffic
+
+URL_PATTERN = re.compile(r'"url": "(http://[^"]+)"')
+HISTORY_DAYS = 30
+
+
+@dataclass
+class Service:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    url: str = ""
+
+
+def _import_history(community: Community, data_dir: str, seed: int, days: int) -> str:
+    """One node's history through the import path (run in a worker process)."""
+    from node.app import close_node, open_node
+    from node.importer import import_lines
+    from node.settings import NodeSettings
+
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    node = open_node(NodeSettings(data_dir=Path(data_dir), retention_days=days + 1))
+    try:
+        summary = import_lines(node, Traffic(community, seed).history_lines(days, today))
+    finally:
+        close_node(node)
+    return f"{community.name}: {summary.accepted:,} events imported"
+
+
+def _start(name: str, args: list[str], log: Path, env: dict[str, str]) -> Service:
+    handle = open(log, "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "liberation", *args], stdout=handle, stderr=handle,
+        env={**os.environ, **env}, start_new_session=True,
+    )
+    handle.close()
+    return Service(name, proc, log)
+
+
+def _wait_url(service: Service, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if service.proc.poll() is not None:
+            raise RuntimeError(f"{service.name} exited: see {service.log}")
+        found = URL_PATTERN.findall(service.log.read_text(errors="replace"))
+        if found:
+            try:
+                with urllib.request.urlopen(found[-1] + "/healthz", timeout=2):  # noqa: S310 - loopback
+                    service.url = found[-1]
+                    return service.url
+            except OSError:
+                pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{service.name} did not start: see {service.log}")
+
+
+def _request(url: str, data: Any = None, token: str | None = None, method: str | None = None) -> Any:
+    body = json.dumps(data).encode() if data is not None else None
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=body, headers=headers, method=method)
+    with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 - loopback only
+        return json.loads(resp.read() or b"null")
+
+
+def _free_port(preferred: int) -> int:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            return 0
+
+
+def run_demo(root: Path, *, days: int = HISTORY_DAYS, out: TextIO = sys.stdout, fresh: bool = True) -> int:
+    """Set up and run the demo federation until SIGINT/SIGTERM."""
+    started = time.monotonic()
+    if fresh and root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(24)
+    say = lambda text: print(text, file=out, flush=True)  # noqa: E731
+
+    say(f"Liberation Analytics demo: a hub and {len(COMMUNITIES)} communities, {days} days of history")
+    with ProcessPoolExecutor(max_workers=min(3, os.cpu_count() or 1)) as pool:
+        jobs = [
+            pool.submit(_import_history, c, str(root / c.name), 1000 + i, days) for i, c in enumerate(COMMUNITIES)
+        ]
+        for job in jobs:
+            say("  " + job.result())
+
+    services: list[Service] = []
+    stop = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        hub = _start("hub", ["hub", "serve"], root / "hub.log", {
+            "LIBERATION_HUB_DATA_DIR": str(root / "hub"), "LIBERATION_HUB_PORT": str(_free_port(8700)),
+            "LIBERATION_HUB_ADMIN_TOKEN": token, "LIBERATION_HUB_EXPORT_AFTER_SECONDS": "0",
+        })
+        services.append(hub)
+        _wait_url(hub)
+        for i, community in enumerate(COMMUNITIES):
+            data = root / community.name
+            from protocol.keys import load_or_create
+
+            public = load_or_create(data / "keys" / "signing.key").public.b64
+            _request(hub.url + "/v1/admin/nodes", {"name": community.name, "public_key": public}, token)
+            node = _start(community.name, ["node", "serve"], root / f"{community.name}.log", {
+                "LIBERATION_NODE_DATA_DIR": str(data), "LIBERATION_NODE_PORT": str(_free_port(8701 + i)),
+                "LIBERATION_NODE_RETENTION_DAYS": str(days + 1),
+                "LIBERATION_NODE_PUSH__HUB_URL": hub.url, "LIBERATION_NODE_PUSH__INTERVAL_SECONDS": "1",
+                "LIBERATION_NODE_CORS_ORIGINS": json.dumps([hub.url]),
+            })
+            services.append(node)
+        for node in services[1:]:
+            _wait_url(node)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not stop:
+            windows = _request(hub.url + "/v1/windows")["windows"]
+            if len(windows) >= days and all(w["nodes"] == len(COMMUNITIES) for w in windows[-days:]):
+                break
+            time.sleep(0.5)
+        say(f"  hub: {len(windows)} windows merged from {len(COMMUNITIES)} nodes "
+            f"({time.monotonic() - started:.0f} s after start)")
+        say("")
+        say(f"  dashboard:  {hub.url}/")
+        say(f"  views API:  {hub.url}/v1/views   (OpenAPI: {hub.url}/openapi.json)")
+        for node in services[1:]:
+            say(f"  node {node.name}: {node.url}/  (events: POST {node.url}/v1/events)")
+        say(f"  logs and data: {root}")
+        say("")
+        say("A live trickle of events keeps going; today's window is published after midnight UTC. Ctrl-C stops.")
+        trickle = [Traffic(c, 9000 + i) for i, c in enumerate(COMMUNITIES)]
+        while not stop:
+            now = datetime.now(UTC)
+            for node, traffic in zip(services[1:], trickle):
+                events = traffic.session(now - timedelta(minutes=1))
+                for event in events:
+                    event["timestamp"] = now.isoformat()
+                try:
+                    _request(node.url + "/v1/events", events)
+                except (urllib.error.URLError, OSError):
+                    pass  # a node restarting: the trickle simply goes on
+            for _ in range(20):
+                if stop:
+                    break
+                time.sleep(0.1)
+    finally:
+        say("stopping ...")
+        for service in reversed(services):
+            if service.proc.poll() is None:
+                service.proc.send_signal(signal.SIGTERM)
+        for service in services:
+            try:
+                service.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                service.proc.kill()
+        say("stopped.")
+    return 0

@@ -1,0 +1,62 @@
+"""Deploy files stay valid: the compose file, the systemd units, the Dockerfile's non-root user."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DEPLOY = Path(__file__).parent.parent / "deploy"
+
+
+def need(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        reason = f"{tool} is not installed (.ci/run installs it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path
+
+
+def compose_command() -> list[str]:
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        return [docker, "compose"]
+    return [need("docker-compose")]
+
+
+def test_compose_file_validates() -> None:
+    result = subprocess.run(
+        [*compose_command(), "-f", str(DEPLOY / "compose.yaml"), "config"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    for service in ("hub:", "node-a:", "node-b:"):
+        assert service in result.stdout
+    assert "healthcheck" in result.stdout
+
+
+@pytest.mark.parametrize("unit", ["liberation-node.service", "liberation-hub.service"])
+def test_systemd_units_verify(unit: str, tmp_path: Path) -> None:
+    analyze = need("systemd-analyze")
+    # The units name /opt/liberation/bin/liberation; verify them against this install's command.
+    command = Path(sys.executable).parent / "liberation"
+    assert command.exists(), "the liberation console script is not installed next to this Python"
+    text = (DEPLOY / "systemd" / unit).read_text()
+    for setting in ("DynamicUser=yes", "ProtectSystem=strict", "NoNewPrivileges=yes", "PrivateTmp=yes"):
+        assert setting in text, setting
+    local = tmp_path / unit
+    local.write_text(text.replace("/opt/liberation/bin/liberation", str(command)))
+    result = subprocess.run([analyze, "verify", str(local)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_dockerfile_runs_as_a_non_root_user() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    users = [line.split()[1] for line in text.splitlines() if line.startswith("USER ")]
+    assert users and users[-1] not in {"root", "0"}
+    assert "ADD http" not in text and "curl" not in text  # nothing fetched outside the package index
