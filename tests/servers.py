@@ -140,7 +140,7 @@ async def run_hub(settings: Any, *, now: Any = None) -> AsyncIterator[RunningHub
     app = create_hub_app(settings, now=now or _time.time)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", settings.port)  # 0: an ephemeral port
     await site.start()
     try:
         yield RunningHub(f"http://127.0.0.1:{runner.addresses[0][1]}", app)
