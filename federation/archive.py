@@ -13,11 +13,13 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from protocol.snapshot import Snapshot
+from protocol.wire import verify_envelope
 
 SCHEMA = pa.schema(
     [
@@ -49,6 +51,20 @@ class Archive:
         day = datetime.fromtimestamp(window_start, UTC)
         label = day.strftime("%Y-%m-%d") if window_start % 86_400 == 0 else day.strftime("%Y-%m-%dT%H")
         return self.root / f"window={label}" / f"{key_id}.parquet"
+
+    def reconcile(self, store: Any) -> int:
+        """Write the files of accepted envelopes that have none (a crash between commit and archive)."""
+        rows = store.cursor().execute("SELECT key_id, window_start FROM envelopes").fetchall()
+        written = 0
+        for key_id, window_start in rows:
+            if self.path_for(key_id, int(window_start)).exists():
+                continue
+            envelope, digest = store.cursor().execute(
+                "SELECT envelope, digest FROM envelopes WHERE key_id = ? AND window_start = ?", [key_id, window_start]
+            ).fetchall()[0]
+            self.write(verify_envelope(bytes(envelope)).snapshot, str(digest))
+            written += 1
+        return written
 
     def write(self, snapshot: Snapshot, digest: str) -> Path:
         """Archive one verified snapshot; a file already there is left as it is (append-only)."""
