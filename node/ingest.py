@@ -198,23 +198,9 @@ class Ingestor:
         country: str | None = None
         if address is not None and any(e.geo_hint is None for e in events):
             country = self.country_of(address)
-        out: list[FilteredEvent | Rejection] = []
-        dropped = 0
-        for i, event in enumerate(events):
-            result = self.privacy.apply(
-                event,
-                now=now,
-                salt_for=self.salts,
-                session_key=session_keys[i] if session_keys is not None else None,
-                client_country=country,
-            )
-            if result.event is not None:
-                out.append(result.event)
-                dropped += result.dropped_attributes
-            else:
-                assert result.rejection is not None
-                out.append(result.rejection)
-        return out, dropped
+        return self.privacy.apply_many(
+            events, now=now, salt_for=self.salts, session_keys=session_keys, client_country=country
+        )
 
     async def commit(self, events: Sequence[FilteredEvent], dropped: int) -> None:
         """Wait for the writer's commit; a failed commit is a 503, and nothing was acked."""

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from protocol.catalog import Catalog
 from protocol.countries import UNKNOWN_COUNTRY
@@ -102,6 +103,47 @@ class PrivacyFilter:
         live: bool = True,
     ) -> FilterResult:
         """Filter one event. `live`: the server clock decides the time; else the event's own."""
+        admitted = self._admit(event, now=now, live=live)
+        if isinstance(admitted, FilterResult):
+            return admitted
+        allowed, moment = admitted
+        return self._keep(event, allowed, self._slot(moment, salt_for), session_key, client_country)
+
+    def apply_many(
+        self,
+        events: Sequence[Event],
+        *,
+        now: datetime,
+        salt_for: SaltSource,
+        session_keys: Sequence[bytes] | None = None,
+        client_country: str | None = None,
+    ) -> tuple[list[FilteredEvent | Rejection], int]:
+        """`apply` (live) to each event of a batch: each one's outcome, in order, and the attributes dropped.
+
+        Live events all take the server clock's `now`, so their window, hour,
+        minute and salt are the same: they are worked out once per batch (on
+        the first event that gets that far, as `apply` would), not per event.
+        """
+        slot: _Slot | None = None
+        outcomes: list[FilteredEvent | Rejection] = []
+        dropped = 0
+        for i, event in enumerate(events):
+            admitted = self._admit(event, now=now, live=True)
+            if not isinstance(admitted, FilterResult):
+                if slot is None:
+                    slot = self._slot(now, salt_for)
+                key = session_keys[i] if session_keys is not None else None
+                admitted = self._keep(event, admitted[0], slot, key, client_country)
+            if admitted.event is not None:
+                outcomes.append(admitted.event)
+                dropped += admitted.dropped_attributes
+            else:
+                assert admitted.rejection is not None
+                outcomes.append(admitted.rejection)
+        return outcomes, dropped
+
+    def _admit(self, event: Event, *, now: datetime, live: bool) -> FilterResult | tuple[frozenset[str], datetime]:
+        """The checks before any salt is touched: a rejection, or (allowed attributes, moment)."""
         declared = self._apps.get(event.app)
         if declared is None:
             return _reject("app", "undeclared-app", "app is not declared in the catalog")
@@ -113,16 +155,34 @@ class PrivacyFilter:
                 return _reject(
                     "timestamp", "timestamp-skew", "timestamp is too far from the server clock"
                 )
-            moment = now
-        else:
-            if event.timestamp - now > self._skew:
-                return _reject("timestamp", "timestamp-future", "timestamp is in the future")
-            moment = event.timestamp.astimezone(UTC)
+            return allowed, now
+        if event.timestamp - now > self._skew:
+            return _reject("timestamp", "timestamp-future", "timestamp is in the future")
+        return allowed, event.timestamp.astimezone(UTC)
+
+    def _slot(self, moment: datetime, salt_for: SaltSource) -> _Slot:
         window = window_of(moment, self._window_seconds)
         salt = salt_for(window)
-        if salt is None:
-            return _reject("timestamp", "window-closed", "the event's window is closed")
+        return _Slot(
+            window=window,
+            hour=moment.replace(minute=0, second=0, microsecond=0),
+            minute=int((moment - window).total_seconds() // 60),
+            mac=None if salt is None else hmac.new(salt, digestmod=hashlib.sha256),
+            # Shorter windows: a session is cut at window boundaries, so that it
+            # belongs to exactly one window (the day's cap bounds its total loss).
+            key_prefix=b"" if self._window_seconds == 86_400 else int(window.timestamp()).to_bytes(8, "big"),
+        )
 
+    def _keep(
+        self,
+        event: Event,
+        allowed: frozenset[str],
+        slot: _Slot,
+        session_key: bytes | None,
+        client_country: str | None,
+    ) -> FilterResult:
+        if slot.mac is None:
+            return _reject("timestamp", "window-closed", "the event's window is closed")
         kept: dict[str, str] = {}
         dropped = 0
         for name, value in event.attributes.items():
@@ -133,22 +193,31 @@ class PrivacyFilter:
             else:
                 kept[name] = label
         key = session_key if session_key is not None else event.session_id.encode()
-        if self._window_seconds != 86_400:
-            # Shorter windows: a session is cut at window boundaries, so that it
-            # belongs to exactly one window (the day's cap bounds its total loss).
-            key = int(window.timestamp()).to_bytes(8, "big") + key
-        minute = int((moment - window).total_seconds() // 60)
+        # = session_hash(slot.salt, key_prefix + key): the keyed HMAC state is
+        # copied per event rather than rebuilt from the salt.
+        mac = slot.mac.copy()
+        mac.update(slot.key_prefix + key)
         filtered = FilteredEvent(
-            window=window,
-            hour=moment.replace(minute=0, second=0, microsecond=0),
-            minute=minute,
-            session=session_hash(salt, key),
+            window=slot.window,
+            hour=slot.hour,
+            minute=slot.minute,
+            session=int.from_bytes(mac.digest()[:8], "big", signed=True),
             app=event.app,
             action=event.action,
             country=self.resolve_country(event.geo_hint, client_country),
             attributes=kept,
         )
         return FilterResult(filtered, None, dropped)
+
+
+class _Slot(NamedTuple):
+    """Where one moment falls: shared by every live event of a batch. Lives for one call only."""
+
+    window: datetime
+    hour: datetime
+    minute: int
+    mac: hmac.HMAC | None  # keyed with the window's salt; None when the window is closed
+    key_prefix: bytes
 
 
 def _reject(field: str, reason: str, message: str) -> FilterResult:

@@ -32,6 +32,7 @@ AttributeValue = str | bool | int | float
 """A scalar attribute value; floats must be finite, strings at most 128 characters."""
 
 _PRINTABLE = re.compile(r"^[\x21-\x7e]{8,128}$")
+_SLUG = re.compile(SLUG_PATTERN)  # compiled once: attribute names are checked per event
 
 
 def _require_text(value: Any) -> Any:
@@ -79,7 +80,7 @@ class Event(BaseModel):
         if len(value) > MAX_ATTRIBUTES:
             raise ValueError(f"at most {MAX_ATTRIBUTES} attributes")
         for key, item in value.items():
-            if not isinstance(key, str) or not re.match(SLUG_PATTERN, key):
+            if not isinstance(key, str) or not _SLUG.match(key):
                 raise ValueError("attribute names must be slugs ([a-z0-9][a-z0-9_-]{0,63})")
             # bool is checked before int: JSON true must stay a bool, not become 1.
             if isinstance(item, bool) or isinstance(item, int):

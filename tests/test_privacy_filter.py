@@ -128,3 +128,24 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies() -> None:
     assert str(client_ip("10.1.2.3", None, trusted)) == "10.1.2.3"
     assert str(client_ip("10.1.2.3", "203.0.113.9", ())) == "10.1.2.3"
     assert client_ip(None, "203.0.113.9", trusted) is None
+
+
+@pytest.mark.parametrize("window_seconds", [86_400, 3_600])
+def test_batch_filter_equals_one_by_one(window_seconds: int) -> None:
+    privacy = PrivacyFilter(load_catalog(), clock_skew=timedelta(minutes=10), window_seconds=window_seconds)
+    events = [
+        event(session_id=f"sess_batch_{i:03d}", geo_hint=["DE", None, "Narnia"][i % 3],
+              app=["real-wage-calculator", "runway-calculator", "tracker"][i % 7 % 3],
+              action=["reveal", "calculate", "start"][i % 7 % 3],
+              attributes={"salary": 1000 * i, "industry": ["tech", "x"][i % 2], "junk": i})
+        for i in range(60)
+    ]
+    keys = [f"key-{i}".encode() for i in range(60)]
+    batch, dropped = privacy.apply_many(events, now=NOW, salt_for=salt_for, session_keys=keys, client_country="KE")
+    one_by_one = [
+        privacy.apply(e, now=NOW, salt_for=salt_for, session_key=k, client_country="KE") for e, k in zip(events, keys)
+    ]
+    assert batch == [r.event if r.event is not None else r.rejection for r in one_by_one]
+    assert dropped == sum(r.dropped_attributes for r in one_by_one if r.event is not None)
+    closed, _ = privacy.apply_many(events[:3], now=NOW, salt_for=lambda w: None)
+    assert all(getattr(r, "reason", None) in {"window-closed", "undeclared-app"} for r in closed)
