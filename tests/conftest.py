@@ -6,8 +6,36 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from tests.servers import RunningNode, node_settings, run_node
+
+
+class HubStandIn:
+    """Answers POST /v1/snapshots with the statuses queued in `answers` (then 202)."""
+
+    def __init__(self) -> None:
+        self.answers: list[int] = []
+        self.received: list[bytes] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.received.append(await request.read())
+        status = self.answers.pop(0) if self.answers else 202
+        return web.Response(status=status, text="{}")
+
+
+@pytest.fixture
+async def hub() -> AsyncIterator[tuple[HubStandIn, str]]:
+    """A stand-in for a hub's intake on loopback: records what it receives, answers as told."""
+    stand_in = HubStandIn()
+    app = web.Application()
+    app.router.add_post("/v1/snapshots", stand_in.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield stand_in, f"http://127.0.0.1:{runner.addresses[0][1]}"
+    await runner.cleanup()
 
 
 @pytest.fixture

@@ -6,17 +6,15 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from protocol.wire import verify_envelope
+from tests.conftest import HubStandIn
 from tests.servers import Process
-from tests.test_outbox import HubStandIn
 
 
 def liberation(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[bytes]:
@@ -24,19 +22,6 @@ def liberation(*args: str, stdin: str | None = None) -> subprocess.CompletedProc
         [sys.executable, "-m", "liberation", *args], input=stdin.encode() if stdin else None,
         capture_output=True, timeout=120, check=True,
     )
-
-
-@pytest.fixture
-async def hub() -> AsyncIterator[tuple[HubStandIn, str]]:
-    stand_in = HubStandIn()
-    app = web.Application()
-    app.router.add_post("/v1/snapshots", stand_in.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield stand_in, f"http://127.0.0.1:{runner.addresses[0][1]}"
-    await runner.cleanup()
 
 
 def history(days: int) -> str:
@@ -91,6 +76,13 @@ async def test_import_serve_export_push(tmp_path: Path, hub: tuple[HubStandIn, s
             async with session.get(proc.url + "/v1/local/summary") as resp:
                 summary = await resp.json()
             assert len(summary["windows"]) == 3
+            # The node's own view: the hub's views API over its published snapshots only.
+            async with session.get(proc.url + "/v1/views/headline") as resp:
+                view = await resp.json()
+            assert (view["windows"], view["nodes"]) == (3, 1)
+            assert view["data"]["sessions"]["value"] > 0
+            async with session.get(proc.url + "/v1/windows") as resp:
+                assert [w["window_start"] for w in (await resp.json())["windows"]] == [x["window_start"][:10] for x in listed]
     finally:
         assert proc.stop() == 0
     # Offline: the same bytes again, the budget, and late events for exported windows go nowhere.

@@ -2,47 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import pytest
-from aiohttp import web
 
 from node.outbox import Outbox, backoff
 from node.settings import PushSettings
 from node.store import Store
 from protocol.wire import verify_envelope
+from tests.conftest import HubStandIn
 from tests.factories import NOW, W_DAY, ev, store_with
 from tests.test_export import publisher
 
 W = W_DAY
-
-
-class HubStandIn:
-    """Answers POST /v1/snapshots with the statuses queued in `answers` (then 202)."""
-
-    def __init__(self) -> None:
-        self.answers: list[int] = []
-        self.received: list[bytes] = []
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.received.append(await request.read())
-        status = self.answers.pop(0) if self.answers else 202
-        return web.Response(status=status, text="{}")
-
-
-@pytest.fixture
-async def hub() -> AsyncIterator[tuple[HubStandIn, str]]:
-    stand_in = HubStandIn()
-    app = web.Application()
-    app.router.add_post("/v1/snapshots", stand_in.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield stand_in, f"http://127.0.0.1:{runner.addresses[0][1]}"
-    await runner.cleanup()
 
 
 def exported_store(tmp: Path, windows: int = 1) -> Store:
