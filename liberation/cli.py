@@ -84,11 +84,16 @@ def _catalog_hash(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings(args: argparse.Namespace, load: Callable[..., Any], env_config: str) -> Any:
+    """Settings of a service: its TOML (--config or $..._CONFIG), the environment, then flags."""
+    overrides = {k: getattr(args, k, None) for k in ("host", "port", "data_dir")}
+    return load(args.config or os.environ.get(env_config), **overrides)
+
+
 def _node_settings(args: argparse.Namespace) -> Any:
     from node.settings import load_node_settings
 
-    overrides = {k: getattr(args, k, None) for k in ("host", "port", "data_dir")}
-    return load_node_settings(args.config or os.environ.get("LIBERATION_NODE_CONFIG"), **overrides)
+    return _settings(args, load_node_settings, "LIBERATION_NODE_CONFIG")
 
 
 def _node_serve(args: argparse.Namespace) -> int:
@@ -155,6 +160,8 @@ def _node_export(args: argparse.Namespace) -> int:
 
 
 def _node_budget(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
     from node.app import close_node, open_node
 
     node = open_node(_node_settings(args))
@@ -170,8 +177,6 @@ def _node_budget(args: argparse.Namespace) -> int:
     if not per_window:
         print("no window exported yet: nothing spent")
     for window, spent in sorted(per_window.items()):
-        from datetime import UTC, datetime
-
         print(f"  {datetime.fromtimestamp(window, UTC):%Y-%m-%d %H:%M}Z  epsilon {spent:.4f}")
     if args.verbose:
         for entry in entries:
@@ -182,8 +187,7 @@ def _node_budget(args: argparse.Namespace) -> int:
 def _hub_settings(args: argparse.Namespace) -> Any:
     from federation.settings import load_hub_settings
 
-    overrides = {k: getattr(args, k, None) for k in ("host", "port", "data_dir")}
-    return load_hub_settings(args.config or os.environ.get("LIBERATION_HUB_CONFIG"), **overrides)
+    return _settings(args, load_hub_settings, "LIBERATION_HUB_CONFIG")
 
 
 def _hub_serve(args: argparse.Namespace) -> int:
@@ -292,14 +296,19 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.data_dir), days=args.days, fresh=not args.keep)
 
 
+def _service_options(parser: argparse.ArgumentParser, service: str) -> None:
+    parser.add_argument(
+        "--config", metavar="FILE", help=f"{service} settings TOML (or $LIBERATION_{service.upper()}_CONFIG)"
+    )
+    parser.add_argument("--data-dir", dest="data_dir", metavar="DIR", help=f"data directory (default ./data/{service})")
+
+
 def _node_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="node settings TOML (or $LIBERATION_NODE_CONFIG)")
-    parser.add_argument("--data-dir", dest="data_dir", metavar="DIR", help="data directory (default ./data/node)")
+    _service_options(parser, "node")
 
 
 def _hub_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="hub settings TOML (or $LIBERATION_HUB_CONFIG)")
-    parser.add_argument("--data-dir", dest="data_dir", metavar="DIR", help="data directory (default ./data/hub)")
+    _service_options(parser, "hub")
 
 
 def build_parser() -> argparse.ArgumentParser:
