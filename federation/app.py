@@ -14,15 +14,17 @@ from pathlib import Path
 from aiohttp import web
 
 from federation.archive import Archive
+from federation.dashboard import add_dashboard_routes
 from federation.intake import Intake
 from federation.metrics import HubMetrics
+from federation.openapi import openapi_document
 from federation.registry import Registry
 from federation.settings import HubSettings
-from federation.openapi import openapi_document
 from federation.store import HubStore
 from federation.upstream import UpstreamExporter
 from federation.views import (
     CACHE_CONTROL,
+    StoreRanges,
     ViewService,
     catalog_document,
     merged_document,
@@ -31,7 +33,13 @@ from federation.views import (
     windows_document,
 )
 from protocol.catalog import Catalog, load_catalog
-from protocol.errors import BadRequest, NotFound, Unauthorized, UnsupportedMediaType, problem_middleware
+from protocol.errors import (
+    BadRequest,
+    NotFound,
+    Unauthorized,
+    UnsupportedMediaType,
+    problem_middleware,
+)
 from protocol.keys import PublicKey, SigningKey, load_or_create
 from protocol.windows import parse_window
 
@@ -104,7 +112,7 @@ def open_hub(settings: HubSettings, *, now: Now = time.time) -> Hub:
         now=now,
         on_accept=bump,
     )
-    views = ViewService(store, catalogs, version, now=now)
+    views = ViewService(StoreRanges(store), catalogs, lambda: version[0], now=now)
     upstream = UpstreamExporter(store, key, export_after=settings.export_after_seconds, now=now)
     return Hub(settings, store, registry, catalogs, archive, intake, metrics, key, views, upstream, now, version)
 
@@ -120,7 +128,7 @@ async def _post_snapshot(request: web.Request) -> web.Response:
         hub.metrics.rejected.labels("unsupported-media-type").inc()
         raise UnsupportedMediaType("send the envelope as application/msgpack", slug="unsupported-media-type")
     data = await request.read()
-    result = await asyncio.to_thread(hub.intake.accept, data)
+    result = await hub.intake.submit(data)  # acked after its group commit: acked means durable
     body = {"status": result.status, "node": result.node, "window_start": result.window_start, "digest": result.digest}
     if result.log_seq is not None:
         body["log_seq"] = result.log_seq
@@ -298,4 +306,5 @@ def create_app(settings: HubSettings, *, now: Now = time.time) -> web.Applicatio
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)
+    add_dashboard_routes(app)
     return app

@@ -50,37 +50,18 @@ def openapi_document() -> dict[str, Any]:
                     **{str(c): PROBLEM for c in (400, 403, 409, 413, 415, 422)},
                 },
             }},
-            "/v1/views": {"get": {"summary": "The list of views", "responses": {"200": JSON_OK}}},
-            "/v1/views/{name}": {"get": {
-                "summary": "One insight over a date range",
-                "parameters": [
-                    _path("name", "the view", enum=list(VIEWS)),
-                    *RANGE,
-                    _query("format", "json (default) or csv; Accept: text/csv works too", enum=["json", "csv"]),
-                ],
-                "responses": {
-                    "200": {"description": "the view", "headers": {"ETag": {"schema": {"type": "string"}}},
-                            "content": {"application/json": {"schema": {"type": "object"}},
-                                        "text/csv": {"schema": {"type": "string"}}}},
-                    "304": {"description": "not modified (If-None-Match)"},
-                    **errors,
-                },
-            }},
-            "/v1/windows": {"get": {"summary": "Windows with data and their node counts",
-                                    "parameters": [CATALOG_PARAM], "responses": {"200": JSON_OK, **errors}}},
             "/v1/merged/{window}": {"get": {
                 "summary": "One window's merged cells before re-thresholding (for audits)",
                 "parameters": [_path("window", "2026-11-23, 2026-11-23T05 or unix seconds"), CATALOG_PARAM],
                 "responses": {"200": JSON_OK, **errors},
             }},
-            "/v1/catalog": {"get": {"summary": "What is collected and published: apps, attributes, domains, epsilon, thresholds",
-                                    "parameters": [CATALOG_PARAM], "responses": {"200": JSON_OK, **errors}}},
             "/v1/export": {"get": {
                 "summary": "A final window merged and signed by this hub (hub of hubs)",
                 "parameters": [_query("window", "2026-11-23"), CATALOG_PARAM],
                 "responses": {"200": {"description": "the envelope", "content": {"application/msgpack": {"schema": {"type": "string", "format": "binary"}}}},
                               "409": PROBLEM, **errors},
             }},
+            **shared_paths(),
             "/v1/log": {"get": {
                 "summary": "The hash-chained transparency log of accepted snapshots",
                 "parameters": [_query("after", "entries after this sequence number", pattern="^[0-9]+$"),
@@ -111,4 +92,34 @@ def openapi_document() -> dict[str, Any]:
                 "properties": {"type": {"type": "string", "format": "uri"}, "title": {"type": "string"},
                                "status": {"type": "integer"}, "detail": {"type": "string"}}}}}}},
         },
+    }
+
+
+def shared_paths() -> dict[str, Any]:
+    """The paths hub and node serve alike: views over published data, the catalog, the dashboard."""
+    errors = {str(code): PROBLEM for code in (400, 404)}
+    return {
+        "/v1/views": {"get": {"summary": "The list of views", "responses": {"200": JSON_OK}}},
+        "/v1/views/{name}": {"get": {
+                "summary": "One insight over a date range",
+                "parameters": [
+                    _path("name", "the view", enum=list(VIEWS)),
+                    *RANGE,
+                    _query("format", "json (default) or csv; Accept: text/csv works too", enum=["json", "csv"]),
+                ],
+                "responses": {
+                    "200": {"description": "the view", "headers": {"ETag": {"schema": {"type": "string"}}},
+                            "content": {"application/json": {"schema": {"type": "object"}},
+                                        "text/csv": {"schema": {"type": "string"}}}},
+                    "304": {"description": "not modified (If-None-Match)"},
+                    **errors,
+                },
+            }},
+        "/v1/windows": {"get": {"summary": "Windows with data and their node counts",
+                                    "parameters": [CATALOG_PARAM], "responses": {"200": JSON_OK, **errors}}},
+        "/v1/catalog": {"get": {"summary": "What is collected and published: apps, attributes, domains, epsilon, thresholds",
+                                    "parameters": [CATALOG_PARAM], "responses": {"200": JSON_OK, **errors}}},
+        "/": {"get": {"summary": "The dashboard (HTML)", "responses": {"200": {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
+        "/static/{path}": {"get": {"summary": "Dashboard assets", "parameters": [_path("path", "an asset of the dashboard")],
+                                       "responses": {"200": {"description": "the asset"}, "304": {"description": "not modified"}, "404": PROBLEM}}},
     }

@@ -25,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -102,54 +102,25 @@ VIEWS: dict[str, tuple[str, View]] = {
 }
 
 
-class ViewService:
-    """Loads merged ranges from the hub store and renders views, with a small cache."""
+class RangeSource(Protocol):
+    """Where a view service gets merged tables: the hub's store, or a node's own snapshots."""
 
-    def __init__(self, store: Any, catalogs: Mapping[str, Catalog], version: list[int], *, now: Callable[[], float] = time.time) -> None:
+    def latest_window(self, catalog: Catalog) -> int | None: ...
+
+    def load(self, catalog: Catalog, start: int, end: int) -> RangeData: ...
+
+
+class StoreRanges:
+    """Merged tables from the hub's `merged` and `windows` tables."""
+
+    def __init__(self, store: Any) -> None:
         self._store = store
-        self._catalogs = catalogs
-        self._version = version
-        self._now = now
-        self._cache: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
-
-    def catalog(self, hash_: str | None) -> Catalog:
-        if hash_ is None:
-            return next(iter(self._catalogs.values()))
-        catalog = self._catalogs.get(hash_)
-        if catalog is None:
-            raise NotFound("this hub does not merge that catalog", slug="unknown-catalog")
-        return catalog
 
     def latest_window(self, catalog: Catalog) -> int | None:
         rows = self._store.cursor().execute(
             "SELECT max(window_start) FROM windows WHERE catalog = ?", [catalog.hash]
         ).fetchall()
         return int(rows[0][0]) if rows and rows[0][0] is not None else None
-
-    def date_range(self, catalog: Catalog, query: Mapping[str, str]) -> tuple[int, int]:
-        """[start, end) from `from`/`to` (inclusive dates); default: the 30 days up to the latest data."""
-        def parse(name: str) -> int | None:
-            text = query.get(name)
-            if not text:
-                return None
-            try:
-                day = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
-            except ValueError:
-                raise BadRequest(f"`{name}` must be a date like 2026-11-23", slug="invalid-query") from None
-            return int(day.timestamp())
-
-        start, last = parse("from"), parse("to")
-        if last is None:
-            latest = self.latest_window(catalog)
-            today = int(self._now()) // DAY * DAY
-            last = (latest // DAY * DAY) if latest is not None else today
-        if start is None:
-            start = last - (DEFAULT_RANGE_DAYS - 1) * DAY
-        if start > last:
-            raise BadRequest("`from` is after `to`", slug="invalid-query")
-        if last - start > MAX_RANGE_DAYS * DAY:
-            raise BadRequest(f"a range spans at most {MAX_RANGE_DAYS} days", slug="invalid-query")
-        return start, last + DAY
 
     def load(self, catalog: Catalog, start: int, end: int) -> RangeData:
         con = self._store.cursor()
@@ -171,15 +142,66 @@ class ViewService:
             per_window.setdefault(int(w), {})
         return RangeData(catalog, start, end, per_window, max((int(n) for _, n in counts), default=0))
 
+
+class ViewService:
+    """Renders views from a range source, with a small cache keyed by the data version."""
+
+    def __init__(
+        self,
+        source: RangeSource,
+        catalogs: Mapping[str, Catalog],
+        version: Callable[[], int],
+        *,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self._source = source
+        self._catalogs = catalogs
+        self._version = version
+        self._now = now
+        self._cache: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
+
+    def catalog(self, hash_: str | None) -> Catalog:
+        if hash_ is None:
+            return next(iter(self._catalogs.values()))
+        catalog = self._catalogs.get(hash_)
+        if catalog is None:
+            raise NotFound("no data for that catalog here", slug="unknown-catalog")
+        return catalog
+
+    def date_range(self, catalog: Catalog, query: Mapping[str, str]) -> tuple[int, int]:
+        """[start, end) from `from`/`to` (inclusive dates); default: the 30 days up to the latest data."""
+        def parse(name: str) -> int | None:
+            text = query.get(name)
+            if not text:
+                return None
+            try:
+                day = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
+            except ValueError:
+                raise BadRequest(f"`{name}` must be a date like 2026-11-23", slug="invalid-query") from None
+            return int(day.timestamp())
+
+        start, last = parse("from"), parse("to")
+        if last is None:
+            latest = self._source.latest_window(catalog)
+            today = int(self._now()) // DAY * DAY
+            last = (latest // DAY * DAY) if latest is not None else today
+        if start is None:
+            start = last - (DEFAULT_RANGE_DAYS - 1) * DAY
+        if start > last:
+            raise BadRequest("`from` is after `to`", slug="invalid-query")
+        if last - start > MAX_RANGE_DAYS * DAY:
+            raise BadRequest(f"a range spans at most {MAX_RANGE_DAYS} days", slug="invalid-query")
+        return start, last + DAY
+
     def render(self, name: str, catalog: Catalog, start: int, end: int, fmt: str) -> tuple[bytes, str]:
         """The body of one view and its ETag; cached until the next accepted snapshot."""
-        key = (name, catalog.hash, start, end, fmt, self._version[0])
+        key = (name, catalog.hash, start, end, fmt, self._version())
         etag = 'W/"' + hashlib.sha256(repr(key).encode()).hexdigest()[:32] + '"'
         cached = self._cache.get(key)
         if cached is not None:
             self._cache.move_to_end(key)
             return cached, etag
-        data = self.load(catalog, start, end)
+        data = self._source.load(catalog, start, end)
         result = VIEWS[name][1](data)
         envelope = {
             "view": name,

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -15,10 +15,19 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from federation.dashboard import add_dashboard_routes
+from federation.views import (
+    CACHE_CONTROL,
+    ViewService,
+    catalog_document,
+    view_handler,
+    views_index,
+)
+from node.export import BudgetExceeded, Publisher, epsilon_cap_default
 from node.geo import GeoLocator
 from node.ingest import Clock, Ingestor, post_events, utc_now
-from node.export import BudgetExceeded, Publisher, epsilon_cap_default
 from node.metrics import NodeMetrics
+from node.openapi import serve_openapi
 from node.outbox import Outbox
 from node.plausible import post_plausible_event
 from node.privacy import PrivacyFilter
@@ -26,12 +35,14 @@ from node.ratelimit import RateLimiter
 from node.salts import SaltKeeper
 from node.settings import NodeSettings
 from node.store import Store
+from node.views import SnapshotRanges
+from node.views import windows_document as node_windows_document
 from node.writer import Writer
 from protocol.catalog import Catalog, load_catalog
-from protocol.errors import BadRequest, Forbidden, NotFound, problem_middleware
-from protocol.wire import verify_envelope
-from protocol.windows import parse_window
+from protocol.errors import Forbidden, NotFound, problem_middleware
 from protocol.keys import SigningKey, load_or_create
+from protocol.windows import parse_window
+from protocol.wire import verify_envelope
 
 log = logging.getLogger("liberation.node")
 
@@ -54,6 +65,16 @@ class Node:
     publisher: Publisher
     outbox: Outbox
     clock: Clock
+    views: ViewService = field(init=False)
+
+    def __post_init__(self) -> None:
+        # The data version of the views cache: one more exported window, new data.
+        self.views = ViewService(
+            SnapshotRanges(self.publisher),
+            {self.catalog.hash: self.catalog},
+            lambda: len(self.publisher.exported),
+            now=lambda: self.clock().timestamp(),
+        )
 
     @property
     def retention(self) -> timedelta:
@@ -324,6 +345,20 @@ async def _every(interval: float, stop: asyncio.Event, name: str, step: Callable
             await asyncio.wait_for(stop.wait(), timeout=interval)
 
 
+async def _view(request: web.Request) -> web.StreamResponse:
+    return await view_handler(request, request.app[NODE].views)
+
+
+async def _catalog(request: web.Request) -> web.Response:
+    return web.json_response(catalog_document(request.app[NODE].catalog), headers={"Cache-Control": CACHE_CONTROL})
+
+
+async def _windows(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    body = await asyncio.to_thread(node_windows_document, node.publisher, node.catalog)
+    return web.json_response(body, headers={"Cache-Control": CACHE_CONTROL})
+
+
 async def _export_step(node: Node) -> None:
     for window in await asyncio.to_thread(node.export_due):
         log.info("exported", extra={"window_start": _iso(window)})
@@ -373,4 +408,10 @@ def create_app(settings: NodeSettings, *, clock: Clock = utc_now) -> web.Applica
     app.router.add_get("/v1/snapshots", _snapshots)
     app.router.add_get("/v1/snapshots/{window}", _snapshot)
     app.router.add_get("/v1/ledger", _ledger)
+    app.router.add_get("/v1/views", views_index)
+    app.router.add_get("/v1/views/{name}", _view)
+    app.router.add_get("/v1/catalog", _catalog)
+    app.router.add_get("/v1/windows", _windows)
+    add_dashboard_routes(app)  # the node's own published view, same dashboard as the hub
+    app.router.add_get("/openapi.json", serve_openapi)
     return app

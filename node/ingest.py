@@ -100,6 +100,9 @@ def decode_body(body: bytes, content_type: str) -> Any:
         raise BadRequest("body is not UTF-8", slug="malformed-body") from None
     try:
         return json.loads(text)
+    except RecursionError:
+        # Nesting deeper than any event has: refused, not a 500.
+        raise BadRequest("body is nested too deeply", slug="malformed-body") from None
     except json.JSONDecodeError as exc:
         raise BadRequest(f"body is not valid JSON (line {exc.lineno}, column {exc.colno})", slug="malformed-body") from None
 

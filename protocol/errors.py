@@ -5,6 +5,7 @@
     │   ├── BadRequest (400)        malformed body, wrong types, bad field
     │   ├── Forbidden (403)
     │   ├── NotFound (404)
+    │   ├── RequestTimeout (408)    the body did not arrive within BODY_DEADLINE_SECONDS
     │   ├── Conflict (409)
     │   ├── PayloadTooLarge (413)
     │   ├── UnsupportedMediaType (415)
@@ -15,10 +16,16 @@
 
 Handlers raise; `problem_middleware` renders. An unexpected exception is logged
 and answered with a bare 500: never a traceback, never request data.
+
+The middleware also reads each request body before the handler runs, under a
+deadline and the app's size limit: a client that declares too much is refused
+before a byte of body is read, and one that dribbles or stalls is cut off, so
+neither can hold a handler (and its buffer) for long.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import traceback
@@ -26,9 +33,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 PROBLEM_BASE = "https://liberation-analytics.org/problems/"
 PROBLEM_CONTENT_TYPE = "application/problem+json"
+BODY_DEADLINE_SECONDS = 20.0
+"""How long a client may take to send a whole request body (1 MiB at ~50 KiB/s)."""
 
 log = logging.getLogger("liberation.errors")
 
@@ -109,6 +119,12 @@ class MethodNotAllowed(Problem):
     default_slug = "method-not-allowed"
 
 
+class RequestTimeout(Problem):
+    status = 408
+    title = "Request timeout"
+    default_slug = "request-timeout"
+
+
 class Conflict(Problem):
     status = 409
     title = "Conflict"
@@ -167,6 +183,7 @@ _HTTP_STATUS_TO_PROBLEM: dict[int, type[Problem]] = {
     403: Forbidden,
     404: NotFound,
     405: MethodNotAllowed,
+    408: RequestTimeout,
     409: Conflict,
     413: PayloadTooLarge,
     415: UnsupportedMediaType,
@@ -176,13 +193,49 @@ _HTTP_STATUS_TO_PROBLEM: dict[int, type[Problem]] = {
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+async def read_body(request: web.Request) -> None:
+    """Read the body into the request (handlers' `request.read()` then returns it) within limits.
+
+    Without this a client could send headers and then one byte a minute: aiohttp
+    has no body timeout, and the handler would wait on it for as long as the
+    connection stays open.
+    """
+    if not request.body_exists:
+        return
+    limit = request.client_max_size
+    declared = request.content_length
+    if limit and declared is not None and declared > limit:
+        raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
+    try:
+        async with asyncio.timeout(BODY_DEADLINE_SECONDS):
+            await request.read()
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the body did not arrive within {BODY_DEADLINE_SECONDS:g} seconds", slug="body-timeout"
+        ) from None
+    except RequestPayloadError:
+        raise BadRequest("the body is truncated or its encoding is malformed", slug="malformed-body") from None
+    except ConnectionError:
+        # The client hung up mid-body: nobody will read this answer, but it keeps
+        # the disconnect out of the error log (aiohttp's logs the peer address).
+        raise BadRequest("the connection closed before the body arrived", slug="incomplete-body") from None
+
+
+_CLOSE = frozenset({408, 413})
+"""Problems after which the connection is closed: its unread body is not worth waiting for."""
+
+
 @web.middleware
 async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Render every error of node and hub in one place, as problem+json."""
     try:
+        await read_body(request)
         return await handler(request)
     except Problem as problem:
-        return problem_response(problem)
+        response = problem_response(problem)
+        if problem.status in _CLOSE:
+            response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -195,6 +248,8 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         else:
             problem = cls(exc.reason)
         response = problem_response(problem)
+        if problem.status in _CLOSE:
+            response.force_close()
         if exc.status == 405 and "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response

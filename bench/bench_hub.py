@@ -1,0 +1,288 @@
+"""The hub at scale: intake of 1,000 nodes x 30 days next to raw Ed25519, views latency over that data, fuzzing.
+
+Targets (2-core machine): intake >= 500 snapshots/s; p95 of every views
+endpoint <= 20 ms; >= 10,000 hypothesis-generated and bit-flipped envelopes
+answered 4xx only (never a 5xx, never an accepted forgery).
+
+The hub runs as its own process (`python -m liberation hub serve`), so the
+load generator does not share its interpreter. Envelope generation is not
+measured: each node's day is a seeded noisy snapshot from a small pool per
+window, re-signed as that node (every envelope is a genuine snapshot of its
+own key). Intake posts window by window, as nodes do after midnight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import statistics
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+import msgpack  # type: ignore[import-untyped]
+
+from federation.views import VIEWS
+from protocol.catalog import load_catalog
+from protocol.keys import PublicKey, SigningKey
+from protocol.wire import SIGNING_PREFIX, sign_snapshot, verify_envelope
+from tests.servers import Process
+from tests.snapshots import DAY, node_snapshot
+
+NODES = 1_000
+DAYS = 30
+VARIANTS = 6  # noisy snapshots per window that nodes are re-signed from
+CONCURRENCY = 16  # intake connections
+INTAKE_SECONDS = 180.0  # the intake phase stops here, whatever is left
+VIEW_HITS = 200  # requests per endpoint to one URL (cache hits where the endpoint caches)
+VIEW_COLD = 50  # requests per endpoint to distinct ranges or windows (renders)
+FUZZ_CASES = 10_000
+TARGET_RATE = 500.0
+TARGET_P95_MS = 20.0
+TOKEN = "bench-hub-admin-token"
+
+
+@dataclass
+class Row:
+    figure: str
+    value: str
+    baseline: str
+    target: str
+    ok: bool | None
+
+    @property
+    def verdict(self) -> str:
+        return "" if self.ok is None else ("PASS" if self.ok else "MISS")
+
+
+# ---- data -------------------------------------------------------------------------------------
+
+
+def generate(nodes: int, days: int) -> tuple[list[SigningKey], list[int], list[list[bytes]]]:
+    """Keys, windows (oldest first, the last ending today at 00:00 UTC) and envelopes[window][node]."""
+    catalog = load_catalog()
+    today = int(time.time()) // DAY * DAY
+    windows = [today - d * DAY for d in range(days, 0, -1)]
+    keys = [SigningKey.from_seed(hashlib.sha256(b"bench-hub/%d" % i).digest()) for i in range(nodes)]
+    envelopes: list[list[bytes]] = []
+    for d, window in enumerate(windows):
+        pool = [
+            node_snapshot(
+                keys[0], window, seed=1000 * d + v, catalog=catalog,
+                counts=lambda metric, i, v=v: 300 + 40 * v if (i + v) % 3 == 0 else 0,
+            )
+            for v in range(VARIANTS)
+        ]
+        envelopes.append(
+            [sign_snapshot(pool[(i + d) % VARIANTS].model_copy(update={"node": key.public.key_id}), key)
+             for i, key in enumerate(keys)]
+        )
+    return keys, windows, envelopes
+
+
+def raw_verify_rate(envelopes: list[bytes]) -> float:
+    """Ed25519 verifications per second of the envelopes' (prefix + body), one core, nothing else."""
+    parts = []
+    keys: dict[bytes, PublicKey] = {}
+    for data in envelopes:
+        env = msgpack.unpackb(data)
+        key = keys.setdefault(env["pk"], PublicKey.from_raw(env["pk"]))
+        parts.append((key, env["sig"], SIGNING_PREFIX + env["body"]))
+    started = time.perf_counter()
+    ok = sum(key.verify(sig, message) for key, sig, message in parts)
+    elapsed = time.perf_counter() - started
+    assert ok == len(parts)
+    return len(parts) / elapsed
+
+
+def verify_envelope_rate(envelopes: list[bytes]) -> float:
+    started = time.perf_counter()
+    for data in envelopes:
+        verify_envelope(data)
+    return len(envelopes) / (time.perf_counter() - started)
+
+
+# ---- phases against the hub process -----------------------------------------------------------
+
+
+async def enroll(url: str, keys: list[SigningKey]) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    queue = iter(enumerate(keys))
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        for i, key in queue:
+            async with session.post(url + "/v1/admin/nodes", json={"name": f"node-{i:04d}", "public_key": key.public.b64},
+                                    headers=auth) as resp:
+                assert resp.status == 201, await resp.text()
+
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*(worker(session) for _ in range(8)))
+
+
+@dataclass
+class IntakeRun:
+    posted: int
+    seconds: float
+    statuses: Counter[int]
+    latencies: list[float]
+
+
+async def post_all(url: str, envelopes: list[bytes], *, concurrency: int, seconds: float) -> IntakeRun:
+    """Post in order over `concurrency` connections until done or `seconds` passed."""
+    queue = iter(envelopes)
+    statuses: Counter[int] = Counter()
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+    headers = {"Content-Type": "application/msgpack"}
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        for data in queue:
+            if time.perf_counter() > deadline:
+                return
+            started = time.perf_counter()
+            async with session.post(url + "/v1/snapshots", data=data, headers=headers) as resp:
+                await resp.read()
+                statuses[resp.status] += 1
+            latencies.append(time.perf_counter() - started)
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return IntakeRun(sum(statuses.values()), elapsed, statuses, latencies)
+
+
+@dataclass
+class Latency:
+    endpoint: str
+    hit_p50: float
+    hit_p95: float
+    cold_p50: float | None
+    cold_p95: float | None
+
+
+def _day(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
+
+
+def _p(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000 if len(values) > 1 else values[0] * 1000  # type: ignore[index]
+
+
+async def _timed(session: aiohttp.ClientSession, url: str) -> float:
+    started = time.perf_counter()
+    async with session.get(url) as resp:
+        await resp.read()
+        assert resp.status == 200, (url, resp.status)
+    return time.perf_counter() - started
+
+
+async def view_latencies(url: str, windows: list[int]) -> list[Latency]:
+    """Per endpoint, one request at a time: one URL repeated, then distinct ranges (or windows)."""
+    rng = random.Random(7)
+    days = [_day(w) for w in windows]
+    pairs = [(a, b) for i, a in enumerate(days) for b in days[i:]]
+    endpoints: list[tuple[str, str, list[str]]] = []
+    for name in VIEWS:
+        ranges = rng.sample(pairs, VIEW_COLD)
+        endpoints.append((f"/v1/views/{name}", f"/v1/views/{name}", [f"/v1/views/{name}?from={a}&to={b}" for a, b in ranges]))
+    endpoints.append(("/v1/windows", "/v1/windows", []))
+    endpoints.append(("/v1/catalog", "/v1/catalog", []))
+    endpoints.append(("/v1/merged/{day}", f"/v1/merged/{days[-1]}", [f"/v1/merged/{rng.choice(days)}" for _ in range(VIEW_COLD)]))
+    out = []
+    async with aiohttp.ClientSession() as session:
+        for label, hit, cold in endpoints:
+            await _timed(session, url + hit)  # the first one renders
+            hits = [await _timed(session, url + hit) for _ in range(VIEW_HITS)]
+            colds = [await _timed(session, url + path) for path in cold]
+            out.append(Latency(label, _p(hits, 50), _p(hits, 95), _p(colds, 50) if colds else None,
+                               _p(colds, 95) if colds else None))
+    return out
+
+
+def fuzz(url: str, key: SigningKey, valid: bytes, examples: int) -> tuple[Counter[str], str | None, float]:
+    """The test module's campaign against the hub process: statuses seen, the first violation, seconds."""
+    from tests.test_hub_fuzz import Client, campaign  # hypothesis and pytest: test dependencies
+
+    client = Client(url)
+    started = time.perf_counter()
+    try:
+        seen, failure = campaign(client, key, valid, examples=examples), None
+    except Exception as exc:  # noqa: BLE001 - a violation is a result to report (hypothesis shrank it)
+        seen, failure = Counter(), f"{type(exc).__name__}: {str(exc)[:300]}"
+    finally:
+        client.close()
+    return seen, failure, time.perf_counter() - started
+
+
+# ---- main -------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    rows: list[Row] = []
+    started = time.perf_counter()
+    keys, windows, by_window = generate(NODES, DAYS)
+    everything = [data for day in by_window for data in day]
+    print(f"generated {len(everything):,} envelopes ({len(keys):,} nodes x {len(windows)} days, "
+          f"{statistics.mean(map(len, everything[:500])):,.0f} bytes each) in {time.perf_counter() - started:.1f} s")
+    raw = raw_verify_rate(everything)
+    full = verify_envelope_rate(everything[:3000])
+    with tempfile.TemporaryDirectory(prefix="bench-hub-") as tmp:
+        env = {
+            "LIBERATION_HUB_DATA_DIR": str(Path(tmp) / "hub"),
+            "LIBERATION_HUB_PORT": "0",
+            "LIBERATION_HUB_HOST": "127.0.0.1",
+            "LIBERATION_HUB_ADMIN_TOKEN": TOKEN,
+        }
+        hub = Process(["hub", "serve"], Path(tmp) / "hub.log", env=env)
+        try:
+            asyncio.run(enroll(hub.url, keys))
+            run = asyncio.run(post_all(hub.url, everything, concurrency=CONCURRENCY, seconds=INTAKE_SECONDS))
+            accepted = run.statuses.get(202, 0)
+            rate = accepted / run.seconds
+            partial = "" if run.posted == len(everything) else f" (stopped after {INTAKE_SECONDS:.0f} s: {run.posted:,} posted)"
+            print(f"intake: {accepted:,} accepted of {run.posted:,} posted in {run.seconds:.1f} s, statuses {dict(run.statuses)}, "
+                  f"latency p50 {_p(run.latencies, 50):.0f} ms p95 {_p(run.latencies, 95):.0f} ms{partial}")
+            rows.append(Row(f"intake, {CONCURRENCY} connections", f"{rate:,.0f} snapshots/s",
+                            f"raw Ed25519 verify {raw:,.0f}/s; verify_envelope {full:,.0f}/s (1 core)",
+                            f">= {TARGET_RATE:,.0f}/s", rate >= TARGET_RATE and accepted == len(everything)))
+            latencies = asyncio.run(view_latencies(hub.url, windows))
+            print(f"\n{'endpoint':<28}{'hit p50':>9}{'hit p95':>9}{'cold p50':>10}{'cold p95':>10}   (ms; "
+                  f"{VIEW_HITS} repeats of one URL, {VIEW_COLD} distinct ranges/windows)")
+            for lat in latencies:
+                cold = f"{lat.cold_p50:>10.1f}{lat.cold_p95:>10.1f}" if lat.cold_p50 is not None else f"{'-':>10}{'-':>10}"
+                print(f"{lat.endpoint:<28}{lat.hit_p50:>9.1f}{lat.hit_p95:>9.1f}{cold}")
+            worst_hit = max(latencies, key=lambda lat: lat.hit_p95)
+            colds = [lat for lat in latencies if lat.cold_p95 is not None]
+            worst_cold = max(colds, key=lambda lat: lat.cold_p95 or 0.0)
+            rows.append(Row("views p95, repeated URL (worst)", f"{worst_hit.hit_p95:.1f} ms {worst_hit.endpoint}",
+                            f"{len(latencies)} endpoints", f"<= {TARGET_P95_MS:.0f} ms", worst_hit.hit_p95 <= TARGET_P95_MS))
+            rows.append(Row("views p95, distinct ranges (worst)", f"{worst_cold.cold_p95:.1f} ms {worst_cold.endpoint}",
+                            "renders from DuckDB", f"<= {TARGET_P95_MS:.0f} ms", (worst_cold.cold_p95 or 0) <= TARGET_P95_MS))
+            seen, failure, seconds = fuzz(hub.url, keys[0], by_window[-1][0], FUZZ_CASES)
+            total = sum(seen.values())
+            fives = sum(n for label, n in seen.items() if label.startswith("5"))
+            twos = sum(n for label, n in seen.items() if label.startswith("2"))
+            print(f"\nfuzz: {total:,} cases in {seconds:.1f} s: " + ", ".join(f"{k} x{n}" for k, n in sorted(seen.items())))
+            if failure:
+                print(f"fuzz VIOLATION: {failure}")
+            rows.append(Row("fuzz cases: 5xx / forgeries", f"{fives} / 0 of {total:,}" if not failure else failure[:60],
+                            f"{twos} genuine 2xx", f">= {FUZZ_CASES:,}, 0 / 0", failure is None and total >= FUZZ_CASES))
+        finally:
+            code = hub.stop()
+            if code:
+                print(f"hub exited with {code}: {hub.log_path.read_text()[-1500:]}")
+    width = max(len(r.value) for r in rows)
+    print(f"\n{'figure':<38}{'value':<{width + 2}}{'baseline':<58}{'target':<16}")
+    for r in rows:
+        print(f"{r.figure:<38}{r.value:<{width + 2}}{r.baseline:<58}{r.target:<16}{r.verdict}")
+
+
+if __name__ == "__main__":
+    main()
