@@ -190,6 +190,15 @@ _HTTP_STATUS_TO_PROBLEM: dict[int, type[Problem]] = {
     422: Unprocessable,
 }
 
+def _problem_for_status(status: int, reason: str) -> Problem:
+    """A Problem of aiohttp's own HTTP error (its reason text, never request data)."""
+    cls = _HTTP_STATUS_TO_PROBLEM.get(status)
+    if cls is not None:
+        return cls(reason)
+    generic: type[Problem] = type("HttpProblem", (Problem,), {"status": status, "title": reason})
+    return generic(reason)
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -241,14 +250,9 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             raise
         # aiohttp's own errors (404 route, 405 method, 413 body) get the same shape.
         # Their text is aiohttp's, never request data, apart from the 413 sizes.
-        cls = _HTTP_STATUS_TO_PROBLEM.get(exc.status)
-        if cls is None:
-            problem = Problem(exc.reason)
-            problem.status = exc.status  # type: ignore[misc]
-        else:
-            problem = cls(exc.reason)
-        response = problem_response(problem)
-        if problem.status in _CLOSE:
+        http_problem = _problem_for_status(exc.status, exc.reason)
+        response = problem_response(http_problem)
+        if http_problem.status in _CLOSE:
             response.force_close()
         if exc.status == 405 and "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]

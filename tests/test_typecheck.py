@@ -1,0 +1,16 @@
+"""`mypy --strict` holds on the contract package (pyproject's [tool.mypy])."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_protocol_is_strictly_typed() -> None:
+    root = Path(__file__).parent.parent
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--no-incremental", "protocol"],
+        cwd=root, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
