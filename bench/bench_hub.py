@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import random
 import statistics
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +29,7 @@ from pathlib import Path
 import aiohttp
 import msgpack  # type: ignore[import-untyped]
 
+from bench.bench_ingest import _busy_seconds, _cpu_seconds, wait_for_quiet
 from federation.views import VIEWS
 from protocol.catalog import load_catalog
 from protocol.keys import PublicKey, SigningKey
@@ -63,6 +66,11 @@ class Row:
 # ---- data -------------------------------------------------------------------------------------
 
 
+def _busy(variant: int) -> Callable[[str, int], int]:
+    """True counts of a busy node: every third cell, shifted and scaled by the variant."""
+    return lambda metric, i: 300 + 40 * variant if (i + variant) % 3 == 0 else 0
+
+
 def generate(nodes: int, days: int) -> tuple[list[SigningKey], list[int], list[list[bytes]]]:
     """Keys, windows (oldest first, the last ending today at 00:00 UTC) and envelopes[window][node]."""
     catalog = load_catalog()
@@ -74,7 +82,7 @@ def generate(nodes: int, days: int) -> tuple[list[SigningKey], list[int], list[l
         pool = [
             node_snapshot(
                 keys[0], window, seed=1000 * d + v, catalog=catalog,
-                counts=lambda metric, i, v=v: 300 + 40 * v if (i + v) % 3 == 0 else 0,
+                counts=_busy(v),
             )
             for v in range(VARIANTS)
         ]
@@ -130,6 +138,21 @@ class IntakeRun:
     seconds: float
     statuses: Counter[int]
     latencies: list[float]
+    hub_cpu: float = 0.0  # CPU seconds of the hub process during the run
+    client_cpu: float = 0.0  # of this process (the load generator)
+    other_share: float = 0.0  # share of the machine's cores that other processes took
+
+
+def post_measured(url: str, pid: int, envelopes: list[bytes], *, concurrency: int, seconds: float) -> IntakeRun:
+    """`post_all`, with the CPU each side spent and what other processes took meanwhile."""
+    hub0, busy0, mine0 = _cpu_seconds(pid), _busy_seconds(), os.times()
+    run = asyncio.run(post_all(url, envelopes, concurrency=concurrency, seconds=seconds))
+    hub1, busy1, mine1 = _cpu_seconds(pid), _busy_seconds(), os.times()
+    run.hub_cpu = hub1 - hub0
+    run.client_cpu = (mine1.user + mine1.system) - (mine0.user + mine0.system)
+    others = max(0.0, (busy1 - busy0) - run.hub_cpu - run.client_cpu)
+    run.other_share = others / (run.seconds * (os.cpu_count() or 1))
+    return run
 
 
 async def post_all(url: str, envelopes: list[bytes], *, concurrency: int, seconds: float) -> IntakeRun:
@@ -171,8 +194,11 @@ def _day(ts: int) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
 
 
-def _p(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000 if len(values) > 1 else values[0] * 1000  # type: ignore[index]
+def _p(values: list[float], q: int) -> float:
+    """The q-th percentile of `values` (seconds), in milliseconds."""
+    if len(values) < 2:
+        return values[0] * 1000
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000
 
 
 async def _timed(session: aiohttp.ClientSession, url: str) -> float:
@@ -224,8 +250,55 @@ def fuzz(url: str, key: SigningKey, valid: bytes, examples: int) -> tuple[Counte
 # ---- main -------------------------------------------------------------------------------------
 
 
+def intake_phase(url: str, pid: int, envelopes: list[bytes], raw: float, full: float) -> Row:
+    idle = wait_for_quiet()
+    run = post_measured(url, pid, envelopes, concurrency=CONCURRENCY, seconds=INTAKE_SECONDS)
+    accepted = run.statuses.get(202, 0)
+    rate = accepted / run.seconds
+    partial = "" if run.posted == len(envelopes) else f" (stopped after {INTAKE_SECONDS:.0f} s)"
+    print(f"intake: {accepted:,} accepted of {run.posted:,} posted in {run.seconds:.1f} s{partial}, "
+          f"statuses {dict(run.statuses)}, latency p50 {_p(run.latencies, 50):.0f} ms p95 {_p(run.latencies, 95):.0f} ms")
+    per = 1e3 / max(1, run.posted)
+    print(f"  CPU per snapshot: hub {run.hub_cpu * per:.2f} ms, load generator {run.client_cpu * per:.2f} ms; "
+          f"other processes took {run.other_share:.0%} of the machine (idle before: {idle:.0%})")
+    return Row(f"intake, {CONCURRENCY} connections", f"{rate:,.0f} snapshots/s",
+               f"raw Ed25519 verify {raw:,.0f}/s, verify_envelope {full:,.0f}/s (1 core)",
+               f">= {TARGET_RATE:,.0f}/s", rate >= TARGET_RATE and accepted == len(envelopes))
+
+
+def views_phase(url: str, windows: list[int]) -> list[Row]:
+    latencies = asyncio.run(view_latencies(url, windows))
+    print(f"\n{'endpoint':<28}{'hit p50':>9}{'hit p95':>9}{'cold p50':>10}{'cold p95':>10}   "
+          f"(ms; {VIEW_HITS} repeats of one URL, {VIEW_COLD} distinct ranges/windows)")
+    for lat in latencies:
+        cold = f"{lat.cold_p50:>10.1f}{lat.cold_p95:>10.1f}" if lat.cold_p50 is not None else f"{'-':>10}{'-':>10}"
+        print(f"{lat.endpoint:<28}{lat.hit_p50:>9.1f}{lat.hit_p95:>9.1f}{cold}")
+    hit = max(latencies, key=lambda lat: lat.hit_p95)
+    cold_p95 = {lat.endpoint: lat.cold_p95 for lat in latencies if lat.cold_p95 is not None}
+    worst = max(cold_p95, key=lambda endpoint: cold_p95[endpoint])
+    target = f"<= {TARGET_P95_MS:.0f} ms"
+    return [
+        Row("views p95, repeated URL (worst)", f"{hit.hit_p95:.1f} ms {hit.endpoint}", f"{len(latencies)} endpoints",
+            target, hit.hit_p95 <= TARGET_P95_MS),
+        Row("views p95, distinct ranges (worst)", f"{cold_p95[worst]:.1f} ms {worst}", "each a render from DuckDB",
+            target, cold_p95[worst] <= TARGET_P95_MS),
+    ]
+
+
+def fuzz_phase(url: str, key: SigningKey, valid: bytes) -> Row:
+    seen, failure, seconds = fuzz(url, key, valid, FUZZ_CASES)
+    total = sum(seen.values())
+    fives = sum(n for label, n in seen.items() if label.startswith("5"))
+    twos = sum(n for label, n in seen.items() if label.startswith("2"))
+    print(f"\nfuzz: {total:,} cases in {seconds:.1f} s: " + ", ".join(f"{k} x{n}" for k, n in sorted(seen.items())))
+    if failure:
+        print(f"fuzz VIOLATION: {failure}")
+    value = f"{fives} / 0 of {total:,}" if failure is None else failure[:60]
+    return Row("fuzz cases: 5xx / accepted forgeries", value, f"{twos} genuine 2xx (enrolled key's own)",
+               f">= {FUZZ_CASES:,}, 0 / 0", failure is None and fives == 0 and total >= FUZZ_CASES)
+
+
 def main() -> None:
-    rows: list[Row] = []
     started = time.perf_counter()
     keys, windows, by_window = generate(NODES, DAYS)
     everything = [data for day in by_window for data in day]
@@ -233,6 +306,7 @@ def main() -> None:
           f"{statistics.mean(map(len, everything[:500])):,.0f} bytes each) in {time.perf_counter() - started:.1f} s")
     raw = raw_verify_rate(everything)
     full = verify_envelope_rate(everything[:3000])
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="bench-hub-") as tmp:
         env = {
             "LIBERATION_HUB_DATA_DIR": str(Path(tmp) / "hub"),
@@ -243,46 +317,19 @@ def main() -> None:
         hub = Process(["hub", "serve"], Path(tmp) / "hub.log", env=env)
         try:
             asyncio.run(enroll(hub.url, keys))
-            run = asyncio.run(post_all(hub.url, everything, concurrency=CONCURRENCY, seconds=INTAKE_SECONDS))
-            accepted = run.statuses.get(202, 0)
-            rate = accepted / run.seconds
-            partial = "" if run.posted == len(everything) else f" (stopped after {INTAKE_SECONDS:.0f} s: {run.posted:,} posted)"
-            print(f"intake: {accepted:,} accepted of {run.posted:,} posted in {run.seconds:.1f} s, statuses {dict(run.statuses)}, "
-                  f"latency p50 {_p(run.latencies, 50):.0f} ms p95 {_p(run.latencies, 95):.0f} ms{partial}")
-            rows.append(Row(f"intake, {CONCURRENCY} connections", f"{rate:,.0f} snapshots/s",
-                            f"raw Ed25519 verify {raw:,.0f}/s; verify_envelope {full:,.0f}/s (1 core)",
-                            f">= {TARGET_RATE:,.0f}/s", rate >= TARGET_RATE and accepted == len(everything)))
-            latencies = asyncio.run(view_latencies(hub.url, windows))
-            print(f"\n{'endpoint':<28}{'hit p50':>9}{'hit p95':>9}{'cold p50':>10}{'cold p95':>10}   (ms; "
-                  f"{VIEW_HITS} repeats of one URL, {VIEW_COLD} distinct ranges/windows)")
-            for lat in latencies:
-                cold = f"{lat.cold_p50:>10.1f}{lat.cold_p95:>10.1f}" if lat.cold_p50 is not None else f"{'-':>10}{'-':>10}"
-                print(f"{lat.endpoint:<28}{lat.hit_p50:>9.1f}{lat.hit_p95:>9.1f}{cold}")
-            worst_hit = max(latencies, key=lambda lat: lat.hit_p95)
-            colds = [lat for lat in latencies if lat.cold_p95 is not None]
-            worst_cold = max(colds, key=lambda lat: lat.cold_p95 or 0.0)
-            rows.append(Row("views p95, repeated URL (worst)", f"{worst_hit.hit_p95:.1f} ms {worst_hit.endpoint}",
-                            f"{len(latencies)} endpoints", f"<= {TARGET_P95_MS:.0f} ms", worst_hit.hit_p95 <= TARGET_P95_MS))
-            rows.append(Row("views p95, distinct ranges (worst)", f"{worst_cold.cold_p95:.1f} ms {worst_cold.endpoint}",
-                            "renders from DuckDB", f"<= {TARGET_P95_MS:.0f} ms", (worst_cold.cold_p95 or 0) <= TARGET_P95_MS))
-            seen, failure, seconds = fuzz(hub.url, keys[0], by_window[-1][0], FUZZ_CASES)
-            total = sum(seen.values())
-            fives = sum(n for label, n in seen.items() if label.startswith("5"))
-            twos = sum(n for label, n in seen.items() if label.startswith("2"))
-            print(f"\nfuzz: {total:,} cases in {seconds:.1f} s: " + ", ".join(f"{k} x{n}" for k, n in sorted(seen.items())))
-            if failure:
-                print(f"fuzz VIOLATION: {failure}")
-            rows.append(Row("fuzz cases: 5xx / forgeries", f"{fives} / 0 of {total:,}" if not failure else failure[:60],
-                            f"{twos} genuine 2xx", f">= {FUZZ_CASES:,}, 0 / 0", failure is None and total >= FUZZ_CASES))
+            rows.append(intake_phase(hub.url, hub.proc.pid, everything, raw, full))
+            rows += views_phase(hub.url, windows)
+            rows.append(fuzz_phase(hub.url, keys[0], by_window[-1][0]))
         finally:
             code = hub.stop()
             if code:
                 print(f"hub exited with {code}: {hub.log_path.read_text()[-1500:]}")
-    width = max(len(r.value) for r in rows)
-    print(f"\n{'figure':<38}{'value':<{width + 2}}{'baseline':<58}{'target':<16}")
-    for r in rows:
-        print(f"{r.figure:<38}{r.value:<{width + 2}}{r.baseline:<58}{r.target:<16}{r.verdict}")
-
+    header = Row("figure", "value", "baseline", "target", None)
+    cells = [(r.figure, r.value, r.baseline, r.target, r.verdict) for r in [header, *rows]]
+    widths = [max(len(c[i]) for c in cells) for i in range(5)]
+    print()
+    for c in cells:
+        print("  ".join(text.ljust(width) for text, width in zip(c, widths)).rstrip())
 
 if __name__ == "__main__":
     main()

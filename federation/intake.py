@@ -468,8 +468,13 @@ class _registered:
     def __enter__(self) -> None:
         self._con.register(self._name, self._table)
 
-    def __exit__(self, *exc: object) -> None:
-        self._con.unregister(self._name)
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        try:
+            self._con.unregister(self._name)
+        except duckdb.Error:
+            if exc_type is None:
+                raise
+            # The transaction is aborted by the error on its way out, which is the one to report.
 
 
 CELL_SCHEMA = pa.schema(
