@@ -1,4 +1,7 @@
-"""Run the benchmarks: `python -m bench [NAME ...]` (NAME as in bench_NAME.py)."""
+"""Run the benchmarks: `python -m bench [NAME ...]` (NAME as in bench_NAME.py).
+
+With no NAME, every benchmark but the 10-minute soak, which runs on its own (`make soak`).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +13,12 @@ import time
 from pathlib import Path
 
 
+ON_THEIR_OWN = {"bench_soak"}
+
+
 def main(argv: list[str]) -> int:
     here = Path(__file__).parent
-    names = argv or sorted(p.stem.removeprefix("bench_") for p in here.glob("bench_*.py"))
+    names = argv or sorted(p.stem.removeprefix("bench_") for p in here.glob("bench_*.py") if p.stem not in ON_THEIR_OWN)
     print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     for name in names:
         module = importlib.import_module(f"bench.bench_{name}")

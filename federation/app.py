@@ -32,6 +32,7 @@ from federation.views import (
     views_index,
     windows_document,
 )
+from protocol import jsontext
 from protocol.catalog import Catalog, load_catalog
 from protocol.errors import (
     BadRequest,
@@ -159,7 +160,7 @@ async def _admin_nodes(request: web.Request) -> web.Response:
 async def _admin_enroll(request: web.Request) -> web.Response:
     hub = _require_admin(request)
     try:
-        data = await request.json()
+        data = jsontext.loads(await request.text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise BadRequest("body must be JSON: {\"name\": ..., \"public_key\": ...}", slug="malformed-body") from None
     if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not isinstance(data.get("public_key"), str):

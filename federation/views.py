@@ -178,6 +178,8 @@ class ViewService:
                 day = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
             except ValueError:
                 raise BadRequest(f"`{name}` must be a date like 2026-11-23", slug="invalid-query") from None
+            if day.year < 1970:
+                raise BadRequest(f"`{name}` must be 1970-01-01 or later: windows are unix times", slug="invalid-query")
             return int(day.timestamp())
 
         start, last = parse("from"), parse("to")
@@ -186,7 +188,7 @@ class ViewService:
             today = int(self._now()) // DAY * DAY
             last = (latest // DAY * DAY) if latest is not None else today
         if start is None:
-            start = last - (DEFAULT_RANGE_DAYS - 1) * DAY
+            start = max(0, last - (DEFAULT_RANGE_DAYS - 1) * DAY)
         if start > last:
             raise BadRequest("`from` is after `to`", slug="invalid-query")
         if last - start > MAX_RANGE_DAYS * DAY:

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from node.app import Node
 from node.privacy import FilteredEvent
+from protocol import jsontext
 from protocol.events import Event
 
 CHUNK = 20_000
@@ -65,7 +66,7 @@ def import_lines(
             continue
         summary.lines += 1
         try:
-            event = Event.model_validate(json.loads(line))
+            event = Event.model_validate(jsontext.loads(line))
         except json.JSONDecodeError:
             summary.rejected["malformed-json"] += 1
             continue

@@ -32,6 +32,7 @@ from protocol.errors import (
     UnsupportedMediaType,
 )
 from protocol.events import EVENTS_ADAPTER, MAX_BATCH, Event
+from protocol import jsontext
 
 JSON_TYPES = frozenset({"", "application/json", "text/plain", "application/octet-stream"})
 MSGPACK_TYPES = frozenset({"application/msgpack", "application/x-msgpack", "application/vnd.msgpack"})
@@ -99,12 +100,9 @@ def decode_body(body: bytes, content_type: str) -> Any:
     except UnicodeDecodeError:
         raise BadRequest("body is not UTF-8", slug="malformed-body") from None
     try:
-        return json.loads(text)
-    except RecursionError:
-        # Nesting deeper than any event has: refused, not a 500.
-        raise BadRequest("body is nested too deeply", slug="malformed-body") from None
+        return jsontext.loads(text)
     except json.JSONDecodeError as exc:
-        raise BadRequest(f"body is not valid JSON (line {exc.lineno}, column {exc.colno})", slug="malformed-body") from None
+        raise BadRequest(f"body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})", slug="malformed-body") from None
 
 
 def _items(data: Any) -> tuple[list[Any], bool]:

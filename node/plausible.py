@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from node.ingest import Ingestor, decode_body
 from node.privacy import FilteredEvent
+from protocol import jsontext
 from protocol.catalog import AttributeKind, Catalog
 from protocol.errors import BadRequest
 from protocol.events import Event
@@ -38,7 +39,7 @@ def _props(raw: Any) -> dict[str, Any]:
         return {}
     if isinstance(raw, str):
         try:
-            raw = json.loads(raw)
+            raw = jsontext.loads(raw)
         except json.JSONDecodeError:
             raise BadRequest("`props` must be an object or a JSON object string", slug="invalid-event") from None
     if not isinstance(raw, dict):
