@@ -95,7 +95,7 @@ def open_hub(settings: HubSettings, *, now: Now = time.time) -> Hub:
     registry = Registry(store, now=now)
     catalogs = load_catalogs(settings)
     archive = Archive(paths["archive"])
-    archive.reconcile(store)  # files a crash left unwritten after their commit
+    archive.reconcile(store, catalogs)  # files a crash left unwritten after their commit
     metrics = HubMetrics()
     version = [int(store.cursor().execute("SELECT count(*) FROM envelopes").fetchall()[0][0])]
 

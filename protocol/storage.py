@@ -65,6 +65,13 @@ class Database:
         cursor.execute("SET enable_progress_bar = false")
         return cursor
 
+    def memory_bytes(self) -> int:
+        """Memory the database engine holds now (its buffer pool, indexes, caches): DuckDB keeps
+        table blocks it wrote or read until `memory_limit` forces them out, so this grows toward
+        that limit under ingest and is not a leak."""
+        rows = self.cursor().execute("SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory()").fetchall()
+        return int(rows[0][0])
+
     def close(self) -> None:
         with self._lock:
             self._con.close()
