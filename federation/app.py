@@ -27,7 +27,6 @@ from federation.views import (
     StoreRanges,
     ViewService,
     catalog_document,
-    merged_document,
     view_handler,
     views_index,
     windows_document,
@@ -239,8 +238,8 @@ async def _merged(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     catalog = hub.views.catalog(request.query.get("catalog"))
     window = parse_window(request.match_info["window"])
-    body = await asyncio.to_thread(merged_document, hub.store, catalog, window)
-    return web.json_response(body, headers={"Cache-Control": CACHE_CONTROL})
+    body = await asyncio.to_thread(hub.views.merged, hub.store, catalog, window)
+    return web.Response(body=body, content_type="application/json", headers={"Cache-Control": CACHE_CONTROL})
 
 
 async def _catalog(request: web.Request) -> web.Response:

@@ -235,6 +235,28 @@ class ViewService:
         self._version = version
         self._now = now
         self._cache: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
+        self._cache_lock = threading.Lock()  # renders run in worker threads
+
+    def _cached(self, key: tuple[Any, ...], make: Callable[[], bytes]) -> bytes:
+        """The body under `key`, made once; the 512 most recently used bodies are kept."""
+        with self._cache_lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                return cached
+        body = make()
+        with self._cache_lock:
+            self._cache[key] = body
+            while len(self._cache) > 512:
+                self._cache.popitem(last=False)
+        return body
+
+    def merged(self, store: Any, catalog: Catalog, window: int) -> bytes:
+        """`GET /v1/merged/{window}` as JSON bytes; cached until the next accepted snapshot."""
+        return self._cached(
+            ("merged", catalog.hash, window, self._version()),
+            lambda: json.dumps(merged_document(store, catalog, window)).encode(),
+        )
 
     def catalog(self, hash_: str | None) -> Catalog:
         if hash_ is None:
@@ -275,10 +297,9 @@ class ViewService:
         """The body of one view and its ETag; cached until the next accepted snapshot."""
         key = (name, catalog.hash, start, end, fmt, self._version())
         etag = 'W/"' + hashlib.sha256(repr(key).encode()).hexdigest()[:32] + '"'
-        cached = self._cache.get(key)
-        if cached is not None:
-            self._cache.move_to_end(key)
-            return cached, etag
+        return self._cached(key, lambda: self._render(name, catalog, start, end, fmt)), etag
+
+    def _render(self, name: str, catalog: Catalog, start: int, end: int, fmt: str) -> bytes:
         data = self._source.load(catalog, start, end)
         result = VIEWS[name][1](data)
         envelope = {
@@ -291,11 +312,7 @@ class ViewService:
             "k_min": catalog.k_min,
             "data": result,
         }
-        body = to_csv(result).encode() if fmt == "csv" else json.dumps(envelope, allow_nan=False).encode()
-        self._cache[key] = body
-        while len(self._cache) > 512:
-            self._cache.popitem(last=False)
-        return body, etag
+        return to_csv(result).encode() if fmt == "csv" else json.dumps(envelope, allow_nan=False).encode()
 
 
 def _day(ts: int) -> str:
