@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -93,7 +94,7 @@ class Archive:
         path = self.window_dir(items[0].snapshot.window_start) / f"log-{min(seqs):012d}-{max(seqs):012d}.parquet"
         if path.exists():
             return path
-        table = pa.concat_tables([_archive_rows(item) for item in items])
+        table = _archive_rows(items)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         pq.write_table(table, tmp, compression="zstd")
@@ -171,19 +172,28 @@ def _holds(union: tuple[list[int], list[int]], seq: int) -> bool:
     return i >= 0 and seq <= ends[i]
 
 
-def _archive_rows(item: Accepted) -> pa.Table:
-    """The archive's columns for one snapshot: its merge rows, and what says where they come from."""
-    snapshot, n = item.snapshot, len(item.rows)
-    rows = item.rows
+def _archive_rows(items: Sequence[Accepted]) -> pa.Table:
+    """The archive's columns for snapshots of one window: their merge rows, and where each row comes from.
+
+    One table for the whole commit (per-snapshot columns repeated by numpy): building a table
+    per snapshot cost more than writing the file.
+    """
+    rows = pa.concat_tables([item.rows for item in items])
+    counts = np.array([len(item.rows) for item in items])
+
+    def per_snapshot(values: list[Any], kind: pa.DataType) -> pa.Array:
+        return pa.array(np.repeat(np.array(values, dtype=object if kind == pa.string() else np.int64), counts), kind)
+
+    snapshots = [item.snapshot for item in items]
     return pa.table(
         {
-            "node": pa.array([snapshot.node] * n, pa.string()),
+            "node": per_snapshot([s.node for s in snapshots], pa.string()),
             "catalog": rows["catalog"],
             "window_start": rows["window_start"],
-            "window_end": pa.array([snapshot.window_end] * n, pa.int64()),
-            "seq": pa.array([snapshot.seq] * n, pa.int64()),
-            "digest": pa.array([item.digest] * n, pa.string()),
-            "log_seq": pa.array([item.log_seq] * n, pa.int64()),
+            "window_end": per_snapshot([s.window_end for s in snapshots], pa.int64()),
+            "seq": per_snapshot([s.seq for s in snapshots], pa.int64()),
+            "digest": per_snapshot([item.digest for item in items], pa.string()),
+            "log_seq": per_snapshot([item.log_seq for item in items], pa.int64()),
             "metric": rows["metric"],
             "kind": rows["kind"],
             "idx": rows["idx"],
