@@ -27,7 +27,6 @@ from federation.views import (
     StoreRanges,
     ViewService,
     catalog_document,
-    merged_document,
     view_handler,
     views_index,
     windows_document,
@@ -95,7 +94,7 @@ def open_hub(settings: HubSettings, *, now: Now = time.time) -> Hub:
     registry = Registry(store, now=now)
     catalogs = load_catalogs(settings)
     archive = Archive(paths["archive"])
-    archive.reconcile(store)  # files a crash left unwritten after their commit
+    archive.reconcile(store, catalogs)  # files a crash left unwritten after their commit
     metrics = HubMetrics()
     version = [int(store.cursor().execute("SELECT count(*) FROM envelopes").fetchall()[0][0])]
 
@@ -239,8 +238,8 @@ async def _merged(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     catalog = hub.views.catalog(request.query.get("catalog"))
     window = parse_window(request.match_info["window"])
-    body = await asyncio.to_thread(merged_document, hub.store, catalog, window)
-    return web.json_response(body, headers={"Cache-Control": CACHE_CONTROL})
+    body = await asyncio.to_thread(hub.views.merged, hub.store, catalog, window)
+    return web.Response(body=body, content_type="application/json", headers={"Cache-Control": CACHE_CONTROL})
 
 
 async def _catalog(request: web.Request) -> web.Response:

@@ -16,8 +16,12 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+import numpy as np
+
+from federation.columns import INT64_SAFE, Array, Cells, Layout
 
 from federation.merge import DAY, CellSum, Kind, ReadTable, fold_sums, sd, total_sums
 from protocol.catalog import ATTRIBUTE_DIMENSION_PREFIX, STAGES, Catalog, MetricSpec
@@ -68,7 +72,10 @@ def _growth(series: Sequence[CellSum | None]) -> Num | None:
     half = len(series) // 2
     if half == 0:
         return None
-    first, second = total_sums(series[:half]), total_sums(series[len(series) - half :])
+    return _growth_of(total_sums(series[:half]), total_sums(series[len(series) - half :]))
+
+
+def _growth_of(first: CellSum | None, second: CellSum | None) -> Num | None:
     if first is None or second is None or first.value <= 0:
         return None
     r = second.value / first.value
@@ -330,6 +337,10 @@ def geography(catalog: Catalog, table: ReadTable, top: int = 20) -> dict[str, An
     }
 
 
+PEAK_METRICS = ("peak_events",)
+"""The metrics `peak_times` reads: a caller may hand it tables of these alone."""
+
+
 def peak_times(catalog: Catalog, tables_by_window: Mapping[int, ReadTable]) -> dict[str, Any]:
     """Events by hour of week (UTC), over all tools and per tool.
 
@@ -339,7 +350,7 @@ def peak_times(catalog: Catalog, tables_by_window: Mapping[int, ReadTable]) -> d
     metric's `hour` dimension. A daily window starts at 00:00 UTC, so this is
     exact; an hourly window's cells fall on its start's weekday as well.
     """
-    spec = _metric(catalog, "peak_events", ("app", "hour"))
+    spec = _metric(catalog, PEAK_METRICS[0], ("app", "hour"))
     hours, apps = catalog.domain("hour"), catalog.app_names
     total: dict[tuple[int, int], CellSum] = {}
     per_app: dict[int, dict[tuple[int, int], CellSum]] = defaultdict(dict)
@@ -378,29 +389,78 @@ def trends(catalog: Catalog, tables_by_window: Mapping[int, ReadTable]) -> dict[
     windows present, sd by the delta method; None with fewer than 2 windows
     or a first half <= 0.
     """
-    windows = sorted(tables_by_window)
+    layout = Layout.from_catalog(catalog)
+    return trends_of_cells(catalog, layout, {w: Cells.from_table(layout, t) for w, t in tables_by_window.items()})
+
+
+def trends_of_cells(catalog: Catalog, layout: Layout, cells_by_window: Mapping[int, Cells]) -> dict[str, Any]:
+    """`trends` over (re-thresholded) columnar tables: the country sums vectorized, same numbers bit for bit."""
+    windows = sorted(cells_by_window)
+    parts = [cells_by_window[w] for w in windows]
     stages = _metric(catalog, "completion", ("app", "stage"))
     tools: dict[str, Any] = {}
     for a, (app, app_spec) in enumerate(catalog.apps.items()):
-        series = [_get(tables_by_window[w], stages, "cell", a * len(STAGES) + STARTED) for w in windows]
+        series = [_cell(layout, part, stages, a * len(STAGES) + STARTED) for part in parts]
         tools[app] = {"title": app_spec.title, "series": [_num(cs) for cs in series], "growth": _growth(series)}
     geo = _metric(catalog, "geo_sessions", ("app", "country"))
     countries = catalog.domain("country")
-    per_window: list[dict[str, CellSum]] = []
-    for w in windows:
-        sums: dict[str, CellSum] = {}
-        for (_, c), cs in _grid_cells(tables_by_window[w], geo, len(countries)):
-            sums[countries[c]] = fold_sums(sums.get(countries[c]), cs)
-        per_window.append(sums)
-    totals: dict[str, CellSum] = {}
-    for sums in per_window:
-        for code, cs in sums.items():
-            totals[code] = fold_sums(totals.get(code), cs)
-    country_series = []
-    for code in sorted(totals, key=lambda code: (-totals[code].value, code)):
-        series = [sums.get(code) for sums in per_window]
-        country_series.append({"country": code, "series": [_num(cs) for cs in series], "growth": _growth(series)})
-    return {"windows": windows, "tools": tools, "countries": country_series}
+    return {"windows": windows, "tools": tools, "countries": [] if geo is None else _country_series(layout, parts, geo, countries)}
+
+
+def _country_series(layout: Layout, parts: Sequence[Cells], geo: MetricSpec, countries: Sequence[str]) -> list[dict[str, Any]]:
+    # Per window and country, geo_sessions cells summed over tools in the table's key order (fold_sums'
+    # order, so floats add as the dict code adds them); then over windows in order.
+    n, width = len(parts), len(countries)
+    if n == 0:
+        return []
+    first, count = layout.offset[(geo.name, "cell")]
+    rows = count // width
+
+    def grid(column: Callable[[Cells], Array]) -> Array:
+        return np.stack([column(p)[first : first + count] for p in parts]).reshape(n, rows, width)
+
+    rank = np.zeros((n, len(layout)), dtype=np.int64)
+    for i, part in enumerate(parts):
+        rank[i, part.order] = np.arange(len(part.order))
+    by_order = np.argsort(rank[:, first : first + count].reshape(n, rows, width), axis=1, kind="stable")
+    value, variance, nodes, present = (
+        np.take_along_axis(grid(column), by_order, axis=1)
+        for column in (lambda p: p.value, lambda p: p.variance, lambda p: p.nodes, lambda p: p.present)
+    )
+    if value.dtype != object and int(np.abs(value).max(initial=0)) * rows * n >= INT64_SAFE:
+        value = value.astype(object)
+    c_value, c_variance = value[:, 0].copy(), variance[:, 0].copy()
+    for r in range(1, rows):  # absent cells hold 0 and 0.0, which add nothing
+        c_value += value[:, r]
+        c_variance += variance[:, r]
+    c_nodes: Array = nodes.max(axis=1)
+    c_present: Array = present.any(axis=1)
+
+    def over(windows: range) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+        v, var = c_value[0] * 0, np.zeros(width)
+        for w in windows:
+            v = v + c_value[w]
+            var = var + c_variance[w]
+        sel = slice(windows.start, windows.stop)
+        return v.tolist(), var.tolist(), c_nodes[sel].max(axis=0, initial=0).tolist(), c_present[sel].any(axis=0).tolist()
+
+    totals = over(range(n))
+    half = n // 2
+    firsts, seconds = over(range(half)), over(range(n - half, n))
+    ranked = sorted((c for c in range(width) if totals[3][c]), key=lambda c: (-totals[0][c], countries[c]))
+    columns: list[list[list[Any]]] = [a.T.tolist() for a in (c_value, np.sqrt(c_variance), c_nodes, c_present)]
+    values, sds, counts, held = columns
+    out = []
+    for c in ranked:
+        series = [
+            {"value": v, "sd": s, "nodes": k} if p else None for v, s, k, p in zip(values[c], sds[c], counts[c], held[c])
+        ]
+        growth = None
+        if half and firsts[3][c] and seconds[3][c]:
+            growth = _growth_of(CellSum(firsts[0][c], firsts[1][c], firsts[2][c]),
+                                CellSum(seconds[0][c], seconds[1][c], seconds[2][c]))
+        out.append({"country": countries[c], "series": series, "growth": growth})
+    return out
 
 
 def headline(catalog: Catalog, table: ReadTable, windows: int, nodes: int) -> dict[str, Any]:
@@ -446,6 +506,15 @@ def _metric(catalog: Catalog, name: str, dimensions: tuple[str, ...]) -> MetricS
     except KeyError:
         return None
     return spec if spec.dimensions == dimensions else None
+
+
+def _cell(layout: Layout, cells: Cells, spec: MetricSpec | None, index: int) -> CellSum | None:
+    if spec is None:
+        return None
+    i = layout.position[(spec.name, "cell", index)]
+    if not cells.present[i]:
+        return None
+    return CellSum(cells.value[i].item() if cells.value.dtype != object else cells.value[i], cells.variance[i].item(), cells.nodes[i].item())
 
 
 def _get(table: ReadTable, spec: MetricSpec | None, kind: Kind, index: int) -> CellSum | None:

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 import duckdb
 import pyarrow as pa
 
-from federation.archive import Archive
-from federation.merge import snapshot_table
+from federation.archive import Accepted, Archive
+from federation.merge import snapshot_rows
 from federation.metrics import HubMetrics
 from federation.registry import Registry
 from federation.store import HubStore
@@ -79,7 +79,7 @@ class Checked:
     envelope: bytes
     digest: str
     snapshot: Snapshot
-    cells: pa.Table  # its merged-cell rows, built here rather than in the (serial) commit
+    rows: pa.Table  # its merged-cell rows, built here rather than in the (serial) commit
     started: float  # perf_counter() when its intake began
 
 
@@ -121,6 +121,7 @@ class Intake:
         self._arrived = asyncio.Event()  # set when an envelope queues or a check ends
         self._inflight = 0  # requests inside `submit`
         self._peak = (0, 0.0)  # most requests inside `submit` at once lately, and since when
+        self._log_head: tuple[int, str] | None = None  # (seq, entry hash) of the last committed log entry
 
     # ---- entry points ------------------------------------------------------------------
 
@@ -253,7 +254,7 @@ class Intake:
         self._check_window(snapshot)
         # (8) cells inside the catalog's public domains
         _check_cells(catalog, snapshot)
-        return Checked(verified.envelope, verified.digest, snapshot, _cell_rows(snapshot, catalog), started)
+        return Checked(verified.envelope, verified.digest, snapshot, snapshot_rows(snapshot, catalog), started)
 
     def _check_window(self, snapshot: Snapshot) -> None:
         length = snapshot.window_end - snapshot.window_start
@@ -292,9 +293,11 @@ class Intake:
             return Unprocessable("merging this snapshot would overflow a merged sum", slug="cells-out-of-domain")
 
     def _archive(self, batch: Sequence[Checked], outcomes: Sequence[Outcome]) -> None:
-        for checked, outcome in zip(batch, outcomes):
-            if isinstance(outcome, IntakeResult) and outcome.status == "accepted":
-                self.archive.write(checked.snapshot, checked.digest)
+        self.archive.write([
+            Accepted(checked.snapshot, checked.digest, outcome.log_seq, checked.rows)
+            for checked, outcome in zip(batch, outcomes)
+            if isinstance(outcome, IntakeResult) and outcome.status == "accepted" and outcome.log_seq is not None
+        ])
 
     def _count(self, batch: Sequence[Checked], outcomes: Sequence[Outcome]) -> None:
         for checked, outcome in zip(batch, outcomes):
@@ -316,6 +319,7 @@ class Intake:
     def _commit(self, batch: Sequence[Checked]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(batch)
         received = int(self.now())
+        head = self._log_head
         with self.store.transaction() as tx:
             # (9) within the batch: the first envelope of a (node, window) is the one offered to the store
             first: dict[tuple[str, int], int] = {}
@@ -356,10 +360,11 @@ class Intake:
             if fresh:
                 accepted = [batch[i] for i in fresh]
                 self._merge(tx, accepted)
-                seqs = self._append_log(tx, accepted, received)
+                seqs, head = self._append_log(tx, accepted, received)
                 for i, seq in zip(fresh, seqs):
                     snapshot = batch[i].snapshot
                     outcomes[i] = IntakeResult("accepted", snapshot.node, snapshot.window_start, batch[i].digest, seq)
+        self._log_head = head  # committed: this is now the log's head
         assert all(outcome is not None for outcome in outcomes)
         return outcomes  # type: ignore[return-value]
 
@@ -393,7 +398,7 @@ class Intake:
             snapshot = checked.snapshot
             window = windows.setdefault((snapshot.catalog, snapshot.window_start), [snapshot.window_end, 0])
             window[1] += snapshot.nodes
-        incoming = pa.concat_tables([checked.cells for checked in accepted])
+        incoming = pa.concat_tables([checked.rows for checked in accepted])
         # Summed per cell first: one upsert may not touch a row twice; casts refuse an overflowing sum.
         with _registered(tx, "incoming_cells", incoming):
             tx.execute(
@@ -416,9 +421,17 @@ class Intake:
             if not updated[0][0]:
                 tx.execute("INSERT INTO windows VALUES (?, ?, ?, ?)", [catalog, start, end, nodes])
 
-    def _append_log(self, tx: duckdb.DuckDBPyConnection, accepted: Sequence[Checked], received: int) -> list[int]:
-        last = tx.execute("SELECT seq, entry_hash FROM translog ORDER BY seq DESC LIMIT 1").fetchall()
-        seq, prev = (int(last[0][0]), str(last[0][1])) if last else (0, GENESIS)
+    def _append_log(
+        self, tx: duckdb.DuckDBPyConnection, accepted: Sequence[Checked], received: int
+    ) -> tuple[list[int], tuple[int, str]]:
+        """Append the accepted snapshots' log entries; return their seqs and the new head (seq, hash).
+
+        Intake is the log's only writer, so the head is read once and then kept from commit to commit.
+        """
+        if self._log_head is None:
+            last = tx.execute("SELECT seq, entry_hash FROM translog ORDER BY seq DESC LIMIT 1").fetchall()
+            self._log_head = (int(last[0][0]), str(last[0][1])) if last else (0, GENESIS)
+        seq, prev = self._log_head
         columns: dict[str, list[object]] = {
             name: [] for name in ("seq", "key_id", "window_start", "window_end", "catalog", "digest", "epsilon",
                                   "accepted", "prev_hash", "entry_hash")
@@ -450,7 +463,7 @@ class Intake:
         entries = pa.table({name: pa.array(v, pa.int64() if name in ints else pa.string()) for name, v in columns.items()})
         with _registered(tx, "incoming_log", entries):
             tx.execute("INSERT INTO translog SELECT * FROM incoming_log")
-        return list(columns["seq"])  # type: ignore[arg-type]
+        return list(columns["seq"]), (seq, prev)  # type: ignore[arg-type]
 
 
 async def _archived(archiving: asyncio.Future[None]) -> None:
@@ -476,33 +489,6 @@ class _registered:
             if exc_type is None:
                 raise
             # The transaction is aborted by the error on its way out, which is the one to report.
-
-
-CELL_SCHEMA = pa.schema(
-    [("catalog", pa.string()), ("window_start", pa.int64()), ("metric", pa.string()), ("kind", pa.string()),
-     ("idx", pa.int64()), ("value", pa.int64()), ("variance", pa.float64()), ("nodes", pa.int64())]
-)
-
-
-def _cell_rows(snapshot: Snapshot, catalog: Catalog) -> pa.Table:
-    """A snapshot's cells as rows of the merged table (one per published cell)."""
-    table = snapshot_table(snapshot, catalog)
-    n = len(table)
-    metrics, kinds, indices = zip(*table) if n else ((), (), ())
-    cells = table.values()
-    return pa.Table.from_pydict(
-        {
-            "catalog": [snapshot.catalog] * n,
-            "window_start": [snapshot.window_start] * n,
-            "metric": metrics,
-            "kind": kinds,
-            "idx": indices,
-            "value": [cell.value for cell in cells],
-            "variance": [cell.variance for cell in cells],
-            "nodes": [cell.nodes for cell in cells],
-        },
-        schema=CELL_SCHEMA,
-    )
 
 
 def _check_cells(catalog: Catalog, snapshot: Snapshot) -> None:

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import pyarrow as pa
+
 from protocol.catalog import Catalog
 from protocol.snapshot import FORMAT, MetricCells, Snapshot
 
@@ -62,6 +64,58 @@ def snapshot_table(snapshot: Snapshot, catalog: Catalog | None = None) -> Table:
             folded = max(1, last - published[prefix]) if last else 1
             table[(name, "other", prefix)] = CellSum(value, cells.variance * folded, snapshot.nodes)
     return table
+
+
+CELL_SCHEMA = pa.schema(
+    [("catalog", pa.string()), ("window_start", pa.int64()), ("metric", pa.string()), ("kind", pa.string()),
+     ("idx", pa.int64()), ("value", pa.int64()), ("variance", pa.float64()), ("nodes", pa.int64()),
+     ("epsilon", pa.float64())]
+)
+
+
+def snapshot_rows(snapshot: Snapshot, catalog: Catalog) -> pa.Table:
+    """A snapshot's cells as rows of the merged table (one per published cell), with the epsilon
+    its metric spent (for the archive).
+
+    The rows of `snapshot_table`, built column by column: intake runs this for every
+    snapshot, and per-cell Python objects were a fifth of its time.
+    """
+    metrics: list[str] = []
+    kinds: list[str] = []
+    indices: list[int] = []
+    values: list[int] = []
+    variances: list[float] = []
+    epsilons: list[float] = []
+    for name, cells in snapshot.metrics.items():
+        n_cells, n_other = len(cells.idx), len(cells.other_idx)
+        metrics += [name] * (n_cells + n_other)
+        epsilons += [cells.epsilon] * (n_cells + n_other)
+        kinds += ["cell"] * n_cells + ["other"] * n_other
+        indices += cells.idx
+        indices += cells.other_idx
+        values += cells.val
+        values += cells.other_val
+        variances += [cells.variance] * n_cells
+        if n_other:
+            # An `other` sums the prefix's suppressed cells, each noised: m times the variance (snapshot_table).
+            last = catalog.shape(catalog.metric(name))[-1]
+            published = Counter(index // last for index in cells.idx)
+            variances += [cells.variance * max(1, last - published[prefix]) for prefix in cells.other_idx]
+    n = len(indices)
+    return pa.table(
+        [
+            pa.array([snapshot.catalog] * n, pa.string()),
+            pa.array([snapshot.window_start] * n, pa.int64()),
+            pa.array(metrics, pa.string()),
+            pa.array(kinds, pa.string()),
+            pa.array(indices, pa.int64()),
+            pa.array(values, pa.int64()),
+            pa.array(variances, pa.float64()),
+            pa.array([snapshot.nodes] * n, pa.int64()),
+            pa.array(epsilons, pa.float64()),
+        ],
+        schema=CELL_SCHEMA,
+    )
 
 
 def add_tables(a: ReadTable, b: ReadTable) -> Table:

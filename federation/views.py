@@ -20,16 +20,19 @@ import hashlib
 import io
 import json
 import math
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import numpy as np
 from aiohttp import web
 
 from federation.insights import (
+    PEAK_METRICS,
     breakdown,
     completion,
     financial,
@@ -38,11 +41,13 @@ from federation.insights import (
     peak_times,
     session_shape,
     tool_combinations,
-    trends,
+    trends_of_cells,
     usage,
     weekday,
 )
-from federation.merge import CellSum, Table, apply_k_min, combine_windows
+from federation.columns import Cells, Layout, sum_windows
+from federation.columns import apply_k_min as apply_k_min_cells
+from federation.merge import ReadTable, Table
 from protocol.catalog import Catalog
 from protocol.errors import BadRequest, NotFound
 
@@ -51,33 +56,59 @@ DEFAULT_RANGE_DAYS = 30
 MAX_RANGE_DAYS = 366
 
 
+class WindowCells:
+    """One window's merged cells as columns, and the same re-thresholded at k_min (computed once, kept with it)."""
+
+    __slots__ = ("cells", "_layout", "_k_min", "_thresholded")
+
+    def __init__(self, layout: Layout, k_min: int, cells: Cells) -> None:
+        self.cells = cells
+        self._layout, self._k_min = layout, k_min
+        self._thresholded: Cells | None = None
+
+    def thresholded(self) -> Cells:
+        if self._thresholded is None:  # two threads may both compute it: same result
+            self._thresholded = apply_k_min_cells(self._layout, self.cells, self._k_min)
+        return self._thresholded
+
+
 @dataclass(frozen=True)
 class RangeData:
     """The merged tables of a catalog over a date range, as views consume them."""
 
     catalog: Catalog
+    layout: Layout
     start: int
     end: int  # exclusive
-    per_window: dict[int, Table]  # not re-thresholded
+    per_window: dict[int, WindowCells]  # ascending window starts; not re-thresholded
     nodes: int  # most node snapshots merged into one window of the range
+
+    @classmethod
+    def from_tables(cls, catalog: Catalog, layout: Layout, start: int, end: int, tables: Mapping[int, ReadTable], nodes: int) -> RangeData:
+        """A range from dict tables per window (a node's own snapshots)."""
+        return cls(catalog, layout, start, end,
+                   {w: WindowCells(layout, catalog.k_min, Cells.from_table(layout, tables[w])) for w in sorted(tables)}, nodes)
 
     @property
     def combined(self) -> Table:
         """The whole range summed and re-thresholded at k_min."""
-        return apply_k_min(self.catalog, combine_windows(self.per_window.values()), self.catalog.k_min)
+        return self._summed(list(self.per_window))
 
-    def thresholded_windows(self) -> dict[int, Table]:
-        return {w: apply_k_min(self.catalog, t, self.catalog.k_min) for w, t in self.per_window.items()}
+    def thresholded_windows(self) -> dict[int, Cells]:
+        return {w: wc.thresholded() for w, wc in self.per_window.items()}
 
-    def by_weekday(self) -> dict[int, Table]:
-        """Windows of the same weekday summed (then re-thresholded), keyed by their first window."""
+    def by_weekday(self, metrics: Collection[str] | None = None) -> dict[int, Table]:
+        """Windows of the same weekday summed (then re-thresholded), keyed by their first window; only `metrics` if given."""
         groups: dict[int, list[int]] = {}
-        for w in sorted(self.per_window):
+        for w in self.per_window:
             groups.setdefault(weekday(w), []).append(w)
-        return {
-            ws[0]: apply_k_min(self.catalog, combine_windows(self.per_window[w] for w in ws), self.catalog.k_min)
-            for ws in groups.values()
-        }
+        return {ws[0]: self._summed(ws, metrics) for ws in groups.values()}
+
+    def _summed(self, windows: Sequence[int], metrics: Collection[str] | None = None) -> Table:
+        if len(windows) == 1:
+            return self.per_window[windows[0]].thresholded().to_table(self.layout, metrics)
+        summed = sum_windows(self.layout, [self.per_window[w].cells for w in windows])
+        return apply_k_min_cells(self.layout, summed, self.catalog.k_min).to_table(self.layout, metrics)
 
 
 View = Callable[[RangeData], dict[str, Any]]
@@ -92,13 +123,13 @@ VIEWS: dict[str, tuple[str, View]] = {
                           lambda d: tool_combinations(d.catalog, d.combined)),
     "session-shape": ("Tools per session and session duration, with median and quartiles",
                       lambda d: session_shape(d.catalog, d.combined)),
-    "peak-times": ("Hour-of-week heat map of events (UTC)", lambda d: peak_times(d.catalog, d.by_weekday())),
+    "peak-times": ("Hour-of-week heat map of events (UTC)", lambda d: peak_times(d.catalog, d.by_weekday(PEAK_METRICS))),
     "geography": ("Sessions per country, top countries and per tool", lambda d: geography(d.catalog, d.combined)),
     "financial": ("Runway, real-wage gap, savings, industries, salary, expenses, debt: histograms and quantiles",
                   lambda d: financial(d.catalog, d.combined)),
     "breakdown": ("Industry x runway months", lambda d: breakdown(d.catalog, d.combined)),
     "trends": ("Per-window series per tool and country, with growth rates",
-               lambda d: trends(d.catalog, d.thresholded_windows())),
+               lambda d: trends_of_cells(d.catalog, d.layout, d.thresholded_windows())),
 }
 
 
@@ -111,10 +142,25 @@ class RangeSource(Protocol):
 
 
 class StoreRanges:
-    """Merged tables from the hub's `merged` and `windows` tables."""
+    """Merged tables from the hub's `merged` and `windows` tables, each window's kept as columns across requests.
+
+    A window's columns are cached under its `nodes` count in `windows`: every
+    accepted snapshot adds at least 1 to it in the transaction that adds its
+    cells, so an unchanged count means unchanged cells, and a new snapshot's
+    window is read again on the next request (counts are read before cells, so
+    cells are never older than the count they are kept under). At most
+    `MAX_WINDOWS` windows are held, least recently used dropped first: with the
+    default catalog (1,086 keys) a window is about 55 KiB (its columns and
+    their re-thresholded copy), so 366 days take about 20 MiB and the cap about 55 MiB.
+    """
+
+    MAX_WINDOWS = 1_000
 
     def __init__(self, store: Any) -> None:
         self._store = store
+        self._layouts: dict[str, Layout] = {}
+        self._windows: OrderedDict[tuple[str, int], tuple[int, WindowCells]] = OrderedDict()
+        self._lock = threading.Lock()
 
     def latest_window(self, catalog: Catalog) -> int | None:
         rows = self._store.cursor().execute(
@@ -124,23 +170,53 @@ class StoreRanges:
 
     def load(self, catalog: Catalog, start: int, end: int) -> RangeData:
         con = self._store.cursor()
-        rows = con.execute(
+        layout = self._layouts.get(catalog.hash) or self._layouts.setdefault(catalog.hash, Layout.from_catalog(catalog))
+        counts = con.execute(
+            "SELECT window_start, nodes FROM windows WHERE catalog = ? AND window_start >= ? AND window_start < ? "
+            "ORDER BY window_start",
+            [catalog.hash, start, end],
+        ).fetchall()
+        versions = {int(w): int(n) for w, n in counts}
+        per_window: dict[int, WindowCells] = {}
+        with self._lock:
+            for w, n in versions.items():
+                held = self._windows.get((catalog.hash, w))
+                if held is not None and held[0] == n:
+                    self._windows.move_to_end((catalog.hash, w))
+                    per_window[w] = held[1]
+        missing = [w for w in versions if w not in per_window]
+        if missing:
+            loaded = self._read(con, catalog, layout, missing)
+            with self._lock:
+                for w in missing:
+                    self._windows[(catalog.hash, w)] = (versions[w], loaded[w])
+                while len(self._windows) > self.MAX_WINDOWS:
+                    self._windows.popitem(last=False)
+            per_window = {w: per_window.get(w) or loaded[w] for w in versions}
+        return RangeData(catalog, layout, start, end, per_window, max(versions.values(), default=0))
+
+    def _read(self, con: Any, catalog: Catalog, layout: Layout, windows: list[int]) -> dict[int, WindowCells]:
+        """The merged cells of these windows (ascending), as columns in layout order."""
+        columns = con.execute(
             """
             SELECT window_start, metric, kind, idx, value, variance, nodes FROM merged
-            WHERE catalog = ? AND window_start >= ? AND window_start < ?
+            WHERE catalog = ? AND window_start >= ? AND window_start <= ?
+            ORDER BY window_start
             """,
-            [catalog.hash, start, end],
-        ).fetchall()
-        per_window: dict[int, Table] = {}
-        for w, metric, kind, idx, value, variance, nodes in rows:
-            per_window.setdefault(int(w), {})[(metric, kind, int(idx))] = CellSum(int(value), float(variance), int(nodes))
-        counts = con.execute(
-            "SELECT window_start, nodes FROM windows WHERE catalog = ? AND window_start >= ? AND window_start < ?",
-            [catalog.hash, start, end],
-        ).fetchall()
-        for w, _ in counts:
-            per_window.setdefault(int(w), {})
-        return RangeData(catalog, start, end, per_window, max((int(n) for _, n in counts), default=0))
+            [catalog.hash, windows[0], windows[-1]],
+        ).fetchnumpy()
+        starts = columns["window_start"]
+        positions = layout.positions(columns["metric"].tolist(), columns["kind"].tolist(), columns["idx"].tolist())
+        out: dict[int, WindowCells] = {}
+        for w in windows:
+            lo, hi = np.searchsorted(starts, w, side="left"), np.searchsorted(starts, w, side="right")
+            order = np.argsort(positions[lo:hi], kind="stable")
+            cells = Cells.from_positions(
+                len(layout), positions[lo:hi][order], columns["value"][lo:hi][order],
+                columns["variance"][lo:hi][order], columns["nodes"][lo:hi][order],
+            )
+            out[w] = WindowCells(layout, catalog.k_min, cells)
+        return out
 
 
 class ViewService:
@@ -159,6 +235,28 @@ class ViewService:
         self._version = version
         self._now = now
         self._cache: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
+        self._cache_lock = threading.Lock()  # renders run in worker threads
+
+    def _cached(self, key: tuple[Any, ...], make: Callable[[], bytes]) -> bytes:
+        """The body under `key`, made once; the 512 most recently used bodies are kept."""
+        with self._cache_lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                return cached
+        body = make()
+        with self._cache_lock:
+            self._cache[key] = body
+            while len(self._cache) > 512:
+                self._cache.popitem(last=False)
+        return body
+
+    def merged(self, store: Any, catalog: Catalog, window: int) -> bytes:
+        """`GET /v1/merged/{window}` as JSON bytes; cached until the next accepted snapshot."""
+        return self._cached(
+            ("merged", catalog.hash, window, self._version()),
+            lambda: json.dumps(merged_document(store, catalog, window)).encode(),
+        )
 
     def catalog(self, hash_: str | None) -> Catalog:
         if hash_ is None:
@@ -199,10 +297,9 @@ class ViewService:
         """The body of one view and its ETag; cached until the next accepted snapshot."""
         key = (name, catalog.hash, start, end, fmt, self._version())
         etag = 'W/"' + hashlib.sha256(repr(key).encode()).hexdigest()[:32] + '"'
-        cached = self._cache.get(key)
-        if cached is not None:
-            self._cache.move_to_end(key)
-            return cached, etag
+        return self._cached(key, lambda: self._render(name, catalog, start, end, fmt)), etag
+
+    def _render(self, name: str, catalog: Catalog, start: int, end: int, fmt: str) -> bytes:
         data = self._source.load(catalog, start, end)
         result = VIEWS[name][1](data)
         envelope = {
@@ -215,11 +312,7 @@ class ViewService:
             "k_min": catalog.k_min,
             "data": result,
         }
-        body = to_csv(result).encode() if fmt == "csv" else json.dumps(envelope, allow_nan=False).encode()
-        self._cache[key] = body
-        while len(self._cache) > 512:
-            self._cache.popitem(last=False)
-        return body, etag
+        return to_csv(result).encode() if fmt == "csv" else json.dumps(envelope, allow_nan=False).encode()
 
 
 def _day(ts: int) -> str:

@@ -110,6 +110,9 @@ class Node:
             done.append(window)
         self.publisher.destroy_exported_salts()
         self.publisher.apply_retention(int(self.retention.total_seconds()))
+        # Here, between exports (the only big queries): ingest's cached table blocks are dropped
+        # so the node's memory stays flat instead of growing toward memory_limit.
+        self.store.trim_cache()
         return done
 
 
@@ -134,7 +137,7 @@ def open_node(settings: NodeSettings, *, clock: Clock = utc_now) -> Node:
     key = load_or_create(paths["key"])
     store = Store(paths["db"], catalog, memory_limit=settings.memory_limit)
     salts = SaltKeeper(paths["salts"])
-    metrics = NodeMetrics(rows=store.row_count, db_bytes=store.size_bytes)
+    metrics = NodeMetrics(rows=store.row_count, db_bytes=store.size_bytes, db_memory=store.memory_bytes)
     writer = Writer(store, max_rows=settings.commit_max_rows, observe=metrics.observe_commit)
     geo = GeoLocator(settings.geoip_database)
     node_ref: list[Node] = []

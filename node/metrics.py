@@ -10,7 +10,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 class NodeMetrics:
     """Counters and gauges of one node app."""
 
-    def __init__(self, rows: Callable[[], float], db_bytes: Callable[[], float]) -> None:
+    def __init__(
+        self, rows: Callable[[], float], db_bytes: Callable[[], float], db_memory: Callable[[], float]
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.accepted = Counter("liberation_events_accepted", "Events stored", registry=r)
@@ -60,6 +62,11 @@ class NodeMetrics:
         Gauge("liberation_db_bytes", "Bytes of the DuckDB file and WAL", registry=r).set_function(
             db_bytes
         )
+        Gauge(
+            "liberation_db_memory_bytes",
+            "Memory DuckDB holds (buffer pool, indexes); grows toward memory_limit as it caches table blocks",
+            registry=r,
+        ).set_function(db_memory)
 
     def _ingest_counters(self) -> dict[str, Counter]:
         # The counters an ingest worker moves; the main process adds the worker's deltas to its own.

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from federation.columns import Layout
 from federation.merge import Table, snapshot_table
 from federation.views import RangeData
 from node.export import Publisher
@@ -22,6 +23,7 @@ class SnapshotRanges:
 
     def __init__(self, publisher: Publisher) -> None:
         self._publisher = publisher
+        self._layouts: dict[str, Layout] = {}
 
     def latest_window(self, catalog: Catalog) -> int | None:
         return max(self._publisher.exported, default=None)
@@ -35,7 +37,8 @@ class SnapshotRanges:
             snapshot = verify_envelope(envelope).snapshot
             if snapshot.catalog == catalog.hash:
                 per_window[window] = snapshot_table(snapshot, catalog)
-        return RangeData(catalog, start, end, per_window, 1 if per_window else 0)
+        layout = self._layouts.get(catalog.hash) or self._layouts.setdefault(catalog.hash, Layout.from_catalog(catalog))
+        return RangeData.from_tables(catalog, layout, start, end, per_window, 1 if per_window else 0)
 
 
 def windows_document(publisher: Publisher, catalog: Catalog) -> dict[str, Any]:

@@ -31,6 +31,7 @@ class Database:
     def __init__(self, con: Connection, migrations: Sequence[Migration], *, memory_limit: str) -> None:
         self._con = con
         self._lock = threading.Lock()
+        self._memory_limit = memory_limit
         con.execute("SET enable_progress_bar = false")  # never draw on a server's stderr
         # Bounded memory: big aggregations spill to `<db>.tmp` rather than grow the process.
         con.execute("SET memory_limit = ?", [memory_limit])
@@ -64,6 +65,39 @@ class Database:
         cursor = self._con.cursor()
         cursor.execute("SET enable_progress_bar = false")
         return cursor
+
+    def memory_bytes(self) -> int:
+        """Memory the database engine holds now (its buffer pool, indexes, caches): DuckDB keeps
+        table blocks it wrote or read until `memory_limit` forces them out, so this grows toward
+        that limit under ingest and is not a leak."""
+        rows = self.cursor().execute("SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory()").fetchall()
+        return int(rows[0][0])
+
+    def trim_cache(self, *, keep_bytes: int = 16 * 2**20) -> int:
+        """Drop cached table blocks beyond `keep_bytes`; return the bytes DuckDB held before minus after.
+
+        DuckDB keeps every table block it wrote or read in memory until `memory_limit` forces it
+        out, so a node that only appends would grow toward its limit and stay there. Persistent
+        blocks (tag BASE_TABLE) are on disk and safe to drop: lowering the limit to what the
+        rest needs (indexes, uncommitted data) plus `keep_bytes`, then restoring it, makes DuckDB
+        evict them. Held under the write lock, so no transaction is open meanwhile. A reader
+        running at that moment has `keep_bytes` to work in; call it where no big query runs.
+        """
+        query = "SELECT tag, memory_usage_bytes FROM duckdb_memory()"
+        with self._lock:
+            before = dict(self._con.execute(query).fetchall())
+            cached = int(before.get("BASE_TABLE", 0))
+            if cached <= keep_bytes:
+                return 0
+            target = int(sum(before.values())) - cached + keep_bytes
+            try:
+                self._con.execute(f"SET memory_limit = '{target}B'")
+            except Exception:  # noqa: BLE001 - the engine could not evict enough: nothing was changed
+                pass
+            finally:
+                self._con.execute("SET memory_limit = ?", [self._memory_limit])
+            after = dict(self._con.execute(query).fetchall())
+        return int(sum(before.values())) - int(sum(after.values()))
 
     def close(self) -> None:
         with self._lock:

@@ -36,6 +36,7 @@ from federation.merge import (
     combine_windows,
     merge_tables,
     sd,
+    snapshot_rows,
     snapshot_table,
     to_snapshot,
 )
@@ -118,6 +119,19 @@ def test_snapshot_table_reads_cells_and_others_with_their_variance() -> None:
     }
     # Without the catalog an other is read as one value.
     assert snapshot_table(s)[other("usage_sessions", 0)] == CellSum(12, 4.0, 1)
+
+
+def test_snapshot_rows_are_snapshot_table_as_columns() -> None:
+    """Intake's columnar rows (merge input and archive) hold exactly the cells `snapshot_table` reads."""
+    for seed in range(5):
+        s, _ = node_snapshot(NODE_A, seed)
+        rows = snapshot_rows(s, CATALOG).to_pylist()
+        assert len(rows) == len(snapshot_table(s, CATALOG))
+        assert {(r["metric"], r["kind"], r["idx"]): CellSum(r["value"], r["variance"], r["nodes"]) for r in rows} == (
+            snapshot_table(s, CATALOG)
+        )
+        assert {(r["catalog"], r["window_start"]) for r in rows} == {(s.catalog, s.window_start)}
+        assert any(r["kind"] == "other" for r in rows)
 
 
 def test_merge_sums_nodes_of_a_window_exactly() -> None:

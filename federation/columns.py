@@ -1,0 +1,180 @@
+"""Merged tables as columns over a catalog's cell layout: window sums and k_min folding, vectorized.
+
+A catalog fixes every key a merged table can hold (per metric: its cells, then
+its `other` prefixes), so a table is a few arrays over that layout rather than a
+dict of `CellSum`s. The functions here give the same numbers as
+`merge.combine_windows` and `merge.apply_k_min` on the equivalent dicts, bit for
+bit: floats are added in the order those functions add them, which follows the
+dicts' key order; `Cells.order` records it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from federation.merge import CellKey, CellSum, ReadTable, Table
+from protocol.catalog import Catalog
+
+Array = npt.NDArray[Any]
+INT64_SAFE = 2**62
+"""Below this bound on the summed |values|, int64 arithmetic is exact; beyond it, Python ints."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Every key a table of one catalog can hold, in order: per metric (catalog order) its cells, then its others."""
+
+    keys: tuple[CellKey, ...]
+    position: dict[CellKey, int]
+    offset: dict[tuple[str, str], tuple[int, int]]  # (metric, kind) -> (first position, count)
+    is_cell: Array  # bool per position
+    other_of: Array  # per cell position: the position of its prefix's `other`; -1 for an other
+
+    @classmethod
+    def from_catalog(cls, catalog: Catalog) -> Layout:
+        keys: list[CellKey] = []
+        offset: dict[tuple[str, str], tuple[int, int]] = {}
+        other_of: list[int] = []
+        for metric in catalog.metrics:
+            cells, prefixes, last = catalog.domain_size(metric), catalog.prefix_size(metric), catalog.shape(metric)[-1]
+            offset[(metric.name, "cell")] = (len(keys), cells)
+            first_other = len(keys) + cells
+            offset[(metric.name, "other")] = (first_other, prefixes)
+            keys += [(metric.name, "cell", i) for i in range(cells)]
+            other_of += [first_other + i // last for i in range(cells)]
+            keys += [(metric.name, "other", i) for i in range(prefixes)]
+            other_of += [-1] * prefixes
+        other = np.array(other_of, dtype=np.int64)
+        return cls(tuple(keys), {key: i for i, key in enumerate(keys)}, offset, other >= 0, other)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def positions(self, metrics: Sequence[str], kinds: Sequence[str], indices: Sequence[int]) -> Array:
+        """The positions of keys given as columns; ValueError for a key outside the catalog."""
+        out = np.empty(len(indices), dtype=np.int64)
+        for i, (metric, kind, index) in enumerate(zip(metrics, kinds, indices)):
+            first, count = self.offset.get((metric, kind), (0, 0))
+            if not 0 <= index < count:
+                raise ValueError(f"cell {(metric, kind, index)} is not in the catalog")
+            out[i] = first + index
+        return out
+
+
+@dataclass(frozen=True)
+class Cells:
+    """One table as columns over a layout: absent keys hold zeros."""
+
+    value: Array  # int64, or Python ints (object) for sums an int64 could not hold
+    variance: Array  # float64
+    nodes: Array  # int64
+    present: Array  # bool
+    order: Array  # the present positions, in the key order of the equivalent dict
+
+    @classmethod
+    def from_positions(cls, size: int, positions: Array, value: Array, variance: Array, nodes: Array) -> Cells:
+        """A table from parallel columns (each key once), in the order given."""
+        values: Array = np.zeros(size, dtype=object if value.dtype == object else np.int64)
+        variances, counts, present = np.zeros(size, dtype=np.float64), np.zeros(size, dtype=np.int64), np.zeros(size, dtype=bool)
+        values[positions] = value
+        variances[positions] = variance
+        counts[positions] = nodes
+        present[positions] = True
+        return cls(values, variances, counts, present, np.asarray(positions, dtype=np.int64))
+
+    @classmethod
+    def from_table(cls, layout: Layout, table: ReadTable) -> Cells:
+        """A dict table as columns, keeping its key order; ValueError for a key outside the catalog."""
+        keys = list(table)
+        positions = layout.positions([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys])
+        sums = list(table.values())
+        values = [cs.value for cs in sums]
+        wide = any(abs(v) >= INT64_SAFE for v in values)
+        return cls.from_positions(
+            len(layout), positions, np.array(values, dtype=object if wide else np.int64),
+            np.array([cs.variance for cs in sums], dtype=np.float64), np.array([cs.nodes for cs in sums], dtype=np.int64),
+        )
+
+    def to_table(self, layout: Layout, metrics: Collection[str] | None = None) -> Table:
+        """The equivalent dict table, in its key order; only `metrics`' keys if given (a view reading a few)."""
+        order = self.order
+        if metrics is not None:
+            wanted = np.zeros(len(layout), dtype=bool)
+            for (name, _), (first, count) in layout.offset.items():
+                if name in metrics:
+                    wanted[first : first + count] = True
+            order = order[wanted[order]]
+        keys = layout.keys
+        return {
+            keys[i]: CellSum(v, var, n)
+            for i, v, var, n in zip(
+                order.tolist(), self.value[order].tolist(), self.variance[order].tolist(), self.nodes[order].tolist()
+            )
+        }
+
+
+def sum_windows(layout: Layout, parts: Sequence[Cells]) -> Cells:
+    """`merge.combine_windows` over columns: values and variances add in window order, nodes is the max."""
+    size = len(layout)
+    if not parts:
+        return Cells.from_positions(size, np.empty(0, dtype=np.int64), np.empty(0), np.empty(0), np.empty(0))
+    bound = sum(int(np.abs(p.value).max(initial=0)) for p in parts)
+    value: Array = np.zeros(size, dtype=object if bound >= INT64_SAFE else np.int64)
+    variance = np.zeros(size, dtype=np.float64)
+    nodes = np.zeros(size, dtype=np.int64)
+    present = np.zeros(size, dtype=bool)
+    first = np.full(size, len(parts), dtype=np.int64)  # the first part holding each key
+    for i, part in enumerate(parts):
+        value = value + part.value
+        # An absent key holds 0.0, and x + 0.0 == x: the sum runs over the present values in order.
+        variance += part.variance
+        np.maximum(nodes, part.nodes, out=nodes)
+        first[part.order[~present[part.order]]] = i
+        present |= part.present
+    # combine_windows' dict order: the first part's keys in its order, then each later part's new keys in its.
+    rank = np.zeros(size, dtype=np.int64)
+    for i, part in enumerate(parts):
+        mine = first[part.order] == i
+        rank[part.order[mine]] = np.flatnonzero(mine)
+    held = np.flatnonzero(present)
+    order = held[np.lexsort((rank[held], first[held]))] if len(parts) > 1 else parts[0].order
+    return Cells(value, variance, nodes, present, order)
+
+
+def apply_k_min(layout: Layout, cells: Cells, k_min: int) -> Cells:
+    """`merge.apply_k_min` over columns: cells below k_min folded into their prefix's other, low others dropped."""
+    order = cells.order
+    low_mask = cells.present & layout.is_cell & (cells.value < k_min).astype(bool)
+    low = order[low_mask[order]]  # in the table's order: folds add in that order
+    targets = layout.other_of[low]
+    size = len(layout)
+    folded_value: Array = np.zeros(size, dtype=cells.value.dtype)
+    folded_variance = np.zeros(size, dtype=np.float64)
+    folded_nodes = np.zeros(size, dtype=np.int64)
+    np.add.at(folded_value, targets, cells.value[low])
+    np.add.at(folded_variance, targets, cells.variance[low])
+    np.maximum.at(folded_nodes, targets, cells.nodes[low])
+    folded = np.zeros(size, dtype=bool)
+    folded[targets] = True
+    value = np.where(folded, cells.value + folded_value, cells.value)
+    variance = np.where(folded, cells.variance + folded_variance, cells.variance)
+    nodes = np.maximum(cells.nodes, folded_nodes)
+    present = (cells.present & ~low_mask) | folded
+    keep = present & (layout.is_cell | (value >= k_min).astype(bool))
+    value, variance, nodes = np.where(keep, value, 0), np.where(keep, variance, 0.0), np.where(keep, nodes, 0)
+    # Order: the surviving keys in the table's order, then others new to it in the order they were first folded into.
+    _, first_fold = np.unique(targets, return_index=True)
+    new = targets[np.sort(first_fold)]
+    new = new[~cells.present[new]]
+    return Cells(value, variance, nodes, keep, np.concatenate([order[keep[order]], new[keep[new]]]))
+
+
+def tables_as_cells(layout: Layout, tables: Mapping[int, ReadTable]) -> dict[int, Cells]:
+    """Dict tables per window as columns."""
+    return {w: Cells.from_table(layout, t) for w, t in tables.items()}
+
