@@ -108,7 +108,7 @@ def create_worker_app(settings: NodeSettings, socket_path: Path, *, clock: Clock
             connector=aiohttp.UnixConnector(path=str(socket_path), limit=256),
             timeout=aiohttp.ClientTimeout(total=120),
         )
-        metrics = NodeMetrics(rows=lambda: 0, db_bytes=lambda: 0)  # ingest counters only: shipped to the main
+        metrics = NodeMetrics(rows=lambda: 0, db_bytes=lambda: 0, db_memory=lambda: 0)  # ingest counters only: shipped to the main
         forwarder = Forwarder(session, RowLayout(catalog), metrics, max_rows=settings.commit_max_rows)
         salts = SaltCache(session, settings.window_seconds)
         geo = GeoLocator(settings.geoip_database)
