@@ -77,11 +77,12 @@ async def _load(url: str, first_batch: int, acked: set[int], sent: set[int], sto
             n += 4
 
 
-async def node_crashes(kills: int, root: Path, *, rng: random.Random) -> dict[str, int]:
-    """Kill a node `kills` times under load; return counts (acked, lost, duplicated, partial)."""
+async def node_crashes(kills: int, root: Path, *, rng: random.Random, ingest_workers: int = 0) -> dict[str, int]:
+    """Kill a node (its main process) `kills` times under load; return counts (acked, lost, duplicated, partial)."""
     data = root / "node"
     env = {"LIBERATION_NODE_DATA_DIR": str(data), "LIBERATION_NODE_PORT": "0",
-           "LIBERATION_NODE_RATE_LIMIT__REQUESTS_PER_SECOND": "0"}
+           "LIBERATION_NODE_RATE_LIMIT__REQUESTS_PER_SECOND": "0",
+           "LIBERATION_NODE_INGEST_WORKERS": str(ingest_workers)}
     acked: set[int] = set()
     sent: set[int] = set()
     for round_ in range(kills):

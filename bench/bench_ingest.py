@@ -146,8 +146,13 @@ def serve_baseline(kind: str) -> None:
     asyncio.run(run())
 
 
+NODE_INGEST_WORKERS = int(os.environ.get("BENCH_INGEST_WORKERS", "2"))
+"""The node's `ingest_workers` in this bench (the setting recommended for a 2-core host)."""
+
+
 def node_env(data_dir: Path) -> dict[str, str]:
     return {
+        "LIBERATION_NODE_INGEST_WORKERS": str(NODE_INGEST_WORKERS),
         "LIBERATION_NODE_DATA_DIR": str(data_dir),
         "LIBERATION_NODE_HOST": "127.0.0.1",
         "LIBERATION_NODE_PORT": "0",
@@ -159,9 +164,16 @@ def node_env(data_dir: Path) -> dict[str, str]:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process, all its threads (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU of a process and its live child processes (the node's ingest workers), all threads."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _busy_seconds() -> float:
@@ -342,7 +354,8 @@ def main() -> None:
             server_process(["-m", "bench.bench_ingest", "serve", "validate"], tmp / "validate.log") as validate,
             server_process(["-m", "liberation", "node", "serve"], tmp / "node.log", node_env(data_dir)) as node,
         ):
-            print(f"servers: bare {bare[0]}, validate {validate[0]}, node {node[0]} (pid {node[1]})")
+            print(f"servers: bare {bare[0]}, validate {validate[0]}, node {node[0]} (pid {node[1]}, "
+                  f"ingest_workers = {NODE_INGEST_WORKERS})")
             for url, _ in (bare, validate, node):
                 run_load(url, singles, connections=8, seconds=WARMUP_SECONDS)
                 run_load(url, batches, connections=8, seconds=WARMUP_SECONDS)

@@ -25,6 +25,7 @@ from federation.views import (
 )
 from node.export import BudgetExceeded, Publisher, epsilon_cap_default
 from node.geo import GeoLocator
+from node.handoff import COUNTS_PATH, ROWS_PATH, SALT_PATH, receive_counts, receive_rows, serve_salt
 from node.ingest import Clock, Ingestor, post_events, utc_now
 from node.metrics import NodeMetrics
 from node.openapi import serve_openapi
@@ -37,7 +38,7 @@ from node.settings import NodeSettings
 from node.store import Store
 from node.views import SnapshotRanges
 from node.views import windows_document as node_windows_document
-from node.writer import Writer
+from node.writer import Rows, Writer
 from protocol.catalog import Catalog, load_catalog
 from protocol.errors import Forbidden, NotFound, problem_middleware
 from protocol.keys import SigningKey, load_or_create
@@ -90,6 +91,10 @@ class Node:
 
     def salt_for(self, window: datetime) -> bytes | None:
         return self.salts.get(window) if self.window_open(window) else None
+
+    async def commit_rows(self, rows: Rows) -> None:
+        """Rows filtered by an ingest worker, through the one writer."""
+        await self.writer.submit(rows)
 
     def export_due(self) -> list[int]:
         """Export every closed window not yet exported; then salts and retention."""
@@ -239,7 +244,8 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
 
-async def _client_script(request: web.Request) -> web.Response:
+async def client_script(request: web.Request) -> web.Response:
+    """`GET /js/liberation.js`: the browser client (ingest workers serve it too)."""
     script = resources.files("node").joinpath("static/liberation.js").read_bytes()
     return web.Response(
         body=script,
@@ -372,8 +378,25 @@ async def _push_loop(node: Node, stop: asyncio.Event) -> None:
         await _every(node.settings.push.interval_seconds, stop, "push", lambda: node.outbox.push_due(session))
 
 
-def create_app(settings: NodeSettings, *, clock: Clock = utc_now) -> web.Application:
-    """Build the node's aiohttp application; resources open in cleanup_ctx, not at import."""
+async def _salt(request: web.Request) -> web.Response:
+    return await serve_salt(request, request.app[NODE])
+
+
+async def _rows(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    return await receive_rows(request, node, node.store.layout.schema)
+
+
+async def _counts(request: web.Request) -> web.Response:
+    return await receive_counts(request, request.app[NODE])
+
+
+def create_app(settings: NodeSettings, *, clock: Clock = utc_now, handoff: bool = False) -> web.Application:
+    """Build the node's aiohttp application; resources open in cleanup_ctx, not at import.
+
+    `handoff`: add the ingest workers' internal routes (node/handoff.py); only for
+    an app served on the main process's Unix socket, never on a public port.
+    """
     app = web.Application(
         middlewares=[problem_middleware, cors_middleware(settings)],
         client_max_size=settings.max_body_bytes,
@@ -406,7 +429,7 @@ def create_app(settings: NodeSettings, *, clock: Clock = utc_now) -> web.Applica
     app.router.add_route("OPTIONS", "/api/event", _preflight)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
-    app.router.add_get("/js/liberation.js", _client_script)
+    app.router.add_get("/js/liberation.js", client_script)
     app.router.add_get("/v1/local/summary", _local_summary)
     app.router.add_get("/v1/snapshots", _snapshots)
     app.router.add_get("/v1/snapshots/{window}", _snapshot)
@@ -417,4 +440,8 @@ def create_app(settings: NodeSettings, *, clock: Clock = utc_now) -> web.Applica
     app.router.add_get("/v1/windows", _windows)
     add_dashboard_routes(app)  # the node's own published view, same dashboard as the hub
     app.router.add_get("/openapi.json", serve_openapi)
+    if handoff:
+        app.router.add_get(SALT_PATH, _salt)
+        app.router.add_post(ROWS_PATH, _rows)
+        app.router.add_post(COUNTS_PATH, _counts)
     return app

@@ -8,10 +8,10 @@ submitted value.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import msgpack
 from aiohttp import web
@@ -19,10 +19,10 @@ from pydantic import ValidationError
 
 from node.geo import GeoLocator, client_ip, parse_networks
 from node.metrics import NodeMetrics
-from node.privacy import FilteredEvent, PrivacyFilter, Rejection, SaltSource
+from node.privacy import WINDOW_CLOSED, FilteredEvent, PrivacyFilter, Rejection, SaltSource
 from node.ratelimit import RateLimiter
 from node.settings import NodeSettings
-from node.writer import StorageUnavailable, Writer
+from node.writer import StorageUnavailable, WindowClosed
 from protocol.errors import (
     BadRequest,
     PayloadTooLarge,
@@ -38,6 +38,16 @@ JSON_TYPES = frozenset({"", "application/json", "text/plain", "application/octet
 MSGPACK_TYPES = frozenset({"application/msgpack", "application/x-msgpack", "application/vnd.msgpack"})
 
 Clock = Callable[[], datetime]
+
+
+class EventSink(Protocol):
+    """Where filtered events go: the DuckDB writer, or (in an ingest worker) the handoff to it.
+
+    `submit` returns once the events are committed, and raises StorageUnavailable
+    (nothing stored) or WindowClosed (the window closed before the commit).
+    """
+
+    async def submit(self, events: Sequence[FilteredEvent]) -> None: ...
 
 
 def utc_now() -> datetime:
@@ -69,6 +79,10 @@ def _field_errors(exc: ValidationError, *, offset: int = 0, prefix: int = 0) -> 
         field = ".".join(str(p) for p in loc) or "event"
         out.append(FieldError(index, field, "invalid-" + field.split(".")[0], err["msg"]))
     return out
+
+
+def _closed(index: int) -> FieldError:
+    return FieldError(index, WINDOW_CLOSED.field, WINDOW_CLOSED.reason, WINDOW_CLOSED.message)
 
 
 def _problem_for(errors: Sequence[FieldError], status_cls: type[BadRequest] | type[Unprocessable]) -> BadRequest | Unprocessable:
@@ -144,7 +158,7 @@ def validate_each(items: list[Any]) -> list[Event | FieldError]:
 
 
 class Ingestor:
-    """Filters validated events and hands them to the writer; shared by every ingest endpoint."""
+    """Filters validated events and hands them to the writer (or the handoff); shared by every ingest endpoint."""
 
     def __init__(
         self,
@@ -152,13 +166,15 @@ class Ingestor:
         settings: NodeSettings,
         privacy: PrivacyFilter,
         salts: SaltSource,
-        writer: Writer,
+        writer: EventSink,
         geo: GeoLocator,
         limiter: RateLimiter,
         metrics: NodeMetrics,
         clock: Clock = utc_now,
+        prefetch: Callable[[datetime], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
+        self.prefetch = prefetch  # fetches the salt of `now`'s window before a filter (ingest workers)
         self.privacy = privacy
         self.salts = salts
         self.writer = writer
@@ -187,7 +203,7 @@ class Ingestor:
 
         return self.geo.country(ip_address(address))
 
-    def filter(
+    async def filter(
         self,
         events: Sequence[Event],
         *,
@@ -196,6 +212,8 @@ class Ingestor:
     ) -> tuple[list[FilteredEvent | Rejection], int]:
         """Run the privacy filter over live events; the country is looked up once, if needed."""
         now = self.clock()
+        if self.prefetch is not None:
+            await self.prefetch(now)
         country: str | None = None
         if address is not None and any(e.geo_hint is None for e in events):
             country = self.country_of(address)
@@ -204,7 +222,10 @@ class Ingestor:
         )
 
     async def commit(self, events: Sequence[FilteredEvent], dropped: int) -> None:
-        """Wait for the writer's commit; a failed commit is a 503, and nothing was acked."""
+        """Wait for the writer's commit; a failed commit is a 503, and nothing was acked.
+
+        WindowClosed passes through: the caller answers as the filter would have.
+        """
         try:
             await self.writer.submit(events)
         except StorageUnavailable:
@@ -238,7 +259,7 @@ async def post_events(request: web.Request, ingestor: Ingestor) -> web.Response:
     except (BadRequest, PayloadTooLarge) as problem:
         ingestor.count_rejections([problem.slug] * max(1, min(len(items), MAX_BATCH)))
         raise
-    results, dropped = ingestor.filter(events, address=address)
+    results, dropped = await ingestor.filter(events, address=address)
     address = None  # the IP is not needed past the filter
     errors = [
         FieldError(i, r.field, r.reason, r.message)
@@ -249,14 +270,20 @@ async def post_events(request: web.Request, ingestor: Ingestor) -> web.Response:
         ingestor.count_rejections([e.reason for e in errors])
         raise _problem_for(errors, Unprocessable)
     accepted = [r for r in results if isinstance(r, FilteredEvent)]
-    await ingestor.commit(accepted, dropped)
+    try:
+        await ingestor.commit(accepted, dropped)
+    except WindowClosed:
+        # The window closed after the filter saw it open: the answer the filter would now give.
+        closed = [_closed(i) for i in range(len(accepted))]
+        ingestor.count_rejections([e.reason for e in closed])
+        raise _problem_for(closed, Unprocessable) from None
     return web.json_response({"accepted": len(accepted), "dropped_attributes": dropped}, status=202)
 
 
 async def _post_partial(items: list[Any], address: str | None, ingestor: Ingestor) -> web.Response:
     checked = validate_each(items)
     valid = [c for c in checked if isinstance(c, Event)]
-    filtered, dropped = ingestor.filter(valid, address=address)
+    filtered, dropped = await ingestor.filter(valid, address=address)
     filtered_iter = iter(filtered)
     results: list[dict[str, Any]] = []
     accepted: list[FilteredEvent] = []
@@ -272,7 +299,15 @@ async def _post_partial(items: list[Any], address: str | None, ingestor: Ingesto
     ingestor.count_rejections([r["reason"] for r in rejected])
     if not accepted:
         raise Unprocessable("no event of the batch was accepted", slug="nothing-accepted", extra={"results": results})
-    await ingestor.commit(accepted, dropped)
+    try:
+        await ingestor.commit(accepted, dropped)
+    except WindowClosed:
+        # Every accepted event is of the one live window, which closed after the filter.
+        ingestor.count_rejections([WINDOW_CLOSED.reason] * len(accepted))
+        for i, result in enumerate(results):
+            if result["status"] == "accepted":
+                results[i] = {"status": "rejected", **_closed(i).to_dict()}
+        raise Unprocessable("no event of the batch was accepted", slug="nothing-accepted", extra={"results": results}) from None
     return web.json_response(
         {"accepted": len(accepted), "rejected": len(rejected), "dropped_attributes": dropped, "results": results},
         status=202,

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from node.ingest import Ingestor, decode_body
 from node.privacy import FilteredEvent
+from node.writer import WindowClosed
 from protocol import jsontext
 from protocol.catalog import AttributeKind, Catalog
 from protocol.errors import BadRequest
@@ -105,11 +106,15 @@ async def post_plausible_event(request: web.Request, ingestor: Ingestor, catalog
         )
     except ValidationError:
         raise BadRequest("`props` must be at most 32 flat values with slug names", slug="invalid-event", extra={"field": "props"}) from None
-    results, dropped = ingestor.filter([event], address=address, session_keys=[session_key])
+    results, dropped = await ingestor.filter([event], address=address, session_keys=[session_key])
     address = None
     accepted = [r for r in results if isinstance(r, FilteredEvent)]
+    try:
+        if accepted:
+            await ingestor.commit(accepted, dropped)
+    except WindowClosed:
+        accepted = []
     if not accepted:
         ingestor.metrics.plausible_dropped.inc()
         return _dropped()
-    await ingestor.commit(accepted, dropped)
     return web.Response(status=202, text="ok")

@@ -68,6 +68,10 @@ class Rejection:
     message: str
 
 
+WINDOW_CLOSED = Rejection("timestamp", "window-closed", "the event's window is closed")
+"""The rejection of a live event whose window takes no more events (exported or past retention)."""
+
+
 @dataclass(slots=True)
 class FilterResult:
     event: FilteredEvent | None
@@ -182,7 +186,7 @@ class PrivacyFilter:
         client_country: str | None,
     ) -> FilterResult:
         if slot.mac is None:
-            return _reject("timestamp", "window-closed", "the event's window is closed")
+            return FilterResult(None, WINDOW_CLOSED, 0)
         kept: dict[str, str] = {}
         dropped = 0
         for name, value in event.attributes.items():

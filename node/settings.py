@@ -57,6 +57,7 @@ class NodeSettings(_Section):
     clock_skew_seconds: int = Field(default=600, ge=0)  # live events further off are refused
     retention_days: int | None = Field(default=None, ge=0)  # None = the catalog's
     commit_max_rows: int = Field(default=50_000, ge=1)  # most rows in one group commit
+    ingest_workers: int = Field(default=0, ge=0, le=64)  # 0 = one process; N = N ingest processes + the DuckDB owner
     memory_limit: str = Field(default="640MB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|KiB|MiB|GiB)$")  # DuckDB's
     window: Literal["day", "hour"] = "day"  # the snapshot window (one granularity only)
     export_grace_seconds: int = Field(default=3600, ge=0)  # a window closes this long after its end

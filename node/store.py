@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import cast
 
@@ -24,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from node.privacy import FilteredEvent
+from node.rows import RowLayout
 from protocol.catalog import Catalog
 from protocol.storage import Database
 
@@ -126,7 +126,8 @@ class Store(Database):
         self.catalog = catalog
         path.parent.mkdir(parents=True, exist_ok=True)
         super().__init__(duckdb.connect(str(path)), MIGRATIONS, memory_limit=memory_limit)
-        self._attrs = tuple(catalog.attributes)
+        self.layout = RowLayout(catalog)
+        self._attrs = self.layout.attributes
         # The catalog may declare new attributes: each gets a nullable column.
         with self.transaction() as tx:
             for name in self._attrs:
@@ -137,11 +138,17 @@ class Store(Database):
 
     def commit_events(self, events: Sequence[FilteredEvent]) -> None:
         """Store events and their session state in one transaction; durable on return."""
-        if not events:
+        if events:
+            self.commit_rows([self.layout.table(events)])
+
+    def commit_rows(self, tables: Sequence[pa.Table]) -> None:
+        """Store filtered rows (Arrow tables of `self.layout`) in one transaction; durable on return."""
+        rows = pa.concat_tables(tables) if len(tables) > 1 else tables[0] if tables else None
+        if rows is None or rows.num_rows == 0:
             return
         with self._lock:
             first = self._next_seq
-            table = self._arrow(events, first)
+            table = rows.append_column("seq", pa.array(range(first, first + rows.num_rows), pa.int64()))
             columns = ", ".join(
                 ["seq", "window_start", "hour", "session", "app", "action", "country"]
                 + [attribute_column(a) for a in self._attrs]
@@ -187,34 +194,7 @@ class Store(Database):
                 raise
             finally:
                 con.unregister("incoming")
-            self._next_seq = first + len(events)
-
-    def _arrow(self, events: Sequence[FilteredEvent], first_seq: int) -> pa.Table:
-        n = len(events)
-        # A batch shares a handful of window and hour values: convert each once.
-        seconds: dict[datetime, int] = {}
-
-        def unix(moment: datetime) -> int:
-            value = seconds.get(moment)
-            if value is None:
-                value = seconds[moment] = int(moment.timestamp())
-            return value
-
-        columns: dict[str, pa.Array] = {
-            "seq": pa.array(range(first_seq, first_seq + n), pa.int64()),
-            "window_start": pa.array([unix(e.window) for e in events], pa.int64()),
-            "hour": pa.array([unix(e.hour) for e in events], pa.int64()),
-            "session": pa.array([e.session for e in events], pa.int64()),
-            "app": pa.array([e.app for e in events], pa.string()),
-            "action": pa.array([e.action for e in events], pa.string()),
-            "country": pa.array([e.country for e in events], pa.string()),
-            "minute": pa.array([e.minute for e in events], pa.int16()),
-        }
-        for name in self._attrs:
-            columns["a_" + name.replace("-", "_")] = pa.array(
-                [e.attributes.get(name) for e in events], pa.string()
-            )
-        return pa.table(columns)
+            self._next_seq = first + rows.num_rows
 
     # ---- reads -----------------------------------------------------------------
 

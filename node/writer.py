@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import pyarrow as pa
+
 from node.privacy import FilteredEvent
 from node.store import Store
 
@@ -24,9 +26,17 @@ class StorageUnavailable(Exception):
     """The commit failed (disk full, I/O error): nothing of the request was stored."""
 
 
+class WindowClosed(Exception):
+    """The rows' window was exported (or aged out) between the filter and the commit: nothing stored."""
+
+
+Rows = Sequence[FilteredEvent] | pa.Table
+"""What a writer takes: filtered events, or the same as an Arrow table of the store's `RowLayout`."""
+
+
 @dataclass
 class _Pending:
-    events: Sequence[FilteredEvent]
+    events: Rows
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -61,9 +71,9 @@ class Writer:
             pass
         self._task = None
 
-    async def submit(self, events: Sequence[FilteredEvent]) -> None:
+    async def submit(self, events: Rows) -> None:
         """Return once `events` are committed; raise StorageUnavailable if they were not."""
-        if not events:
+        if len(events) == 0:
             return
         pending = _Pending(events)
         await self._queue.put(pending)
@@ -78,11 +88,10 @@ class Writer:
                 item = self._queue.get_nowait()
                 batch.append(item)
                 rows += len(item.events)
-            events = [e for item in batch for e in item.events]
             started = time.perf_counter()
             error: BaseException | None = None
             try:
-                await asyncio.to_thread(self._store.commit_events, events)
+                await asyncio.to_thread(self._commit, [item.events for item in batch])
             except Exception as exc:  # noqa: BLE001 - every waiter must hear of it
                 log.error("commit of %d rows failed: %s", rows, type(exc).__name__)
                 error = StorageUnavailable(type(exc).__name__)
@@ -96,3 +105,10 @@ class Writer:
                     else:
                         item.done.set_exception(error)
                 self._queue.task_done()
+
+    def _commit(self, items: list[Rows]) -> None:
+        events = [e for item in items if not isinstance(item, pa.Table) for e in item]
+        tables = [item for item in items if isinstance(item, pa.Table)]
+        if events:
+            tables.insert(0, self._store.layout.table(events))
+        self._store.commit_rows(tables)
