@@ -359,7 +359,8 @@ class Intake:
                 tx.execute("INSERT INTO incidents VALUES (?, ?, ?, ?, ?, ?)", row)
             if fresh:
                 accepted = [batch[i] for i in fresh]
-                seqs, head = self._merge_and_log(tx, accepted, received)
+                self._merge(tx, accepted)
+                seqs, head = self._append_log(tx, accepted, received)
                 for i, seq in zip(fresh, seqs):
                     snapshot = batch[i].snapshot
                     outcomes[i] = IntakeResult("accepted", snapshot.node, snapshot.window_start, batch[i].digest, seq)
@@ -391,28 +392,17 @@ class Intake:
             ).fetchall()
         return {(str(k), int(w)) for k, w in inserted}
 
-    def _merge_and_log(
-        self, tx: duckdb.DuckDBPyConnection, accepted: Sequence[Checked], received: int
-    ) -> tuple[list[int], tuple[int, str]]:
-        """Add the accepted snapshots' cells to the merged sums, their node counts to their windows,
-        and their entries to the transparency log; return the entries' seqs and the log's new head.
-
-        One statement script, not one statement each: under load every statement waits for the GIL
-        (the event loop holds it while checking the next envelopes), so fewer statements commit sooner.
-        """
+    def _merge(self, tx: duckdb.DuckDBPyConnection, accepted: Sequence[Checked]) -> None:
         windows: dict[tuple[str, int], list[int]] = {}
         for checked in accepted:
             snapshot = checked.snapshot
             window = windows.setdefault((snapshot.catalog, snapshot.window_start), [snapshot.window_end, 0])
             window[1] += snapshot.nodes
-        # Catalog hashes are this hub's own (checked in (6)) and the rest are ints: safe to inline.
-        counts = ", ".join(f"('{catalog}', {int(start)}, {int(end)}, {int(nodes)})" for (catalog, start), (end, nodes) in windows.items())
-        seqs, entries, head = self._log_entries(accepted, received)
         incoming = pa.concat_tables([checked.rows for checked in accepted])
         # Summed per cell first: one upsert may not touch a row twice; casts refuse an overflowing sum.
-        with _registered(tx, "incoming_cells", incoming), _registered(tx, "incoming_log", entries):
+        with _registered(tx, "incoming_cells", incoming):
             tx.execute(
-                f"""
+                """
                 INSERT INTO merged
                 SELECT catalog, window_start, metric, kind, idx,
                        sum(value)::BIGINT, sum(variance), sum(nodes)::INTEGER
@@ -420,21 +410,26 @@ class Intake:
                 ON CONFLICT (catalog, window_start, metric, kind, idx) DO UPDATE SET
                     value = merged.value + excluded.value,
                     variance = merged.variance + excluded.variance,
-                    nodes = merged.nodes + excluded.nodes;
-                INSERT INTO windows VALUES {counts}
-                ON CONFLICT (catalog, window_start) DO UPDATE SET nodes = windows.nodes + excluded.nodes;
-                INSERT INTO translog SELECT * FROM incoming_log;
+                    nodes = merged.nodes + excluded.nodes
                 """
             )
-        return seqs, head
+        # Usually one window per batch: plain statements cost less than an Arrow upsert here.
+        for (catalog, start), (end, nodes) in windows.items():
+            updated = tx.execute(
+                "UPDATE windows SET nodes = nodes + ? WHERE catalog = ? AND window_start = ?", [nodes, catalog, start]
+            ).fetchall()
+            if not updated[0][0]:
+                tx.execute("INSERT INTO windows VALUES (?, ?, ?, ?)", [catalog, start, end, nodes])
 
-    def _log_entries(self, accepted: Sequence[Checked], received: int) -> tuple[list[int], pa.Table, tuple[int, str]]:
-        """The accepted snapshots' log entries, chained on the head; their seqs, rows and the new head.
+    def _append_log(
+        self, tx: duckdb.DuckDBPyConnection, accepted: Sequence[Checked], received: int
+    ) -> tuple[list[int], tuple[int, str]]:
+        """Append the accepted snapshots' log entries; return their seqs and the new head (seq, hash).
 
         Intake is the log's only writer, so the head is read once and then kept from commit to commit.
         """
         if self._log_head is None:
-            last = self.store.cursor().execute("SELECT seq, entry_hash FROM translog ORDER BY seq DESC LIMIT 1").fetchall()
+            last = tx.execute("SELECT seq, entry_hash FROM translog ORDER BY seq DESC LIMIT 1").fetchall()
             self._log_head = (int(last[0][0]), str(last[0][1])) if last else (0, GENESIS)
         seq, prev = self._log_head
         columns: dict[str, list[object]] = {
@@ -466,7 +461,9 @@ class Intake:
             prev = current
         ints = {"seq", "window_start", "window_end", "accepted"}
         entries = pa.table({name: pa.array(v, pa.int64() if name in ints else pa.string()) for name, v in columns.items()})
-        return list(columns["seq"]), entries, (seq, prev)  # type: ignore[arg-type]
+        with _registered(tx, "incoming_log", entries):
+            tx.execute("INSERT INTO translog SELECT * FROM incoming_log")
+        return list(columns["seq"]), (seq, prev)  # type: ignore[arg-type]
 
 
 async def _archived(archiving: asyncio.Future[None]) -> None:
