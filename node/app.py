@@ -9,7 +9,6 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from importlib import resources
 from pathlib import Path
 
 import aiohttp
@@ -26,13 +25,13 @@ from federation.views import (
 from node.export import BudgetExceeded, Publisher, epsilon_cap_default
 from node.geo import GeoLocator
 from node.handoff import COUNTS_PATH, ROWS_PATH, SALT_PATH, receive_counts, receive_rows, serve_salt
-from node.ingest import Clock, Ingestor, post_events, utc_now
+from node.ingest import Clock, Ingestor, utc_now
 from node.metrics import NodeMetrics
 from node.openapi import serve_openapi
 from node.outbox import Outbox
-from node.plausible import post_plausible_event
 from node.privacy import PrivacyFilter
 from node.ratelimit import RateLimiter
+from node.routes import INGEST, IngestTarget, add_ingest_routes
 from node.salts import SaltKeeper
 from node.settings import NodeSettings
 from node.store import Store
@@ -219,19 +218,6 @@ def cors_middleware(settings: NodeSettings) -> Callable[[web.Request, Handler], 
     return middleware
 
 
-async def _events(request: web.Request) -> web.Response:
-    return await post_events(request, request.app[NODE].ingestor)
-
-
-async def _plausible(request: web.Request) -> web.Response:
-    node = request.app[NODE]
-    return await post_plausible_event(request, node.ingestor, node.catalog)
-
-
-async def _preflight(request: web.Request) -> web.Response:
-    return web.Response(status=204)  # the CORS middleware adds the headers
-
-
 async def _healthz(request: web.Request) -> web.Response:
     node = request.app[NODE]
     return web.json_response(
@@ -242,17 +228,6 @@ async def _healthz(request: web.Request) -> web.Response:
 async def _metrics(request: web.Request) -> web.Response:
     body = await asyncio.to_thread(request.app[NODE].metrics.render)
     return web.Response(body=body, content_type="text/plain", charset="utf-8")
-
-
-async def client_script(request: web.Request) -> web.Response:
-    """`GET /js/liberation.js`: the browser client (ingest workers serve it too)."""
-    script = resources.files("node").joinpath("static/liberation.js").read_bytes()
-    return web.Response(
-        body=script,
-        content_type="application/javascript",
-        charset="utf-8",
-        headers={"Cache-Control": "public, max-age=3600"},
-    )
 
 
 def _iso(ts: int) -> str:
@@ -405,6 +380,7 @@ def create_app(settings: NodeSettings, *, clock: Clock = utc_now, handoff: bool 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         node = await asyncio.to_thread(open_node, settings, clock=clock)
         app[NODE] = node
+        app[INGEST] = IngestTarget(node.ingestor, node.catalog)
         await node.writer.start()
         stop = asyncio.Event()
         tasks = [
@@ -423,13 +399,9 @@ def create_app(settings: NodeSettings, *, clock: Clock = utc_now, handoff: bool 
         close_node(node)
 
     app.cleanup_ctx.append(lifecycle)
-    app.router.add_post("/v1/events", _events)
-    app.router.add_route("OPTIONS", "/v1/events", _preflight)
-    app.router.add_post("/api/event", _plausible)
-    app.router.add_route("OPTIONS", "/api/event", _preflight)
+    add_ingest_routes(app)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
-    app.router.add_get("/js/liberation.js", client_script)
     app.router.add_get("/v1/local/summary", _local_summary)
     app.router.add_get("/v1/snapshots", _snapshots)
     app.router.add_get("/v1/snapshots/{window}", _snapshot)

@@ -21,7 +21,7 @@ from node.handoff import COUNTS_HEADER, COUNTS_PATH, ROWS_PATH, SALT_PATH, encod
 from node.metrics import NodeMetrics
 from node.privacy import FilteredEvent, window_of
 from node.rows import RowLayout
-from node.writer import StorageUnavailable, WindowClosed
+from node.writer import StorageUnavailable, WindowClosed, take_batch
 from protocol.errors import ServiceUnavailable
 
 log = logging.getLogger("liberation.node.worker")
@@ -154,13 +154,7 @@ class Forwarder:
 
     async def _run(self) -> None:
         while True:
-            first = await self._queue.get()
-            batch = [first]
-            rows = len(first.events)
-            while rows < self._max_rows and not self._queue.empty():
-                item = self._queue.get_nowait()
-                batch.append(item)
-                rows += len(item.events)
+            batch, rows = await take_batch(self._queue, self._max_rows)
             error: BaseException | None = None
             closed: set[int] = set()
             deltas = self._deltas()

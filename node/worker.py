@@ -23,18 +23,18 @@ import aiohttp
 from aiohttp import web
 
 from liberation.server import make_runner, tune_gc, wait_for_signal
-from node.app import client_script, cors_middleware
+from node.app import cors_middleware
 from node.forwarder import BASE, Forwarder, SaltCache
 from node.geo import GeoLocator
 from node.handoff import PREFIX
-from node.ingest import Clock, Ingestor, post_events, utc_now
+from node.ingest import Clock, Ingestor, utc_now
 from node.metrics import NodeMetrics
-from node.plausible import post_plausible_event
 from node.privacy import PrivacyFilter
 from node.ratelimit import RateLimiter
+from node.routes import INGEST, IngestTarget, add_ingest_routes
 from node.rows import RowLayout
 from node.settings import NodeSettings
-from protocol.catalog import Catalog, load_catalog
+from protocol.catalog import load_catalog
 from protocol.errors import NotFound, ServiceUnavailable, problem_middleware
 from protocol.logs import configure_logging
 
@@ -50,27 +50,12 @@ HOP_HEADERS = frozenset(
 
 @dataclass
 class WorkerState:
-    """What one worker's handlers share."""
+    """What the worker's proxy needs: its session to the main process."""
 
-    catalog: Catalog
-    ingestor: Ingestor
     session: aiohttp.ClientSession
 
 
 WORKER = web.AppKey("worker", WorkerState)
-
-
-async def _events(request: web.Request) -> web.Response:
-    return await post_events(request, request.app[WORKER].ingestor)
-
-
-async def _plausible(request: web.Request) -> web.Response:
-    state = request.app[WORKER]
-    return await post_plausible_event(request, state.ingestor, state.catalog)
-
-
-async def _preflight(request: web.Request) -> web.Response:
-    return web.Response(status=204)  # the CORS middleware adds the headers
 
 
 async def _proxy(request: web.Request) -> web.Response:
@@ -130,7 +115,8 @@ def create_worker_app(settings: NodeSettings, socket_path: Path, *, clock: Clock
             clock=clock,
             prefetch=salts.prefetch,
         )
-        app[WORKER] = WorkerState(catalog, ingestor, session)
+        app[WORKER] = WorkerState(session)
+        app[INGEST] = IngestTarget(ingestor, catalog)
         await forwarder.start()
         yield
         await forwarder.stop()
@@ -138,11 +124,7 @@ def create_worker_app(settings: NodeSettings, socket_path: Path, *, clock: Clock
         geo.close()
 
     app.cleanup_ctx.append(lifecycle)
-    app.router.add_post("/v1/events", _events)
-    app.router.add_route("OPTIONS", "/v1/events", _preflight)
-    app.router.add_post("/api/event", _plausible)
-    app.router.add_route("OPTIONS", "/api/event", _preflight)
-    app.router.add_get("/js/liberation.js", client_script)
+    add_ingest_routes(app)
     app.router.add_route("*", "/{tail:.*}", _proxy)
     return app
 

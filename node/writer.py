@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
 import pyarrow as pa
 
@@ -38,6 +39,25 @@ Rows = Sequence[FilteredEvent] | pa.Table
 class _Pending:
     events: Rows
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class _HasEvents(Protocol):
+    @property
+    def events(self) -> Sized: ...
+
+
+P = TypeVar("P", bound=_HasEvents)
+
+
+async def take_batch(queue: asyncio.Queue[P], max_rows: int) -> tuple[list[P], int]:
+    """Wait for one pending submission, then take whatever else is queued, up to `max_rows` rows in all."""
+    batch = [await queue.get()]
+    rows = len(batch[0].events)
+    while rows < max_rows and not queue.empty():
+        item = queue.get_nowait()
+        batch.append(item)
+        rows += len(item.events)
+    return batch, rows
 
 
 class Writer:
@@ -81,13 +101,7 @@ class Writer:
 
     async def _run(self) -> None:
         while True:
-            first = await self._queue.get()
-            batch = [first]
-            rows = len(first.events)
-            while rows < self._max_rows and not self._queue.empty():
-                item = self._queue.get_nowait()
-                batch.append(item)
-                rows += len(item.events)
+            batch, rows = await take_batch(self._queue, self._max_rows)
             started = time.perf_counter()
             error: BaseException | None = None
             try:

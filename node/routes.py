@@ -1,0 +1,56 @@
+"""The ingest routes: served by the node's app, and by each ingest worker's app with the same handlers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+
+from aiohttp import web
+
+from node.ingest import Ingestor, post_events
+from node.plausible import post_plausible_event
+from protocol.catalog import Catalog
+
+
+@dataclass(frozen=True)
+class IngestTarget:
+    """What the ingest handlers need: the ingestor (filter, writer or forwarder) and the catalog."""
+
+    ingestor: Ingestor
+    catalog: Catalog
+
+
+INGEST = web.AppKey("ingest", IngestTarget)
+
+
+async def _events(request: web.Request) -> web.Response:
+    return await post_events(request, request.app[INGEST].ingestor)
+
+
+async def _plausible(request: web.Request) -> web.Response:
+    target = request.app[INGEST]
+    return await post_plausible_event(request, target.ingestor, target.catalog)
+
+
+async def _preflight(request: web.Request) -> web.Response:
+    return web.Response(status=204)  # the CORS middleware adds the headers
+
+
+async def _client_script(request: web.Request) -> web.Response:
+    """`GET /js/liberation.js`: the browser client."""
+    script = resources.files("node").joinpath("static/liberation.js").read_bytes()
+    return web.Response(
+        body=script,
+        content_type="application/javascript",
+        charset="utf-8",
+        headers={"Cache-Control": "public, max-age=3600"},
+    )
+
+
+def add_ingest_routes(app: web.Application) -> None:
+    """Register the ingest routes; the app's startup must set `app[INGEST]`."""
+    app.router.add_post("/v1/events", _events)
+    app.router.add_route("OPTIONS", "/v1/events", _preflight)
+    app.router.add_post("/api/event", _plausible)
+    app.router.add_route("OPTIONS", "/api/event", _preflight)
+    app.router.add_get("/js/liberation.js", _client_script)
