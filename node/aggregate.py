@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from node.store import attribute_column, session_table, session_tables
+from node.store import attribute_column, session_state
 from protocol.catalog import ATTRIBUTE_DIMENSION_PREFIX, Catalog, MetricSpec, Unit
 
 EVENT_DIMENSIONS: dict[str, tuple[str, ...]] = {
@@ -237,16 +237,7 @@ def true_tables(
         f"CREATE OR REPLACE TEMP TABLE last_values AS SELECT session{', ' + picks if picks else ''} "
         "FROM bounded GROUP BY session"
     )
-    if w in session_tables(con):
-        source = session_table(w)
-    else:  # no state (an empty window): an empty table of the same shape
-        source = "(SELECT 0::BIGINT AS session, '' AS app, 0::BIGINT AS first_seq, 0::SMALLINT AS first_minute, 0::SMALLINT AS last_minute LIMIT 0)"
-    con.execute(
-        f"""
-        CREATE OR REPLACE TEMP TABLE window_sessions AS
-        SELECT session, app, first_seq, first_minute, last_minute FROM {source}
-        """
-    )
+    con.execute(f"CREATE OR REPLACE TEMP TABLE window_sessions AS {session_state(con, w)}")
     try:
         tables: dict[str, list[int]] = {}
         for metric in chosen:

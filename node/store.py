@@ -4,9 +4,10 @@ Tables (times are unix seconds, UTC; nothing finer than an hour except the
 per-session minutes, which live only until the window is exported):
     events        one row per accepted event: window, hour, session hash, app,
                   action, country and one `a_<attribute>` column per declared attribute
-    sessions_<w>  per (session, app) of window w: order of first use (first_seq) and
-                  the first/last minute inside the window, for durations and tool pairs;
-                  dropped at export
+    sessions_<w>  per (session, app) of window w and per commit: order of first use
+                  (first_seq) and the first/last minute inside the window, for
+                  durations and tool pairs; appended, folded per (session, app) at
+                  export (`session_state`), dropped at export
     snapshots, ledger, outbox, node_state   see node/export.py and node/outbox.py
 Only the writer task calls the mutating methods; readers use their own cursor.
 """
@@ -92,7 +93,17 @@ def _v2(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("CREATE TABLE node_state (name VARCHAR PRIMARY KEY, value BIGINT NOT NULL)")
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1, _v2)
+def _v3(con: duckdb.DuckDBPyConnection) -> None:
+    # Session state became append-only (a primary-key upsert per commit was
+    # most of the cost of a commit): rebuild existing tables without the key.
+    for window in session_tables(con):
+        name = session_table(window)
+        con.execute(f"CREATE TABLE {name}_v3 AS SELECT * FROM {name}")
+        con.execute(f"DROP TABLE {name}")
+        con.execute(f"ALTER TABLE {name}_v3 RENAME TO {name}")
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1, _v2, _v3)
 """Schema migrations in order; the schema version is their count."""
 
 
@@ -111,6 +122,24 @@ def session_tables(con: duckdb.DuckDBPyConnection) -> list[int]:
         "SELECT table_name FROM duckdb_tables() WHERE table_name LIKE 'sessions\\_%' ESCAPE '\\'"
     ).fetchall()
     return sorted(int(name.removeprefix("sessions_")) for (name,) in rows)
+
+
+def session_state(con: duckdb.DuckDBPyConnection, window_start: int) -> str:
+    """SQL of one window's session state folded to one row per (session, app).
+
+    Commits append a row per (session, app) they touch, so a session seen in
+    several commits has several rows: the fold takes the earliest first use and
+    the widest span of minutes, which is what an upsert would have kept.
+    """
+    if window_start not in session_tables(con):  # an empty window: no rows, same shape
+        return (
+            "SELECT 0::BIGINT AS session, '' AS app, 0::BIGINT AS first_seq, "
+            "0::SMALLINT AS first_minute, 0::SMALLINT AS last_minute LIMIT 0"
+        )
+    return (
+        "SELECT session, app, min(first_seq) AS first_seq, min(first_minute) AS first_minute, "
+        f"max(last_minute) AS last_minute FROM {session_table(window_start)} GROUP BY session, app"
+    )
 
 
 def attribute_column(name: str) -> str:
@@ -163,8 +192,7 @@ class Store(Database):
                         app VARCHAR NOT NULL,
                         first_seq BIGINT NOT NULL,
                         first_minute SMALLINT NOT NULL,
-                        last_minute SMALLINT NOT NULL,
-                        PRIMARY KEY (session, app)
+                        last_minute SMALLINT NOT NULL
                     )
                     """
                 )
@@ -173,10 +201,6 @@ class Store(Database):
                     INSERT INTO {name}
                     SELECT session, app, min(seq), min(minute), max(minute)
                     FROM incoming WHERE window_start = {int(window)} GROUP BY session, app
-                    ON CONFLICT (session, app) DO UPDATE SET
-                        first_seq = least({name}.first_seq, excluded.first_seq),
-                        first_minute = least({name}.first_minute, excluded.first_minute),
-                        last_minute = greatest({name}.last_minute, excluded.last_minute)
                     """
                 )
             script.append("COMMIT")

@@ -5,11 +5,14 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from node.aggregate import true_tables
+from node.store import MIGRATIONS, Store, session_table
 from protocol.catalog import load_catalog
-from tests.factories import WINDOW, ev, store_with
+from protocol.storage import Database
+from tests.factories import WINDOW, ev, filtered, store_with
 
 CATALOG = load_catalog()
 W = int(WINDOW.timestamp())
@@ -114,3 +117,47 @@ def test_the_adversary_saturates_event_metrics(tmp_path: Path, metric: str) -> N
     plus = true_tables(store_with(tmp_path / "d1", crowd() + adversary()).cursor(), CATALOG, W)
     spec = CATALOG.metric(metric)
     assert sum(abs(a - b) for a, b in zip(base[metric], plus[metric])) == spec.sensitivity
+
+
+def test_session_state_split_over_commits_folds_to_the_same_tables(tmp_path: Path) -> None:
+    # Session state is appended per commit; the fold at export must give what
+    # one commit of the same events gives (earliest first use, widest span).
+    raw = [
+        ev("a", "runway-calculator", "start", 0),
+        ev("a", "real-wage-calculator", "start", 4),
+        ev("a", "runway-calculator", "complete", 38),
+        ev("b", "real-wage-calculator", "start", 50),
+        ev("b", "runway-calculator", "start", 52),
+        ev("b", "real-wage-calculator", "reveal", 61),
+    ]
+    whole = true_tables(store_with(tmp_path / "whole", raw).cursor(), CATALOG, W)
+    split = Store((tmp_path / "split") / "node.duckdb", CATALOG)
+    events = filtered(CATALOG, raw)
+    for event in events:  # one commit each: each (session, app) gets a row per commit
+        split.commit_events([event])
+    assert split.cursor().execute(f"SELECT count(*) FROM {session_table(W)}").fetchall()[0][0] == len(raw)
+    assert true_tables(split.cursor(), CATALOG, W) == whole
+    assert whole["session_duration"][cell("session_duration", "30..45")] == 1  # a: minutes 0..38
+    assert sum(whole["tool_pairs"]) == 2
+
+
+def test_migration_keeps_session_state_of_an_older_store(tmp_path: Path) -> None:
+    # A version-2 store kept session state in tables with a primary key.
+    path = tmp_path / "node.duckdb"
+    con = duckdb.connect(str(path))
+    Database(con, MIGRATIONS[:2], memory_limit="256MB").close()
+    con = duckdb.connect(str(path))
+    con.execute(
+        f"CREATE TABLE {session_table(W)} (session BIGINT NOT NULL, app VARCHAR NOT NULL, first_seq BIGINT NOT NULL, "
+        "first_minute SMALLINT NOT NULL, last_minute SMALLINT NOT NULL, PRIMARY KEY (session, app))"
+    )
+    con.execute(f"INSERT INTO {session_table(W)} VALUES (7, 'runway-calculator', 1, 0, 25)")
+    con.close()
+
+    store = Store(path, CATALOG)
+    assert store.schema_version == len(MIGRATIONS)
+    again = filtered(CATALOG, [ev("a", "runway-calculator", "start", 40)])
+    store.commit_events(again)
+    store.commit_events(again)  # the same (session, app) twice: a key left in place would refuse it
+    rows = store.cursor().execute(f"SELECT session, first_minute, last_minute FROM {session_table(W)}").fetchall()
+    assert (7, 0, 25) in rows and len(rows) == 3
