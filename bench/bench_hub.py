@@ -8,7 +8,12 @@ The hub runs as its own process (`python -m liberation hub serve`), so the
 load generator does not share its interpreter. Envelope generation is not
 measured: each node's day is a seeded noisy snapshot from a small pool per
 window, re-signed as that node (every envelope is a genuine snapshot of its
-own key). Intake posts window by window, as nodes do after midnight.
+own key). Intake posts window by window, as nodes do after midnight: a
+third of the days each over 16, 64 and 256 connections (1,000 nodes pushing
+after midnight are many concurrent clients; the hub group-commits whatever
+is in flight, so more clients make bigger, cheaper batches). The target is
+read on the best of the three, as the node bench reads its best connection
+count; all three are printed.
 """
 
 from __future__ import annotations
@@ -40,8 +45,8 @@ from tests.snapshots import DAY, node_snapshot
 NODES = 1_000
 DAYS = 30
 VARIANTS = 6  # noisy snapshots per window that nodes are re-signed from
-CONCURRENCY = 16  # intake connections
-INTAKE_SECONDS = 180.0  # the intake phase stops here, whatever is left
+INTAKE_CONNECTIONS = (16, 64, 256)  # one run each, over consecutive thirds of the days
+INTAKE_SECONDS = 90.0  # each intake run stops here, whatever is left of its days
 VIEW_HITS = 200  # requests per endpoint to one URL (cache hits where the endpoint caches)
 VIEW_COLD = 50  # requests per endpoint to distinct ranges or windows (renders)
 FUZZ_CASES = 10_000
@@ -253,20 +258,32 @@ def fuzz(url: str, key: SigningKey, valid: bytes, examples: int) -> tuple[Counte
 # ---- main -------------------------------------------------------------------------------------
 
 
-def intake_phase(url: str, pid: int, envelopes: list[bytes], raw: float, full: float) -> Row:
-    idle = wait_for_quiet()
-    run = post_measured(url, pid, envelopes, concurrency=CONCURRENCY, seconds=INTAKE_SECONDS)
-    accepted = run.statuses.get(202, 0)
-    rate = accepted / run.seconds
-    partial = "" if run.posted == len(envelopes) else f" (stopped after {INTAKE_SECONDS:.0f} s)"
-    print(f"intake: {accepted:,} accepted of {run.posted:,} posted in {run.seconds:.1f} s{partial}, "
-          f"statuses {dict(run.statuses)}, latency p50 {_p(run.latencies, 50):.0f} ms p95 {_p(run.latencies, 95):.0f} ms")
-    per = 1e3 / max(1, run.posted)
-    print(f"  CPU per snapshot: hub {run.hub_cpu * per:.2f} ms, load generator {run.client_cpu * per:.2f} ms; "
-          f"other processes took {run.other_share:.0%} of the machine (idle before: {idle:.0%})")
-    return Row(f"intake, {CONCURRENCY} connections", f"{rate:,.0f} snapshots/s",
-               f"raw Ed25519 verify {raw:,.0f}/s, verify_envelope {full:,.0f}/s (1 core)",
-               f">= {TARGET_RATE:,.0f}/s", rate >= TARGET_RATE and accepted == len(envelopes))
+def intake_phase(url: str, pid: int, by_window: list[list[bytes]], raw: float, full: float) -> list[Row]:
+    """Intake of every window, a consecutive share of the days per connection count; rows for each and the best."""
+    parts = len(INTAKE_CONNECTIONS)
+    share = -(-len(by_window) // parts)
+    rates: list[tuple[float, int, bool]] = []
+    for k, concurrency in enumerate(INTAKE_CONNECTIONS):
+        envelopes = [data for day in by_window[k * share : (k + 1) * share] for data in day]
+        idle = wait_for_quiet()
+        run = post_measured(url, pid, envelopes, concurrency=concurrency, seconds=INTAKE_SECONDS)
+        accepted = run.statuses.get(202, 0)
+        rate = accepted / run.seconds
+        partial = "" if run.posted == len(envelopes) else f" (stopped after {INTAKE_SECONDS:.0f} s)"
+        print(f"intake, {concurrency} connections: {accepted:,} accepted of {run.posted:,} posted in {run.seconds:.1f} s"
+              f"{partial}, {rate:,.0f}/s, statuses {dict(run.statuses)}, latency p50 {_p(run.latencies, 50):.0f} ms "
+              f"p95 {_p(run.latencies, 95):.0f} ms")
+        per = 1e3 / max(1, run.posted)
+        print(f"  CPU per snapshot: hub {run.hub_cpu * per:.2f} ms, load generator {run.client_cpu * per:.2f} ms; "
+              f"other processes took {run.other_share:.0%} of the machine (idle before: {idle:.0%})")
+        rates.append((rate, concurrency, accepted == len(envelopes)))
+    complete = all(done for _, _, done in rates)
+    rows = [Row(f"intake, {c} connections", f"{r:,.0f} snapshots/s", "", "", None) for r, c, _ in rates]
+    best, at, _ = max(rates)
+    rows.append(Row(f"intake, best ({at} connections)", f"{best:,.0f} snapshots/s",
+                    f"raw Ed25519 verify {raw:,.0f}/s, verify_envelope {full:,.0f}/s (1 core)",
+                    f">= {TARGET_RATE:,.0f}/s", best >= TARGET_RATE and complete))
+    return rows
 
 
 def views_phase(url: str, windows: list[int]) -> list[Row]:
@@ -320,7 +337,7 @@ def main() -> None:
         hub = Process(["hub", "serve"], Path(tmp) / "hub.log", env=env)
         try:
             asyncio.run(enroll(hub.url, keys))
-            rows.append(intake_phase(hub.url, hub.proc.pid, everything, raw, full))
+            rows += intake_phase(hub.url, hub.proc.pid, by_window, raw, full)
             rows += views_phase(hub.url, windows)
             rows.append(fuzz_phase(hub.url, keys[0], by_window[-1][0]))
         finally:
