@@ -3,9 +3,10 @@
     1. measure    SOAK_PROBE_SECONDS (10) of closed-loop 100-event batches on 8 connections: the max rate
     2. soak       an open-loop client at half that rate for SOAK_MINUTES (10), fresh timestamps every
                   minute, sessions drawn from SESSIONS, sampling the node's RSS and the memory DuckDB
-                  reports (`liberation_db_memory_bytes`) every 10 s
-    3. verdict    RSS growth from minute 1 to the end < 10%, and every minute's p99 within 2x of the
-                  median minute's p99 (and no request failed)
+                  reports (`liberation_db_memory_bytes`) every 5 s
+    3. verdict    RSS growth < 10% from minute 2 (the first after a minute of warm-up) to the last,
+                  each the mean of its samples, and every minute's p99 within 2x of the median
+                  minute's p99 (and no request failed)
 
 `python -m bench soak` (`make soak`), or `python -m bench.bench_soak --minutes 1` to try it.
 Not part of `make test`. Bounded: by minutes, and by a request cap.
@@ -36,14 +37,14 @@ BATCH = 100
 CONNECTIONS = 8
 PROBE_SECONDS = float(os.environ.get("SOAK_PROBE_SECONDS", "10"))
 MINUTES = float(os.environ.get("SOAK_MINUTES", "10"))
-SAMPLE_SECONDS = 10.0
+SAMPLE_SECONDS = 5.0
 MAX_REQUESTS = 2_000_000
 SESSIONS = 20_000
 """Distinct session ids the load draws from. A node keeps per-session state for the open window (first
-and last minute, an index entry per session and tool, ~80 bytes) until the window is exported: that
-state grows with the day's distinct sessions by design. At 9k events/s these 20,000 (60,000 session x
-tool keys) are all seen within seconds, so what the soak measures after minute 1 is leaks and
-degradation, not the day's session count."""
+and last minute, a row per session and tool per commit, on disk) until the window is exported, and
+the fold at export grows with the day's distinct sessions by design. At 10k events/s these 20,000
+(60,000 session x tool keys) are all seen within seconds, so what the soak measures after minute 1
+is leaks and degradation, not the day's session count."""
 
 APPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("runway-calculator", ("start", "calculate", "complete")),
@@ -184,6 +185,14 @@ async def soak(url: str, pid: int, rate: float, minutes: float) -> Run:
     return run
 
 
+def _mean_between(samples: list[tuple[float, int]], start: float, end: float) -> float:
+    """Mean of the samples taken in [start, end) seconds; the nearest sample if none was."""
+    inside = [b for t, b in samples if start <= t < end]
+    if inside:
+        return statistics.fmean(inside)
+    return float(min(samples, key=lambda s: abs(s[0] - start))[1])
+
+
 def report(max_rate: float, rate: float, minutes: float, run: Run) -> bool:
     mib = 1024 * 1024
     accepted = run.statuses.get(202, 0) * BATCH
@@ -200,23 +209,28 @@ def report(max_rate: float, rate: float, minutes: float, run: Run) -> bool:
         print(f"{minute + 1:>6} {len(values):>10,} {_p(values, 0.5) * 1000:>9.1f} {p99s[-1] * 1000:>9.1f} "
               f"{max(values) * 1000:>8.1f} {rss[-1] / mib if rss else float('nan'):>9.1f} "
               f"{db[-1] / mib if db else float('nan'):>11.1f}")
-    after_first = [b for t, b in run.rss if t >= 60] or [b for _, b in run.rss]
-    start_rss, end_rss, peak = after_first[0], run.rss[-1][1], max(b for _, b in run.rss)
-    growth = (end_rss - start_rss) / start_rss * 100
-    print(f"RSS: {run.rss[0][1] / mib:.1f} MiB at start, {start_rss / mib:.1f} at minute 1, {end_rss / mib:.1f} at the end "
-          f"(peak {peak / mib:.1f}): growth {growth:+.1f}% (target < 10%)")
-    db_start = next((b for t, b in run.db_memory if t >= 60), run.db_memory[0][1])
-    db_end = run.db_memory[-1][1]
-    outside_start, outside_end = start_rss - db_start, end_rss - db_end
-    print(f"of which DuckDB (liberation_db_memory_bytes): {db_start / mib:.1f} MiB at minute 1, {db_end / mib:.1f} at the end; "
-          f"the rest of the process: {outside_start / mib:.1f} -> {outside_end / mib:.1f} MiB "
-          f"({(outside_end - outside_start) / outside_start * 100:+.1f}%)")
+    # RSS saw-tooths with DuckDB's checkpoint cycle (it holds un-checkpointed commits' version
+    # info outside its own accounting, ~25 MiB before a checkpoint frees it), so single samples
+    # differ by several percent at random phases: the verdict compares minute means.
+    first = _mean_between(run.rss, 60, 120)
+    last = _mean_between(run.rss, minutes * 60 - 60, minutes * 60 + 1)
+    growth = (last - first) / first * 100
+    peak = max(b for _, b in run.rss)
+    print(f"RSS: {run.rss[0][1] / mib:.1f} MiB at start; mean of minute 2 {first / mib:.1f}, of the last minute "
+          f"{last / mib:.1f} (peak {peak / mib:.1f}): growth {growth:+.1f}% (target < 10%)")
+    point = next(b for t, b in run.rss if t >= 60)
+    print(f"  single samples: {point / mib:.1f} MiB at minute 1, {run.rss[-1][1] / mib:.1f} at the end "
+          f"({(run.rss[-1][1] - point) / point * 100:+.1f}%)")
+    db_first, db_last = _mean_between(run.db_memory, 60, 120), _mean_between(run.db_memory, minutes * 60 - 60, minutes * 60 + 1)
+    print(f"of which DuckDB (liberation_db_memory_bytes): {db_first / mib:.1f} -> {db_last / mib:.1f} MiB; "
+          f"the rest of the process: {(first - db_first) / mib:.1f} -> {(last - db_last) / mib:.1f} MiB "
+          f"({((last - db_last) - (first - db_first)) / (first - db_first) * 100:+.1f}%)")
     typical = statistics.median(p99s)
     stable = all(p <= 2 * typical for p in p99s)
     print(f"p99 per minute: median {typical * 1000:.1f} ms, max {max(p99s) * 1000:.1f} ms "
           f"({'stable' if stable else 'NOT stable'}: every minute within 2x of the median)")
     ok = growth < 10 and stable and not run.errors and set(run.statuses) == {202}
-    print("PASS" if ok else "MISS", "(RSS growth < 10% from minute 1, p99 stable, every request accepted)")
+    print("PASS" if ok else "MISS", "(RSS growth < 10% from minute 2 to the last, p99 stable, every request accepted)")
     return ok
 
 
