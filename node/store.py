@@ -4,10 +4,10 @@ Tables (times are unix seconds, UTC; nothing finer than an hour except the
 per-session minutes, which live only until the window is exported):
     events        one row per accepted event: window, hour, session hash, app,
                   action, country and one `a_<attribute>` column per declared attribute
-    sessions_<w>  per (session, app) of window w and per commit: order of first use
-                  (first_seq) and the first/last minute inside the window, for
-                  durations and tool pairs; appended, folded per (session, app) at
-                  export (`session_state`), dropped at export
+    sessions_<w>  per event of window w: session, app, seq and minute inside the window
+                  (as first_seq, first_minute = last_minute), appended; folded per
+                  (session, app) at export (`session_state`) into order of first use
+                  and first/last minute, for durations and tool pairs; dropped at export
     snapshots, ledger, outbox, node_state   see node/export.py and node/outbox.py
 Only the writer task calls the mutating methods; readers use their own cursor.
 """
@@ -127,8 +127,8 @@ def session_tables(con: duckdb.DuckDBPyConnection) -> list[int]:
 def session_state(con: duckdb.DuckDBPyConnection, window_start: int) -> str:
     """SQL of one window's session state folded to one row per (session, app).
 
-    Commits append a row per (session, app) they touch, so a session seen in
-    several commits has several rows: the fold takes the earliest first use and
+    Commits append a row per event (tables from before migration v3 hold one
+    folded row per (session, app)): the fold takes the earliest first use and
     the widest span of minutes, which is what an upsert would have kept.
     """
     if window_start not in session_tables(con):  # an empty window: no rows, same shape
@@ -199,8 +199,8 @@ class Store(Database):
                 script.append(
                     f"""
                     INSERT INTO {name}
-                    SELECT session, app, min(seq), min(minute), max(minute)
-                    FROM incoming WHERE window_start = {int(window)} GROUP BY session, app
+                    SELECT session, app, seq, minute, minute
+                    FROM incoming WHERE window_start = {int(window)}
                     """
                 )
             script.append("COMMIT")

@@ -120,7 +120,7 @@ def test_the_adversary_saturates_event_metrics(tmp_path: Path, metric: str) -> N
 
 
 def test_session_state_split_over_commits_folds_to_the_same_tables(tmp_path: Path) -> None:
-    # Session state is appended per commit; the fold at export must give what
+    # Session state is appended per event; the fold at export must give what
     # one commit of the same events gives (earliest first use, widest span).
     raw = [
         ev("a", "runway-calculator", "start", 0),
@@ -133,7 +133,7 @@ def test_session_state_split_over_commits_folds_to_the_same_tables(tmp_path: Pat
     whole = true_tables(store_with(tmp_path / "whole", raw).cursor(), CATALOG, W)
     split = Store((tmp_path / "split") / "node.duckdb", CATALOG)
     events = filtered(CATALOG, raw)
-    for event in events:  # one commit each: each (session, app) gets a row per commit
+    for event in events:  # one commit each: the fold meets rows from many commits
         split.commit_events([event])
     assert split.cursor().execute(f"SELECT count(*) FROM {session_table(W)}").fetchall()[0][0] == len(raw)
     assert true_tables(split.cursor(), CATALOG, W) == whole
