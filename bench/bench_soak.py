@@ -40,11 +40,11 @@ MINUTES = float(os.environ.get("SOAK_MINUTES", "10"))
 SAMPLE_SECONDS = 5.0
 MAX_REQUESTS = 2_000_000
 SESSIONS = 20_000
-"""Distinct session ids the load draws from. A node keeps per-session state for the open window (first
-and last minute, a row per session and tool per commit, on disk) until the window is exported, and
-the fold at export grows with the day's distinct sessions by design. At 10k events/s these 20,000
-(60,000 session x tool keys) are all seen within seconds, so what the soak measures after minute 1
-is leaks and degradation, not the day's session count."""
+"""Distinct session ids the load draws from. A node keeps per-session state for the open window (a row
+per event, on disk) until the window is exported, and the fold at export grows with the day's
+distinct sessions by design. At 10k events/s these 20,000 (60,000 session x tool keys) are all
+seen within seconds, so what the soak measures after minute 1 is leaks and degradation, not the
+day's session count."""
 
 APPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("runway-calculator", ("start", "calculate", "complete")),
