@@ -67,9 +67,9 @@ def generate(db: Path, events: int) -> None:
         con.execute(
             f"""
             CREATE TABLE {session_table(w)} AS
-            SELECT session, app, seq AS first_seq, CAST((hour - {w}) // 60 + seq % 60 AS SMALLINT) AS first_minute,
-                   CAST((hour - {w}) // 60 + seq % 60 AS SMALLINT) AS last_minute
-            FROM events  -- a row per event, as the store appends them
+            SELECT session, app, min(seq) AS first_seq, CAST(min(seq) % 1400 AS SMALLINT) AS first_minute,
+                   CAST(min(seq) % 1400 + 20 AS SMALLINT) AS last_minute
+            FROM events GROUP BY ALL
             """
         )
     store.close()

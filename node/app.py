@@ -96,7 +96,9 @@ class Node:
         await self.writer.submit(rows)
 
     def export_due(self) -> list[int]:
-        """Export every closed window not yet exported; then salts and retention."""
+        """Fold session rows; export every closed window not yet exported; then salts and retention."""
+        # First the session rows logged since the last pass become per-session state.
+        self.store.fold_sessions()
         done = []
         for window in self.publisher.due_windows():
             try:

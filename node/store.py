@@ -4,10 +4,14 @@ Tables (times are unix seconds, UTC; nothing finer than an hour except the
 per-session minutes, which live only until the window is exported):
     events        one row per accepted event: window, hour, session hash, app,
                   action, country and one `a_<attribute>` column per declared attribute
-    sessions_<w>  per event of window w: session, app, seq and minute inside the window
-                  (as first_seq, first_minute = last_minute), appended; folded per
-                  (session, app) at export (`session_state`) into order of first use
-                  and first/last minute, for durations and tool pairs; dropped at export
+    sessions_<w>  per (session, app) of window w: order of first use (first_seq) and
+                  the first/last minute inside the window, for durations and tool pairs
+    session_log_<w>  the (session, app, seq, minute) of each event committed since
+                  the last fold: appended by every commit (no per-commit aggregate or
+                  upsert), folded into sessions_<w> by `fold_sessions` on every export
+                  pass (60 s by default) and dropped; so an event's minute is kept
+                  only until the next pass
+    Both are dropped at export.
     snapshots, ledger, outbox, node_state   see node/export.py and node/outbox.py
 Only the writer task calls the mutating methods; readers use their own cursor.
 """
@@ -93,22 +97,12 @@ def _v2(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("CREATE TABLE node_state (name VARCHAR PRIMARY KEY, value BIGINT NOT NULL)")
 
 
-def _v3(con: duckdb.DuckDBPyConnection) -> None:
-    # Session state became append-only (a primary-key upsert per commit was
-    # most of the cost of a commit): rebuild existing tables without the key.
-    for window in session_tables(con):
-        name = session_table(window)
-        con.execute(f"CREATE TABLE {name}_v3 AS SELECT * FROM {name}")
-        con.execute(f"DROP TABLE {name}")
-        con.execute(f"ALTER TABLE {name}_v3 RENAME TO {name}")
-
-
-MIGRATIONS: tuple[Migration, ...] = (_v1, _v2, _v3)
+MIGRATIONS: tuple[Migration, ...] = (_v1, _v2)
 """Schema migrations in order; the schema version is their count."""
 
 
 def session_table(window_start: int) -> str:
-    """The per-session state of one window lives in its own table, dropped whole at export.
+    """The folded per-session state of one window lives in its own table, dropped whole at export.
 
     (A DELETE of a day's million session rows from one shared indexed table
     takes seconds; DROP TABLE takes none.)
@@ -116,29 +110,41 @@ def session_table(window_start: int) -> str:
     return f"sessions_{int(window_start)}"
 
 
+def session_log_table(window_start: int) -> str:
+    """The per-event session rows of one window not folded yet."""
+    return f"session_log_{int(window_start)}"
+
+
 def session_tables(con: duckdb.DuckDBPyConnection) -> list[int]:
-    """Windows that still have per-session state."""
+    """Windows that still have per-session state, folded or not."""
     rows = con.execute(
-        "SELECT table_name FROM duckdb_tables() WHERE table_name LIKE 'sessions\\_%' ESCAPE '\\'"
+        "SELECT table_name FROM duckdb_tables() "
+        "WHERE table_name LIKE 'sessions\\_%' ESCAPE '\\' OR table_name LIKE 'session\\_log\\_%' ESCAPE '\\'"
     ).fetchall()
-    return sorted(int(name.removeprefix("sessions_")) for (name,) in rows)
+    return sorted({int(name.rsplit("_", 1)[1]) for (name,) in rows})
+
+
+def _tables_of(con: duckdb.DuckDBPyConnection, window_start: int) -> tuple[bool, bool]:
+    names = {name for (name,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    return session_table(window_start) in names, session_log_table(window_start) in names
 
 
 def session_state(con: duckdb.DuckDBPyConnection, window_start: int) -> str:
-    """SQL of one window's session state folded to one row per (session, app).
+    """SQL of one window's session state, one row per (session, app): folded rows plus unfolded events.
 
-    Commits append a row per event (tables from before migration v3 hold one
-    folded row per (session, app)): the fold takes the earliest first use and
-    the widest span of minutes, which is what an upsert would have kept.
+    The fold takes the earliest first use and the widest span of minutes,
+    which is what `fold_sessions` keeps.
     """
-    if window_start not in session_tables(con):  # an empty window: no rows, same shape
-        return (
-            "SELECT 0::BIGINT AS session, '' AS app, 0::BIGINT AS first_seq, "
-            "0::SMALLINT AS first_minute, 0::SMALLINT AS last_minute LIMIT 0"
-        )
+    folded, log = _tables_of(con, window_start)
+    parts = ["SELECT 0::BIGINT AS session, '' AS app, 0::BIGINT AS first_seq, 0::SMALLINT AS first_minute, "
+             "0::SMALLINT AS last_minute WHERE false"]
+    if folded:
+        parts.append(f"SELECT session, app, first_seq, first_minute, last_minute FROM {session_table(window_start)}")
+    if log:
+        parts.append(f"SELECT session, app, seq, minute, minute FROM {session_log_table(window_start)}")
     return (
         "SELECT session, app, min(first_seq) AS first_seq, min(first_minute) AS first_minute, "
-        f"max(last_minute) AS last_minute FROM {session_table(window_start)} GROUP BY session, app"
+        f"max(last_minute) AS last_minute FROM ({' UNION ALL '.join(parts)}) GROUP BY session, app"
     )
 
 
@@ -184,24 +190,19 @@ class Store(Database):
             )
             script = ["BEGIN", f"INSERT INTO events ({columns}) SELECT {columns} FROM incoming"]
             for window in sorted(pc.unique(table.column("window_start")).to_pylist()):
-                name = session_table(window)
+                name = session_log_table(window)
                 script.append(
                     f"""
                     CREATE TABLE IF NOT EXISTS {name} (
                         session BIGINT NOT NULL,
                         app VARCHAR NOT NULL,
-                        first_seq BIGINT NOT NULL,
-                        first_minute SMALLINT NOT NULL,
-                        last_minute SMALLINT NOT NULL
+                        seq BIGINT NOT NULL,
+                        minute SMALLINT NOT NULL
                     )
                     """
                 )
                 script.append(
-                    f"""
-                    INSERT INTO {name}
-                    SELECT session, app, seq, minute, minute
-                    FROM incoming WHERE window_start = {int(window)}
-                    """
+                    f"INSERT INTO {name} SELECT session, app, seq, minute FROM incoming WHERE window_start = {int(window)}"
                 )
             script.append("COMMIT")
             con = cast(duckdb.DuckDBPyConnection, self._con)
@@ -219,6 +220,47 @@ class Store(Database):
             finally:
                 con.unregister("incoming")
             self._next_seq = first + rows.num_rows
+
+    def fold_sessions(self) -> int:
+        """Fold every window's logged session rows into its per-session state; return the rows folded.
+
+        Commits only append (a per-commit aggregate or keyed upsert was most of
+        a commit's cost, and the aggregate left memory behind in DuckDB's
+        allocator); this pass keeps the stored state to what the privacy
+        filter allows: a session's first and last minute and its order of
+        first use per app, not every event's minute.
+        """
+        folded = 0
+        for window in session_tables(self.cursor()):
+            state, log = session_table(window), session_log_table(window)
+            with self.transaction() as tx:
+                if not _tables_of(tx, window)[1]:
+                    continue
+                tx.execute(
+                    f"""
+                    CREATE TABLE IF NOT EXISTS {state} (
+                        session BIGINT NOT NULL,
+                        app VARCHAR NOT NULL,
+                        first_seq BIGINT NOT NULL,
+                        first_minute SMALLINT NOT NULL,
+                        last_minute SMALLINT NOT NULL,
+                        PRIMARY KEY (session, app)
+                    )
+                    """
+                )
+                folded += int(tx.execute(f"SELECT count(*) FROM {log}").fetchall()[0][0])
+                tx.execute(
+                    f"""
+                    INSERT INTO {state}
+                    SELECT session, app, min(seq), min(minute), max(minute) FROM {log} GROUP BY session, app
+                    ON CONFLICT (session, app) DO UPDATE SET
+                        first_seq = least({state}.first_seq, excluded.first_seq),
+                        first_minute = least({state}.first_minute, excluded.first_minute),
+                        last_minute = greatest({state}.last_minute, excluded.last_minute)
+                    """
+                )
+                tx.execute(f"DROP TABLE {log}")
+        return folded
 
     # ---- reads -----------------------------------------------------------------
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from node.aggregate import true_tables
-from node.store import MIGRATIONS, Store, session_table
+from node.store import Store, session_log_table, session_table
 from protocol.catalog import load_catalog
-from protocol.storage import Database
 from tests.factories import WINDOW, ev, filtered, store_with
 
 CATALOG = load_catalog()
@@ -120,8 +118,8 @@ def test_the_adversary_saturates_event_metrics(tmp_path: Path, metric: str) -> N
 
 
 def test_session_state_split_over_commits_folds_to_the_same_tables(tmp_path: Path) -> None:
-    # Session state is appended per event; the fold at export must give what
-    # one commit of the same events gives (earliest first use, widest span).
+    # Commits append a row per event; what is folded, what is not yet, and a
+    # fold in several passes must all give the tables of one commit.
     raw = [
         ev("a", "runway-calculator", "start", 0),
         ev("a", "real-wage-calculator", "start", 4),
@@ -131,33 +129,40 @@ def test_session_state_split_over_commits_folds_to_the_same_tables(tmp_path: Pat
         ev("b", "real-wage-calculator", "reveal", 61),
     ]
     whole = true_tables(store_with(tmp_path / "whole", raw).cursor(), CATALOG, W)
-    split = Store((tmp_path / "split") / "node.duckdb", CATALOG)
-    events = filtered(CATALOG, raw)
-    for event in events:  # one commit each: the fold meets rows from many commits
-        split.commit_events([event])
-    assert split.cursor().execute(f"SELECT count(*) FROM {session_table(W)}").fetchall()[0][0] == len(raw)
-    assert true_tables(split.cursor(), CATALOG, W) == whole
     assert whole["session_duration"][cell("session_duration", "30..45")] == 1  # a: minutes 0..38
     assert sum(whole["tool_pairs"]) == 2
+    split = Store((tmp_path / "split") / "node.duckdb", CATALOG)
+    events = filtered(CATALOG, raw)
+    for i, event in enumerate(events):  # one commit each, a fold after the third
+        split.commit_events([event])
+        if i == 2:
+            assert split.fold_sessions() == 3
+            assert true_tables(split.cursor(), CATALOG, W) == true_tables(store_with(tmp_path / "three", raw[:3]).cursor(), CATALOG, W)
+    assert rows(split, session_log_table(W)) == 3
+    assert true_tables(split.cursor(), CATALOG, W) == whole  # folded rows and logged rows together
+    assert split.fold_sessions() == 3
+    assert true_tables(split.cursor(), CATALOG, W) == whole
 
 
-def test_migration_keeps_session_state_of_an_older_store(tmp_path: Path) -> None:
-    # A version-2 store kept session state in tables with a primary key.
-    path = tmp_path / "node.duckdb"
-    con = duckdb.connect(str(path))
-    Database(con, MIGRATIONS[:2], memory_limit="256MB").close()
-    con = duckdb.connect(str(path))
-    con.execute(
-        f"CREATE TABLE {session_table(W)} (session BIGINT NOT NULL, app VARCHAR NOT NULL, first_seq BIGINT NOT NULL, "
-        "first_minute SMALLINT NOT NULL, last_minute SMALLINT NOT NULL, PRIMARY KEY (session, app))"
-    )
-    con.execute(f"INSERT INTO {session_table(W)} VALUES (7, 'runway-calculator', 1, 0, 25)")
-    con.close()
+def test_fold_keeps_first_and_last_minute_per_session_and_app_only(tmp_path: Path) -> None:
+    # The privacy filter's exception to hour truncation is a session's first and
+    # last minute and its order of first use: after a fold, nothing finer is stored.
+    store = Store(tmp_path / "node.duckdb", CATALOG)
+    for minute in (40, 10, 25, 70):
+        store.commit_events(filtered(CATALOG, [ev("a", "runway-calculator", "calculate", minute)]))
+        if minute == 25:
+            store.fold_sessions()
+    assert rows(store, session_log_table(W)) == 1
+    store.fold_sessions()
+    state = store.cursor().execute(f"SELECT first_seq, first_minute, last_minute FROM {session_table(W)}").fetchall()
+    assert state == [(1, 10, 70)]  # the first event stored (seq 1), minutes 10..70
+    assert session_log_table(W) not in tables(store)
+    assert store.fold_sessions() == 0
 
-    store = Store(path, CATALOG)
-    assert store.schema_version == len(MIGRATIONS)
-    again = filtered(CATALOG, [ev("a", "runway-calculator", "start", 40)])
-    store.commit_events(again)
-    store.commit_events(again)  # the same (session, app) twice: a key left in place would refuse it
-    rows = store.cursor().execute(f"SELECT session, first_minute, last_minute FROM {session_table(W)}").fetchall()
-    assert (7, 0, 25) in rows and len(rows) == 3
+
+def rows(store: Store, table: str) -> int:
+    return int(store.cursor().execute(f"SELECT count(*) FROM {table}").fetchall()[0][0])
+
+
+def tables(store: Store) -> set[str]:
+    return {name for (name,) in store.cursor().execute("SELECT table_name FROM duckdb_tables()").fetchall()}

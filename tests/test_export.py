@@ -12,11 +12,11 @@ import pytest
 from node.dp import laplace_variance, opendp_laplace, threshold_and_fold
 from node.export import BudgetExceeded, Publisher, WindowNotClosed, build_snapshot
 from node.salts import SaltKeeper
-from node.store import Store, session_table, session_tables
+from node.store import Store, session_log_table, session_table, session_tables
 from protocol.catalog import load_catalog
 from protocol.keys import SigningKey
 from protocol.wire import verify_envelope
-from tests.factories import NOW, WINDOW, ev, store_with
+from tests.factories import NOW, WINDOW, ev, filtered, store_with
 from tests.seeded_noise import SeededLaplace
 
 CATALOG = load_catalog()
@@ -125,8 +125,11 @@ def test_export_destroys_salt_and_session_state(tmp_path: Path) -> None:
     pub = publisher(store, tmp_path)
     salt = pub.salts.get(WINDOW)
     assert len(salt) == 32 and pub.salts.days() == [WINDOW.date()]
+    store.fold_sessions()
+    store.commit_events(filtered(CATALOG, busy_window()[:1]))  # folded state and logged rows both present
     assert session_tables(store.cursor()) == [W]
     assert store.cursor().execute(f"SELECT count(*) FROM {session_table(W)}").fetchall()[0][0] > 0
+    assert store.cursor().execute(f"SELECT count(*) FROM {session_log_table(W)}").fetchall()[0][0] == 1
     pub.export(W)
     assert pub.salts.days() == []
     assert not any((tmp_path / "salts").iterdir())
