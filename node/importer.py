@@ -85,6 +85,8 @@ def import_lines(
             flush()
     if pending:
         flush()
+    # Leave no event's minute behind: only each session's first/last minute is kept.
+    node.store.fold_sessions()
     return summary
 
 

@@ -182,8 +182,12 @@ def test_import_cli_backfills_past_windows(tmp_path: Path) -> None:
     assert "window-closed" in result.stdout and "undeclared-app" in result.stdout and "malformed-json" in result.stdout
     con = duckdb.connect(str(data_dir / "node.duckdb"), read_only=True)
     windows = con.execute("SELECT count(DISTINCT window_start), count(*) FROM events").fetchall()
+    tables = {name for (name,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
     con.close()
     assert windows == [(3, 30)]
+    # The import folded its per-event session rows: per-session first/last minutes only.
+    assert not any(name.startswith("session_log_") for name in tables)
+    assert sum(name.startswith("sessions_") for name in tables) == 3
     # Stdin works too.
     again = subprocess.run(
         [sys.executable, "-m", "liberation", "node", "import", "-", "--data-dir", str(data_dir)],
