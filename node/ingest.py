@@ -17,7 +17,7 @@ import msgpack
 from aiohttp import web
 from pydantic import ValidationError
 
-from node.geo import GeoLocator, client_ip, parse_networks
+from node.geo import GeoLocator, IPAddress, client_ip, parse_networks
 from node.metrics import NodeMetrics
 from node.privacy import WINDOW_CLOSED, FilteredEvent, PrivacyFilter, Rejection, SaltSource
 from node.ratelimit import RateLimiter
@@ -184,30 +184,25 @@ class Ingestor:
         self.clock = clock
         self._trusted = parse_networks(settings.trusted_proxies)
 
-    def client_address(self, request: web.Request) -> str | None:
-        """The client's IP as text, for the rate limit and the country lookup only."""
-        address = client_ip(request.remote, request.headers.get("X-Forwarded-For"), self._trusted)
-        return str(address) if address is not None else None
+    def client_address(self, request: web.Request) -> IPAddress | None:
+        """The client's IP, for the rate limit, the country lookup and Plausible's session key only."""
+        return client_ip(request.remote, request.headers.get("X-Forwarded-For"), self._trusted)
 
-    def check_rate(self, address: str | None) -> None:
+    def check_rate(self, address: IPAddress | None) -> None:
         wait = self.limiter.check(address)
         if wait > 0:
             self.metrics.rate_limited.inc()
             raise TooManyRequests("too many requests from this client", retry_after=self.limiter.retry_after(wait))
 
-    def country_of(self, address: str | None) -> str | None:
+    def country_of(self, address: IPAddress | None) -> str | None:
         """Country of the address; the address goes no further than this call."""
-        if address is None:
-            return None
-        from ipaddress import ip_address
-
-        return self.geo.country(ip_address(address))
+        return self.geo.country(address)
 
     async def filter(
         self,
         events: Sequence[Event],
         *,
-        address: str | None,
+        address: IPAddress | None,
         session_keys: Sequence[bytes] | None = None,
     ) -> tuple[list[FilteredEvent | Rejection], int]:
         """Run the privacy filter over live events; the country is looked up once, if needed."""
@@ -280,7 +275,7 @@ async def post_events(request: web.Request, ingestor: Ingestor) -> web.Response:
     return web.json_response({"accepted": len(accepted), "dropped_attributes": dropped}, status=202)
 
 
-async def _post_partial(items: list[Any], address: str | None, ingestor: Ingestor) -> web.Response:
+async def _post_partial(items: list[Any], address: IPAddress | None, ingestor: Ingestor) -> web.Response:
     checked = validate_each(items)
     valid = [c for c in checked if isinstance(c, Event)]
     filtered, dropped = await ingestor.filter(valid, address=address)

@@ -95,7 +95,7 @@ async def post_plausible_event(request: web.Request, ingestor: Ingestor, catalog
     user_agent = request.headers.get("User-Agent", "")
     # Plausible's visitor id: hash(salt, IP + UA + domain). Here the material goes
     # straight into the HMAC under the day's salt and is then dropped.
-    session_key = b"\x00".join([b"plausible", (address or "").encode(), user_agent.encode(), domain.encode()])
+    session_key = b"\x00".join([b"plausible", address.packed if address else b"", user_agent.encode(), domain.encode()])
     try:
         event = Event(
             app=app,

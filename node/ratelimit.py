@@ -13,6 +13,8 @@ import secrets
 import time
 from collections.abc import Callable
 
+from node.geo import IPAddress
+
 
 class RateLimiter:
     """Token bucket: `rate` requests per second, bursts of `burst`; rate 0 turns it off."""
@@ -36,11 +38,11 @@ class RateLimiter:
     def enabled(self) -> bool:
         return self._rate > 0
 
-    def client_key(self, address: str) -> bytes:
+    def client_key(self, address: IPAddress) -> bytes:
         """The bucket key of an address: 16 bytes of HMAC-SHA256 under the in-memory key."""
-        return hmac.new(self._key, address.encode(), hashlib.sha256).digest()[:16]
+        return hmac.new(self._key, address.packed, hashlib.sha256).digest()[:16]
 
-    def check(self, address: str | None) -> float:
+    def check(self, address: IPAddress | None) -> float:
         """Take one token; 0.0 if allowed, else seconds until the next token."""
         if not self.enabled or address is None:
             return 0.0
