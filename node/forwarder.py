@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -19,8 +18,8 @@ import aiohttp
 
 from node.handoff import COUNTS_HEADER, COUNTS_PATH, ROWS_PATH, SALT_PATH, encode_counts, encode_rows
 from node.metrics import NodeMetrics
-from node.privacy import FilteredEvent, window_of
-from node.rows import RowLayout
+from node.privacy import window_of
+from node.rows import RowBlock, RowLayout
 from node.writer import StorageUnavailable, WindowClosed, take_batch
 from protocol.errors import ServiceUnavailable
 
@@ -79,7 +78,7 @@ class SaltCache:
 
 @dataclass
 class _Pending:
-    events: Sequence[FilteredEvent]
+    events: RowBlock
     window: int
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -115,11 +114,12 @@ class Forwarder:
         with contextlib.suppress(aiohttp.ClientError, OSError):
             await self._ship_counts()
 
-    async def submit(self, events: Sequence[FilteredEvent]) -> None:
+    async def submit(self, events: RowBlock) -> None:
         """Return once the main process committed `events`; StorageUnavailable or WindowClosed if not."""
-        if not events:
+        if len(events) == 0:
             return
-        pending = _Pending(events, int(events[0].window.timestamp()))
+        # A request's rows are of one window: live events all take the server clock's.
+        pending = _Pending(events, events.window[0])
         await self._queue.put(pending)
         await pending.done
 
@@ -160,7 +160,7 @@ class Forwarder:
             deltas = self._deltas()
             answered = False
             try:
-                body = encode_rows(self._layout.table([e for item in batch for e in item.events]))
+                body = encode_rows(self._layout.table([item.events for item in batch]))
                 headers = {"Content-Type": "application/vnd.apache.arrow.stream", COUNTS_HEADER: encode_counts(deltas)}
                 async with self._session.post(BASE + ROWS_PATH, data=body, headers=headers) as resp:
                     answered = True  # the main process took the counts, whatever became of the rows

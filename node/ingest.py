@@ -17,6 +17,8 @@ import msgpack
 from aiohttp import web
 from pydantic import ValidationError
 
+from node.fastfilter import FastFilter
+from node.rows import RowBlock, RowLayout
 from node.geo import GeoLocator, IPAddress, client_ip, parse_networks
 from node.metrics import NodeMetrics
 from node.privacy import WINDOW_CLOSED, FilteredEvent, PrivacyFilter, Rejection, SaltSource
@@ -47,7 +49,7 @@ class EventSink(Protocol):
     (nothing stored) or WindowClosed (the window closed before the commit).
     """
 
-    async def submit(self, events: Sequence[FilteredEvent]) -> None: ...
+    async def submit(self, events: RowBlock) -> None: ...
 
 
 def utc_now() -> datetime:
@@ -176,6 +178,8 @@ class Ingestor:
         self.settings = settings
         self.prefetch = prefetch  # fetches the salt of `now`'s window before a filter (ingest workers)
         self.privacy = privacy
+        self.layout = RowLayout(privacy.catalog)
+        self.fast = FastFilter(privacy, self.layout)
         self.salts = salts
         self.writer = writer
         self.geo = geo
@@ -216,13 +220,23 @@ class Ingestor:
             events, now=now, salt_for=self.salts, session_keys=session_keys, client_country=country
         )
 
-    async def commit(self, events: Sequence[FilteredEvent], dropped: int) -> None:
+    async def filter_batch(self, items: list[Any], *, address: IPAddress | None) -> tuple[RowBlock, int] | None:
+        """The fast path of a whole live batch: (rows, attributes dropped), or None when the exact path must decide."""
+        now = self.clock()
+        if self.prefetch is not None:
+            await self.prefetch(now)
+        return self.fast.run(
+            items, now=now, salt_for=self.salts, client_country=lambda: None if address is None else self.country_of(address)
+        )
+
+    async def commit(self, events: RowBlock | Sequence[FilteredEvent], dropped: int) -> None:
         """Wait for the writer's commit; a failed commit is a 503, and nothing was acked.
 
         WindowClosed passes through: the caller answers as the filter would have.
         """
+        rows = events if isinstance(events, RowBlock) else self.layout.block(events)
         try:
-            await self.writer.submit(events)
+            await self.writer.submit(rows)
         except StorageUnavailable:
             self.metrics.rejected.labels("storage-unavailable").inc(len(events))
             raise ServiceUnavailable("storage is unavailable; retry later", retry_after=5, slug="storage-unavailable") from None
@@ -246,16 +260,31 @@ async def post_events(request: web.Request, ingestor: Ingestor) -> web.Response:
     except (BadRequest, UnsupportedMediaType) as problem:
         ingestor.count_rejections([problem.slug])
         raise
-    partial = request.query.get("partial") in {"1", "true"}
-    if partial:
+    if request.query.get("partial") in {"1", "true"}:
         return await _post_partial(items, address, ingestor)
+    fast = await ingestor.filter_batch(items, address=address)
+    if fast is None:
+        fast = await _filter_exact(items, address, ingestor)
+    address = None  # the IP is not needed past the filter
+    rows, dropped = fast
+    try:
+        await ingestor.commit(rows, dropped)
+    except WindowClosed:
+        # The window closed after the filter saw it open: the answer the filter would now give.
+        closed = [_closed(i) for i in range(len(rows))]
+        ingestor.count_rejections([e.reason for e in closed])
+        raise _problem_for(closed, Unprocessable) from None
+    return web.json_response({"accepted": len(rows), "dropped_attributes": dropped}, status=202)
+
+
+async def _filter_exact(items: list[Any], address: IPAddress | None, ingestor: Ingestor) -> tuple[RowBlock, int]:
+    """Validate, then filter, event by event: the path that names every fault (400 or 422)."""
     try:
         events = validate_all(items)
     except (BadRequest, PayloadTooLarge) as problem:
         ingestor.count_rejections([problem.slug] * max(1, min(len(items), MAX_BATCH)))
         raise
     results, dropped = await ingestor.filter(events, address=address)
-    address = None  # the IP is not needed past the filter
     errors = [
         FieldError(i, r.field, r.reason, r.message)
         for i, r in enumerate(results)
@@ -264,15 +293,7 @@ async def post_events(request: web.Request, ingestor: Ingestor) -> web.Response:
     if errors:
         ingestor.count_rejections([e.reason for e in errors])
         raise _problem_for(errors, Unprocessable)
-    accepted = [r for r in results if isinstance(r, FilteredEvent)]
-    try:
-        await ingestor.commit(accepted, dropped)
-    except WindowClosed:
-        # The window closed after the filter saw it open: the answer the filter would now give.
-        closed = [_closed(i) for i in range(len(accepted))]
-        ingestor.count_rejections([e.reason for e in closed])
-        raise _problem_for(closed, Unprocessable) from None
-    return web.json_response({"accepted": len(accepted), "dropped_attributes": dropped}, status=202)
+    return ingestor.layout.block([r for r in results if isinstance(r, FilteredEvent)]), dropped
 
 
 async def _post_partial(items: list[Any], address: IPAddress | None, ingestor: Ingestor) -> web.Response:

@@ -92,6 +92,15 @@ class PrivacyFilter:
         }
         self._attributes = dict(catalog.attributes)
 
+    @property
+    def catalog(self) -> Catalog:
+        return self._catalog
+
+    @property
+    def clock_skew(self) -> timedelta:
+        """How far a live event's timestamp may be from the server clock."""
+        return self._skew
+
     def resolve_country(self, geo_hint: str | None, client_country: str | None) -> str:
         """A valid hint wins; else the IP's country; else ZZ."""
         return geo_hint or client_country or UNKNOWN_COUNTRY
@@ -111,7 +120,7 @@ class PrivacyFilter:
         if isinstance(admitted, FilterResult):
             return admitted
         allowed, moment = admitted
-        return self._keep(event, allowed, self._slot(moment, salt_for), session_key, client_country)
+        return self._keep(event, allowed, self.slot(moment, salt_for), session_key, client_country)
 
     def apply_many(
         self,
@@ -128,14 +137,14 @@ class PrivacyFilter:
         minute and salt are the same: they are worked out once per batch (on
         the first event that gets that far, as `apply` would), not per event.
         """
-        slot: _Slot | None = None
+        slot: Slot | None = None
         outcomes: list[FilteredEvent | Rejection] = []
         dropped = 0
         for i, event in enumerate(events):
             admitted = self._admit(event, now=now, live=True)
             if not isinstance(admitted, FilterResult):
                 if slot is None:
-                    slot = self._slot(now, salt_for)
+                    slot = self.slot(now, salt_for)
                 key = session_keys[i] if session_keys is not None else None
                 admitted = self._keep(event, admitted[0], slot, key, client_country)
             if admitted.event is not None:
@@ -164,10 +173,11 @@ class PrivacyFilter:
             return _reject("timestamp", "timestamp-future", "timestamp is in the future")
         return allowed, event.timestamp.astimezone(UTC)
 
-    def _slot(self, moment: datetime, salt_for: SaltSource) -> _Slot:
+    def slot(self, moment: datetime, salt_for: SaltSource) -> Slot:
+        """Where `moment` falls: its window, hour, minute, and the HMAC keyed with the window's salt."""
         window = window_of(moment, self._window_seconds)
         salt = salt_for(window)
-        return _Slot(
+        return Slot(
             window=window,
             hour=moment.replace(minute=0, second=0, microsecond=0),
             minute=int((moment - window).total_seconds() // 60),
@@ -181,7 +191,7 @@ class PrivacyFilter:
         self,
         event: Event,
         allowed: frozenset[str],
-        slot: _Slot,
+        slot: Slot,
         session_key: bytes | None,
         client_country: str | None,
     ) -> FilterResult:
@@ -214,7 +224,7 @@ class PrivacyFilter:
         return FilterResult(filtered, None, dropped)
 
 
-class _Slot(NamedTuple):
+class Slot(NamedTuple):
     """Where one moment falls: shared by every live event of a batch. Lives for one call only."""
 
     window: datetime

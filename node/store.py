@@ -174,7 +174,7 @@ class Store(Database):
     def commit_events(self, events: Sequence[FilteredEvent]) -> None:
         """Store events and their session state in one transaction; durable on return."""
         if events:
-            self.commit_rows([self.layout.table(events)])
+            self.commit_rows([self.layout.table([self.layout.block(events)])])
 
     def commit_rows(self, tables: Sequence[pa.Table]) -> None:
         """Store filtered rows (Arrow tables of `self.layout`) in one transaction; durable on return."""

@@ -17,7 +17,7 @@ from typing import Protocol, TypeVar
 
 import pyarrow as pa
 
-from node.privacy import FilteredEvent
+from node.rows import RowBlock
 from node.store import Store
 
 log = logging.getLogger("liberation.node.writer")
@@ -31,8 +31,8 @@ class WindowClosed(Exception):
     """The rows' window was exported (or aged out) between the filter and the commit: nothing stored."""
 
 
-Rows = Sequence[FilteredEvent] | pa.Table
-"""What a writer takes: filtered events, or the same as an Arrow table of the store's `RowLayout`."""
+Rows = RowBlock | pa.Table
+"""What a writer takes: a request's filtered rows, or rows a worker handed off as an Arrow table of the store's `RowLayout`."""
 
 
 @dataclass
@@ -121,8 +121,8 @@ class Writer:
                 self._queue.task_done()
 
     def _commit(self, items: list[Rows]) -> None:
-        events = [e for item in items if not isinstance(item, pa.Table) for e in item]
+        blocks = [item for item in items if isinstance(item, RowBlock)]
         tables = [item for item in items if isinstance(item, pa.Table)]
-        if events:
-            tables.insert(0, self._store.layout.table(events))
+        if blocks:
+            tables.insert(0, self._store.layout.table(blocks))
         self._store.commit_rows(tables)

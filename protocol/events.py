@@ -31,8 +31,10 @@ Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN, strict=True)]
 AttributeValue = str | bool | int | float
 """A scalar attribute value; floats must be finite, strings at most 128 characters."""
 
-_PRINTABLE = re.compile(r"^[\x21-\x7e]{8,128}$")
-_SLUG = re.compile(SLUG_PATTERN)  # compiled once: attribute names are checked per event
+SESSION_ID = re.compile(r"[\x21-\x7e]{8,128}")
+"""A session id's shape, for `fullmatch` (`$` would let a trailing newline through)."""
+ATTRIBUTE_NAME = re.compile(SLUG_PATTERN.removeprefix("^").removesuffix("$"))
+"""An attribute name's shape, for `fullmatch`; compiled once, as names are checked per event."""
 
 
 def _require_text(value: Any) -> Any:
@@ -48,9 +50,12 @@ def _check_timestamp(value: datetime) -> datetime:
     return value
 
 
-def _check_geo(value: str | None) -> str | None:
-    # An invalid hint is not an error: the privacy filter falls back to GeoIP.
-    # Only the shape is checked here, so nothing odd is ever carried further.
+def geo_hint_country(value: str | None) -> str | None:
+    """The country a `geo_hint` names, or None.
+
+    An invalid hint is not an error: the privacy filter falls back to GeoIP.
+    Only the shape is checked here, so nothing odd is ever carried further.
+    """
     if value is None:
         return None
     return value.upper() if value.upper() in ISO_COUNTRIES else None
@@ -67,7 +72,7 @@ class Event(BaseModel):
     timestamp: Annotated[
         datetime, BeforeValidator(_require_text), AfterValidator(_check_timestamp)
     ]
-    geo_hint: Annotated[str | None, AfterValidator(_check_geo)] = Field(
+    geo_hint: Annotated[str | None, AfterValidator(geo_hint_country)] = Field(
         default=None, max_length=64
     )
     session_id: Annotated[str, StringConstraints(strict=True)]
@@ -80,7 +85,7 @@ class Event(BaseModel):
         if len(value) > MAX_ATTRIBUTES:
             raise ValueError(f"at most {MAX_ATTRIBUTES} attributes")
         for key, item in value.items():
-            if not isinstance(key, str) or not _SLUG.match(key):
+            if not isinstance(key, str) or not ATTRIBUTE_NAME.fullmatch(key):
                 raise ValueError("attribute names must be slugs ([a-z0-9][a-z0-9_-]{0,63})")
             # bool is checked before int: JSON true must stay a bool, not become 1.
             if isinstance(item, bool) or isinstance(item, int):
@@ -102,7 +107,7 @@ class Event(BaseModel):
     @classmethod
     def _session_shape(cls, value: str) -> str:
         # The message never echoes the value: a session id is never put in an error.
-        if not _PRINTABLE.match(value):
+        if not SESSION_ID.fullmatch(value):
             raise ValueError("session_id must be 8-128 printable ASCII characters")
         return value
 

@@ -1,0 +1,216 @@
+"""The fast path (node/fastfilter.py) against the exact one (pydantic Event, PrivacyFilter.apply_many, RowLayout).
+
+The fast path may give up on any batch (None: the exact path decides), but
+whatever it accepts the exact path accepts too, with the same rows and the
+same count of dropped attributes. Generated batches are mostly near-valid
+events with one or two faults planted, so both outcomes are exercised.
+"""
+
+from __future__ import annotations
+
+import string
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from node.fastfilter import FastFilter
+from node.privacy import FilteredEvent, PrivacyFilter
+from node.rows import RowLayout
+from protocol.catalog import load_catalog
+from protocol.countries import ISO_CODES
+from protocol.events import EVENTS_ADAPTER
+
+CATALOG = load_catalog()
+NOW = datetime(2026, 11, 24, 13, 37, 21, 123456, tzinfo=UTC)
+SALT = bytes(range(32))
+SKEW = timedelta(minutes=10)
+PRIVACY = PrivacyFilter(CATALOG, clock_skew=SKEW)
+LAYOUT = RowLayout(CATALOG)
+FAST = FastFilter(PRIVACY, LAYOUT)
+CHECKS = settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+
+
+def exact(items: list[Any], client_country: str | None = "KE") -> tuple[pa.Table, int] | None:
+    """What the exact path stores of a batch, or None when it refuses any event."""
+    try:
+        events = EVENTS_ADAPTER.validate_python(items)
+    except ValidationError:
+        return None
+    outcomes, dropped = PRIVACY.apply_many(events, now=NOW, salt_for=lambda w: SALT, client_country=client_country)
+    kept = [o for o in outcomes if isinstance(o, FilteredEvent)]
+    if len(kept) != len(outcomes):
+        return None
+    return LAYOUT.table([LAYOUT.block(kept)]), dropped
+
+
+def fast(items: list[Any], client_country: str | None = "KE") -> tuple[pa.Table, int] | None:
+    result = FAST.run(items, now=NOW, salt_for=lambda w: SALT, client_country=lambda: client_country)
+    if result is None:
+        return None
+    block, dropped = result
+    return LAYOUT.table([block]), dropped
+
+
+def agree(items: list[Any], client_country: str | None = "KE") -> bool:
+    """Assert the fast path accepts nothing the exact one refuses, and stores the same; True if it accepted."""
+    got = fast(items, client_country)
+    if got is None:
+        return False
+    want = exact(items, client_country)
+    assert want is not None, f"fast path accepted a batch the exact path refuses: {items!r}"
+    assert got[0].schema.equals(want[0].schema)
+    assert got[0].to_pylist() == want[0].to_pylist()
+    assert got[1] == want[1]
+    return True
+
+
+# ---- generated events ---------------------------------------------------------------------
+
+def mostly(valid: st.SearchStrategy[Any], odd: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """`valid` 24 times in 25: most events stay valid, so both paths get exercised."""
+    return st.integers(0, 24).flatmap(lambda k: valid if k else odd)
+
+
+ODD = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=140) | st.lists(st.integers(), max_size=2)
+
+
+def _value(spec: Any) -> st.SearchStrategy[Any]:
+    if spec.edges is not None:
+        lo, hi = spec.edges[0], spec.edges[-1]
+        return mostly(st.integers(int(lo) - 10, int(hi) * 2 + 10) | st.floats(lo - 10, hi * 2 + 10), ODD)
+    choices = list(spec.labels or spec.values or ())
+    return mostly(st.sampled_from(choices) | st.sampled_from([c.upper() for c in choices]), ODD)
+
+
+def _stamp(offset: float, style: int) -> Any:
+    moment = NOW + timedelta(seconds=offset)
+    if style == 0:
+        return moment.isoformat().replace("+00:00", "Z")
+    if style == 1:
+        return moment.isoformat()
+    if style == 2:
+        return moment.astimezone(timezone(timedelta(hours=5, minutes=30))).isoformat()
+    if style == 3:
+        return moment.astimezone(timezone(timedelta(hours=-8))).isoformat(timespec="milliseconds")
+    if style == 4:
+        return moment.replace(tzinfo=None).isoformat()  # no zone: refused
+    if style == 5:
+        return moment.isoformat(sep=" ").replace("+00:00", "Z")
+    if style == 6:
+        return moment.isoformat().replace("+00:00", "z")
+    if style == 7:
+        return moment.timestamp()  # a number: refused
+    return moment.strftime("%Y%m%dT%H%M%SZ")
+
+
+STAMPS = mostly(
+    st.builds(_stamp, st.floats(-599, 599), st.integers(0, 3)),
+    st.builds(_stamp, st.floats(-900, 900) | st.sampled_from([-600.0, 600.0]), st.integers(0, 8)),
+)
+SESSIONS = mostly(
+    st.text(string.printable[:94], min_size=8, max_size=24),
+    st.text(string.printable, min_size=6, max_size=24)
+    | st.sampled_from(["abcdefgh\n", "short", "x" * 129, "ünïcödé-session"])
+    | ODD,
+)
+GEO = mostly(st.sampled_from(ISO_CODES[:8]) | st.sampled_from(["de", "Fr", "ZZ", "XX", ""]), st.just("a" * 65) | ODD)
+
+
+@st.composite
+def events(draw: st.DrawFn) -> Any:
+    app_name = draw(st.sampled_from(sorted(CATALOG.apps)))
+    app = CATALOG.apps[app_name]
+    attributes: dict[Any, Any] = {}
+    for name in draw(st.lists(st.sampled_from(app.attributes), unique=True)) if app.attributes else []:
+        attributes[name] = draw(_value(CATALOG.attributes[name]))
+    extra_names = mostly(st.sampled_from(sorted(CATALOG.attributes)) | st.just("other_thing"), st.sampled_from(["Bad", "a b", "ok\n", "-x"]))
+    for name in draw(st.lists(extra_names, max_size=2)):
+        attributes.setdefault(name, draw(_value(CATALOG.attributes[name]) if name in CATALOG.attributes else ODD))
+    event: dict[str, Any] = {
+        "app": draw(mostly(st.just(app_name), st.sampled_from(["nope", app_name.upper()]) | ODD)),
+        "action": draw(mostly(st.sampled_from(app.actions), st.just("nope") | ODD)),
+        "attributes": attributes,
+        "timestamp": draw(STAMPS),
+        "session_id": draw(SESSIONS),
+    }
+    if draw(st.booleans()):
+        event["geo_hint"] = draw(GEO)
+    if draw(st.integers(0, 30)) == 0:
+        event["extra"] = 1
+    if draw(st.integers(0, 30)) == 0:
+        del event[draw(st.sampled_from(sorted(event)))]
+    if draw(st.integers(0, 30)) == 0:
+        event["attributes"] = draw(ODD | st.dictionaries(st.text(max_size=4), ODD, min_size=33, max_size=34))
+    return event
+
+
+@CHECKS
+@given(st.lists(events(), min_size=1, max_size=3), st.sampled_from(["KE", None]))
+def test_generated_batches_agree_with_the_exact_path(items: list[Any], client_country: str | None) -> None:
+    agree(items, client_country)
+
+
+VALID = {
+    "app": "runway-calculator",
+    "action": "calculate",
+    "attributes": {"runway_months": 7.5, "savings_band": "5k-10k", "monthly_expenses": 2100, "industry": "farming"},
+    "timestamp": "2026-11-24T13:35:00Z",
+    "session_id": "tab-4f1c9a2e",
+}
+
+
+def test_plain_valid_batches_take_the_fast_path() -> None:
+    """The common case must be fast: a checker that always gave up would pass everything else here."""
+    batch = [dict(VALID, session_id=f"tab-{i:08d}", geo_hint=["DE", "br", None][i % 3]) for i in range(300)]
+    batch += [{"app": "cognitive-debt-assessment", "action": "start", "timestamp": "2026-11-24T13:40:00.5+02:00".replace("13:40", "15:40"),
+               "session_id": "another-session", "attributes": {"debt_level": "high", "undeclared": True}}]
+    assert agree(batch)
+    rows, dropped = fast(batch)  # type: ignore[misc]
+    assert rows.num_rows == 301 and dropped == 1
+    assert set(rows.column("country").to_pylist()) == {"DE", "BR", "KE"}
+
+
+def test_client_country_is_looked_up_once_and_only_when_needed() -> None:
+    calls: list[int] = []
+
+    def lookup() -> str:
+        calls.append(1)
+        return "KE"
+
+    hinted = [dict(VALID, geo_hint="DE", session_id=f"tab-{i:08d}") for i in range(5)]
+    assert FAST.run(hinted, now=NOW, salt_for=lambda w: SALT, client_country=lookup) is not None
+    assert calls == []
+    assert FAST.run(hinted + [VALID, VALID], now=NOW, salt_for=lambda w: SALT, client_country=lookup) is not None
+    assert calls == [1]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"session_id": "abcdefgh\n"},  # `$` would have let the newline through
+        {"timestamp": "2026-11-24T13:35:00"},  # no zone
+        {"timestamp": "2026-11-24T13:20:00Z"},  # past the skew
+        {"timestamp": "２０２６-11-24T13:35:00Z"},  # non-ASCII digits
+        {"attributes": {"industry\n": "tech"}},
+        {"attributes": {"runway_months": float("nan")}},
+        {"attributes": {"industry": "x" * 129}},
+        {"geo_hint": "a" * 65},
+        {"app": "unknown-tool"},
+        {"action": "reveal"},
+        {"extra": 1},
+    ],
+)
+def test_faults_leave_the_batch_to_the_exact_path(change: dict[str, Any]) -> None:
+    batch = [VALID, dict(VALID, **change)]
+    assert fast(batch) is None
+    assert exact(batch) is None
+
+
+def test_a_closed_window_or_an_empty_batch_is_left_to_the_exact_path() -> None:
+    assert FAST.run([VALID], now=NOW, salt_for=lambda w: None, client_country=lambda: None) is None
+    assert FAST.run([], now=NOW, salt_for=lambda w: SALT, client_country=lambda: None) is None
