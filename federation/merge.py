@@ -167,6 +167,14 @@ def sd(cs: CellSum) -> float:
     return math.sqrt(cs.variance)
 
 
+def _share(variance: float, m: int) -> float:
+    """variance / m, rounded up so that m times it is never below `variance` (the bound a parent relies on)."""
+    share = variance / m
+    while share * m < variance:  # the division rounded down (or underflowed): one ulp up, once or twice
+        share = math.nextafter(share, math.inf)
+    return share
+
+
 def to_snapshot(
     catalog: Catalog,
     table: ReadTable,
@@ -208,7 +216,7 @@ def to_snapshot(
         last = catalog.shape(metric)[-1]
         published = Counter(index // last for index, _ in cells)
         per_value = [cs.variance for _, cs in cells]
-        per_value += [cs.variance / max(1, last - published[prefix]) for prefix, cs in others]
+        per_value += [_share(cs.variance, max(1, last - published[prefix])) for prefix, cs in others]
         metrics[metric.name] = MetricCells(
             epsilon=float(epsilon[metric.name]),
             scale=float(scale[metric.name]),
