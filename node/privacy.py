@@ -45,6 +45,35 @@ def session_hash(salt: bytes, session_key: bytes) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+class SessionHasher:
+    """`session_hash` under one salt, keyed once: HMAC-SHA256 (RFC 2104) from hashlib's SHA-256 states.
+
+    HMAC(K, m) = H((K ^ opad) || H((K ^ ipad) || m)); the two keyed states are
+    hashed once, and each session key costs two state copies. That is about
+    twice as fast as copying an `hmac.HMAC` (whose Python wrapper dominates
+    at a few dozen bytes), with the same digest (tests/test_privacy_filter.py).
+    `prefix` goes before every key (the window start, for windows shorter than a day).
+    """
+
+    __slots__ = ("inner", "outer", "prefix")
+
+    def __init__(self, salt: bytes, prefix: bytes = b"") -> None:
+        block = (salt if len(salt) <= _SHA256_BLOCK else hashlib.sha256(salt).digest()).ljust(_SHA256_BLOCK, b"\0")
+        self.inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        self.outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+        self.prefix = prefix
+
+    def __call__(self, session_key: bytes) -> int:
+        inner = self.inner.copy()
+        inner.update(self.prefix + session_key)
+        outer = self.outer.copy()
+        outer.update(inner.digest())
+        return int.from_bytes(outer.digest()[:8], "big", signed=True)
+
+
+_SHA256_BLOCK = 64
+
+
 @dataclass(frozen=True, slots=True)
 class FilteredEvent:
     """What the store may keep of one event: no raw id, no exact time, declared values only."""
@@ -181,10 +210,11 @@ class PrivacyFilter:
             window=window,
             hour=moment.replace(minute=0, second=0, microsecond=0),
             minute=int((moment - window).total_seconds() // 60),
-            mac=None if salt is None else hmac.new(salt, digestmod=hashlib.sha256),
             # Shorter windows: a session is cut at window boundaries, so that it
             # belongs to exactly one window (the day's cap bounds its total loss).
-            key_prefix=b"" if self._window_seconds == 86_400 else int(window.timestamp()).to_bytes(8, "big"),
+            hasher=None if salt is None else SessionHasher(
+                salt, b"" if self._window_seconds == 86_400 else int(window.timestamp()).to_bytes(8, "big")
+            ),
         )
 
     def _keep(
@@ -195,7 +225,7 @@ class PrivacyFilter:
         session_key: bytes | None,
         client_country: str | None,
     ) -> FilterResult:
-        if slot.mac is None:
+        if slot.hasher is None:
             return FilterResult(None, WINDOW_CLOSED, 0)
         kept: dict[str, str] = {}
         dropped = 0
@@ -207,15 +237,11 @@ class PrivacyFilter:
             else:
                 kept[name] = label
         key = session_key if session_key is not None else event.session_id.encode()
-        # = session_hash(slot.salt, key_prefix + key): the keyed HMAC state is
-        # copied per event rather than rebuilt from the salt.
-        mac = slot.mac.copy()
-        mac.update(slot.key_prefix + key)
         filtered = FilteredEvent(
             window=slot.window,
             hour=slot.hour,
             minute=slot.minute,
-            session=int.from_bytes(mac.digest()[:8], "big", signed=True),
+            session=slot.hasher(key),
             app=event.app,
             action=event.action,
             country=self.resolve_country(event.geo_hint, client_country),
@@ -230,8 +256,7 @@ class Slot(NamedTuple):
     window: datetime
     hour: datetime
     minute: int
-    mac: hmac.HMAC | None  # keyed with the window's salt; None when the window is closed
-    key_prefix: bytes
+    hasher: SessionHasher | None  # keyed with the window's salt; None when the window is closed
 
 
 def _reject(field: str, reason: str, message: str) -> FilterResult:

@@ -183,13 +183,15 @@ class Store(Database):
             return
         with self._lock:
             first = self._next_seq
-            table = rows.append_column("seq", pa.array(range(first, first + rows.num_rows), pa.int64()))
+            # Scanned by name: DuckDB's replacement scan finds this local Arrow table
+            # (cheaper than register/unregister, about 0.5 ms of a 4-5 ms small commit).
+            incoming_rows = rows.append_column("seq", pa.array(range(first, first + rows.num_rows), pa.int64()))
             columns = ", ".join(
                 ["seq", "window_start", "hour", "session", "app", "action", "country"]
                 + [attribute_column(a) for a in self._attrs]
             )
-            script = ["BEGIN", f"INSERT INTO events ({columns}) SELECT {columns} FROM incoming"]
-            for window in sorted(pc.unique(table.column("window_start")).to_pylist()):
+            script = ["BEGIN", f"INSERT INTO events ({columns}) SELECT {columns} FROM incoming_rows"]
+            for window in sorted(pc.unique(incoming_rows.column("window_start")).to_pylist()):
                 name = session_log_table(window)
                 script.append(
                     f"""
@@ -202,11 +204,10 @@ class Store(Database):
                     """
                 )
                 script.append(
-                    f"INSERT INTO {name} SELECT session, app, seq, minute FROM incoming WHERE window_start = {int(window)}"
+                    f"INSERT INTO {name} SELECT session, app, seq, minute FROM incoming_rows WHERE window_start = {int(window)}"
                 )
             script.append("COMMIT")
             con = cast(duckdb.DuckDBPyConnection, self._con)
-            con.register("incoming", table)
             try:
                 # One call for the whole transaction: under load the event loop
                 # holds the GIL, and each DuckDB call from this writer thread
@@ -217,8 +218,6 @@ class Store(Database):
                 with contextlib.suppress(duckdb.Error):  # the failed statement may have ended it
                     con.execute("ROLLBACK")
                 raise
-            finally:
-                con.unregister("incoming")
             self._next_seq = first + rows.num_rows
 
     def fold_sessions(self) -> int:

@@ -6,9 +6,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from node.geo import client_ip, parse_networks
-from node.privacy import PrivacyFilter, session_hash, window_of
+from node.privacy import PrivacyFilter, SessionHasher, session_hash, window_of
 from protocol.catalog import load_catalog
 from protocol.events import Event
 
@@ -109,6 +111,13 @@ def test_geography_prefers_a_valid_hint(privacy: PrivacyFilter) -> None:
     assert bad_hint.event is not None and bad_hint.event.country == "DE"
     unknown = privacy.apply(event(), now=NOW, salt_for=salt_for)
     assert unknown.event is not None and unknown.event.country == "ZZ"
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.binary(min_size=1, max_size=130), st.binary(max_size=8), st.binary(max_size=140))
+def test_the_keyed_hasher_is_hmac_sha256(salt: bytes, prefix: bytes, key: bytes) -> None:
+    """The fast keyed states give exactly `session_hash` (hmac.new), short salts, block-sized and long ones alike."""
+    assert SessionHasher(salt, prefix)(key) == session_hash(salt, prefix + key)
 
 
 def test_session_hash_depends_on_the_daily_salt(privacy: PrivacyFilter) -> None:
