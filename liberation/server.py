@@ -44,12 +44,12 @@ def _server_logger(name: str) -> logging.Logger:
     return logger
 
 
-def make_runner(app: web.Application, name: str) -> web.AppRunner:
-    """An AppRunner with the address-free access log and the timeouts above."""
+def make_runner(app: web.Application, name: str, *, access_log: bool = True) -> web.AppRunner:
+    """An AppRunner with the address-free access log (or none) and the timeouts above."""
     return web.AppRunner(
         app,
         access_log_class=RouteAccessLogger,
-        access_log=logging.getLogger(f"liberation.{name}.access"),
+        access_log=logging.getLogger(f"liberation.{name}.access") if access_log else None,
         logger=_server_logger(name),
         handle_signals=False,
         keepalive_timeout=KEEPALIVE_TIMEOUT_SECONDS,

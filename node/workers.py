@@ -119,7 +119,9 @@ def hold_port(host: str, port: int) -> socket.socket:
 
 
 async def _serve_with_workers(settings: NodeSettings) -> None:
-    runner = make_runner(create_app(settings, handoff=True), "node")
+    # No access log here: every request on the socket came through a worker, which logged
+    # it (public routes it proxied) or is plumbing (handoffs, salts, counts: hundreds a second).
+    runner = make_runner(create_app(settings, handoff=True), "node", access_log=False)
     await runner.setup()  # the node is open: DuckDB, salts, writer
     path = socket_path(settings)
     path.unlink(missing_ok=True)  # left by a main that was killed
