@@ -214,3 +214,10 @@ def test_faults_leave_the_batch_to_the_exact_path(change: dict[str, Any]) -> Non
 def test_a_closed_window_or_an_empty_batch_is_left_to_the_exact_path() -> None:
     assert FAST.run([VALID], now=NOW, salt_for=lambda w: None, client_country=lambda: None) is None
     assert FAST.run([], now=NOW, salt_for=lambda w: SALT, client_country=lambda: None) is None
+
+
+def test_forms_only_the_exact_path_parses_are_left_to_it() -> None:
+    """A space for the `T` is RFC 3339 to pydantic, not to the fast path: the exact path takes such a batch."""
+    batch = [dict(VALID, timestamp="2026-11-24 13:35:00Z")]
+    assert fast(batch) is None
+    assert exact(batch) is not None

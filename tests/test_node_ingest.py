@@ -253,3 +253,26 @@ async def test_operations_endpoints(node: RunningNode) -> None:
             assert resp.status == 200 and summary["windows"] == []
         async with session.get(node.url + "/js/liberation.js") as resp:
             assert resp.status == 200 and resp.content_type == "application/javascript"
+
+
+async def test_the_fast_and_the_exact_path_store_the_same_rows(node: RunningNode) -> None:
+    """One batch three ways: JSON and msgpack (fast path), and with timestamps only the exact path parses."""
+    now = datetime.now(UTC)
+    batch = [
+        make_event(i, geo_hint=["DE", "br", None, "XX"][i % 4], attributes={
+            "runway_months": [0.5, 7, 100, "many"][i % 4], "savings_band": ["<1k", "lots", "100k+", "5k-10k"][i % 4],
+            "monthly_expenses": 2500 + i, "industry": ["tech", "farming", "retail", True][i % 4], "undeclared": i,
+        }, timestamp=now.isoformat())
+        for i in range(40)
+    ]
+    spaced = [dict(e, timestamp=now.isoformat(sep=" ")) for e in batch]
+    answers = [
+        await post(node, batch),
+        await post(node, None, raw=msgpack.packb(batch), content_type="application/msgpack"),
+        await post(node, spaced),
+    ]
+    assert [(status, body) for status, body, _ in answers] == [(202, {"accepted": 40, "dropped_attributes": 70})] * 3
+    stored = rows(node, "SELECT * EXCLUDE (seq) FROM events ORDER BY seq")
+    assert len(stored) == 120
+    assert stored[:40] == stored[40:80] == stored[80:]
+    assert {r[5] for r in stored} == {"DE", "BR", "ZZ"}  # hint, lower-case hint, no hint, invalid hint
