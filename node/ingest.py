@@ -18,11 +18,11 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from node.fastfilter import FastFilter
-from node.rows import RowBlock, RowLayout
 from node.geo import GeoLocator, IPAddress, client_ip, parse_networks
 from node.metrics import NodeMetrics
 from node.privacy import WINDOW_CLOSED, FilteredEvent, PrivacyFilter, Rejection, SaltSource
 from node.ratelimit import RateLimiter
+from node.rows import RowBlock, RowLayout
 from node.settings import NodeSettings
 from node.writer import StorageUnavailable, WindowClosed
 from protocol.errors import (
