@@ -59,8 +59,8 @@ class SessionHasher:
 
     def __init__(self, salt: bytes, prefix: bytes = b"") -> None:
         block = (salt if len(salt) <= _SHA256_BLOCK else hashlib.sha256(salt).digest()).ljust(_SHA256_BLOCK, b"\0")
-        self.inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
-        self.outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+        self.inner = hashlib.sha256(block.translate(_IPAD))
+        self.outer = hashlib.sha256(block.translate(_OPAD))
         self.prefix = prefix
 
     def __call__(self, session_key: bytes) -> int:
@@ -72,6 +72,8 @@ class SessionHasher:
 
 
 _SHA256_BLOCK = 64
+_IPAD = bytes(b ^ 0x36 for b in range(256))  # byte -> byte ^ ipad, for bytes.translate
+_OPAD = bytes(b ^ 0x5C for b in range(256))
 
 
 @dataclass(frozen=True, slots=True)
