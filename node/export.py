@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from node.aggregate import true_tables
 from node.dp import NoiseSampler, laplace_variance, opendp_laplace, privacy_loss, threshold_and_fold
 from node.salts import SaltKeeper
-from node.store import Store, session_log_table, session_table
+from node.store import Store
 from protocol.catalog import Catalog
 from protocol.errors import LiberationError
 from protocol.keys import SigningKey
@@ -233,8 +233,7 @@ class Publisher:
             )
             tx.execute("INSERT INTO outbox VALUES (?, ?, 'pending', 0, 0, NULL, NULL)", [seq, window_start])
             # The per-session minutes and app order live only until export.
-            tx.execute(f"DROP TABLE IF EXISTS {session_table(window_start)}")
-            tx.execute(f"DROP TABLE IF EXISTS {session_log_table(window_start)}")
+            self.store.drop_session_state(tx, window_start)
         self.exported.add(window_start)
         self.destroy_exported_salts()
         return envelope

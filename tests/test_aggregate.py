@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -166,3 +168,20 @@ def rows(store: Store, table: str) -> int:
 
 def tables(store: Store) -> set[str]:
     return {name for (name,) in store.cursor().execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+
+
+def test_commits_recreate_a_session_log_dropped_behind_the_stores_back(tmp_path: Path) -> None:
+    """Commits skip the log table's CREATE once they made it; a table dropped elsewhere is made again, nothing lost."""
+    store = Store(tmp_path / "node.duckdb", CATALOG)
+    store.commit_events(filtered(CATALOG, [ev("a", "runway-calculator", "start", 5)]))
+    with store.transaction() as tx:
+        tx.execute(f"DROP TABLE {session_log_table(W)}")
+    store.commit_events(filtered(CATALOG, [ev("b", "runway-calculator", "start", 6)]))
+    assert rows(store, session_log_table(W)) == 1
+    assert rows(store, "events") == 2
+    # Rows of two windows in one commit: each window's log gets its own rows only.
+    two = filtered(CATALOG, [ev("c", "runway-calculator", "start", 7)])
+    later = [replace(two[0], window=two[0].window + timedelta(days=1), hour=two[0].hour + timedelta(days=1))]
+    store.commit_events(two + later)
+    assert rows(store, session_log_table(W)) == 2
+    assert rows(store, session_log_table(W + 86_400)) == 1
