@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import os
 import re
 import secrets
@@ -49,8 +50,9 @@ WARMUP_SECONDS = 1.0
 ROUNDS = 2
 BATCH_CONNECTIONS = (16, 32, 64)
 BARE_CONNECTIONS = (16, 64)
-SINGLE_CONNECTIONS = (64, 256)  # the node group-commits: more connections, bigger commits
-PACED_CONNECTIONS = 64  # enough idle connections for the schedule at half the max rate
+SINGLE_CONNECTIONS = (64, 256, 1024)  # the node group-commits: more connections, bigger commits
+PACED_CONNECTIONS = 64  # enough idle connections for the batch schedule at half the max rate
+PACED_SINGLE_CONNECTIONS = 256  # single events at half the max: thousands a second, each waiting tens of ms
 DUCKDB_ROWS_PER_COMMIT = 1_000
 DUCKDB_SECONDS = 2.0
 
@@ -362,9 +364,11 @@ def main() -> None:
             # Rounds interleave baseline and node runs, so a burst of outside load
             # does not land on one side only; each figure is the best of its runs.
             for round_no in range(ROUNDS):
-                for c_bare, c_node in zip(BARE_CONNECTIONS, SINGLE_CONNECTIONS, strict=True):
-                    runs["bare"].append(measure(*bare, singles, connections=c_bare))
-                    runs["node1"].append(measure(*node, singles, connections=c_node))
+                for c_bare, c_node in itertools.zip_longest(BARE_CONNECTIONS, SINGLE_CONNECTIONS):
+                    if c_bare is not None:
+                        runs["bare"].append(measure(*bare, singles, connections=c_bare))
+                    if c_node is not None:
+                        runs["node1"].append(measure(*node, singles, connections=c_node))
                 for c in BATCH_CONNECTIONS:
                     runs["validate"].append(measure(*validate, batches, connections=c))
                     runs["node"].append(measure(*node, batches, connections=c))
@@ -375,7 +379,7 @@ def main() -> None:
                       + "; ".join(_fmt_run(m) for m in runs["node1"][-len(SINGLE_CONNECTIONS):]))
             node_batch, node_single = best(runs["node"]), best(runs["node1"])
             half_batch = measure(*node, batches, connections=PACED_CONNECTIONS, rate=node_batch.load.rps / 2)
-            half_single = measure(*node, singles, connections=PACED_CONNECTIONS, rate=node_single.load.rps / 2)
+            half_single = measure(*node, singles, connections=PACED_SINGLE_CONNECTIONS, rate=node_single.load.rps / 2)
             measured = [*runs["node"], *runs["node1"], half_batch, half_single]
             errors = sum(m.load.errors for m in measured)
             acked = sum(m.load.requests - m.load.errors for m in (*runs["node"], half_batch)) * BATCH + sum(
