@@ -87,8 +87,7 @@ class FastFilter:
             return None
         skew = self._privacy.clock_skew
         apps = self._apps
-        # The session hash inlined (SessionHasher.__call__): it is a third of this loop.
-        inner_state, outer_state, prefix = slot.hasher.inner.copy, slot.hasher.outer.copy, slot.hasher.prefix
+        session_hash = slot.hasher
         sessions: list[int] = []
         app_column: list[str] = []
         action_column: list[str] = []
@@ -161,11 +160,7 @@ class FastFilter:
                 else:
                     label = value if value in allowed else OTHER
                 attribute_columns[column][row] = label
-            inner = inner_state()
-            inner.update(prefix + session_id.encode())
-            outer = outer_state()
-            outer.update(inner.digest())
-            sessions.append(int.from_bytes(outer.digest()[:8], "big", signed=True))
+            sessions.append(session_hash(session_id.encode()))
             app_column.append(app)
             action_column.append(action)
             country_column.append(geo or "")

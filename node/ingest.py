@@ -7,13 +7,13 @@ submitted value.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import msgpack
-import pydantic_core
 from aiohttp import web
 from pydantic import ValidationError
 
@@ -33,6 +33,7 @@ from protocol.errors import (
     Unprocessable,
     UnsupportedMediaType,
 )
+from protocol import jsontext
 from protocol.events import EVENTS_ADAPTER, MAX_BATCH, Event
 
 JSON_TYPES = frozenset({"", "application/json", "text/plain", "application/octet-stream"})
@@ -115,12 +116,9 @@ def decode_body(body: bytes, content_type: str) -> Any:
     except UnicodeDecodeError:
         raise BadRequest("body is not UTF-8", slug="malformed-body") from None
     try:
-        # pydantic-core's parser: a third faster than `json.loads` on event batches, the same
-        # values (NaN and big integers included), nesting capped at 200, and its messages
-        # give a position, never the input.
-        return pydantic_core.from_json(text)
-    except ValueError as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}", slug="malformed-body") from None
+        return jsontext.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})", slug="malformed-body") from None
 
 
 def _items(data: Any) -> tuple[list[Any], bool]:

@@ -10,9 +10,9 @@ otherwise pay for 17 arrays, and the commit would scan hundreds of chunks).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from itertools import chain
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import chain
 from typing import Any, TypeVar
 
 import pyarrow as pa
@@ -87,22 +87,16 @@ class RowLayout:
 
     def table(self, blocks: Sequence[RowBlock]) -> pa.Table:
         """Blocks -> one Arrow table of this layout (one chunk per column)."""
-        if len(blocks) == 1:
-            only = blocks[0]
-            fixed: list[list[Any]] = [only.window, only.hour, only.session, only.app, only.action, only.country, only.minute]
-            attributes = only.attributes
-        else:
-            fixed = [
-                _joined(b.window for b in blocks),
-                _joined(b.hour for b in blocks),
-                _joined(b.session for b in blocks),
-                _joined(b.app for b in blocks),
-                _joined(b.action for b in blocks),
-                _joined(b.country for b in blocks),
-                _joined(b.minute for b in blocks),
-            ]
-            attributes = [_joined(b.attributes[i] for b in blocks) for i in range(len(self.attributes))]
-        arrays = [pa.array(values, field.type) for values, field in zip(fixed + attributes, self.schema)]
+        columns: list[list[Any]] = [
+            _joined(b.window for b in blocks),
+            _joined(b.hour for b in blocks),
+            _joined(b.session for b in blocks),
+            _joined(b.app for b in blocks),
+            _joined(b.action for b in blocks),
+            _joined(b.country for b in blocks),
+            _joined(b.minute for b in blocks),
+        ] + [_joined(b.attributes[i] for b in blocks) for i in range(len(self.attributes))]
+        arrays = [pa.array(values, field.type) for values, field in zip(columns, self.schema)]
         return pa.Table.from_arrays(arrays, schema=self.schema)
 
 
