@@ -97,7 +97,9 @@ class Node:
 
     def export_due(self) -> list[int]:
         """Fold session rows; export every closed window not yet exported; then salts and retention."""
-        # First the session rows logged since the last pass become per-session state.
+        # Every staged row moves to the store, then the session rows logged since
+        # the last pass become per-session state.
+        self.store.drain()
         self.store.fold_sessions()
         done = []
         for window in self.publisher.due_windows():

@@ -1,9 +1,11 @@
 """The one writer: an asyncio task that owns DuckDB writes and group-commits concurrent requests.
 
-Handlers `await writer.submit(events)`; the task drains whatever is queued
-(up to `max_rows`), commits it in one transaction in a worker thread, then
-resolves every waiting request. A request is answered only after its commit
-returned: acked means durable.
+Handlers `await writer.submit(events)`; the task takes whatever is queued
+(up to `max_rows`), commits it in one transaction to the store's active stage
+in a worker thread, then resolves every waiting request. A request is
+answered only after its commit returned: acked means durable. Once a stage
+holds `drain_rows`, a background drain moves it into the store's tables, so
+that work (and DuckDB's checkpoints) never delays an ack.
 """
 
 from __future__ import annotations
@@ -68,13 +70,18 @@ class Writer:
         store: Store,
         *,
         max_rows: int = 50_000,
+        drain_rows: int = 32_768,
         observe: Callable[[int, float], None] | None = None,
     ) -> None:
         self._store = store
         self._max_rows = max_rows
+        # A stage's WAL must stay under DuckDB's 16 MB checkpoint threshold (about
+        # 170 bytes a row), or a checkpoint lands back on the ack path.
+        self._drain_rows = drain_rows
         self._observe = observe
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._draining: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="duckdb-writer")
@@ -90,6 +97,8 @@ class Writer:
         except asyncio.CancelledError:
             pass
         self._task = None
+        if self._draining is not None:
+            await self._draining
 
     async def submit(self, events: Rows) -> None:
         """Return once `events` are committed; raise StorageUnavailable if they were not."""
@@ -119,10 +128,18 @@ class Writer:
                     else:
                         item.done.set_exception(error)
                 self._queue.task_done()
+            if self._store.staged_rows >= self._drain_rows and (self._draining is None or self._draining.done()):
+                self._draining = asyncio.create_task(self._drain(), name="duckdb-drain")
+
+    async def _drain(self) -> None:
+        try:
+            await asyncio.to_thread(self._store.drain)
+        except Exception as exc:  # noqa: BLE001 - the rows stay staged and durable; the next drain retries
+            log.error("drain failed: %s", type(exc).__name__)
 
     def _commit(self, items: list[Rows]) -> None:
         blocks = [item for item in items if isinstance(item, RowBlock)]
         tables = [item for item in items if isinstance(item, pa.Table)]
         if blocks:
             tables.insert(0, self._store.layout.table(blocks))
-        self._store.commit_rows(tables)
+        self._store.stage_rows(tables)

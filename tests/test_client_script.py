@@ -121,9 +121,11 @@ async def eventually(check: Callable[[], bool], what: str, timeout: float = WAIT
 async def wait_rows(store: Store, n: int) -> None:
     await eventually(lambda: store.row_count() >= n, f"{n} stored event(s)")
     assert store.row_count() == n
+    store.drain()  # acked rows wait in a stage until drained
 
 
 def distinct_sessions(store: Store) -> int:
+    store.drain()  # acked rows wait in a stage until drained
     row = store.cursor().execute("SELECT count(DISTINCT session) FROM events").fetchone()
     assert row is not None
     return int(row[0])

@@ -188,7 +188,7 @@ async def test_exported_window_refuses_events_despite_a_cached_salt(tmp_path: Pa
         async with http.post(url + "/v1/events?partial=1", json=[event("after-export-3"), event("unknown-app-01", app="nope")]) as resp:
             assert resp.status == 422
             partial = await resp.json()
-        rows = node.store.cursor().execute("SELECT count(*) FROM events").fetchall()[0][0]
+        rows = node.store.row_count()
     assert problem["type"].endswith("/window-closed")
     assert [(e["index"], e["field"], e["reason"]) for e in problem["errors"]] == [(0, "timestamp", "window-closed"), (1, "timestamp", "window-closed")]
     assert partial["type"].endswith("/nothing-accepted")

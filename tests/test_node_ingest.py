@@ -36,6 +36,7 @@ def make_event(i: int = 0, **changes: Any) -> dict[str, Any]:
 
 
 def rows(running: RunningNode, sql: str = "SELECT count(*) FROM events") -> Any:
+    running.node.store.drain()  # acked rows wait in a stage until drained
     return running.node.store.cursor().execute(sql).fetchall()
 
 

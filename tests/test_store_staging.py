@@ -1,0 +1,111 @@
+"""The node store's staging: acks wait on a stage commit; drains move rows into `events` exactly once."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from node.privacy import FilteredEvent
+from node.store import Store, session_log_table, stage_path
+from protocol.catalog import load_catalog
+from protocol.storage import Database
+
+WINDOW = datetime(2026, 11, 23, tzinfo=UTC)
+W = int(WINDOW.timestamp())
+
+
+def staged(store: Store, sessions: range) -> None:
+    """Commit one event per session to the active stage, as the writer does."""
+    events = [FilteredEvent(WINDOW, WINDOW, i % 60, i, "runway-calculator", "start", "DE", {}) for i in sessions]
+    store.stage_rows([store.layout.table([store.layout.block(events)])])
+
+
+def stored(store: Store) -> list[tuple[int, int]]:
+    return store.cursor().execute("SELECT seq, session FROM events ORDER BY seq").fetchall()
+
+
+def test_staged_rows_reach_events_and_the_session_log_on_drain(tmp_path: Path) -> None:
+    store = Store(tmp_path / "node.duckdb", load_catalog())
+    try:
+        staged(store, range(0, 5))
+        staged(store, range(5, 8))
+        assert stored(store) == []  # acked (durable in the stage), not moved yet
+        assert store.row_count() == 8 and store.staged_rows == 8
+        assert store.drain() == 8
+        assert stored(store) == [(i + 1, i) for i in range(8)]
+        log = store.cursor().execute(f"SELECT count(*) FROM {session_log_table(W)}").fetchall()
+        assert log == [(8,)]
+        assert store.staged_rows == 0 and store.drain() == 0
+        for index in range(2):  # drained stages are emptied
+            count = store.cursor().execute(f"SELECT count(*) FROM liberation_stage_{index}.staged").fetchall()
+            assert count == [(0,)]
+    finally:
+        store.close()
+    assert stage_path(tmp_path / "node.duckdb", 0).exists()
+
+
+def test_a_crash_between_the_move_and_clearing_the_stage_moves_nothing_twice(tmp_path: Path) -> None:
+    path = tmp_path / "node.duckdb"
+    store = Store(path, load_catalog())
+    staged(store, range(0, 50))
+    store._move(list(store._stages))  # the move committed ...
+    store._writer.close()
+    store._drainer.close()
+    Database.close(store)  # ... and the process died before the stage was cleared
+    reopened = Store(path, load_catalog())
+    try:
+        rows = stored(reopened)
+        assert rows == [(i + 1, i) for i in range(50)]  # each row once
+        staged(reopened, range(50, 52))
+        reopened.drain()
+        assert [seq for seq, _ in stored(reopened)] == list(range(1, 53))  # numbering goes on
+    finally:
+        reopened.close()
+
+
+def test_rows_staged_at_a_crash_move_at_the_next_open(tmp_path: Path) -> None:
+    path = tmp_path / "node.duckdb"
+    store = Store(path, load_catalog())
+    staged(store, range(0, 30))
+    store._writer.close()
+    store._drainer.close()
+    Database.close(store)  # killed with every row still staged
+    reopened = Store(path, load_catalog())
+    try:
+        assert stored(reopened) == [(i + 1, i) for i in range(30)]
+        assert reopened.staged_rows == 0
+    finally:
+        reopened.close()
+
+
+def test_a_failed_drain_keeps_rows_staged_and_the_next_drain_moves_them_first(tmp_path: Path) -> None:
+    store = Store(tmp_path / "node.duckdb", load_catalog())
+    try:
+        # A view where the window's session log belongs: the move's insert fails.
+        store.cursor().execute(f"CREATE VIEW {session_log_table(W)} AS SELECT 1 AS x")
+        staged(store, range(0, 10))
+        with pytest.raises(duckdb.Error):
+            store.drain()
+        assert stored(store) == [] and store.staged_rows == 10
+        staged(store, range(10, 15))  # the writer goes on, into the other stage
+        assert store.staged_rows == 15
+        store.cursor().execute(f"DROP VIEW {session_log_table(W)}")
+        assert store.drain() == 15
+        assert stored(store) == [(i + 1, i) for i in range(15)]
+    finally:
+        store.close()
+
+
+def test_close_drains_so_the_store_file_stands_alone(tmp_path: Path) -> None:
+    path = tmp_path / "node.duckdb"
+    store = Store(path, load_catalog())
+    staged(store, range(0, 7))
+    store.close()
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        assert con.execute("SELECT count(*) FROM events").fetchall() == [(7,)]
+    finally:
+        con.close()
