@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -66,6 +67,8 @@ class Node:
     outbox: Outbox
     clock: Clock
     views: ViewService = field(init=False)
+    # Export passes never overlap (the periodic task, and a call from a test or tool).
+    _exporting: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         # The data version of the views cache: one more exported window, new data.
@@ -97,26 +100,27 @@ class Node:
 
     def export_due(self) -> list[int]:
         """Fold session rows; export every closed window not yet exported; then salts and retention."""
-        # Every staged row moves to the store, then the session rows logged since
-        # the last pass become per-session state.
-        self.store.drain()
-        self.store.fold_sessions()
-        done = []
-        for window in self.publisher.due_windows():
-            try:
-                self.publisher.export(window)
-            except BudgetExceeded as exc:
-                self.metrics.exports_refused.labels("budget").inc()
-                log.error("export refused: %s", exc)
-                break
-            self.metrics.snapshots_exported.inc()
-            done.append(window)
-        self.publisher.destroy_exported_salts()
-        self.publisher.apply_retention(int(self.retention.total_seconds()))
-        # Here, between exports (the only big queries): ingest's cached table blocks are dropped
-        # so the node's memory stays flat instead of growing toward memory_limit.
-        self.store.trim_cache()
-        return done
+        with self._exporting:
+            # Every staged row moves to the store, then the session rows logged since
+            # the last pass become per-session state.
+            self.store.drain()
+            self.store.fold_sessions()
+            done = []
+            for window in self.publisher.due_windows():
+                try:
+                    self.publisher.export(window)
+                except BudgetExceeded as exc:
+                    self.metrics.exports_refused.labels("budget").inc()
+                    log.error("export refused: %s", exc)
+                    break
+                self.metrics.snapshots_exported.inc()
+                done.append(window)
+            self.publisher.destroy_exported_salts()
+            self.publisher.apply_retention(int(self.retention.total_seconds()))
+            # Here, between exports (the only big queries): ingest's cached table blocks are dropped
+            # so the node's memory stays flat instead of growing toward memory_limit.
+            self.store.trim_cache()
+            return done
 
 
 NODE = web.AppKey("node", Node)
