@@ -10,7 +10,7 @@ import traceback
 
 from aiohttp import web
 
-from protocol.logs import RouteAccessLogger
+from protocol.logs import AccessTally
 
 log = logging.getLogger("liberation.server")
 
@@ -45,11 +45,18 @@ def _server_logger(name: str) -> logging.Logger:
 
 
 def make_runner(app: web.Application, name: str, *, access_log: bool = True) -> web.AppRunner:
-    """An AppRunner with the address-free access log (or none) and the timeouts above."""
+    """An AppRunner with the address-free access tally (or none) and the timeouts above."""
+    tally = AccessTally(logging.getLogger(f"liberation.{name}.access")) if access_log else None
+    if tally is not None:
+
+        async def flush_tally(_app: web.Application) -> None:
+            tally.flush()  # the last period's counts, at shutdown
+
+        app.on_cleanup.append(flush_tally)
     return web.AppRunner(
         app,
-        access_log_class=RouteAccessLogger,
-        access_log=logging.getLogger(f"liberation.{name}.access") if access_log else None,
+        access_log_class=tally.logger_class() if tally is not None else web.AccessLogger,
+        access_log=tally.logger if tally is not None else None,
         logger=_server_logger(name),
         handle_signals=False,
         keepalive_timeout=KEEPALIVE_TIMEOUT_SECONDS,
