@@ -122,6 +122,7 @@ class PrivacyFilter:
             for name, app in catalog.apps.items()
         }
         self._attributes = dict(catalog.attributes)
+        self._last_slot: tuple[int, bytes | None, Slot] | None = None  # (unix minute, salt, slot)
 
     @property
     def catalog(self) -> Catalog:
@@ -205,9 +206,23 @@ class PrivacyFilter:
         return allowed, event.timestamp.astimezone(UTC)
 
     def slot(self, moment: datetime, salt_for: SaltSource) -> Slot:
-        """Where `moment` falls: its window, hour, minute, and the HMAC keyed with the window's salt."""
+        """Where `moment` falls: its window, hour, minute, and the HMAC keyed with the window's salt.
+
+        The last slot is kept: live requests of the same minute under the same
+        salt share it (keying the HMAC is most of a one-event request's filter).
+        """
+        minute_of = int(moment.timestamp()) // 60
+        last = self._last_slot
+        if last is not None and last[0] == minute_of:
+            if salt_for(last[2].window) is last[1]:
+                return last[2]
         window = window_of(moment, self._window_seconds)
         salt = salt_for(window)
+        slot = self._slot(moment, window, salt)
+        self._last_slot = (minute_of, salt, slot)
+        return slot
+
+    def _slot(self, moment: datetime, window: datetime, salt: bytes | None) -> Slot:
         return Slot(
             window=window,
             hour=moment.replace(minute=0, second=0, microsecond=0),
@@ -253,7 +268,7 @@ class PrivacyFilter:
 
 
 class Slot(NamedTuple):
-    """Where one moment falls: shared by every live event of a batch. Lives for one call only."""
+    """Where one moment falls: shared by every live event of a batch, and by batches of the same minute."""
 
     window: datetime
     hour: datetime

@@ -215,6 +215,9 @@ async def read_body(request: web.Request) -> None:
     declared = request.content_length
     if limit and declared is not None and declared > limit:
         raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
+    if request.content.is_eof():
+        await request.read()  # all there already (a small body comes with its headers): no timer needed
+        return
     try:
         async with asyncio.timeout(BODY_DEADLINE_SECONDS):
             await request.read()
