@@ -158,3 +158,18 @@ def test_batch_filter_equals_one_by_one(window_seconds: int) -> None:
     assert dropped == sum(r.dropped_attributes for r in one_by_one if r.event is not None)
     closed, _ = privacy.apply_many(events[:3], now=NOW, salt_for=lambda w: None)
     assert all(getattr(r, "reason", None) in {"window-closed", "undeclared-app"} for r in closed)
+
+
+def test_a_kept_slot_follows_the_minute_and_the_salt(privacy: PrivacyFilter) -> None:
+    now = datetime(2026, 11, 24, 13, 7, 30, tzinfo=UTC)
+    salts: dict[datetime, bytes | None] = {window_of(now): b"a" * 32}
+    first = privacy.slot(now, salts.get)
+    assert privacy.slot(now + timedelta(seconds=20), salts.get) is first  # same minute, same salt
+    later = privacy.slot(now + timedelta(minutes=1), salts.get)
+    assert (later.minute, later.hour) == (first.minute + 1, first.hour)
+    assert later.hasher is not None and later.hasher(b"s") == session_hash(b"a" * 32, b"s")
+    salts[window_of(now)] = None  # the window was exported: its salt is gone
+    assert privacy.slot(now + timedelta(minutes=1), salts.get).hasher is None
+    salts[window_of(now)] = b"b" * 32
+    renewed = privacy.slot(now + timedelta(minutes=1), salts.get).hasher
+    assert renewed is not None and renewed(b"s") == session_hash(b"b" * 32, b"s")
