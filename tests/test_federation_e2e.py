@@ -95,6 +95,8 @@ async def test_three_nodes_and_a_hub(tmp_path: Path) -> None:
                 nodes.append(Process(["node", "serve"], tmp_path / f"node{i}.log", env={
                     "LIBERATION_NODE_DATA_DIR": str(tmp_path / f"node{i}"), "LIBERATION_NODE_PORT": "0",
                     "LIBERATION_NODE_PUSH__HUB_URL": hub.url, "LIBERATION_NODE_PUSH__INTERVAL_SECONDS": "0.2",
+                    # No grace: yesterday is closed at start even in the hour after midnight UTC.
+                    "LIBERATION_NODE_EXPORT_GRACE_SECONDS": "0",
                 }))
 
             async def settled() -> bool:

@@ -44,6 +44,8 @@ async def test_import_serve_export_push(tmp_path: Path, hub: tuple[HubStandIn, s
     env = {
         "LIBERATION_NODE_DATA_DIR": str(data), "LIBERATION_NODE_PORT": "0",
         "LIBERATION_NODE_PUSH__HUB_URL": hub_url, "LIBERATION_NODE_PUSH__INTERVAL_SECONDS": "0.2",
+        # No grace: yesterday is closed at start even in the hour after midnight UTC.
+        "LIBERATION_NODE_EXPORT_GRACE_SECONDS": "0",
     }
     proc = Process(["node", "serve"], tmp_path / "node.log", env=env)
     try:
