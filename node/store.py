@@ -383,8 +383,13 @@ class Store(Database):
     # ---- reads -----------------------------------------------------------------
 
     def row_count(self) -> int:
-        """Events stored, staged ones included."""
-        return int(self.cursor().execute("SELECT count(*) FROM events").fetchall()[0][0]) + self.staged_rows
+        """Events stored, staged ones included (each once, also while a drain is between its two steps)."""
+        staged = " + ".join(f"(SELECT count(*) FROM {stage}.staged WHERE seq > mark.seq)" for stage in self._stages)
+        sql = (
+            "SELECT (SELECT count(*) FROM events) + " + staged + " FROM "
+            "(SELECT coalesce(max(value), 0) AS seq FROM node_state WHERE name = 'drained_seq') AS mark"
+        )
+        return int(self.cursor().execute(sql).fetchall()[0][0])
 
     def size_bytes(self) -> int:
         """Bytes on disk of the store's and the stages' databases and write-ahead logs."""

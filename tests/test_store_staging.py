@@ -52,6 +52,7 @@ def test_a_crash_between_the_move_and_clearing_the_stage_moves_nothing_twice(tmp
     store = Store(path, load_catalog())
     staged(store, range(0, 50))
     store._move(list(store._stages))  # the move committed ...
+    assert store.row_count() == 50  # each row counted once, moved and not yet cleared
     store._writer.close()
     store._drainer.close()
     Database.close(store)  # ... and the process died before the stage was cleared
