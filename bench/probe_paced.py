@@ -4,8 +4,10 @@ Not part of `make bench` (no target; a diagnostic). Starts the node as the
 ingest bench does (`ingest_workers = 2`, a fresh data dir), warms it up,
 then paces RATE events a second over wrk (or the Python client) on 127.0.0.1
 and prints the latency, the CPU of the main process and of each worker, and
-the commits the writer made (from `/metrics`). docs/benchmarks.md quotes it
-for the half-maximum points.
+the commits the writer made (from `/metrics`). RATE 0 means unpaced (closed
+loop); PROBE_CONNECTIONS sets the connections (64 for batches, 256 for
+single events by default). docs/benchmarks.md quotes it for the half-maximum
+points.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def main(mode: str, rate: float, seconds: float = 8.0) -> None:
         tmp = Path(tmp_name)
         raw = batch_bodies(600, 100, tag="probe") if per == 100 else single_bodies(60_000, tag="probe")
         bodies = write_bodies(raw, tmp, "bodies")
-        connections = 64 if per == 100 else 256
+        connections = int(os.environ.get("PROBE_CONNECTIONS", 64 if per == 100 else 256))
         with server_process(["-m", "liberation", "node", "serve"], tmp / "node.log", node_env(tmp / "data")) as (url, pid):
             measure(url, pid, bodies, connections=connections, seconds=2)  # warm-up
             workers = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -48,7 +50,7 @@ def main(mode: str, rate: float, seconds: float = 8.0) -> None:
             after, commits_after = {p: _process_cpu(p) for p in before}, _commits(url)
     elapsed = measured.load.seconds
     load = measured.load
-    print(f"{mode} paced at {rate:,.0f}/s: {load.rps * per:,.0f}/s served, p50 {load.p50_ms:.1f} ms, "
+    print(f"{mode} {f'paced at {rate:,.0f}/s' if rate else 'unpaced'} over {connections} connections: {load.rps * per:,.0f}/s served, p50 {load.p50_ms:.1f} ms, "
           f"p99 {load.p99_ms:.1f} ms, server {measured.cpu_us_per_item(per):.1f} µs CPU per event")
     print("cores: " + ", ".join(
         f"{'main' if p == pid else f'worker {p}'} {(after[p] - before[p]) / elapsed:.2f}" for p in before
