@@ -209,7 +209,7 @@ class PrivacyFilter:
         """Where `moment` falls: its window, hour, minute, and the HMAC keyed with the window's salt.
 
         The last slot is kept: live requests of the same minute under the same
-        salt share it (keying the HMAC is most of a one-event request's filter).
+        salt share it (keying the HMAC was a third of a one-event request's filter).
         """
         minute_of = int(moment.timestamp()) // 60
         last = self._last_slot

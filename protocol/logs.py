@@ -81,6 +81,7 @@ class AccessTally:
         self._timer: asyncio.TimerHandle | None = None
 
     def add(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one answered request (and log it at once if it is a 5xx)."""
         if status >= 500:
             self.logger.warning(
                 "request",
@@ -132,6 +133,7 @@ class AccessTally:
 
             @property
             def enabled(self) -> bool:
-                return tally.logger.isEnabledFor(logging.INFO)
+                # WARNING, not INFO: a 5xx line is still logged at a quieter level.
+                return tally.logger.isEnabledFor(logging.WARNING)
 
         return TalliedAccessLogger
