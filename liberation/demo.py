@@ -146,6 +146,9 @@ def run_demo(root: Path, *, days: int = HISTORY_DAYS, out: TextIO = sys.stdout, 
             node = _start(community.name, ["node", "serve"], root / f"{community.name}.log", {
                 "LIBERATION_NODE_DATA_DIR": str(data), "LIBERATION_NODE_PORT": str(_free_port(8701 + i)),
                 "LIBERATION_NODE_RETENTION_DAYS": str(days + 1),
+                # No grace: yesterday is published at midnight UTC, so the history's last
+                # day is there at start also in the hour after midnight.
+                "LIBERATION_NODE_EXPORT_GRACE_SECONDS": "0",
                 "LIBERATION_NODE_PUSH__HUB_URL": hub.url, "LIBERATION_NODE_PUSH__INTERVAL_SECONDS": "1",
                 "LIBERATION_NODE_CORS_ORIGINS": json.dumps([hub.url]),
             })
