@@ -218,12 +218,7 @@ class PrivacyFilter:
                 return last[2]
         window = window_of(moment, self._window_seconds)
         salt = salt_for(window)
-        slot = self._slot(moment, window, salt)
-        self._last_slot = (minute_of, salt, slot)
-        return slot
-
-    def _slot(self, moment: datetime, window: datetime, salt: bytes | None) -> Slot:
-        return Slot(
+        slot = Slot(
             window=window,
             hour=moment.replace(minute=0, second=0, microsecond=0),
             minute=int((moment - window).total_seconds() // 60),
@@ -233,6 +228,8 @@ class PrivacyFilter:
                 salt, b"" if self._window_seconds == 86_400 else int(window.timestamp()).to_bytes(8, "big")
             ),
         )
+        self._last_slot = (minute_of, salt, slot)
+        return slot
 
     def _keep(
         self,

@@ -303,7 +303,10 @@ class Store(Database):
                     )
                     """
                 )
-                script.append(f"INSERT INTO {name} SELECT session, app, seq, minute FROM {moving} AND window_start = {window}")
+                script.append(
+                    f"INSERT INTO {name} SELECT session, app, seq, minute FROM ({source}) "
+                    f"WHERE seq > {mark} AND window_start = {window}"
+                )
             script.append(
                 f"INSERT INTO node_state VALUES ('drained_seq', {int(top)}) "
                 "ON CONFLICT (name) DO UPDATE SET value = excluded.value"

@@ -171,7 +171,7 @@ def tables(store: Store) -> set[str]:
 
 
 def test_commits_recreate_a_session_log_dropped_behind_the_stores_back(tmp_path: Path) -> None:
-    """Commits skip the log table's CREATE once they made it; a table dropped elsewhere is made again, nothing lost."""
+    """A session log dropped elsewhere is made again by the next drain, nothing lost."""
     store = Store(tmp_path / "node.duckdb", CATALOG)
     store.commit_events(filtered(CATALOG, [ev("a", "runway-calculator", "start", 5)]))
     with store.transaction() as tx:

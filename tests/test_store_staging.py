@@ -23,6 +23,13 @@ def staged(store: Store, sessions: range) -> None:
     store.stage_rows([store.layout.table([store.layout.block(events)])])
 
 
+def crash(store: Store) -> None:
+    """Close the store's connections as a killed process would leave them: no drain on the way out."""
+    store._writer.close()
+    store._drainer.close()
+    Database.close(store)
+
+
 def stored(store: Store) -> list[tuple[int, int]]:
     return store.cursor().execute("SELECT seq, session FROM events ORDER BY seq").fetchall()
 
@@ -53,9 +60,7 @@ def test_a_crash_between_the_move_and_clearing_the_stage_moves_nothing_twice(tmp
     staged(store, range(0, 50))
     store._move(list(store._stages))  # the move committed ...
     assert store.row_count() == 50  # each row counted once, moved and not yet cleared
-    store._writer.close()
-    store._drainer.close()
-    Database.close(store)  # ... and the process died before the stage was cleared
+    crash(store)  # ... and the process died before the stage was cleared
     reopened = Store(path, load_catalog())
     try:
         rows = stored(reopened)
@@ -71,9 +76,7 @@ def test_rows_staged_at_a_crash_move_at_the_next_open(tmp_path: Path) -> None:
     path = tmp_path / "node.duckdb"
     store = Store(path, load_catalog())
     staged(store, range(0, 30))
-    store._writer.close()
-    store._drainer.close()
-    Database.close(store)  # killed with every row still staged
+    crash(store)  # killed with every row still staged
     reopened = Store(path, load_catalog())
     try:
         assert stored(reopened) == [(i + 1, i) for i in range(30)]
