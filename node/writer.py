@@ -1,11 +1,12 @@
-"""The one writer: an asyncio task that owns DuckDB writes and group-commits concurrent requests.
+"""The one writer: an asyncio task that group-commits concurrent requests.
 
 Handlers `await writer.submit(events)`; the task takes whatever is queued
-(up to `max_rows`), commits it in one transaction to the store's active stage
-in a worker thread, then resolves every waiting request. A request is
-answered only after its commit returned: acked means durable. Once a stage
-holds `drain_rows`, a background drain moves it into the store's tables, so
-that work (and DuckDB's checkpoints) never delays an ack.
+(up to `max_rows`), appends it as one record to the store's active stage file
+(write + fdatasync) in a worker thread, then resolves every waiting request.
+A request is answered only after its append returned: acked means durable.
+Once the stages hold `drain_rows`, a background drain moves them into the
+store's DuckDB tables in one transaction, so that work (and DuckDB's
+checkpoints) never delays an ack.
 """
 
 from __future__ import annotations
@@ -75,8 +76,8 @@ class Writer:
     ) -> None:
         self._store = store
         self._max_rows = max_rows
-        # A stage's WAL must stay under DuckDB's 16 MB checkpoint threshold (about
-        # 170 bytes a row), or a checkpoint lands back on the ack path.
+        # Rows per drain: bigger drains cost DuckDB less per row; smaller ones keep
+        # the stage files (and each row's minute there) for less time.
         self._drain_rows = drain_rows
         self._observe = observe
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()

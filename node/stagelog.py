@@ -1,0 +1,147 @@
+"""A stage file: the append-only, checksummed log that the writer's group commits (and so the acks) wait on.
+
+File layout (integers little-endian):
+
+    header   b"LSTG" | u32 length | CRC-32 of the schema | the rows' Arrow schema (IPC)
+    record   b"LREC" | u64 first seq | u32 rows | u32 length | CRC-32 | one Arrow record batch (IPC)
+    record   ...
+
+The record's CRC covers its seq, rows, length and batch bytes; its rows are
+numbered first, first + 1, ... A record is durable once `append` returned
+(one write, then fdatasync). A crash can leave a torn last record, never
+acknowledged: opening the file stops at the first record that does not
+check out and cuts the file there, so later appends follow good records.
+
+Why a file of our own rather than a DuckDB table: a DuckDB commit of a few
+hundred rows costs 1.5-2.7 ms of CPU here (statement, Arrow scan, its own
+WAL, fsync), at a few hundred commits a second; this costs a write and an
+fdatasync. DuckDB gets the rows in big transactions when a drain moves them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import pyarrow as pa
+
+_HEADER = struct.Struct("<4sII")  # magic, schema length, CRC-32 of the schema
+_RECORD = struct.Struct("<4sQIII")  # magic, first seq, rows, batch length, CRC-32
+log = logging.getLogger("liberation.node.store")
+
+_HEADER_MAGIC = b"LSTG"
+_RECORD_MAGIC = b"LREC"
+
+
+class StageFile:
+    """One stage file, opened for appends: `records` to read it back, `append` to add rows durably, `reset` to empty it."""
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        self.path = path
+        self.schema = schema
+        created = not path.exists()
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        if created:
+            _sync_directory(path.parent)  # the file itself must survive a crash, not just its bytes
+        self._end = 0  # the end of the last good record: where the next append goes
+        self._written_schema: pa.Schema | None = None
+        self._dirty = False  # a failed append may have left bytes past `_end`
+
+    def records(self) -> list[tuple[int, pa.RecordBatch]]:
+        """The good records as (first seq, rows), in file order; the next `append` goes after the last of them."""
+        data = _read_all(self._fd)
+        schema, offset = _read_header(data)
+        self._written_schema, self._end = schema, offset
+        found: list[tuple[int, pa.RecordBatch]] = []
+        while schema is not None and offset + _RECORD.size <= len(data):
+            magic, first, rows, length, crc = _RECORD.unpack_from(data, offset)
+            start = offset + _RECORD.size
+            body = data[start:start + length]
+            if magic != _RECORD_MAGIC or len(body) != length or zlib.crc32(body, zlib.crc32(data[offset + 4:start - 4])) != crc:
+                break  # torn or never finished: it was not acknowledged
+            batch = pa.ipc.read_record_batch(pa.py_buffer(body), schema)
+            if batch.num_rows != rows:
+                break
+            found.append((first, batch))
+            offset = self._end = start + length
+        self._dirty = len(data) > self._end  # a torn tail: cut before the next append
+        if self._dirty:
+            log.warning(
+                "stage file: bytes after the last good record dropped (a write cut short by a crash, or damage)",
+                extra={"file": self.path.name, "bytes": len(data) - self._end, "records": len(found)},
+            )
+        return found
+
+    def reset(self) -> None:
+        """Empty the file (its rows were moved) and start it with this layout's schema; durable on return."""
+        schema = self.schema.serialize().to_pybytes()
+        os.ftruncate(self._fd, 0)
+        _write_at(self._fd, _HEADER.pack(_HEADER_MAGIC, len(schema), zlib.crc32(schema)) + schema, 0)
+        os.fsync(self._fd)  # the size changed: fsync, not fdatasync
+        self._end = _HEADER.size + len(schema)
+        self._written_schema = self.schema
+        self._dirty = False
+
+    def append(self, first: int, rows: pa.Table) -> None:
+        """Write `rows` (numbered from `first`) after the last good record; durable on return.
+
+        If the write or the sync fails, the file is cut back to its last good
+        record before the next append: rows after a torn record would be
+        unreadable, though acknowledged.
+        """
+        if self._written_schema is None or not self._written_schema.equals(rows.schema):
+            raise ValueError("rows of another layout than the stage file's")
+        if self._dirty:
+            os.ftruncate(self._fd, self._end)
+            self._dirty = False
+        batch = rows.combine_chunks().to_batches()[0] if rows.num_rows else None
+        body = batch.serialize().to_pybytes() if batch is not None else b""
+        fields = struct.pack("<QII", first, rows.num_rows, len(body))
+        record = _RECORD_MAGIC + fields + struct.pack("<I", zlib.crc32(body, zlib.crc32(fields))) + body
+        try:
+            _write_at(self._fd, record, self._end)
+            os.fdatasync(self._fd)
+        except BaseException:
+            self._dirty = True
+            raise
+        self._end += len(record)
+
+    def size_bytes(self) -> int:
+        return os.fstat(self._fd).st_size
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def _read_all(fd: int) -> bytes:
+    size = os.fstat(fd).st_size
+    return os.pread(fd, size, 0) if size else b""
+
+
+def _read_header(data: bytes) -> tuple[pa.Schema | None, int]:
+    """The schema the file's records were written with, and where they start (no header: no records)."""
+    if len(data) < _HEADER.size:
+        return None, 0
+    magic, length, crc = _HEADER.unpack_from(data)
+    raw = data[_HEADER.size:_HEADER.size + length]
+    if magic != _HEADER_MAGIC or len(raw) != length or zlib.crc32(raw) != crc:
+        return None, 0
+    return pa.ipc.read_schema(pa.py_buffer(raw)), _HEADER.size + length
+
+
+def _write_at(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _sync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
