@@ -1,12 +1,13 @@
 """Do DuckDB checkpoints hold commits? `python -m bench.probe_checkpoints [SECONDS]`.
 
-Not part of `make bench` (a diagnostic behind node/store.py's staging). A
+Not part of `make bench` (the diagnostic behind the node's former staging
+databases, since replaced by stage files: `python -m bench.probe_stage`). A
 writer thread commits 500-row Arrow inserts (an events table and a session
 log, as the node's rows) every 4 ms while another connection checkpoints
 every 100,000 rows, in two set-ups:
   one-file   both tables in one database file, `CHECKPOINT` of that file;
   two-files  the tables in two attached files used in turn, `CHECKPOINT` of
-             the file the writer has just left (what the node's stages do).
+             the file the writer has just left (what the node's stages did).
 It prints the commit latency (p50, p99, slowest) and each checkpoint's time.
 """
 

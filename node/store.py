@@ -38,6 +38,7 @@ from protocol.storage import Database
 
 Migration = Callable[[duckdb.DuckDBPyConnection], None]
 
+
 def _v1(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(
         """
