@@ -88,9 +88,9 @@ class StageFile:
     def append(self, first: int, rows: pa.Table) -> None:
         """Write `rows` (numbered from `first`) after the last good record; durable on return.
 
-        If the write or the sync fails, the file is cut back to its last good
-        record before the next append: rows after a torn record would be
-        unreadable, though acknowledged.
+        If the write or the sync fails, the rows were not acknowledged: the
+        file is cut back to its last good record at once (or, if that fails
+        too, before the next append), so they never reach the store.
         """
         if self._written_schema is None or not self._written_schema.equals(rows.schema):
             raise ValueError("rows of another layout than the stage file's")
@@ -105,9 +105,17 @@ class StageFile:
             _write_at(self._fd, record, self._end)
             os.fdatasync(self._fd)
         except BaseException:
-            self._dirty = True
+            self._cut()
             raise
         self._end += len(record)
+
+    def _cut(self) -> None:
+        try:
+            os.ftruncate(self._fd, self._end)
+            os.fsync(self._fd)
+            self._dirty = False
+        except OSError:
+            self._dirty = True
 
     def size_bytes(self) -> int:
         return os.fstat(self._fd).st_size

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import resource
+import signal
 from datetime import UTC, datetime
 from pathlib import Path
-
-import os
 
 import duckdb
 import pytest
@@ -156,21 +156,32 @@ def test_a_record_that_fails_its_checksum_ends_what_is_read(tmp_path: Path) -> N
         reopened.close()
 
 
-def test_an_append_after_a_failed_one_cuts_its_bytes_first(tmp_path: Path) -> None:
-    store = Store(tmp_path / "node.duckdb", load_catalog())
+def test_a_failed_append_leaves_nothing_behind_it(tmp_path: Path) -> None:
+    path = tmp_path / "node.duckdb"
+    store = Store(path, load_catalog())
+    staged(store, range(0, 3))
+    end = stage_path(path, 0).stat().st_size
+    # A real failed write: the file may grow by 100 bytes only (as on a full disk, with EFBIG for ENOSPC).
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (end + 100, hard))
     try:
-        staged(store, range(0, 3))
-        stage = store._stages[0]
-        end = stage.size_bytes()
-        # What a write that failed half-way (disk full) leaves behind it.
-        os.pwrite(stage._fd, b"LREC" + b"\xab" * 100, end)
-        stage._dirty = True
-        staged(store, range(3, 6))
-        assert [first for first, _ in stage.records()] == [1, 4]
-        assert store.drain() == 6
-        assert stored(store) == [(i + 1, i) for i in range(6)]
+        with pytest.raises(OSError):
+            staged(store, range(3, 6))
     finally:
-        store.close()
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    assert stage_path(path, 0).stat().st_size == end  # the half-written record is gone
+    assert store.staged_rows == 3
+    crash(store)  # had the record stayed, these unacknowledged rows would be stored at the next open
+    reopened = Store(path, load_catalog())
+    try:
+        assert stored(reopened) == [(1, 0), (2, 1), (3, 2)]
+        staged(reopened, range(6, 8))
+        reopened.drain()
+        assert stored(reopened)[3:] == [(4, 6), (5, 7)]
+    finally:
+        reopened.close()
 
 
 def test_rows_left_in_a_staging_database_of_an_older_node_move_at_open(tmp_path: Path) -> None:
