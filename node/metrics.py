@@ -59,9 +59,9 @@ class NodeMetrics:
             registry=r,
         )
         Gauge("liberation_rows", "Raw event rows stored", registry=r).set_function(rows)
-        Gauge("liberation_db_bytes", "Bytes of the DuckDB file and WAL", registry=r).set_function(
-            db_bytes
-        )
+        Gauge(
+            "liberation_db_bytes", "Bytes on disk of the DuckDB file, its WAL and the stage files", registry=r
+        ).set_function(db_bytes)
         Gauge(
             "liberation_db_memory_bytes",
             "Memory DuckDB holds (buffer pool, indexes); grows toward memory_limit as it caches table blocks",
