@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from node.privacy import FilteredEvent
-from node.rows import RowLayout
+from node.rows import RowLayout, attribute_field
 from node.stagelog import StageFile
 from protocol.catalog import Catalog
 from protocol.storage import Database
@@ -292,8 +292,9 @@ class Store(Database):
         return moved
 
     def _move_rows(self, staged: pa.Table) -> int:
+        # The store's columns: `minute` stays out of `events`, and so does an attribute the catalog dropped.
         known = {"seq", "window_start", "hour", "session", "app", "action", "country"} | {
-            attribute_column(a).strip('"') for a in self._attrs
+            attribute_field(a) for a in self._attrs
         }
         with self.transaction() as tx:
             moving = staged.filter(pc.greater(staged.column("seq"), self._drained_seq()))
