@@ -235,6 +235,7 @@ def duckdb_baseline(tmp: Path) -> tuple[float, float]:
 
     from node.privacy import PrivacyFilter
     from node.store import MIGRATIONS, Store, attribute_column
+    from node.writer import DRAIN_ROWS
     from protocol.catalog import load_catalog
     from protocol.events import EVENTS_ADAPTER
 
@@ -283,7 +284,7 @@ def duckdb_baseline(tmp: Path) -> tuple[float, float]:
     raw_rate = done / (time.perf_counter() - started)
     con.close()
 
-    # The writer's path: each commit to the active stage, a drain every 32,768 rows
+    # The writer's path: each commit to the active stage, a drain every DRAIN_ROWS rows
     # (here inline, in the node off the ack path), the last drain timed too.
     store = Store(tmp / "store.duckdb", catalog)
     done, started = 0, time.perf_counter()
@@ -291,7 +292,7 @@ def duckdb_baseline(tmp: Path) -> tuple[float, float]:
         for chunk in chunks:
             store.stage_rows([store.layout.table([store.layout.block(chunk)])])
             done += len(chunk)
-            if store.staged_rows >= 32_768:
+            if store.staged_rows >= DRAIN_ROWS:
                 store.drain()
     store.drain()
     store_rate = done / (time.perf_counter() - started)

@@ -1,9 +1,9 @@
-"""What a group commit and a drain cost: `python -m bench.probe_stage [ROWS] [ROUNDS]`.
+"""What a group commit and a drain cost: `python -m bench.probe_stage [ROWS] [ROUNDS] [DRAIN_ROWS]`.
 
 Not part of `make bench` (a diagnostic behind node/stagelog.py). In this
 process, with the node's store and real filtered rows: commits of ROWS rows
-(300 by default) until 32,768 are staged, then one drain, ROUNDS times
-(6), each commit both ways:
+(300 by default) until DRAIN_ROWS are staged (the writer's, 131,072), then
+one drain, ROUNDS times (6), each commit both ways:
   duckdb      an `INSERT ... BY NAME` from the Arrow table into a table of an
               attached DuckDB file, as the stages were before stage files;
   stage file  `Store.stage_rows`: one checksummed record, pwrite + fdatasync.
@@ -24,11 +24,9 @@ import pyarrow as pa
 from bench.load import make_events
 from node.privacy import FilteredEvent, PrivacyFilter
 from node.store import Store
+from node.writer import DRAIN_ROWS
 from protocol.catalog import load_catalog
 from protocol.events import EVENTS_ADAPTER
-
-DRAIN_ROWS = 32_768
-
 
 def _filtered(count: int) -> list[FilteredEvent]:
     catalog = load_catalog()
@@ -46,7 +44,7 @@ def _timed(step: object, *args: object) -> tuple[float, float]:
     return time.process_time() - cpu, time.perf_counter() - wall
 
 
-def main(rows: int = 300, rounds: int = 6) -> None:
+def main(rows: int = 300, rounds: int = 6, drain_rows: int = DRAIN_ROWS) -> None:
     filtered = _filtered(5_000)
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Path(tmp) / "node.duckdb", load_catalog())
@@ -65,7 +63,7 @@ def main(rows: int = 300, rounds: int = 6) -> None:
             for round_ in range(1, rounds + 1):
                 per: dict[str, list[tuple[float, float]]] = {"duckdb": [], "stage file": []}
                 n = 0
-                while store.staged_rows < DRAIN_ROWS:
+                while store.staged_rows < drain_rows:
                     table = tables[n % len(tables)]
                     per["duckdb"].append(_timed(duckdb_commit, table))
                     per["stage file"].append(_timed(store.stage_rows, [table]))
@@ -84,4 +82,4 @@ def main(rows: int = 300, rounds: int = 6) -> None:
 
 
 if __name__ == "__main__":
-    main(*(int(a) for a in sys.argv[1:3]))
+    main(*(int(a) for a in sys.argv[1:4]))
