@@ -192,7 +192,7 @@ class Store(Database):
         # `_stage_lock` orders the writer's appends against a drain's swap;
         # `_drain_lock` keeps drains one at a time.
         self._stage_lock = threading.Lock()
-        self._drain_lock = threading.RLock()
+        self._drain_lock = threading.Lock()
         self._stages = tuple(StageFile(stage_path(path, i), self.layout.schema) for i in range(2))
         # Each stage holds one run of seqs, `_first[i]` .. `_first[i] + _staged[i] - 1`:
         # a stage takes appends only from empty until it is drained.
@@ -257,22 +257,6 @@ class Store(Database):
             moved += self._move([full])
             self._clear(full)
             return moved
-
-    def drain_single_threaded(self) -> int:
-        """`drain` with DuckDB held to the calling thread, so that thread's priority is the drain's.
-
-        `threads` is a setting of the whole database: a query another thread
-        runs meanwhile (an export's aggregation) gets one thread too.
-        """
-        settings = self.cursor()
-        with self._drain_lock:
-            threads = int(settings.execute("SELECT current_setting('threads')").fetchall()[0][0])
-            settings.execute("SET GLOBAL threads = 1")
-            try:
-                return self.drain()
-            finally:
-                settings.execute(f"SET GLOBAL threads = {threads}")
-                settings.close()
 
     def _drained_seq(self) -> int:
         rows = self.cursor().execute("SELECT value FROM node_state WHERE name = 'drained_seq'").fetchall()

@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import threading
 import time
 from collections.abc import Callable, Sized
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -28,14 +25,8 @@ from node.store import Store
 
 log = logging.getLogger("liberation.node.writer")
 
-DRAIN_ROWS = 131_072
-"""Rows staged before a drain. Over a DuckDB row group (122,880 rows, which DuckDB writes
-straight to the database file rather than through its WAL), a drain cost 1.1-1.4 µs per row
-here, against 1.8-3.6 µs at 32,768 (`python -m bench.probe_stage`)."""
-DRAIN_NICE = 19
-"""Scheduling priority of the drain thread: it runs on what request handling leaves idle."""
-BACKLOG_DRAINS = 3
-"""Past this many drains' worth of staged rows, a drain runs at full priority (the node is saturated)."""
+DRAIN_ROWS = 32_768
+"""Rows staged before a background drain moves them into the store."""
 
 
 class StorageUnavailable(Exception):
@@ -88,15 +79,15 @@ class Writer:
     ) -> None:
         self._store = store
         self._max_rows = max_rows
+        # Rows per drain: bigger drains cost DuckDB less per row; smaller ones keep
+        # the stage files (and each row's minute there) for less time.
         self._drain_rows = drain_rows
         self._observe = observe
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._draining: asyncio.Task[None] | None = None
-        self._drainer: ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
-        self._drainer = ThreadPoolExecutor(1, thread_name_prefix="duckdb-drain", initializer=_lower_priority)
         self._task = asyncio.create_task(self._run(), name="duckdb-writer")
 
     async def stop(self) -> None:
@@ -112,9 +103,6 @@ class Writer:
         self._task = None
         if self._draining is not None:
             await self._draining
-        if self._drainer is not None:
-            self._drainer.shutdown()
-            self._drainer = None
 
     async def submit(self, events: Rows) -> None:
         """Return once `events` are committed; raise StorageUnavailable if they were not."""
@@ -144,22 +132,12 @@ class Writer:
                     else:
                         item.done.set_exception(error)
                 self._queue.task_done()
-            staged = self._store.staged_rows
-            if staged >= self._drain_rows and (self._draining is None or self._draining.done()):
-                backlog = staged >= BACKLOG_DRAINS * self._drain_rows
-                self._draining = asyncio.create_task(self._drain(background=not backlog), name="duckdb-drain")
+            if self._store.staged_rows >= self._drain_rows and (self._draining is None or self._draining.done()):
+                self._draining = asyncio.create_task(self._drain(), name="duckdb-drain")
 
-    async def _drain(self, *, background: bool) -> None:
-        """Move the stages into the store; in the background, on the low-priority thread and one DuckDB thread.
-
-        A drain is a burst of CPU (50-160 ms per 131,072 rows); run beside the
-        request handlers at the same priority, it was most of the half-load p99.
-        """
+    async def _drain(self) -> None:
         try:
-            if background and self._drainer is not None:
-                await asyncio.get_running_loop().run_in_executor(self._drainer, self._store.drain_single_threaded)
-            else:
-                await asyncio.to_thread(self._store.drain)
+            await asyncio.to_thread(self._store.drain)
         except Exception as exc:  # noqa: BLE001 - the rows stay staged and durable; the next drain retries
             log.error("drain failed: %s", type(exc).__name__)
 
@@ -169,12 +147,3 @@ class Writer:
         if blocks:
             tables.insert(0, self._store.layout.table(blocks))
         self._store.stage_rows(tables)
-
-
-def _lower_priority() -> None:
-    # Linux sets a nice value per thread; DuckDB's own worker threads are not ours to
-    # lower, so a background drain runs on this thread alone (drain_single_threaded).
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), DRAIN_NICE)
-    except OSError as exc:
-        log.warning("drain thread keeps its priority: %s", type(exc).__name__)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 import resource
 import signal
-import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,7 +12,6 @@ import pytest
 
 from node.privacy import FilteredEvent
 from node.store import Store, session_log_table, stage_path
-from node.writer import DRAIN_NICE, Writer
 from protocol.catalog import load_catalog
 from protocol.storage import Database
 
@@ -23,13 +19,10 @@ WINDOW = datetime(2026, 11, 23, tzinfo=UTC)
 W = int(WINDOW.timestamp())
 
 
-def events(sessions: range) -> list[FilteredEvent]:
-    return [FilteredEvent(WINDOW, WINDOW, i % 60, i, "runway-calculator", "start", "DE", {}) for i in sessions]
-
-
 def staged(store: Store, sessions: range) -> None:
     """Commit one event per session to the active stage, as the writer does."""
-    store.stage_rows([store.layout.table([store.layout.block(events(sessions))])])
+    events = [FilteredEvent(WINDOW, WINDOW, i % 60, i, "runway-calculator", "start", "DE", {}) for i in sessions]
+    store.stage_rows([store.layout.table([store.layout.block(events)])])
 
 
 def crash(store: Store) -> None:
@@ -210,34 +203,3 @@ def test_rows_left_in_a_staging_database_of_an_older_node_move_at_open(tmp_path:
         assert log == [(7, 3)]
     finally:
         reopened.close()
-
-
-def test_a_single_threaded_drain_moves_the_rows_and_gives_duckdb_its_threads_back(tmp_path: Path) -> None:
-    store = Store(tmp_path / "node.duckdb", load_catalog())
-    try:
-        threads = store.cursor().execute("SELECT current_setting('threads')").fetchall()
-        staged(store, range(0, 20))
-        assert store.drain_single_threaded() == 20
-        assert stored(store) == [(i + 1, i) for i in range(20)]
-        assert store.cursor().execute("SELECT current_setting('threads')").fetchall() == threads
-    finally:
-        store.close()
-
-
-async def test_the_writer_drains_behind_the_acks_on_a_low_priority_thread(tmp_path: Path) -> None:
-    store = Store(tmp_path / "node.duckdb", load_catalog())
-    writer = Writer(store, drain_rows=10)
-    await writer.start()
-    try:
-        await writer.submit(store.layout.block(events(range(0, 12))))  # acked: in a stage file
-        for _ in range(200):
-            if len(stored(store)) == 12:
-                break
-            await asyncio.sleep(0.01)
-        assert stored(store) == [(i + 1, i) for i in range(12)]  # moved by a drain nobody waited for
-        assert writer._drainer is not None
-        nice = writer._drainer.submit(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
-        assert nice.result() == DRAIN_NICE
-    finally:
-        await writer.stop()
-        store.close()
