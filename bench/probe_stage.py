@@ -16,6 +16,7 @@ import secrets
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -38,9 +39,9 @@ def _filtered(count: int) -> list[FilteredEvent]:
     return [r for r in results if r is not None]
 
 
-def _timed(step: object, *args: object) -> tuple[float, float]:
+def _timed(step: Callable[..., object], *args: object) -> tuple[float, float]:
     cpu, wall = time.process_time(), time.perf_counter()
-    step(*args)  # type: ignore[operator]
+    step(*args)
     return time.process_time() - cpu, time.perf_counter() - wall
 
 
