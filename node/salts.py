@@ -14,6 +14,8 @@ import threading
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+from protocol.storage import fsync_directory
+
 SALT_BYTES = 32
 
 
@@ -49,7 +51,7 @@ class SaltKeeper:
                 finally:
                     os.close(fd)
                 os.replace(tmp, path)
-                _fsync_dir(self._dir)
+                fsync_directory(self._dir)
             if len(salt) != SALT_BYTES:
                 raise RuntimeError(f"salt file for {day} is damaged")
             self._cache[day] = salt
@@ -61,16 +63,8 @@ class SaltKeeper:
         with self._lock:
             self._cache.pop(day, None)
             self._path(day).unlink(missing_ok=True)
-            _fsync_dir(self._dir)
+            fsync_directory(self._dir)
 
     def days(self) -> list[date]:
         """Days whose salt still exists."""
         return sorted(date.fromisoformat(p.stem) for p in self._dir.glob("*.salt"))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from protocol.storage import fsync_directory
+
 _HEADER = struct.Struct("<4sII")  # magic, schema length, CRC-32 of the schema
 _RECORD = struct.Struct("<4sQIII")  # magic, first seq, rows, batch length, CRC-32
 log = logging.getLogger("liberation.node.store")
@@ -45,7 +47,7 @@ class StageFile:
         created = not path.exists()
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         if created:
-            _sync_directory(path.parent)  # the file itself must survive a crash, not just its bytes
+            fsync_directory(path.parent)  # the file itself must survive a crash, not just its bytes
         self._end = 0  # the end of the last good record: where the next append goes
         self._written_schema: pa.Schema | None = None
         self._dirty = False  # a failed append may have left bytes past `_end`
@@ -53,14 +55,15 @@ class StageFile:
     def records(self) -> list[tuple[int, pa.RecordBatch]]:
         """The good records as (first seq, rows), in file order; the next `append` goes after the last of them."""
         data = _read_all(self._fd)
+        view = memoryview(data)  # records are checked and decoded in place, not copied out
         schema, offset = _read_header(data)
         self._written_schema, self._end = schema, offset
         found: list[tuple[int, pa.RecordBatch]] = []
         while schema is not None and offset + _RECORD.size <= len(data):
             magic, first, rows, length, crc = _RECORD.unpack_from(data, offset)
             start = offset + _RECORD.size
-            body = data[start:start + length]
-            if magic != _RECORD_MAGIC or len(body) != length or zlib.crc32(body, zlib.crc32(data[offset + 4:start - 4])) != crc:
+            body = view[start:start + length]
+            if magic != _RECORD_MAGIC or len(body) != length or zlib.crc32(body, zlib.crc32(view[offset + 4:start - 4])) != crc:
                 break  # torn or never finished: it was not acknowledged
             batch = pa.ipc.read_record_batch(pa.py_buffer(body), schema)
             if batch.num_rows != rows:
@@ -145,11 +148,3 @@ def _write_at(fd: int, data: bytes, offset: int) -> None:
     while view:
         written = os.pwrite(fd, view, offset)
         view, offset = view[written:], offset + written
-
-
-def _sync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from itertools import chain
 from pathlib import Path
 
 import duckdb
@@ -31,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from node.privacy import FilteredEvent
-from node.rows import RowLayout, attribute_field
+from node.rows import RowLayout
 from node.stagelog import StageFile
 from protocol.catalog import Catalog
 from protocol.storage import Database
@@ -269,9 +270,13 @@ class Store(Database):
         """The rows of the given stage files, read back from disk and numbered (a `seq` column first)."""
         tables = []
         for index in indices:
-            for first, batch in self._stages[index].records():
-                seq = pa.array(range(first, first + batch.num_rows), pa.int64())
-                tables.append(pa.Table.from_batches([batch]).add_column(0, "seq", seq))
+            records = self._stages[index].records()
+            if records:
+                # One table per file, not per record: a file of one-row records (light
+                # single-event traffic) holds tens of thousands of them.
+                seq = chain.from_iterable(range(first, first + batch.num_rows) for first, batch in records)
+                table = pa.Table.from_batches([batch for _, batch in records])
+                tables.append(table.add_column(0, "seq", pa.array(list(seq), pa.int64())))
         if not tables:
             return None
         # A stage written before the catalog changed lacks (or has extra) attribute columns.
@@ -292,10 +297,9 @@ class Store(Database):
         return moved
 
     def _move_rows(self, staged: pa.Table) -> int:
-        # The store's columns: `minute` stays out of `events`, and so does an attribute the catalog dropped.
-        known = {"seq", "window_start", "hour", "session", "app", "action", "country"} | {
-            attribute_field(a) for a in self._attrs
-        }
+        # The store's columns: the layout's and `seq`. `minute` stays out of `events`, and so does
+        # an attribute the catalog dropped since the rows were staged.
+        known = {"seq", *self.layout.schema.names} - {"minute"}
         with self.transaction() as tx:
             moving = staged.filter(pc.greater(staged.column("seq"), self._drained_seq()))
             if moving.num_rows == 0:

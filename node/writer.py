@@ -88,7 +88,7 @@ class Writer:
         self._draining: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="duckdb-writer")
+        self._task = asyncio.create_task(self._run(), name="stage-writer")
 
     async def stop(self) -> None:
         """Commit what is queued, then stop."""

@@ -6,6 +6,7 @@ Typed against a small `Connection` protocol rather than duckdb itself, so
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -23,6 +24,15 @@ class Connection(Protocol):
 
 
 Migration = Callable[[Any], None]
+
+
+def fsync_directory(path: os.PathLike[str] | str) -> None:
+    """Make a directory's entries durable: a file created, renamed or removed there survives a crash."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class Database:
