@@ -23,6 +23,7 @@ export pass take the store's write lock; readers use their own cursor.
 from __future__ import annotations
 
 import threading
+from contextlib import suppress
 from collections.abc import Callable, Sequence
 from itertools import chain
 from pathlib import Path
@@ -31,8 +32,9 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from node.dimensions import dimension_domains, fit_dimensions
 from node.privacy import FilteredEvent
-from node.rows import RowLayout
+from node.rows import RowLayout, attribute_field
 from node.stagelog import StageFile
 from protocol.catalog import Catalog
 from protocol.storage import Database
@@ -165,7 +167,7 @@ def session_state(con: duckdb.DuckDBPyConnection, window_start: int) -> str:
 
 def attribute_column(name: str) -> str:
     """Column of a declared attribute; names are catalog slugs, so quoting is safe."""
-    return '"a_' + name.replace("-", "_") + '"'
+    return f'"{attribute_field(name)}"'
 
 
 class Store(Database):
@@ -186,10 +188,10 @@ class Store(Database):
         path.parent.mkdir(parents=True, exist_ok=True)
         super().__init__(duckdb.connect(str(path)), MIGRATIONS, memory_limit=memory_limit)
         self.layout = RowLayout(catalog)
-        self._attrs = self.layout.attributes
-        # The catalog may declare new attributes: each gets a nullable column.
-        for name in self._attrs:
-            self._con.execute(f"ALTER TABLE events ADD COLUMN IF NOT EXISTS {attribute_column(name)} VARCHAR")
+        # Dimension columns are ENUMs of the catalog's domains; a new attribute gets a nullable column.
+        self._domains = dimension_domains(catalog)
+        with self.transaction() as tx:
+            fit_dimensions(tx, self._domains)
         # `_stage_lock` orders the writer's appends against a drain's swap;
         # `_drain_lock` keeps drains one at a time.
         self._stage_lock = threading.Lock()
@@ -200,6 +202,10 @@ class Store(Database):
         self._first = [0, 0]
         self._staged = [0, 0]
         self._active = 0
+        # The drained mark: every row at or below it is in `events` (see `_move`).
+        self._con.execute(
+            "INSERT INTO node_state VALUES ('drained_seq', ?) ON CONFLICT (name) DO NOTHING", [self._drained_seq()]
+        )
         # Rows left staged by a crash (or by a store from before stage files) move first.
         self._move_legacy_stages()
         self._move([0, 1])
@@ -297,13 +303,27 @@ class Store(Database):
         return moved
 
     def _move_rows(self, staged: pa.Table) -> int:
+        try:
+            return self._insert_moving(staged)
+        except duckdb.ConversionException:
+            # A value outside a column's ENUM: rows staged under a catalog since changed.
+            # Widen the column, then move them.
+            with self.transaction() as tx:
+                if not fit_dimensions(tx, self._domains, staged):
+                    raise
+            return self._insert_moving(staged)
+
+    def _insert_moving(self, staged: pa.Table) -> int:
         # The store's columns: the layout's and `seq`. `minute` stays out of `events`, and so does
         # an attribute the catalog dropped since the rows were staged.
         known = {"seq", *self.layout.schema.names} - {"minute"}
         with self.transaction() as tx:
-            moving = staged.filter(pc.greater(staged.column("seq"), self._drained_seq()))
-            if moving.num_rows == 0:
+            mark = self._drained_seq()
+            lowest, top = (int(v.as_py()) for v in pc.min_max(staged.column("seq")).values())
+            if top <= mark:
                 return 0
+            # Rows at or below the mark are there only after a crash between a move and its emptying.
+            moving = staged if lowest > mark else staged.filter(pc.greater(staged.column("seq"), mark))
             columns = ", ".join(f'"{c}"' for c in moving.column_names if c in known)
             tx.register("moving_rows", moving)
             try:
@@ -323,14 +343,12 @@ class Store(Database):
                     script.append(
                         f"INSERT INTO {name} SELECT session, app, seq, minute FROM moving_rows WHERE window_start = {int(window)}"
                     )
-                top = int(pc.max(moving.column("seq")).as_py())
-                script.append(
-                    f"INSERT INTO node_state VALUES ('drained_seq', {top}) "
-                    "ON CONFLICT (name) DO UPDATE SET value = excluded.value"
-                )
+                script.append(f"UPDATE node_state SET value = {top} WHERE name = 'drained_seq'")
                 tx.execute(";\n".join(script))
             finally:
-                tx.unregister("moving_rows")
+                # In an aborted transaction this fails; the rollback drops the view anyway.
+                with suppress(duckdb.TransactionException):
+                    tx.unregister("moving_rows")
         return moving.num_rows
 
     def _move_legacy_stages(self) -> None:
