@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from federation.views import (
 )
 from node.export import BudgetExceeded, Publisher, epsilon_cap_default
 from node.geo import GeoLocator
-from node.handoff import COUNTS_PATH, ROWS_PATH, SALT_PATH, receive_counts, receive_rows, serve_salt
+from node.handoff import COUNTS_PATH, SALT_PATH, receive_counts, serve_rows, serve_salt
 from node.ingest import Clock, Ingestor, utc_now
 from node.metrics import NodeMetrics
 from node.openapi import serve_openapi
@@ -365,13 +366,18 @@ async def _salt(request: web.Request) -> web.Response:
     return await serve_salt(request, request.app[NODE])
 
 
-async def _rows(request: web.Request) -> web.Response:
-    node = request.app[NODE]
-    return await receive_rows(request, node, node.store.layout.schema)
-
-
 async def _counts(request: web.Request) -> web.Response:
     return await receive_counts(request, request.app[NODE])
+
+
+async def start_rows_server(app: web.Application, path: Path) -> asyncio.Server:
+    """Serve the ingest workers' row handoffs for `app`'s node (set up) on the Unix socket `path`, mode 0600."""
+    node = app[NODE]
+    schema = node.store.layout.schema
+    path.unlink(missing_ok=True)  # left by a main that was killed
+    server = await asyncio.start_unix_server(lambda r, w: serve_rows(r, w, node, schema), path=str(path))
+    os.chmod(path, 0o600)
+    return server
 
 
 def create_app(settings: NodeSettings, *, clock: Clock = utc_now, handoff: bool = False) -> web.Application:
@@ -422,6 +428,5 @@ def create_app(settings: NodeSettings, *, clock: Clock = utc_now, handoff: bool 
     app.router.add_get("/openapi.json", serve_openapi)
     if handoff:
         app.router.add_get(SALT_PATH, _salt)
-        app.router.add_post(ROWS_PATH, _rows)
         app.router.add_post(COUNTS_PATH, _counts)
     return app

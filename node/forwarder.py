@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from datetime import datetime
 
 import aiohttp
 
-from node.handoff import COUNTS_HEADER, COUNTS_PATH, ROWS_PATH, SALT_PATH, encode_counts, encode_rows
+from node.handoff import COUNTS_PATH, SALT_PATH, RowsChannel, encode_counts, encode_rows
 from node.metrics import NodeMetrics
 from node.privacy import window_of
 from node.rows import RowBlock, RowLayout
@@ -87,9 +88,16 @@ class Forwarder:
     """Sends filtered rows to the main process in groups; `submit` returns after the main's commit."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, layout: RowLayout, metrics: NodeMetrics, *, max_rows: int = 50_000
+        self,
+        session: aiohttp.ClientSession,
+        rows: RowsChannel,
+        layout: RowLayout,
+        metrics: NodeMetrics,
+        *,
+        max_rows: int = 50_000,
     ) -> None:
         self._session = session
+        self._rows = rows
         self._layout = layout
         self._metrics = metrics
         self._max_rows = max_rows
@@ -113,6 +121,7 @@ class Forwarder:
                 await task
         with contextlib.suppress(aiohttp.ClientError, OSError):
             await self._ship_counts()
+        self._rows.close()
 
     async def submit(self, events: RowBlock) -> None:
         """Return once the main process committed `events`; StorageUnavailable or WindowClosed if not."""
@@ -161,15 +170,13 @@ class Forwarder:
             answered = False
             try:
                 body = encode_rows(self._layout.table([item.events for item in batch]))
-                headers = {"Content-Type": "application/vnd.apache.arrow.stream", COUNTS_HEADER: encode_counts(deltas)}
-                async with self._session.post(BASE + ROWS_PATH, data=body, headers=headers) as resp:
-                    answered = True  # the main process took the counts, whatever became of the rows
-                    answer = await resp.json() if resp.status == 200 else None
-                if answer is None:
-                    error = StorageUnavailable(f"HTTP {resp.status}")
+                status, answer = await self._rows.send(encode_counts(deltas).encode(), body)
+                answered = True  # the main process took the counts, whatever became of the rows
+                if status == 200:
+                    closed = set(json.loads(answer)["closed"])
                 else:
-                    closed = set(answer["closed"])
-            except (aiohttp.ClientError, OSError, ValueError) as exc:
+                    error = StorageUnavailable(f"status {status}")
+            except (OSError, EOFError, ValueError) as exc:
                 log.error("handoff of %d rows failed: %s", rows, type(exc).__name__)
                 error = StorageUnavailable(type(exc).__name__)
             if not answered and deltas:

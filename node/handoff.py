@@ -1,19 +1,36 @@
-"""The handoff from ingest workers to the main process: routes served on its Unix socket only, and their wire format.
+"""The handoff from ingest workers to the main process: its wire formats, on the main's Unix sockets only.
 
-A worker filters events itself, then posts the rows as an Arrow IPC stream to
-`ROWS_PATH`; the main process answers once its writer committed them (acked
-means durable). It re-checks every row's window at that moment: a worker's
-cached salt must never let an event into an exported window. Workers fetch
-salts from `SALT_PATH` and ship their counter deltas in `COUNTS_HEADER` (with
-rows) or to `COUNTS_PATH`. None of these routes is on the public port.
+Rows: a worker filters events itself, then sends the rows of a group of
+requests as one frame on the main's rows socket (`rows_socket`), a
+connection it keeps open; the main process answers once its writer
+committed them (acked means durable). It re-checks every row's window at
+that moment: a worker's cached salt must never let an event into an
+exported window. The frame is the worker's counter deltas (JSON) and the
+rows (an Arrow IPC stream):
+
+    request  b"LROW" | u32 counts length | u32 rows length | counts | rows
+    answer   u16 status | u32 length | JSON body
+             200 {"closed": [window, ...]}: committed, but for the rows of closed windows
+             400 the frame or its rows are not what this main takes (the connection closes)
+             503 the commit failed: nothing stored
+
+(A frame rather than an HTTP request: at half the node's maximum the main
+answers hundreds of handoffs a second, and aiohttp's request and response
+machinery, on both sides, cost more CPU than the rows' commit.)
+
+Salts and counts, a few a second, are HTTP routes on the main's app socket:
+workers fetch salts from `SALT_PATH` and ship counter deltas between
+handoffs to `COUNTS_PATH`. None of these is on the public port.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import struct
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -25,10 +42,14 @@ from node.writer import Rows, StorageUnavailable
 
 PREFIX = "/_internal/"
 SALT_PATH = "/_internal/salt/{window}"
-ROWS_PATH = "/_internal/rows"
 COUNTS_PATH = "/_internal/counts"
-COUNTS_HEADER = "X-Liberation-Counts"
-ARROW_STREAM = "application/vnd.apache.arrow.stream"
+
+_FRAME = struct.Struct("<4sII")  # magic, counts length, rows length
+_ANSWER = struct.Struct("<HI")  # status, body length
+_FRAME_MAGIC = b"LROW"
+MAX_FRAME_BYTES = 256 * 1024 * 1024
+"""A worker's group is at most `commit_max_rows` rows: a few MB of Arrow."""
+HANDOFF_TIMEOUT_SECONDS = 120.0
 
 
 class HandoffTarget(Protocol):
@@ -52,11 +73,19 @@ def encode_rows(table: pa.Table) -> bytes:
 
 
 def decode_rows(body: bytes, schema: pa.Schema) -> pa.Table:
-    """An Arrow IPC stream -> rows; a table of another layout (a worker of another catalog) is refused."""
-    table = pa.ipc.open_stream(body).read_all()
+    """An Arrow IPC stream -> rows; ValueError if it is not one, or of another layout (a worker of another catalog)."""
+    try:
+        table = pa.ipc.open_stream(body).read_all()
+    except pa.ArrowException as exc:
+        raise ValueError("not an Arrow IPC stream") from exc
     if not table.schema.equals(schema):
-        raise web.HTTPBadRequest(text="rows of another layout")
+        raise ValueError("rows of another layout")
     return table
+
+
+def rows_socket(socket_path: Path) -> Path:
+    """The main's rows socket, beside its app socket `socket_path` (same private directory)."""
+    return socket_path.with_name(socket_path.stem + ".rows.sock")
 
 
 def encode_counts(deltas: dict[str, float]) -> str:
@@ -83,10 +112,13 @@ async def serve_salt(request: web.Request, target: HandoffTarget) -> web.Respons
     return web.Response(body=salt, content_type="application/octet-stream")
 
 
-async def receive_rows(request: web.Request, target: HandoffTarget, schema: pa.Schema) -> web.Response:
-    """`POST ROWS_PATH`: commit the rows of open windows; answer the closed ones, which were not stored."""
-    _add_counts(target, request.headers.get(COUNTS_HEADER))
-    table = decode_rows(await request.read(), schema)
+async def commit_handoff(target: HandoffTarget, schema: pa.Schema, counts: bytes, body: bytes) -> tuple[int, bytes]:
+    """One rows frame: add the counts, commit the rows of open windows; the answer's status and body."""
+    try:
+        _add_counts(target, counts.decode())
+        table = decode_rows(body, schema)
+    except ValueError:  # not UTF-8, not JSON, not Arrow, or another layout
+        return 400, b"{}"
     windows: Sequence[int] = pc.unique(table.column("window_start")).to_pylist()
     closed = [w for w in windows if not target.window_open(_window(w))]
     if closed:
@@ -94,8 +126,63 @@ async def receive_rows(request: web.Request, target: HandoffTarget, schema: pa.S
     try:
         await target.commit_rows(table)
     except StorageUnavailable:
-        return web.Response(status=503)
-    return web.json_response({"closed": closed})
+        return 503, b"{}"
+    return 200, json.dumps({"closed": closed}).encode()
+
+
+async def serve_rows(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, target: HandoffTarget, schema: pa.Schema) -> None:
+    """Serve one worker's connection to the rows socket: frames in, one answer each, until it closes."""
+    try:
+        while True:
+            try:
+                magic, counts_length, rows_length = _FRAME.unpack(await reader.readexactly(_FRAME.size))
+            except asyncio.IncompleteReadError:
+                return  # the worker closed the connection between frames
+            if magic != _FRAME_MAGIC or counts_length + rows_length > MAX_FRAME_BYTES:
+                writer.write(_ANSWER.pack(400, 2) + b"{}")
+                return
+            counts = await reader.readexactly(counts_length)
+            body = await reader.readexactly(rows_length)
+            status, answer = await commit_handoff(target, schema, counts, body)
+            writer.write(_ANSWER.pack(status, len(answer)) + answer)
+            await writer.drain()
+            if status == 400:
+                return
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass  # the worker went away mid-frame: nothing of it was committed
+    finally:
+        writer.close()
+
+
+class RowsChannel:
+    """A worker's connection to the main's rows socket: one frame out and its answer back at a time."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def send(self, counts: bytes, rows: bytes) -> tuple[int, bytes]:
+        """Send one frame; (status, body) of the answer. OSError, EOFError or TimeoutError if there was none."""
+        try:
+            async with asyncio.timeout(HANDOFF_TIMEOUT_SECONDS):
+                if self._streams is None:
+                    self._streams = await asyncio.open_unix_connection(str(self._path))
+                reader, writer = self._streams
+                writer.write(_FRAME.pack(_FRAME_MAGIC, len(counts), len(rows)) + counts + rows)
+                await writer.drain()
+                status, length = _ANSWER.unpack(await reader.readexactly(_ANSWER.size))
+                answer = await reader.readexactly(length)
+        except BaseException:
+            self.close()  # an answer half read, or none: the next frame goes on a new connection
+            raise
+        if status == 400:
+            self.close()  # the main closes its end after a refusal
+        return status, answer
+
+    def close(self) -> None:
+        if self._streams is not None:
+            self._streams[1].close()
+            self._streams = None
 
 
 async def receive_counts(request: web.Request, target: HandoffTarget) -> web.Response:

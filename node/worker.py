@@ -26,7 +26,7 @@ from liberation.server import make_runner, tune_gc, wait_for_signal
 from node.app import cors_middleware
 from node.forwarder import BASE, Forwarder, SaltCache
 from node.geo import GeoLocator
-from node.handoff import PREFIX
+from node.handoff import PREFIX, RowsChannel, rows_socket
 from node.ingest import Clock, Ingestor, utc_now
 from node.metrics import NodeMetrics
 from node.privacy import PrivacyFilter
@@ -94,7 +94,9 @@ def create_worker_app(settings: NodeSettings, socket_path: Path, *, clock: Clock
             timeout=aiohttp.ClientTimeout(total=120),
         )
         metrics = NodeMetrics(rows=lambda: 0, db_bytes=lambda: 0, db_memory=lambda: 0)  # ingest counters only: shipped to the main
-        forwarder = Forwarder(session, RowLayout(catalog), metrics, max_rows=settings.commit_max_rows)
+        forwarder = Forwarder(
+            session, RowsChannel(rows_socket(socket_path)), RowLayout(catalog), metrics, max_rows=settings.commit_max_rows
+        )
         salts = SaltCache(session, settings.window_seconds)
         geo = GeoLocator(settings.geoip_database)
         workers = max(1, settings.ingest_workers)

@@ -25,7 +25,8 @@ from pathlib import Path
 from aiohttp import web
 
 from liberation.server import base_url, make_runner, run_app, tune_gc, wait_for_signal
-from node.app import create_app
+from node.app import create_app, start_rows_server
+from node.handoff import rows_socket
 from node.settings import NodeSettings
 
 log = logging.getLogger("liberation.node.workers")
@@ -128,6 +129,8 @@ async def _serve_with_workers(settings: NodeSettings) -> None:
     site = web.UnixSite(runner, str(path))
     await site.start()
     os.chmod(path, 0o600)
+    rows_path = rows_socket(path)
+    rows = await start_rows_server(runner.app, rows_path)
     public = hold_port(settings.host, settings.port)
     host, port = public.getsockname()[:2]
     supervisor = Supervisor(settings, path, port)
@@ -140,9 +143,12 @@ async def _serve_with_workers(settings: NodeSettings) -> None:
         log.info("stopping", extra={"service": "node"})
         await supervisor.stop()
         public.close()
+        rows.close()
+        await rows.wait_closed()
         await runner.cleanup()
-        with contextlib.suppress(OSError):
-            path.unlink()
+        for socket_file in (path, rows_path):
+            with contextlib.suppress(OSError):
+                socket_file.unlink()
 
 
 def serve_node(settings: NodeSettings) -> None:

@@ -19,7 +19,9 @@ import duckdb
 import pytest
 from aiohttp import web
 
-from node.app import NODE, create_app
+from node.app import NODE, create_app, start_rows_server
+from node.handoff import RowsChannel, encode_rows, rows_socket
+from node.privacy import FilteredEvent, window_of
 from node.worker import create_worker_app
 from tests.servers import Process, node_settings, run_node
 
@@ -118,7 +120,7 @@ BAD_REQUESTS: list[tuple[str, str, dict[str, str], bytes]] = [
     ("GET", "/v1/events", {}, b""),
     ("GET", "/no/such/route", {}, b""),
     ("GET", "/_internal/salt/0", {}, b""),
-    ("POST", "/_internal/rows", {}, b"x"),
+    ("POST", "/_internal/counts", {}, b"{}"),
     ("GET", "/v1/snapshots/not-a-window", {}, b""),
     ("OPTIONS", "/v1/events", {"Origin": "https://elsewhere.example", "Access-Control-Request-Method": "POST"}, b""),
 ]
@@ -161,6 +163,7 @@ async def main_and_worker(tmp_path: Path, clock: MovableClock) -> AsyncIterator[
     await main_runner.setup()
     socket = tmp_path / "main.sock"
     await web.UnixSite(main_runner, str(socket)).start()
+    rows = await start_rows_server(main, rows_socket(socket))
     worker_runner = web.AppRunner(create_worker_app(settings, socket), access_log=None)
     await worker_runner.setup()
     await web.TCPSite(worker_runner, "127.0.0.1", 0).start()
@@ -168,7 +171,38 @@ async def main_and_worker(tmp_path: Path, clock: MovableClock) -> AsyncIterator[
         yield f"http://127.0.0.1:{worker_runner.addresses[0][1]}", main
     finally:
         await worker_runner.cleanup()
+        rows.close()
+        await rows.wait_closed()
         await main_runner.cleanup()
+
+
+async def test_the_rows_socket_commits_good_frames_and_refuses_others(tmp_path: Path) -> None:
+    clock = MovableClock()
+    async with main_and_worker(tmp_path, clock) as (_, main):
+        node = main[NODE]
+        layout = node.store.layout
+        now = clock()
+        good = layout.table([layout.block([
+            FilteredEvent(window_of(now, 86_400), now.replace(minute=0, second=0, microsecond=0), 3, 77, "runway-calculator", "start", "DE", {})
+        ])])
+        channel = RowsChannel(rows_socket(tmp_path / "main.sock"))
+        try:
+            assert await channel.send(b"{}", encode_rows(good)) == (200, b'{"closed": []}')
+            other = good.drop_columns(["a_industry"])  # a worker of another catalog
+            assert (await channel.send(b"{}", encode_rows(other)))[0] == 400
+            assert (await channel.send(b"{}", b"not arrow"))[0] == 400
+            assert (await channel.send(b"\xff", encode_rows(good)))[0] == 400  # counts that are not UTF-8 JSON
+            # A frame that is not one: answered 400, and the connection closes.
+            reader, writer = await asyncio.open_unix_connection(str(rows_socket(tmp_path / "main.sock")))
+            writer.write(b"GET / HTTP/1.1\r\n\r\n")
+            assert (await reader.read()).startswith(b"\x90\x01")
+            writer.close()
+            assert node.store.row_count() == 1  # the good frame's row, nothing of the others
+            # The channel reconnects after the main closed its connection.
+            assert (await channel.send(b"{}", encode_rows(good)))[0] == 200
+            assert node.store.row_count() == 2
+        finally:
+            channel.close()
 
 
 async def test_exported_window_refuses_events_despite_a_cached_salt(tmp_path: Path) -> None:
