@@ -2,7 +2,7 @@
 
 Not part of `make bench` (a diagnostic behind node/stagelog.py). In this
 process, with the node's store and real filtered rows: commits of ROWS rows
-(300 by default) until DRAIN_ROWS are staged (the writer's, 32,768), then
+(300 by default) until DRAIN_ROWS are staged (the writer's, 131,072), then
 one drain, ROUNDS times (6), each commit both ways:
   duckdb      an `INSERT ... BY NAME` from the Arrow table into a table of an
               attached DuckDB file, as the stages were before stage files;
