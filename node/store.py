@@ -23,8 +23,8 @@ export pass take the store's write lock; readers use their own cursor.
 from __future__ import annotations
 
 import threading
-from contextlib import suppress
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from itertools import chain
 from pathlib import Path
 
