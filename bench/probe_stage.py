@@ -29,6 +29,7 @@ from node.writer import DRAIN_ROWS
 from protocol.catalog import load_catalog
 from protocol.events import EVENTS_ADAPTER
 
+
 def _filtered(count: int) -> list[FilteredEvent]:
     catalog = load_catalog()
     privacy = PrivacyFilter(catalog, clock_skew=timedelta(minutes=10))

@@ -43,6 +43,11 @@ def enum_type(values: Iterable[str]) -> str:
     return "ENUM(" + ", ".join("'" + v.replace("'", "''") + "'" for v in sorted(set(values))) + ")"
 
 
+def enum_values(con: duckdb.DuckDBPyConnection, column: str) -> list[str]:
+    """The values of the ENUM of a column of `events` (its type, read without scanning a row)."""
+    return list(con.execute(f'SELECT enum_range(max("{column}")) FROM (SELECT "{column}" FROM events LIMIT 0)').fetchall()[0][0])
+
+
 def fit_dimensions(
     con: duckdb.DuckDBPyConnection, domains: Mapping[str, Iterable[str]], staged: pa.Table | None = None
 ) -> list[str]:
@@ -68,7 +73,7 @@ def fit_dimensions(
             changed.append(column)
             continue
         if current.startswith("ENUM("):
-            (held,) = con.execute(f'SELECT enum_range(max("{column}")) FROM (SELECT "{column}" FROM events LIMIT 0)').fetchall()[0]
+            held = enum_values(con, column)
             if needed <= set(held):
                 continue
             needed.update(held)

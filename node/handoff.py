@@ -139,12 +139,12 @@ async def serve_rows(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
             except asyncio.IncompleteReadError:
                 return  # the worker closed the connection between frames
             if magic != _FRAME_MAGIC or counts_length + rows_length > MAX_FRAME_BYTES:
-                writer.write(_ANSWER.pack(400, 2) + b"{}")
+                writer.write(_answer(400, b"{}"))
                 return
             counts = await reader.readexactly(counts_length)
             body = await reader.readexactly(rows_length)
             status, answer = await commit_handoff(target, schema, counts, body)
-            writer.write(_ANSWER.pack(status, len(answer)) + answer)
+            writer.write(_answer(status, answer))
             await writer.drain()
             if status == 400:
                 return
@@ -152,6 +152,10 @@ async def serve_rows(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         pass  # the worker went away mid-frame: nothing of it was committed
     finally:
         writer.close()
+
+
+def _answer(status: int, body: bytes) -> bytes:
+    return _ANSWER.pack(status, len(body)) + body
 
 
 class RowsChannel:

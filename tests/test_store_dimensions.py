@@ -10,7 +10,7 @@ from typing import Any
 
 import duckdb
 
-from node.dimensions import dimension_domains, fit_dimensions
+from node.dimensions import dimension_domains, enum_values, fit_dimensions
 from node.privacy import FilteredEvent
 from node.store import MIGRATIONS, Store
 from protocol.catalog import Catalog, load_catalog, parse_catalog
@@ -20,7 +20,7 @@ WINDOW = datetime(2026, 11, 23, tzinfo=UTC)
 W = int(WINDOW.timestamp())
 
 
-def enum_values(store: Store, column: str) -> list[str] | None:
+def column_enum(store: Store, column: str) -> list[str] | None:
     """The values of a column's ENUM, or None if it is not an ENUM."""
     con = store.cursor()
     (kind,) = con.execute(
@@ -28,7 +28,7 @@ def enum_values(store: Store, column: str) -> list[str] | None:
     ).fetchall()[0]
     if not kind.startswith("ENUM("):
         return None
-    return con.execute(f'SELECT enum_range(max("{column}")) FROM (SELECT "{column}" FROM events LIMIT 0)').fetchall()[0][0]
+    return enum_values(con, column)
 
 
 def catalog_without_industry(value: str) -> Catalog:
@@ -46,7 +46,7 @@ def test_every_dimension_column_is_a_sorted_enum_of_its_domain(tmp_path: Path) -
         domains = dimension_domains(catalog)
         assert {"app", "action", "country", "a_industry"} <= set(domains)
         for column, domain in domains.items():
-            assert enum_values(store, column) == sorted(set(domain)), column
+            assert column_enum(store, column) == sorted(set(domain)), column
         events = [
             FilteredEvent(WINDOW, WINDOW, 1, i, "runway-calculator", "start", country, {"industry": industry})
             for i, (country, industry) in enumerate([("ZZ", "tech"), ("BR", "finance"), ("DE", None)])
@@ -74,11 +74,11 @@ def test_a_store_with_string_columns_converts_and_keeps_every_value(tmp_path: Pa
     try:
         rows = store.cursor().execute("SELECT seq, app, country, a_industry FROM events ORDER BY seq").fetchall()
         assert rows == [(1, "retired-tool", "DE", "mining"), (2, "runway-calculator", "FR", None)]
-        apps = enum_values(store, "app")
+        apps = column_enum(store, "app")
         assert apps is not None and "retired-tool" in apps and set(load_catalog().app_names) <= set(apps)
-        industries = enum_values(store, "a_industry")
+        industries = column_enum(store, "a_industry")
         assert industries is not None and "mining" in industries
-        assert enum_values(store, "a_salary") is not None  # a column the old store lacked, added as an ENUM
+        assert column_enum(store, "a_salary") is not None  # a column the old store lacked, added as an ENUM
     finally:
         store.close()
 
@@ -99,7 +99,7 @@ def test_rows_staged_under_an_older_catalog_move_after_their_column_widens(tmp_p
     reopened = Store(path, narrower)
     try:
         assert reopened.cursor().execute("SELECT session, a_industry FROM events").fetchall() == [(99, "retail")]
-        industries = enum_values(reopened, "a_industry")
+        industries = column_enum(reopened, "a_industry")
         assert industries is not None and "retail" in industries
         assert reopened.staged_rows == 0
     finally:
