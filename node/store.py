@@ -29,6 +29,7 @@ from itertools import chain
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -273,9 +274,17 @@ class Store(Database):
         return int(self.cursor().execute("SELECT coalesce(max(seq), 0) FROM events").fetchall()[0][0])
 
     def _staged_table(self, indices: Sequence[int]) -> pa.Table | None:
-        """The rows of the given stage files, read back from disk and numbered (a `seq` column first)."""
+        """The rows of the given stage files, numbered (a `seq` column first): as held in memory, else read back from disk."""
         tables = []
         for index in indices:
+            with self._stage_lock:
+                first, count = self._first[index], self._staged[index]
+            held = self._stages[index].held()
+            if held is not None and held.num_rows == count:
+                # A stage holds one run of seqs from `first` (see `__init__`).
+                if count:
+                    tables.append(held.add_column(0, "seq", pa.array(np.arange(first, first + count, dtype=np.int64))))
+                continue
             records = self._stages[index].records()
             if records:
                 # One table per file, not per record: a file of one-row records (light

@@ -8,8 +8,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pytest
 
+from node import stagelog
 from node.privacy import FilteredEvent
 from node.store import Store, session_log_table, stage_path
 from protocol.catalog import load_catalog
@@ -201,5 +203,41 @@ def test_rows_left_in_a_staging_database_of_an_older_node_move_at_open(tmp_path:
         assert not legacy.exists()
         log = reopened.cursor().execute(f"SELECT session, minute FROM {session_log_table(W)}").fetchall()
         assert log == [(7, 3)]
+    finally:
+        reopened.close()
+
+
+def test_a_stage_file_holds_exactly_its_acked_records_in_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drain takes the rows from memory only when they are the file's: same rows, same order; else it reads the file."""
+    path = tmp_path / "node.duckdb"
+    store = Store(path, load_catalog())
+    try:
+        for start in range(0, 600, 2):  # more appends than are kept apart before merging
+            staged(store, range(start, start + 2))
+        stage = store._stages[store._active]
+        held = stage.held()
+        assert held is not None
+        from_file = pa.Table.from_batches([batch for _, batch in stage.records()])
+        assert held.equals(from_file)
+        assert store.drain() == 600
+        assert stored(store) == [(i + 1, i) for i in range(600)]
+        assert stage.held() is not None and stage.held().num_rows == 0  # emptied with its file
+
+        # Past the memory bound a stage stops holding its rows, and a drain reads the file.
+        monkeypatch.setattr(stagelog, "HELD_BYTES", 1)
+        staged(store, range(600, 610))
+        assert store._stages[store._active].held() is None
+        assert store.drain() == 10
+        assert [s for _, s in stored(store)] == list(range(610))
+        monkeypatch.undo()
+        staged(store, range(610, 615))
+        crash(store)
+    except BaseException:
+        store.close()
+        raise
+    # A file opened with records in it is read, not trusted to memory.
+    reopened = Store(path, load_catalog())
+    try:
+        assert [s for _, s in stored(reopened)] == list(range(615))
     finally:
         reopened.close()
