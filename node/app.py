@@ -104,7 +104,7 @@ class Node:
         with self._exporting:
             # Every staged row moves to the store, then the session rows logged since
             # the last pass become per-session state.
-            self.store.drain()
+            self.store.drain(paced=True)
             self.store.fold_sessions()
             done = []
             for window in self.publisher.due_windows():

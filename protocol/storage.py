@@ -38,8 +38,12 @@ def fsync_directory(path: os.PathLike[str] | str) -> None:
 class Database:
     """A connection owned by one store: migrations at open, serialized write transactions."""
 
-    def __init__(self, con: Connection, migrations: Sequence[Migration], *, memory_limit: str) -> None:
+    def __init__(
+        self, con: Connection, migrations: Sequence[Migration], *, memory_limit: str, catalog: str | None = None
+    ) -> None:
+        """`catalog`: the attached database the stores' tables live in, if `con` was opened on another (`USE`d by every cursor)."""
         self._con = con
+        self._catalog = catalog
         self._lock = threading.Lock()
         self._memory_limit = memory_limit
         con.execute("SET enable_progress_bar = false")  # never draw on a server's stderr
@@ -74,6 +78,8 @@ class Database:
         """A reader connection to the same database (readers never block the writer)."""
         cursor = self._con.cursor()
         cursor.execute("SET enable_progress_bar = false")
+        if self._catalog is not None:
+            cursor.execute(f"USE {self._catalog}")  # a new cursor starts in the connection's first database
         return cursor
 
     def memory_bytes(self) -> int:
@@ -99,11 +105,16 @@ class Database:
             cached = int(before.get("BASE_TABLE", 0))
             if cached <= keep_bytes:
                 return 0
-            target = int(sum(before.values())) - cached + keep_bytes
+            keep = keep_bytes
             try:
-                self._con.execute(f"SET memory_limit = '{target}B'")
-            except Exception:  # noqa: BLE001 - the engine could not evict enough: nothing was changed
-                pass
+                # Blocks of row groups still being written (or not checkpointed yet) are pinned:
+                # when the engine cannot get under a limit it changes nothing, so ask for less.
+                while keep < cached:
+                    try:
+                        self._con.execute(f"SET memory_limit = '{int(sum(before.values())) - cached + keep}B'")
+                        break
+                    except Exception:  # noqa: BLE001 - the engine could not evict enough
+                        keep *= 2
             finally:
                 self._con.execute("SET memory_limit = ?", [self._memory_limit])
             after = dict(self._con.execute(query).fetchall())

@@ -16,19 +16,22 @@ APPS = (("runway-calculator", "start"), ("real-wage-calculator", "reveal"), ("co
 def test_trim_cache_drops_cached_blocks_and_keeps_every_row(tmp_path: Path) -> None:
     store = Store(tmp_path / "node.duckdb", load_catalog())
     try:
-        for batch in range(60):
+        # Drains of more than a row group, as the node's are (smaller ones wait in the WAL,
+        # their blocks pinned, until a checkpoint).
+        for batch in range(15):
             store.commit_events([
-                FilteredEvent(WINDOW, WINDOW.replace(hour=batch % 24), batch, (batch * 5_000 + i) % 7_000, *APPS[i % 3], "DE", {})
-                for i in range(5_000)
+                FilteredEvent(WINDOW, WINDOW.replace(hour=batch % 24), batch, (batch * 20_000 + i) % 7_000, *APPS[i % 3], "DE", {})
+                for i in range(20_000)
             ])
         limit = store.cursor().execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
         cached = dict(store.cursor().execute("SELECT tag, memory_usage_bytes FROM duckdb_memory()").fetchall())
-        assert cached.get("BASE_TABLE", 0) > 2**20, cached  # DuckDB kept blocks it wrote
+        assert cached.get("BASE_TABLE", 0) > 4 * 2**20, cached  # DuckDB kept blocks it wrote
         before = store.memory_bytes()
         released = store.trim_cache(keep_bytes=256 * 2**10)
         after = dict(store.cursor().execute("SELECT tag, memory_usage_bytes FROM duckdb_memory()").fetchall())
         assert released > 0 and store.memory_bytes() < before
-        assert after.get("BASE_TABLE", 0) <= 512 * 2**10, after
+        # What stays: `keep_bytes`, or the blocks of the row group written last (pinned), whichever is more.
+        assert after.get("BASE_TABLE", 0) <= 3 * 2**19, after
         # Nothing was lost, the limit is back, and writing goes on.
         assert store.row_count() == 300_000
         assert store.cursor().execute("SELECT current_setting('memory_limit')").fetchall()[0][0] == limit
