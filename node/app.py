@@ -39,7 +39,7 @@ from node.settings import NodeSettings
 from node.store import Store
 from node.views import SnapshotRanges
 from node.views import windows_document as node_windows_document
-from node.writer import Rows, Writer
+from node.writer import DRAIN_ROWS, Rows, Writer
 from protocol.catalog import Catalog, load_catalog
 from protocol.errors import Forbidden, NotFound, problem_middleware
 from protocol.keys import SigningKey, load_or_create
@@ -104,7 +104,7 @@ class Node:
         with self._exporting:
             # Every staged row moves to the store, then the session rows logged since
             # the last pass become per-session state.
-            self.store.drain(paced=True)
+            self.store.drain(pace_below=DRAIN_ROWS)
             self.store.fold_sessions()
             done = []
             for window in self.publisher.due_windows():

@@ -276,13 +276,15 @@ class Store(Database):
         """Rows appended to the stages and not drained yet."""
         return sum(self._staged)
 
-    def drain(self, *, paced: bool = False) -> int:
+    def drain(self, *, pace_below: int | None = None) -> int:
         """Move every row staged before this call into `events` and the session logs; return how many.
 
         A stage left full by a failed drain goes first (its rows are older);
         then the stages swap and the one the writer was filling moves.
-        `paced`: sleep between slices (`DRAIN_PACE`), for drains that run
-        beside live requests; off where nothing waits on the cores but the caller.
+        `pace_below`: rest between slices (`DRAIN_PACE`) while the stage the
+        writer fills holds fewer rows than this (the next drain is not due):
+        for drains that run beside live requests. At a rate paced drains
+        cannot follow they go at full speed, so the stages stay bounded.
         """
         with self._drain_lock:
             moved = 0
@@ -290,13 +292,13 @@ class Store(Database):
                 idle = 1 - self._active
                 leftover = self._staged[idle] > 0
             if leftover:
-                moved += self._move([idle], paced=paced)
+                moved += self._move([idle], pace_below=pace_below)
                 self._clear(idle)
             with self._stage_lock:
                 if self._staged[self._active] == 0:
                     return moved
                 full, self._active = self._active, 1 - self._active
-            moved += self._move([full], paced=paced)
+            moved += self._move([full], pace_below=pace_below)
             self._clear(full)
             return moved
 
@@ -332,7 +334,7 @@ class Store(Database):
         # Left in chunks: a drain combines a slice at a time, not a 20 MB copy at once.
         return pa.concat_tables(tables, promote_options="default")
 
-    def _move(self, indices: Sequence[int], *, paced: bool = False) -> int:
+    def _move(self, indices: Sequence[int], *, pace_below: int | None = None) -> int:
         """Copy staged rows past the drained mark into the store, and raise the mark, in one transaction.
 
         The mark makes a drain idempotent: a crash between this commit and
@@ -340,24 +342,24 @@ class Store(Database):
         order, so every row at or below the mark is in `events`.
         """
         staged = self._staged_table(indices)
-        moved = 0 if staged is None else self._move_rows(staged, paced=paced)
+        moved = 0 if staged is None else self._move_rows(staged, pace_below=pace_below)
         del staged
         # Arrow's allocator keeps freed blocks for reuse: a drain's copy of a stage would stay in the RSS.
         pa.default_memory_pool().release_unused()
         return moved
 
-    def _move_rows(self, staged: pa.Table, *, paced: bool = False) -> int:
+    def _move_rows(self, staged: pa.Table, *, pace_below: int | None = None) -> int:
         try:
-            return self._insert_moving(staged, paced=paced)
+            return self._insert_moving(staged, pace_below=pace_below)
         except duckdb.ConversionException:
             # A value outside a column's ENUM: rows staged under a catalog since changed.
             # Widen the column, then move them.
             with self.transaction() as tx:
                 if not fit_dimensions(tx, self._domains, staged):
                     raise
-            return self._insert_moving(staged, paced=paced)
+            return self._insert_moving(staged, pace_below=pace_below)
 
-    def _insert_moving(self, staged: pa.Table, *, paced: bool) -> int:
+    def _insert_moving(self, staged: pa.Table, *, pace_below: int | None) -> int:
         # The store's columns: the layout's and `seq`. `minute` stays out of `events`, and so does
         # an attribute the catalog dropped since the rows were staged.
         known = {"seq", *self.layout.schema.names} - {"minute"}
@@ -397,7 +399,10 @@ class Store(Database):
                     # In an aborted transaction this fails; the rollback drops the view anyway.
                     with suppress(duckdb.TransactionException):
                         tx.unregister("moving_rows")
-                if paced and offset + ROW_GROUP_ROWS < moving.num_rows:
+                # Read without the stage lock (the writer holds it through its fdatasync):
+                # a stale count only decides one rest.
+                ahead = pace_below is not None and self._staged[self._active] < pace_below
+                if ahead and offset + ROW_GROUP_ROWS < moving.num_rows:
                     time.sleep(DRAIN_PACE * (time.perf_counter() - started))
             tx.execute(f"UPDATE node_state SET value = {top} WHERE name = 'drained_seq'")
         return moving.num_rows

@@ -145,7 +145,7 @@ class Writer:
 
     async def _drain(self) -> None:
         try:
-            await asyncio.to_thread(self._store.drain, paced=True)
+            await asyncio.to_thread(self._store.drain, pace_below=self._drain_rows)
         except Exception as exc:  # noqa: BLE001 - the rows stay staged and durable; the next drain retries
             log.error("drain failed: %s", type(exc).__name__)
 

@@ -12,8 +12,9 @@ import pyarrow as pa
 import pytest
 
 from node import stagelog
+from node import store as node_store
 from node.privacy import FilteredEvent
-from node.store import Store, session_log_table, stage_path
+from node.store import ROW_GROUP_ROWS, Store, session_log_table, stage_path
 from protocol.catalog import load_catalog
 from protocol.storage import Database
 
@@ -241,3 +242,33 @@ def test_a_stage_file_holds_exactly_its_acked_records_in_memory(tmp_path: Path, 
         assert [s for _, s in stored(reopened)] == list(range(615))
     finally:
         reopened.close()
+
+
+def test_a_paced_drain_rests_between_row_groups_only_while_it_is_ahead_of_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Background drains leave the cores to requests between slices, unless the stages are filling faster than they move."""
+    store = Store(tmp_path / "node.duckdb", load_catalog())
+    rests: list[float] = []
+    monkeypatch.setattr(node_store.time, "sleep", rests.append)
+    try:
+        rows = 3 * ROW_GROUP_ROWS + 10  # four slices
+        staged(store, range(rows))
+        assert store.drain() == rows and rests == []  # not paced: the caller waits on it
+        staged(store, range(rows, 2 * rows))
+        assert store.drain(pace_below=rows) == rows
+        assert len(rests) == 3 and all(r > 0 for r in rests)  # after every slice but the last
+        # Behind: the writer staged a drain's worth again while this drain's rows wait to move.
+        rests.clear()
+        staged(store, range(2 * rows, 3 * rows))
+        full = store._active
+        store._active = 1 - full  # the swap `drain` does, then the writer refills the other stage
+        staged(store, range(3 * rows, 4 * rows))
+        with store._drain_lock:
+            assert store._move([full], pace_below=rows) == rows
+        store._clear(full)
+        assert rests == []
+        assert store.drain() == rows
+        assert [seq for seq, _ in stored(store)] == list(range(1, 4 * rows + 1))
+    finally:
+        store.close()
