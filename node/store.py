@@ -211,8 +211,8 @@ class Store(Database):
     it checkpoints its WAL into the file every 16 MB (55-190 ms here), holding
     every queued request meanwhile. The writer appends each group to the
     active stage; `drain` swaps stages and moves the full one into `events`
-    and the session logs in one DuckDB transaction, off the ack path, where
-    the store's checkpoints now fall.
+    and the session logs in one DuckDB transaction, off the ack path, a row
+    group (`ROW_GROUP_ROWS`) at a time.
     """
 
     def __init__(self, path: Path, catalog: Catalog, *, memory_limit: str = "640MB") -> None:

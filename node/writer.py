@@ -6,7 +6,9 @@ Handlers `await writer.submit(events)`; the task takes whatever is queued
 A request is answered only after its append returned: acked means durable.
 Once the stages hold `drain_rows`, a background drain moves them into the
 store's DuckDB tables in one transaction, so that work (and DuckDB's
-checkpoints) never delays an ack.
+checkpoints) never delays an ack; it goes a row group at a time and rests
+between them while it is ahead (`Store.drain`), so it never takes a core
+from requests for long either.
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ log = logging.getLogger("liberation.node.writer")
 DRAIN_ROWS = 131_072
 """Rows staged before a background drain moves them into the store.
 
-Over one DuckDB row group (122,880 rows), which DuckDB writes straight to the
-database file instead of its WAL: a drain then costs about 0.95 µs of CPU per
-row and leaves checkpoints little to do, against 1.6 µs at 32,768 rows, where
-every third to sixth drain carried an 80-140 ms checkpoint
-(`python -m bench.probe_stage 300 5 131072`). The export pass drains first, so
-no row's minute stays in a stage file past the next pass whatever this is.
+Eight of the store's row groups (`ROW_GROUP_ROWS`), which DuckDB writes
+straight to the database file as they fill, instead of to its WAL: drains
+then leave checkpoints little to do (at 32,768 rows into row groups of
+122,880, every third to sixth drain carried an 80-140 ms checkpoint), and
+each costs one transaction and one emptying of a stage file. The export pass
+drains first, so no row's minute stays in a stage file past the next pass
+whatever this is.
 """
 
 
