@@ -175,10 +175,10 @@ DuckDB compresses and writes a full row group to the file in one go: about
 slice of a drain (its events, its session rows) costs about 15 ms, and a
 paced drain leaves the cores to requests between slices. Bursts of 100 ms
 of CPU, not their total, are what put requests over 50 ms at half the
-maximum rate: a CPU hog at nice 19 doing 150 ms every 1.25 s raised the
-p99 from 10-19 to 31-58 ms, the same CPU in 15 ms slices to 13-17 ms
-(docs/benchmarks.md). The cost: about 30% more CPU per drained row, and a
-file about 20% bigger.
+maximum rate: beside a node with drains held off, a CPU hog doing 150 ms
+every 1.25 s raised the p99 from 10-19 to 27-58 ms (31-39 at nice 19), the
+same CPU in 15 ms slices to 13-17 ms (docs/benchmarks.md). The cost: about
+30% more CPU for a drain's inserts, and a file about 20% bigger.
 """
 STORE_CATALOG = "node_store"
 DRAIN_PACE = 2.0
