@@ -50,7 +50,8 @@ HELD_BYTES = 96 * 1024 * 1024
 A drain's worth (131,072 rows) is about 20 MB; a stage holds more only while
 a drain is behind, and then the node's memory must not grow with the backlog.
 """
-_HELD_TAIL = 256  # appends kept apart before they are merged into one table (one-row appends add up)
+_HELD_TAIL = 256  # appends kept apart before they are merged into one table (one-row appends add up) ...
+_HELD_TAIL_ROWS = 16_384  # ... or this many rows: a merge copies a few MB at most, on the writer's commit
 
 
 class StageFile:
@@ -70,6 +71,7 @@ class StageFile:
         # time plus the latest appends; None when the file may hold rows not in them.
         self._held: list[pa.Table] | None = None
         self._tail: list[pa.Table] = []
+        self._tail_rows = 0
         self._held_bytes = 0
 
     def records(self) -> list[tuple[int, pa.RecordBatch]]:
@@ -107,7 +109,7 @@ class StageFile:
 
     def reset(self) -> None:
         """Empty the file (its rows were moved) and start it with this layout's schema; durable on return."""
-        self._held, self._tail, self._held_bytes = None, [], 0
+        self._held, self._tail, self._tail_rows, self._held_bytes = None, [], 0, 0
         schema = self.schema.serialize().to_pybytes()
         os.ftruncate(self._fd, 0)
         _write_at(self._fd, _HEADER.pack(_HEADER_MAGIC, len(schema), zlib.crc32(schema)) + schema, 0)
@@ -148,13 +150,16 @@ class StageFile:
             return
         self._held_bytes += rows.nbytes
         if self._held_bytes > HELD_BYTES:
-            self._held, self._tail = None, []  # a drain is far behind: it reads the file
+            self._held, self._tail, self._tail_rows = None, [], 0  # a drain is far behind: it reads the file
             return
         self._tail.append(rows)
-        if len(self._tail) >= _HELD_TAIL:
-            # Merged, so a stage of one-row appends is not tens of thousands of tiny tables.
-            self._held.append(pa.concat_tables(self._tail).combine_chunks())
-            self._tail = []
+        self._tail_rows += rows.num_rows
+        if len(self._tail) >= _HELD_TAIL or self._tail_rows >= _HELD_TAIL_ROWS:
+            # Merged, so a stage of one-row appends is not tens of thousands of tiny tables;
+            # a big append alone is kept as it is.
+            tail = self._tail
+            self._held.append(tail[0] if len(tail) == 1 else pa.concat_tables(tail).combine_chunks())
+            self._tail, self._tail_rows = [], 0
 
     def _cut(self) -> None:
         try:

@@ -272,3 +272,22 @@ def test_a_paced_drain_rests_between_row_groups_only_while_it_is_ahead_of_the_wr
         assert [seq for seq, _ in stored(store)] == list(range(1, 4 * rows + 1))
     finally:
         store.close()
+
+
+def test_held_rows_stay_in_order_when_small_and_big_appends_mix(tmp_path: Path) -> None:
+    """Small appends are merged by count or by rows, a big one is kept as it is: the memory copy is the file's."""
+    store = Store(tmp_path / "node.duckdb", load_catalog())
+    try:
+        sizes = [3] * 10 + [20_000] + [7] * 300 + [9_000, 9_000] + [1]
+        start = 0
+        for size in sizes:
+            staged(store, range(start, start + size))
+            start += size
+        stage = store._stages[store._active]
+        held = stage.held()
+        assert held is not None
+        assert held.equals(pa.Table.from_batches([batch for _, batch in stage.records()]))
+        assert store.drain() == start
+        assert [s for _, s in stored(store)] == list(range(start))
+    finally:
+        store.close()
