@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from node.privacy import PrivacyFilter, SaltSource
-from node.rows import RowBlock, RowLayout
+from node.rows import Row, RowBlock, RowLayout
 from protocol.catalog import OTHER
 from protocol.countries import UNKNOWN_COUNTRY
 from protocol.events import (
@@ -77,7 +77,8 @@ class FastFilter:
         """(rows, attributes dropped) of a batch of live events, or None: take the exact path.
 
         `client_country` is called at most once, and only if an event has no
-        valid `geo_hint`: the caller's address is looked up only when needed.
+        valid `geo_hint`: the caller's address is looked up only when needed
+        (possibly for a batch that then takes the exact path).
         """
         n = len(items)
         if not 1 <= n <= MAX_BATCH:
@@ -88,14 +89,12 @@ class FastFilter:
         skew = self._privacy.clock_skew
         apps = self._apps
         session_hash = slot.hasher
-        sessions: list[int] = []
-        app_column: list[str] = []
-        action_column: list[str] = []
-        country_column: list[str] = []  # "" until the client's country is known
-        attribute_columns: list[list[str | None]] = [[None] * n for _ in range(self._attributes)]
+        window, hour, minute = slot.window_unix, slot.hour_unix, slot.minute
+        width = self._attributes
+        rows: list[Row] = []
         times: dict[str, bool] = {}
+        fallback: str | None = None  # the client's country, looked up at the first event without a hint
         dropped = 0
-        unresolved = False
         for item in items:
             if type(item) is not dict:
                 return None
@@ -125,7 +124,7 @@ class FastFilter:
                 geo = geo_hint_country(geo)
             if type(attributes) is not dict or len(attributes) > MAX_ATTRIBUTES:
                 return None
-            row = len(sessions)
+            labels: list[str | None] = [None] * width
             rules = declared[1]
             for name, value in attributes.items():
                 kind = type(value)
@@ -143,12 +142,12 @@ class FastFilter:
                         return None
                     dropped += 1  # a valid name the app does not declare
                     continue
-                column, how, allowed, labels = rule
+                column, how, allowed, bands = rule
                 if how == _NUMBER:
                     if kind is str or kind is bool:
                         dropped += 1
                         continue
-                    label = labels[max(0, bisect_right(allowed, value) - 1)]
+                    label = bands[max(0, bisect_right(allowed, value) - 1)]
                 elif kind is not str:
                     dropped += 1
                     continue
@@ -159,25 +158,13 @@ class FastFilter:
                     label = value
                 else:
                     label = value if value in allowed else OTHER
-                attribute_columns[column][row] = label
-            sessions.append(session_hash(session_id.encode()))
-            app_column.append(app)
-            action_column.append(action)
-            country_column.append(geo or "")
-            unresolved = unresolved or geo is None
-        if unresolved:
-            fallback = client_country() or UNKNOWN_COUNTRY
-            country_column = [c or fallback for c in country_column]
-        return RowBlock(
-            window=[int(slot.window.timestamp())] * n,
-            hour=[int(slot.hour.timestamp())] * n,
-            session=sessions,
-            app=app_column,
-            action=action_column,
-            country=country_column,
-            minute=[slot.minute] * n,
-            attributes=attribute_columns,
-        ), dropped
+                labels[column] = label
+            if not geo:
+                if fallback is None:
+                    fallback = client_country() or UNKNOWN_COUNTRY
+                geo = fallback
+            rows.append((window, hour, session_hash(session_id.encode()), app, action, geo, minute, *labels))
+        return RowBlock(rows), dropped
 
 
 def _near(stamp: str, now: datetime, skew: timedelta) -> bool:

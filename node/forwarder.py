@@ -12,16 +12,16 @@ import contextlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from datetime import datetime
 
 import aiohttp
 
+from node.groupqueue import GroupQueue
 from node.handoff import COUNTS_PATH, SALT_PATH, RowsChannel, encode_counts, encode_rows
 from node.metrics import NodeMetrics
 from node.privacy import window_of
 from node.rows import RowBlock, RowLayout
-from node.writer import StorageUnavailable, WindowClosed, take_batch
+from node.writer import StorageUnavailable, WindowClosed
 from protocol.errors import ServiceUnavailable
 
 log = logging.getLogger("liberation.node.worker")
@@ -77,13 +77,6 @@ class SaltCache:
         return None if entry is None else entry[1]
 
 
-@dataclass
-class _Pending:
-    events: RowBlock
-    window: int
-    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-
-
 class Forwarder:
     """Sends filtered rows to the main process in groups; `submit` returns after the main's commit."""
 
@@ -100,8 +93,7 @@ class Forwarder:
         self._rows = rows
         self._layout = layout
         self._metrics = metrics
-        self._max_rows = max_rows
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._queue: GroupQueue[RowBlock] = GroupQueue(max_rows)
         self._shipped: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -127,10 +119,10 @@ class Forwarder:
         """Return once the main process committed `events`; StorageUnavailable or WindowClosed if not."""
         if len(events) == 0:
             return
+        closed: frozenset[int] = await self._queue.put(events, len(events))
         # A request's rows are of one window: live events all take the server clock's.
-        pending = _Pending(events, events.window[0])
-        await self._queue.put(pending)
-        await pending.done
+        if events.rows[0][0] in closed:
+            raise WindowClosed()
 
     def _deltas(self) -> dict[str, float]:
         counts = self._metrics.ingest_counts()
@@ -163,30 +155,22 @@ class Forwarder:
 
     async def _run(self) -> None:
         while True:
-            batch, rows = await take_batch(self._queue, self._max_rows)
+            group = await self._queue.take()
             error: BaseException | None = None
-            closed: set[int] = set()
+            closed: frozenset[int] = frozenset()
             deltas = self._deltas()
             answered = False
             try:
-                body = encode_rows(self._layout.table([item.events for item in batch]))
+                body = encode_rows(self._layout.table(group.items))
                 status, answer = await self._rows.send(encode_counts(deltas).encode(), body)
                 answered = True  # the main process took the counts, whatever became of the rows
                 if status == 200:
-                    closed = set(json.loads(answer)["closed"])
+                    closed = frozenset(json.loads(answer)["closed"])
                 else:
                     error = StorageUnavailable(f"status {status}")
             except (OSError, EOFError, ValueError) as exc:
-                log.error("handoff of %d rows failed: %s", rows, type(exc).__name__)
+                log.error("handoff of %d rows failed: %s", group.rows, type(exc).__name__)
                 error = StorageUnavailable(type(exc).__name__)
             if not answered and deltas:
                 self._unship(deltas)
-            for item in batch:
-                if not item.done.done():
-                    if error is not None:
-                        item.done.set_exception(error)
-                    elif item.window in closed:
-                        item.done.set_exception(WindowClosed())
-                    else:
-                        item.done.set_result(None)
-                self._queue.task_done()
+            self._queue.settle(group, closed, error)

@@ -218,15 +218,18 @@ class PrivacyFilter:
                 return last[2]
         window = window_of(moment, self._window_seconds)
         salt = salt_for(window)
+        hour = moment.replace(minute=0, second=0, microsecond=0)
         slot = Slot(
             window=window,
-            hour=moment.replace(minute=0, second=0, microsecond=0),
+            hour=hour,
             minute=int((moment - window).total_seconds() // 60),
             # Shorter windows: a session is cut at window boundaries, so that it
             # belongs to exactly one window (the day's cap bounds its total loss).
             hasher=None if salt is None else SessionHasher(
                 salt, b"" if self._window_seconds == 86_400 else int(window.timestamp()).to_bytes(8, "big")
             ),
+            window_unix=int(window.timestamp()),
+            hour_unix=int(hour.timestamp()),
         )
         self._last_slot = (minute_of, salt, slot)
         return slot
@@ -271,6 +274,8 @@ class Slot(NamedTuple):
     hour: datetime
     minute: int
     hasher: SessionHasher | None  # keyed with the window's salt; None when the window is closed
+    window_unix: int  # window and hour in unix seconds, as rows carry them
+    hour_unix: int
 
 
 def _reject(field: str, reason: str, message: str) -> FilterResult:

@@ -16,12 +16,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sized
-from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from collections.abc import Callable
 
 import pyarrow as pa
 
+from node.groupqueue import GroupQueue
 from node.rows import RowBlock
 from node.store import Store
 
@@ -52,31 +51,6 @@ Rows = RowBlock | pa.Table
 """What a writer takes: a request's filtered rows, or rows a worker handed off as an Arrow table of the store's `RowLayout`."""
 
 
-@dataclass
-class _Pending:
-    events: Rows
-    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-
-
-class _HasEvents(Protocol):
-    @property
-    def events(self) -> Sized: ...
-
-
-P = TypeVar("P", bound=_HasEvents)
-
-
-async def take_batch(queue: asyncio.Queue[P], max_rows: int) -> tuple[list[P], int]:
-    """Wait for one pending submission, then take whatever else is queued, up to `max_rows` rows in all."""
-    batch = [await queue.get()]
-    rows = len(batch[0].events)
-    while rows < max_rows and not queue.empty():
-        item = queue.get_nowait()
-        batch.append(item)
-        rows += len(item.events)
-    return batch, rows
-
-
 class Writer:
     """Group-commits submitted events; `observe` receives (rows, seconds) of each commit."""
 
@@ -89,12 +63,11 @@ class Writer:
         observe: Callable[[int, float], None] | None = None,
     ) -> None:
         self._store = store
-        self._max_rows = max_rows
         # Rows per drain: bigger drains cost DuckDB less per row; smaller ones keep
         # the stage files (and each row's minute there) for less time.
         self._drain_rows = drain_rows
         self._observe = observe
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._queue: GroupQueue[Rows] = GroupQueue(max_rows)
         self._task: asyncio.Task[None] | None = None
         self._draining: asyncio.Task[None] | None = None
 
@@ -119,30 +92,22 @@ class Writer:
         """Return once `events` are committed; raise StorageUnavailable if they were not."""
         if len(events) == 0:
             return
-        pending = _Pending(events)
-        await self._queue.put(pending)
-        await pending.done
+        await self._queue.put(events, len(events))
 
     async def _run(self) -> None:
         while True:
-            batch, rows = await take_batch(self._queue, self._max_rows)
+            group = await self._queue.take()
             started = time.perf_counter()
             error: BaseException | None = None
             try:
-                await asyncio.to_thread(self._commit, [item.events for item in batch])
+                await asyncio.to_thread(self._commit, group.items)
             except Exception as exc:  # noqa: BLE001 - every waiter must hear of it
-                log.error("commit of %d rows failed: %s", rows, type(exc).__name__)
+                log.error("commit of %d rows failed: %s", group.rows, type(exc).__name__)
                 error = StorageUnavailable(type(exc).__name__)
             elapsed = time.perf_counter() - started
             if error is None and self._observe is not None:
-                self._observe(rows, elapsed)
-            for item in batch:
-                if not item.done.done():
-                    if error is None:
-                        item.done.set_result(None)
-                    else:
-                        item.done.set_exception(error)
-                self._queue.task_done()
+                self._observe(group.rows, elapsed)
+            self._queue.settle(group, error=error)
             if self._store.staged_rows >= self._drain_rows and (self._draining is None or self._draining.done()):
                 self._draining = asyncio.create_task(self._drain(), name="duckdb-drain")
 
