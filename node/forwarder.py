@@ -120,8 +120,7 @@ class Forwarder:
         if len(events) == 0:
             return
         closed: frozenset[int] = await self._queue.put(events, len(events))
-        # A request's rows are of one window: live events all take the server clock's.
-        if events.rows[0][0] in closed:
+        if events.window in closed:
             raise WindowClosed()
 
     def _deltas(self) -> dict[str, float]:

@@ -41,6 +41,11 @@ class RowBlock:
     def __len__(self) -> int:
         return len(self.rows)
 
+    @property
+    def window(self) -> int:
+        """The first row's window (unix seconds): every row of a live request has the server clock's."""
+        return int(self.rows[0][0])
+
 
 class RowLayout:
     """The Arrow schema of filtered rows of one catalog, before the store numbers them (no seq)."""
