@@ -105,7 +105,7 @@ class Database:
             cached = int(before.get("BASE_TABLE", 0))
             if cached <= keep_bytes:
                 return 0
-            keep = keep_bytes
+            keep = max(keep_bytes, 1)  # doubled below: from 0 it would never grow
             try:
                 # Blocks of row groups still being written (or not checkpointed yet) are pinned:
                 # when the engine cannot get under a limit it changes nothing, so ask for less.
