@@ -143,6 +143,7 @@ local function now_ms()
 end
 
 local requests = {}
+local lines = {}
 local count = 0
 local index = 0
 local interval = 0
@@ -154,6 +155,7 @@ function init(args)
   for line in io.lines(path) do
     if #line > 0 then
       count = count + 1
+      lines[count] = line
       requests[count] = wrk.format("POST", os.getenv("BENCH_PATH"),
         {["Content-Type"] = "application/json"}, line)
     end
@@ -164,6 +166,29 @@ end
 function request()
   index = index % count + 1
   return requests[index]
+end
+
+-- BENCH_RENEW = K > 0: every K passes through the bodies, their session ids
+-- (`bench-<BENCH_RENEW_TAG>-<n>`) get a new prefix, so each session sends K
+-- events and the node keeps meeting new sessions, as it would in real use.
+local renew = tonumber(os.getenv("BENCH_RENEW") or "0")
+if renew > 0 then
+  local tag = os.getenv("BENCH_RENEW_TAG")
+  local base = tonumber(os.getenv("BENCH_RENEW_BASE") or "0")
+  local pattern = '"session_id":"bench%-' .. tag .. '%-'
+  local sent = 0
+  local made = {}
+  function request()
+    index = index % count + 1
+    local generation = base + math.floor(sent / (count * renew))
+    sent = sent + 1
+    if made[index] ~= generation then
+      made[index] = generation
+      local body = string.gsub(lines[index], pattern, '"session_id":"bench-' .. tag .. 'r' .. generation .. '-')
+      requests[index] = wrk.format("POST", os.getenv("BENCH_PATH"), {["Content-Type"] = "application/json"}, body)
+    end
+    return requests[index]
+  end
 end
 
 if tonumber(os.getenv("BENCH_RATE") or "0") > 0 then
@@ -192,13 +217,29 @@ def wrk_path() -> str | None:
     return shutil.which("wrk")
 
 
-def run_wrk(url: str, bodies: Path, *, connections: int, seconds: float, rate: float = 0.0) -> LoadResult:
+@dataclass(frozen=True)
+class Renewal:
+    """New session ids every `every` passes through the bodies (wrk only): each session sends `every` events.
+
+    `tag` is the bodies' tag (`make_events`); generations start at `base`, so
+    consecutive runs that pass different bases never repeat a session.
+    """
+
+    every: int
+    tag: str
+    base: int = 0
+
+
+def run_wrk(url: str, bodies: Path, *, connections: int, seconds: float, rate: float = 0.0,
+            renew: Renewal | None = None) -> LoadResult:
     """One wrk run (one thread: the server needs the other core more than wrk does)."""
     assert urlsplit(url).hostname == "127.0.0.1", "load goes to loopback only"
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "post.lua"
         script.write_text(_WRK_SCRIPT)
         env = dict(os.environ, BENCH_BODIES=str(bodies), BENCH_RATE=str(rate), BENCH_PATH=EVENTS_PATH)
+        if renew is not None:
+            env.update(BENCH_RENEW=str(renew.every), BENCH_RENEW_TAG=renew.tag, BENCH_RENEW_BASE=str(renew.base))
         proc = subprocess.run(
             ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "5s",
              "-s", str(script), url + EVENTS_PATH],

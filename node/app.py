@@ -105,7 +105,8 @@ class Node:
             # Every staged row moves to the store, then the session rows logged since
             # the last pass become per-session state.
             self.store.drain(pace_below=DRAIN_ROWS)
-            self.store.fold_sessions()
+            with self.metrics.fold_seconds.time():
+                self.metrics.fold_rows.inc(self.store.fold_sessions(pace=True))
             done = []
             for window in self.publisher.due_windows():
                 try:

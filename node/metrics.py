@@ -44,6 +44,15 @@ class NodeMetrics:
             buckets=(1, 10, 100, 1_000, 10_000, 100_000),
             registry=r,
         )
+        self.fold_seconds = Histogram(
+            "liberation_session_fold_seconds",
+            "Duration of one fold of the session log into per-session state (every export pass)",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.fold_rows = Counter(
+            "liberation_session_fold_rows", "Session log rows folded into per-session state", registry=r
+        )
         self.snapshots_exported = Counter(
             "liberation_snapshots_exported", "Windows exported (noise committed)", registry=r
         )
