@@ -220,10 +220,11 @@ FOLD_STEP_ROWS = 262_144
 """Session log rows per step of a fold, about: a step merges one range of session hashes.
 
 In one statement, the fold of a minute's log at 93,000 events/s (5.6 M rows,
-1.1 M new sessions) held both cores for 0.3-0.6 s, and requests waited
-behind it (docs/benchmarks.md). Each step scans the whole log for its range
-(about 8 ms per 5.6 M rows) and groups and merges its share: 32 steps of
-such a log cost 35-40 ms of one core each, 1.2 s in all, against 0.7 s.
+1.1 M new sessions) took 1.1-1.7 s on a live node, on both cores, and
+requests waited behind it (docs/benchmarks.md). Each step scans the whole
+log for its range (about 8 ms per 5.6 M rows) and groups and merges its
+share: 32 steps of such a log cost 33-42 ms of one core each in a scratch
+database, 1.2 s in all, against 0.7 s in one statement.
 """
 FOLD_PACE = DRAIN_PACE
 """A paced fold sleeps this many times each step's wall time after it."""
