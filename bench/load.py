@@ -143,7 +143,8 @@ local function now_ms()
 end
 
 local requests = {}
-local lines = {}
+local lines = {}  -- the bodies as read, kept only to renew their session ids (BENCH_RENEW)
+local renew = tonumber(os.getenv("BENCH_RENEW") or "0")
 local count = 0
 local index = 0
 local interval = 0
@@ -155,7 +156,7 @@ function init(args)
   for line in io.lines(path) do
     if #line > 0 then
       count = count + 1
-      lines[count] = line
+      if renew > 0 then lines[count] = line end
       requests[count] = wrk.format("POST", os.getenv("BENCH_PATH"),
         {["Content-Type"] = "application/json"}, line)
     end
@@ -171,7 +172,6 @@ end
 -- BENCH_RENEW = K > 0: every K passes through the bodies, their session ids
 -- (`bench-<BENCH_RENEW_TAG>-<n>`) get a new prefix, so each session sends K
 -- events and the node keeps meeting new sessions, as it would in real use.
-local renew = tonumber(os.getenv("BENCH_RENEW") or "0")
 if renew > 0 then
   local tag = os.getenv("BENCH_RENEW_TAG")
   local base = tonumber(os.getenv("BENCH_RENEW_BASE") or "0")

@@ -27,6 +27,7 @@ Row = tuple[Any, ...]
 """One filtered row in `RowLayout` order: window, hour (unix seconds), session, app, action, country,
 minute, then one label or None per declared attribute."""
 
+
 def attribute_field(name: str) -> str:
     """Arrow column of a declared attribute (its DuckDB column, unquoted)."""
     return "a_" + name.replace("-", "_")

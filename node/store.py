@@ -214,8 +214,8 @@ same CPU in 15 ms slices to 13-17 ms (docs/benchmarks.md). The cost: about
 30% more CPU for a drain's inserts, and a file about 20% bigger.
 """
 STORE_CATALOG = "node_store"
-DRAIN_PACE = 2.0
-"""A paced drain sleeps this many times each slice's wall time after it: at most a third of a core."""
+PACE = 2.0
+"""A paced drain or fold rests this many times each slice's (step's) wall time after it: at most a third of a core."""
 FOLD_STEP_ROWS = 262_144
 """Session log rows per step of a fold, about: a step merges one range of session hashes.
 
@@ -226,8 +226,6 @@ log for its range (about 8 ms per 5.6 M rows) and groups and merges its
 share: 32 steps of such a log cost 33-42 ms of one core each in a scratch
 database, 1.2 s in all, against 0.7 s in one statement.
 """
-FOLD_PACE = DRAIN_PACE
-"""A paced fold sleeps this many times each step's wall time after it."""
 
 
 def fold_steps(rows: int, step_rows: int = FOLD_STEP_ROWS) -> int:
@@ -334,7 +332,7 @@ class Store(Database):
 
         A stage left full by a failed drain goes first (its rows are older);
         then the stages swap and the one the writer was filling moves.
-        `pace_below`: rest between slices (`DRAIN_PACE`) while the stage the
+        `pace_below`: rest between slices (`PACE`) while the stage the
         writer fills holds fewer rows than this (the next drain is not due):
         for drains that run beside live requests. At a rate paced drains
         cannot follow they go at full speed, so the stages stay bounded.
@@ -456,7 +454,7 @@ class Store(Database):
                 # a stale count only decides one rest.
                 ahead = pace_below is not None and self._staged[self._active] < pace_below
                 if ahead and offset + ROW_GROUP_ROWS < moving.num_rows:
-                    time.sleep(DRAIN_PACE * (time.perf_counter() - started))
+                    time.sleep(PACE * (time.perf_counter() - started))
             tx.execute(f"UPDATE node_state SET value = {top} WHERE name = 'drained_seq'")
         return moving.num_rows
 
@@ -499,7 +497,7 @@ class Store(Database):
         first use per app, not every event's minute.
         Each log is merged a range of session hashes at a time, about
         `step_rows` of its rows a step (see `FOLD_STEP_ROWS`); `pace`: rest
-        `FOLD_PACE` times each step's wall time after it, for a pass that runs
+        `PACE` times each step's wall time after it, for a pass that runs
         beside live requests.
         """
         folded = 0
@@ -577,7 +575,7 @@ class Store(Database):
                     """
                 )
             if pace and step + 1 < steps:
-                time.sleep(FOLD_PACE * (time.perf_counter() - started))
+                time.sleep(PACE * (time.perf_counter() - started))
         # Merging is idempotent (least, greatest): a crash before this drop folds the log again, to the same state.
         with self.transaction() as tx:
             tx.execute(f"DROP TABLE {folding}")
