@@ -77,12 +77,11 @@ async def _load(url: str, first_batch: int, acked: set[int], sent: set[int], sto
             n += 4
 
 
-async def node_crashes(kills: int, root: Path, *, rng: random.Random, ingest_workers: int = 0) -> dict[str, int]:
-    """Kill a node (its main process) `kills` times under load; return counts (acked, lost, duplicated, partial)."""
+async def node_crashes(kills: int, root: Path, *, rng: random.Random) -> dict[str, int]:
+    """Kill a node `kills` times under load; return counts (acked, lost, duplicated, partial)."""
     data = root / "node"
-    env = {"LIBERATION_NODE_DATA_DIR": str(data), "LIBERATION_NODE_PORT": "0",
-           "LIBERATION_NODE_RATE_LIMIT__REQUESTS_PER_SECOND": "0",
-           "LIBERATION_NODE_INGEST_WORKERS": str(ingest_workers)}
+    env = {"LIBERATION_NODE_DATA_DIR": str(data), "LIBERATION_NODE_PORT": "0", "LIBERATION_NODE_METRICS_PORT": "0",
+           "LIBERATION_NODE_RATE_LIMIT__REQUESTS_PER_SECOND": "0"}
     acked: set[int] = set()
     sent: set[int] = set()
     for round_ in range(kills):
@@ -120,7 +119,7 @@ async def hub_crashes(kills: int, root: Path, *, rng: random.Random, envelopes_p
     from tests.snapshots import DAY, envelope
 
     token = "crash-token"
-    env = {"LIBERATION_HUB_DATA_DIR": str(root / "hub"), "LIBERATION_HUB_PORT": "0", "LIBERATION_HUB_ADMIN_TOKEN": token}
+    env = {"LIBERATION_HUB_DATA_DIR": str(root / "hub"), "LIBERATION_HUB_PORT": "0", "LIBERATION_HUB_METRICS_PORT": "0", "LIBERATION_HUB_ADMIN_TOKEN": token}
     today = int(time.time()) // DAY * DAY
     keys = [SigningKey.generate() for _ in range(envelopes_per_round)]
     pending = [envelope(k, today - (1 + r) * DAY, seed=r) for r in range(kills) for k in keys]

@@ -330,7 +330,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-hub-") as tmp:
         env = {
             "LIBERATION_HUB_DATA_DIR": str(Path(tmp) / "hub"),
-            "LIBERATION_HUB_PORT": "0",
+            "LIBERATION_HUB_PORT": "0", "LIBERATION_HUB_METRICS_PORT": "0",
             "LIBERATION_HUB_HOST": "127.0.0.1",
             "LIBERATION_HUB_ADMIN_TOKEN": TOKEN,
         }

@@ -65,7 +65,16 @@ BATCH_FLOOR = 100_000.0
 SINGLE_RATIO_TARGET = 0.60
 HALF_RATE_P99_MS = 50.0
 
-URL_PATTERN = re.compile(r"(http://127\.0\.0\.1:\d+)")
+URL_PATTERN = re.compile(r'(?:^listening |"url": ")(http://127\.0\.0\.1:\d+)', re.MULTILINE)
+METRICS_URL_PATTERN = re.compile(r'"metrics_url": "(http://127\.0\.0\.1:\d+)"')
+
+
+def metrics_url(log: Path) -> str:
+    """The metrics listener a service logged (never its public port)."""
+    found = METRICS_URL_PATTERN.findall(log.read_text(errors="replace"))
+    if not found:
+        raise RuntimeError(f"no metrics_url in {log}")
+    return str(found[-1])
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -151,16 +160,11 @@ def serve_baseline(kind: str) -> None:
     asyncio.run(run())
 
 
-NODE_INGEST_WORKERS = int(os.environ.get("BENCH_INGEST_WORKERS", "2"))
-"""The node's `ingest_workers` in this bench (the setting recommended for a 2-core host)."""
-
-
 def node_env(data_dir: Path) -> dict[str, str]:
     return {
-        "LIBERATION_NODE_INGEST_WORKERS": str(NODE_INGEST_WORKERS),
         "LIBERATION_NODE_DATA_DIR": str(data_dir),
         "LIBERATION_NODE_HOST": "127.0.0.1",
-        "LIBERATION_NODE_PORT": "0",
+        "LIBERATION_NODE_PORT": "0", "LIBERATION_NODE_METRICS_PORT": "0",
         "LIBERATION_NODE_RATE_LIMIT__REQUESTS_PER_SECOND": "0",
     }
 
@@ -169,7 +173,7 @@ def node_env(data_dir: Path) -> dict[str, str]:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its live child processes (the node's ingest workers), all threads."""
+    """User + system CPU of a process and its live child processes (none today), all threads."""
     total = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -370,8 +374,7 @@ def main() -> None:
             server_process(["-m", "bench.bench_ingest", "serve", "validate"], tmp / "validate.log") as validate,
             server_process(["-m", "liberation", "node", "serve"], tmp / "node.log", node_env(data_dir)) as node,
         ):
-            print(f"servers: bare {bare[0]}, validate {validate[0]}, node {node[0]} (pid {node[1]}, "
-                  f"ingest_workers = {NODE_INGEST_WORKERS})")
+            print(f"servers: bare {bare[0]}, validate {validate[0]}, node {node[0]} (pid {node[1]})")
             for url, _ in (bare, validate, node):
                 run_load(url, singles, connections=8, seconds=WARMUP_SECONDS)
                 run_load(url, batches, connections=8, seconds=WARMUP_SECONDS)

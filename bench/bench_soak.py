@@ -123,7 +123,7 @@ async def probe(url: str, seconds: float) -> float:
     return done / (time.monotonic() - started)
 
 
-async def soak(url: str, pid: int, rate: float, minutes: float) -> Run:
+async def soak(url: str, metrics_url: str, pid: int, rate: float, minutes: float) -> Run:
     """Open loop at `rate` events/s: each connection keeps to its own schedule, and never catches up more than 1 s."""
     run = Run()
     rng = random.Random(2)
@@ -142,7 +142,7 @@ async def soak(url: str, pid: int, rate: float, minutes: float) -> Run:
         while True:
             at = time.monotonic() - started
             run.rss.append((at, rss_bytes(pid)))
-            async with session.get(url + "/metrics") as resp:
+            async with session.get(metrics_url + "/metrics") as resp:
                 text = await resp.text()
             run.db_memory.append((at, int(float(next(
                 line.split()[1] for line in text.splitlines() if line.startswith("liberation_db_memory_bytes ")
@@ -238,7 +238,7 @@ def main(minutes: float = MINUTES) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp:
         env = {
             "LIBERATION_NODE_DATA_DIR": str(Path(tmp) / "node"),
-            "LIBERATION_NODE_PORT": "0",
+            "LIBERATION_NODE_PORT": "0", "LIBERATION_NODE_METRICS_PORT": "0",
             "LIBERATION_NODE_HOST": "127.0.0.1",
             "LIBERATION_NODE_RATE_LIMIT__REQUESTS_PER_SECOND": "0",
         }
@@ -246,7 +246,7 @@ def main(minutes: float = MINUTES) -> None:
         try:
             max_rate = asyncio.run(probe(node.url, PROBE_SECONDS))
             rate = max_rate / 2
-            run = asyncio.run(soak(node.url, node.proc.pid, rate, minutes))
+            run = asyncio.run(soak(node.url, node.metrics_url, node.proc.pid, rate, minutes))
         finally:
             node.stop()
         report(max_rate, rate, minutes, run)

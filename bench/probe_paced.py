@@ -1,9 +1,9 @@
 """Where a node's CPU goes at a fixed load: `python -m bench.probe_paced batch|single RATE [SECONDS]`.
 
 Not part of `make bench` (no target; a diagnostic). Starts the node as the
-ingest bench does (`ingest_workers = 2`, a fresh data dir), warms it up,
+ingest bench does (one process, a fresh data dir), warms it up,
 then paces RATE events a second over wrk (or the Python client) on 127.0.0.1
-and prints the latency, the CPU of the main process and of each worker, and
+and prints the latency, the node's CPU, and
 the commits the writer made (from `/metrics`). RATE 0 means unpaced (closed
 loop); PROBE_CONNECTIONS sets the connections (64 for batches, 256 for
 single events by default). docs/benchmarks.md quotes it for the half-maximum
@@ -19,7 +19,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from bench.bench_ingest import measure, node_env, server_process
+from bench.bench_ingest import measure, metrics_url, node_env, server_process
 from bench.load import batch_bodies, single_bodies, write_bodies
 
 _COMMIT = re.compile(r"^liberation_commit_(seconds|rows)_(sum|count) (\S+)$")
@@ -44,17 +44,14 @@ def main(mode: str, rate: float, seconds: float = 8.0) -> None:
         connections = int(os.environ.get("PROBE_CONNECTIONS", 64 if per == 100 else 256))
         with server_process(["-m", "liberation", "node", "serve"], tmp / "node.log", node_env(tmp / "data")) as (url, pid):
             measure(url, pid, bodies, connections=connections, seconds=2)  # warm-up
-            workers = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-            before, commits_before = {p: _process_cpu(p) for p in [pid, *workers]}, _commits(url)
+            before, commits_before = _process_cpu(pid), _commits(metrics_url(tmp / "node.log"))
             measured = measure(url, pid, bodies, connections=connections, seconds=seconds, rate=rate / per)
-            after, commits_after = {p: _process_cpu(p) for p in before}, _commits(url)
+            after, commits_after = _process_cpu(pid), _commits(metrics_url(tmp / "node.log"))
     elapsed = measured.load.seconds
     load = measured.load
     print(f"{mode} {f'paced at {rate:,.0f}/s' if rate else 'unpaced'} over {connections} connections: {load.rps * per:,.0f}/s served, p50 {load.p50_ms:.1f} ms, "
           f"p99 {load.p99_ms:.1f} ms, server {measured.cpu_us_per_item(per):.1f} µs CPU per event")
-    print("cores: " + ", ".join(
-        f"{'main' if p == pid else f'worker {p}'} {(after[p] - before[p]) / elapsed:.2f}" for p in before
-    ))
+    print(f"cores: {(after - before) / elapsed:.2f}")
     n = commits_after.get("seconds_count", 0) - commits_before.get("seconds_count", 0)
     if n:
         rows = commits_after["rows_sum"] - commits_before["rows_sum"]

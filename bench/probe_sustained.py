@@ -21,7 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench.bench_ingest import node_env, server_process
+from bench.bench_ingest import metrics_url, node_env, server_process
 from bench.load import Renewal, batch_bodies, run_wrk, wrk_path, write_bodies
 
 _FOLD = re.compile(r"^liberation_session_fold_seconds_(sum|count) (\S+)$")
@@ -44,14 +44,15 @@ def main(rate: float = 93_000, seconds: float = 190, run: float = 5, per_session
         tmp = Path(tmp_name)
         bodies = write_bodies(batch_bodies(600, BATCH, tag=TAG), tmp, "bodies")
         with server_process(["-m", "liberation", "node", "serve"], tmp / "node.log", node_env(tmp / "data")) as (url, _):
+            metrics = metrics_url(tmp / "node.log")
             print(f"{rate:,.0f} events/s for {seconds:.0f} s in {run:.0f} s runs, {per_session} events a session")
             worst, worst_fold, started, index = 0.0, 0.0, time.monotonic(), 0
             while time.monotonic() - started < seconds:
                 at = time.monotonic() - started
-                passes, spent = _folds(url)
+                passes, spent = _folds(metrics)
                 load = run_wrk(url, bodies, connections=64, seconds=run, rate=rate / BATCH,
                                renew=Renewal(per_session, TAG, base=index * 1_000_000))
-                passes_after, spent_after = _folds(url)
+                passes_after, spent_after = _folds(metrics)
                 folded = passes_after > passes
                 worst = max(worst, load.p99_ms)
                 if folded:

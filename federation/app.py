@@ -42,6 +42,7 @@ from protocol.errors import (
 )
 from protocol.keys import PublicKey, SigningKey, load_or_create
 from protocol.windows import parse_window
+from runtime.metrics_listener import add_metrics_listener
 
 log = logging.getLogger("liberation.hub")
 
@@ -187,7 +188,7 @@ async def _admin_incidents(request: web.Request) -> web.Response:
     return web.json_response({"incidents": [dict(zip(keys, r)) for r in rows]})
 
 
-# ---- public: log, health, metrics ------------------------------------------------
+# ---- public: log, health ------------------------------------------------
 
 
 async def _log(request: web.Request) -> web.Response:
@@ -269,10 +270,6 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "key_id": hub.key.public.key_id, "catalogs": list(hub.catalogs)})
 
 
-async def _metrics(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[HUB].metrics.render(), content_type="text/plain", charset="utf-8")
-
-
 Route = tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]
 
 
@@ -288,6 +285,10 @@ def create_app(settings: HubSettings, *, now: Now = time.time) -> web.Applicatio
         hub.store.close()
 
     app.cleanup_ctx.append(lifecycle)
+    add_metrics_listener(
+        app, service="hub", host=settings.metrics_host, port=settings.metrics_port,
+        render=lambda app: app[HUB].metrics.render,
+    )
     routes: list[Route] = [
         ("POST", "/v1/snapshots", _post_snapshot),
         ("GET", "/v1/admin/nodes", _admin_nodes),
@@ -303,7 +304,6 @@ def create_app(settings: HubSettings, *, now: Now = time.time) -> web.Applicatio
         ("GET", "/v1/export", _export),
         ("GET", "/openapi.json", _openapi),
         ("GET", "/healthz", _healthz),
-        ("GET", "/metrics", _metrics),
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)

@@ -82,7 +82,6 @@ def openapi_document() -> dict[str, Any]:
             "/v1/admin/incidents": {"get": {"summary": "Equivocation incidents", "security": ADMIN,
                                             "responses": {"200": JSON_OK, "401": PROBLEM, "404": PROBLEM}}},
             "/healthz": {"get": {"summary": "Health", "responses": {"200": JSON_OK}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text exposition", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": JSON_OK}}},
         },
         "components": {

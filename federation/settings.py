@@ -20,6 +20,9 @@ class HubSettings(BaseModel):
     data_dir: Path = Path("data/hub")
     host: str = "127.0.0.1"
     port: int = Field(default=8700, ge=0, le=65535)
+    # The operator's listener for /metrics (never the public port); None = no metrics served.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(default=9700, ge=0, le=65535)
     # Catalog TOML files this hub merges, besides the built-in default catalog.
     catalogs: tuple[Path, ...] = ()
     # Bearer token of the admin API (enroll, revoke, list nodes, incidents). None = admin API off.

@@ -97,19 +97,13 @@ def _node_settings(args: argparse.Namespace) -> Any:
 
 
 def _node_serve(args: argparse.Namespace) -> int:
-    from node.workers import serve_node
+    from liberation.server import run_app
+    from node.app import create_app
     from protocol.logs import configure_logging
 
     settings = _node_settings(args)
     configure_logging(settings.log_level)
-    serve_node(settings)
-    return 0
-
-
-def _node_worker(args: argparse.Namespace) -> int:
-    from node.worker import run_worker
-
-    run_worker()
+    run_app(create_app(settings), settings.host, settings.port, "node")
     return 0
 
 
@@ -354,8 +348,6 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind; 0 picks a free one (default 8701)")
     serve.set_defaults(func=_node_serve)
-    worker = node.add_parser("worker", help="(internal) an ingest worker; started by `node serve`, reads its settings from stdin")
-    worker.set_defaults(func=_node_worker)
     nkey = node.add_parser("key", help="print the node's key id and public key, for enrollment")
     _node_options(nkey)
     nkey.set_defaults(func=_node_key)

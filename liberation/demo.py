@@ -133,6 +133,7 @@ def run_demo(root: Path, *, days: int = HISTORY_DAYS, out: TextIO = sys.stdout, 
     try:
         hub = _start("hub", ["hub", "serve"], root / "hub.log", {
             "LIBERATION_HUB_DATA_DIR": str(root / "hub"), "LIBERATION_HUB_PORT": str(_free_port(8700)),
+            "LIBERATION_HUB_METRICS_PORT": str(_free_port(9700)),
             "LIBERATION_HUB_ADMIN_TOKEN": token, "LIBERATION_HUB_EXPORT_AFTER_SECONDS": "0",
         })
         services.append(hub)
@@ -145,6 +146,7 @@ def run_demo(root: Path, *, days: int = HISTORY_DAYS, out: TextIO = sys.stdout, 
             _request(hub.url + "/v1/admin/nodes", {"name": community.name, "public_key": public}, token)
             node = _start(community.name, ["node", "serve"], root / f"{community.name}.log", {
                 "LIBERATION_NODE_DATA_DIR": str(data), "LIBERATION_NODE_PORT": str(_free_port(8701 + i)),
+                "LIBERATION_NODE_METRICS_PORT": str(_free_port(9701 + i)),
                 "LIBERATION_NODE_RETENTION_DAYS": str(days + 1),
                 # No grace: yesterday is published at midnight UTC, so the history's last
                 # day is there at start also in the hour after midnight.

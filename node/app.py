@@ -26,7 +26,6 @@ from federation.views import (
 )
 from node.export import BudgetExceeded, Publisher, epsilon_cap_default
 from node.geo import GeoLocator
-from node.handoff import COUNTS_PATH, SALT_PATH, receive_counts, serve_rows, serve_salt
 from node.ingest import Clock, Ingestor, utc_now
 from node.metrics import NodeMetrics
 from node.openapi import serve_openapi
@@ -39,12 +38,13 @@ from node.settings import NodeSettings
 from node.store import Store
 from node.views import SnapshotRanges
 from node.views import windows_document as node_windows_document
-from node.writer import DRAIN_ROWS, Rows, Writer
+from node.writer import DRAIN_ROWS, Writer
 from protocol.catalog import Catalog, load_catalog
 from protocol.errors import Forbidden, NotFound, problem_middleware
 from protocol.keys import SigningKey, load_or_create
 from protocol.windows import parse_window
 from protocol.wire import verify_envelope
+from runtime.metrics_listener import add_metrics_listener
 
 log = logging.getLogger("liberation.node")
 
@@ -94,10 +94,6 @@ class Node:
 
     def salt_for(self, window: datetime) -> bytes | None:
         return self.salts.get(window) if self.window_open(window) else None
-
-    async def commit_rows(self, rows: Rows) -> None:
-        """Rows filtered by an ingest worker, through the one writer."""
-        await self.writer.submit(rows)
 
     def export_due(self) -> list[int]:
         """Fold session rows; export every closed window not yet exported; then salts and retention."""
@@ -235,11 +231,6 @@ async def _healthz(request: web.Request) -> web.Response:
     )
 
 
-async def _metrics(request: web.Request) -> web.Response:
-    body = await asyncio.to_thread(request.app[NODE].metrics.render)
-    return web.Response(body=body, content_type="text/plain", charset="utf-8")
-
-
 def _iso(ts: int) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -363,30 +354,8 @@ async def _push_loop(node: Node, stop: asyncio.Event) -> None:
         await _every(node.settings.push.interval_seconds, stop, "push", lambda: node.outbox.push_due(session))
 
 
-async def _salt(request: web.Request) -> web.Response:
-    return await serve_salt(request, request.app[NODE])
-
-
-async def _counts(request: web.Request) -> web.Response:
-    return await receive_counts(request, request.app[NODE])
-
-
-async def start_rows_server(app: web.Application, path: Path) -> asyncio.Server:
-    """Serve the ingest workers' row handoffs for `app`'s node (set up) on the Unix socket `path`, mode 0600."""
-    node = app[NODE]
-    schema = node.store.layout.schema
-    path.unlink(missing_ok=True)  # left by a main that was killed
-    server = await asyncio.start_unix_server(lambda r, w: serve_rows(r, w, node, schema), path=str(path))
-    os.chmod(path, 0o600)
-    return server
-
-
-def create_app(settings: NodeSettings, *, clock: Clock = utc_now, handoff: bool = False) -> web.Application:
-    """Build the node's aiohttp application; resources open in cleanup_ctx, not at import.
-
-    `handoff`: add the ingest workers' internal routes (node/handoff.py); only for
-    an app served on the main process's Unix socket, never on a public port.
-    """
+def create_app(settings: NodeSettings, *, clock: Clock = utc_now) -> web.Application:
+    """Build the node's aiohttp application; resources open in cleanup_ctx, not at import."""
     app = web.Application(
         middlewares=[problem_middleware, cors_middleware(settings)],
         client_max_size=settings.max_body_bytes,
@@ -414,9 +383,12 @@ def create_app(settings: NodeSettings, *, clock: Clock = utc_now, handoff: bool 
         close_node(node)
 
     app.cleanup_ctx.append(lifecycle)
+    add_metrics_listener(
+        app, service="node", host=settings.metrics_host, port=settings.metrics_port,
+        render=lambda app: app[NODE].metrics.render,
+    )
     add_ingest_routes(app)
     app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/metrics", _metrics)
     app.router.add_get("/v1/local/summary", _local_summary)
     app.router.add_get("/v1/snapshots", _snapshots)
     app.router.add_get("/v1/snapshots/{window}", _snapshot)
@@ -427,7 +399,4 @@ def create_app(settings: NodeSettings, *, clock: Clock = utc_now, handoff: bool 
     app.router.add_get("/v1/windows", _windows)
     add_dashboard_routes(app)  # the node's own published view, same dashboard as the hub
     app.router.add_get("/openapi.json", serve_openapi)
-    if handoff:
-        app.router.add_get(SALT_PATH, _salt)
-        app.router.add_post(COUNTS_PATH, _counts)
     return app

@@ -1,8 +1,7 @@
 """Group commit's queue: concurrent submissions gathered into groups, each submitter told its group's outcome.
 
-The writer (main process) and the forwarder (ingest workers) both take
-whatever requests arrived while their last commit or handoff was out and
-handle them as one group. Every single-event request passes through here,
+The writer takes whatever requests arrived while its last commit was out
+and handles them as one group. Every single-event request passes through here,
 so it is lean: a submission appends to the newest group and gets a future
 of its own (a shared one would be cancelled with any one waiter), and
 settling a group resolves those futures in one loop. With an `asyncio.Queue`

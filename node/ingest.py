@@ -43,7 +43,7 @@ Clock = Callable[[], datetime]
 
 
 class EventSink(Protocol):
-    """Where filtered events go: the DuckDB writer, or (in an ingest worker) the handoff to it.
+    """Where filtered events go: the DuckDB writer.
 
     `submit` returns once the events are committed, and raises StorageUnavailable
     (nothing stored) or WindowClosed (the window closed before the commit).
@@ -160,7 +160,7 @@ def validate_each(items: list[Any]) -> list[Event | FieldError]:
 
 
 class Ingestor:
-    """Filters validated events and hands them to the writer (or the handoff); shared by every ingest endpoint."""
+    """Filters validated events and hands them to the writer; shared by every ingest endpoint."""
 
     def __init__(
         self,
@@ -173,10 +173,8 @@ class Ingestor:
         limiter: RateLimiter,
         metrics: NodeMetrics,
         clock: Clock = utc_now,
-        prefetch: Callable[[datetime], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
-        self.prefetch = prefetch  # fetches the salt of `now`'s window before a filter (ingest workers)
         self.privacy = privacy
         self.layout = RowLayout(privacy.catalog)
         self.fast = FastFilter(privacy, self.layout)
@@ -211,8 +209,6 @@ class Ingestor:
     ) -> tuple[list[FilteredEvent | Rejection], int]:
         """Run the privacy filter over live events; the country is looked up once, if needed."""
         now = self.clock()
-        if self.prefetch is not None:
-            await self.prefetch(now)
         country: str | None = None
         if address is not None and any(e.geo_hint is None for e in events):
             country = self.country_of(address)
@@ -223,8 +219,6 @@ class Ingestor:
     async def filter_batch(self, items: list[Any], *, address: IPAddress | None) -> tuple[RowBlock, int] | None:
         """The fast path of a whole live batch: (rows, attributes dropped), or None when the exact path must decide."""
         now = self.clock()
-        if self.prefetch is not None:
-            await self.prefetch(now)
         return self.fast.run(
             items, now=now, salt_for=self.salts, client_country=lambda: None if address is None else self.country_of(address)
         )

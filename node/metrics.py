@@ -77,41 +77,6 @@ class NodeMetrics:
             registry=r,
         ).set_function(db_memory)
 
-    def _ingest_counters(self) -> dict[str, Counter]:
-        # The counters an ingest worker moves; the main process adds the worker's deltas to its own.
-        return {
-            "liberation_events_accepted": self.accepted,
-            "liberation_events_rejected": self.rejected,
-            "liberation_attributes_dropped": self.attributes_dropped,
-            "liberation_plausible_dropped": self.plausible_dropped,
-            "liberation_rate_limited": self.rate_limited,
-        }
-
-    def ingest_counts(self) -> dict[str, float]:
-        """Current values of the ingest counters, keyed `name` or `name|label`."""
-        out: dict[str, float] = {}
-        for name, counter in self._ingest_counters().items():
-            for family in counter.collect():
-                for sample in family.samples:
-                    if sample.name.endswith("_total"):
-                        label = sample.labels.get("reason")
-                        out[name if label is None else f"{name}|{label}"] = sample.value
-        return out
-
-    def add_counts(self, deltas: dict[str, float]) -> None:
-        """Add an ingest worker's counter deltas (from `ingest_counts` differences); unknown keys are ignored."""
-        counters = self._ingest_counters()
-        for key, value in deltas.items():
-            name, _, label = key.partition("|")
-            counter = counters.get(name)
-            if counter is None or not isinstance(value, (int, float)) or not 0 < value < 1e12:
-                continue
-            if label:
-                if counter is self.rejected:
-                    counter.labels(label).inc(value)
-            elif counter is not self.rejected:
-                counter.inc(value)
-
     def observe_commit(self, rows: int, seconds: float) -> None:
         self.commit_seconds.observe(seconds)
         self.commit_rows.observe(rows)

@@ -136,7 +136,6 @@ def openapi_document() -> dict[str, Any]:
                 "200": {"description": "the script", "content": {"application/javascript": {"schema": {"type": "string"}}}}}}},
             **shared_paths(),
             "/healthz": {"get": {"summary": "Health", "responses": {"200": JSON_OK}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text exposition", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": JSON_OK}}},
         },
         "components": {

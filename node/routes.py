@@ -1,4 +1,4 @@
-"""The ingest routes: served by the node's app, and by each ingest worker's app with the same handlers."""
+"""The ingest routes of the node's public app: events, Plausible's endpoint, the client script."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from protocol.catalog import Catalog
 
 @dataclass(frozen=True)
 class IngestTarget:
-    """What the ingest handlers need: the ingestor (filter, writer or forwarder) and the catalog."""
+    """What the ingest handlers need: the ingestor (filter and writer) and the catalog."""
 
     ingestor: Ingestor
     catalog: Catalog

@@ -1,8 +1,7 @@
 """Filtered rows: plain tuples per request (`RowBlock`), one Arrow table per commit (`RowLayout`).
 
-The one column layout shared by the store and the ingest workers' handoff.
-A request's rows stay Python tuples until a group of requests is sent or
-committed: building Arrow arrays costs a few µs per column whatever the row
+The one column layout of the stage files and the store. A request's rows
+stay Python tuples until a group of requests is committed: building Arrow arrays costs a few µs per column whatever the row
 count, so one table per group, not per request (a 1-event request would
 otherwise pay for 15 arrays, and the commit would scan hundreds of chunks).
 Rows rather than columns: a one-event request then makes one tuple instead

@@ -6,7 +6,7 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from protocol.config import load_settings
 
@@ -49,6 +49,9 @@ class NodeSettings(_Section):
     data_dir: Path = Path("data/node")
     host: str = "127.0.0.1"
     port: int = Field(default=8701, ge=0, le=65535)
+    # The operator's listener for /metrics (never the public port); None = no metrics served.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(default=9701, ge=0, le=65535)
     catalog: Path | None = None  # a catalog TOML; None = the built-in default catalog
     geoip_database: Path | None = None  # a MaxMind-format country .mmdb; None = country ZZ
     trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-For is believed
@@ -57,7 +60,6 @@ class NodeSettings(_Section):
     clock_skew_seconds: int = Field(default=600, ge=0)  # live events further off are refused
     retention_days: int | None = Field(default=None, ge=0)  # None = the catalog's
     commit_max_rows: int = Field(default=50_000, ge=1)  # most rows in one group commit
-    ingest_workers: int = Field(default=0, ge=0, le=64)  # 0 = one process; N = N ingest processes + the DuckDB owner
     memory_limit: str = Field(default="640MB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|KiB|MiB|GiB)$")  # DuckDB's
     window: Literal["day", "hour"] = "day"  # the snapshot window (one granularity only)
     export_grace_seconds: int = Field(default=3600, ge=0)  # a window closes this long after its end
@@ -67,6 +69,16 @@ class NodeSettings(_Section):
     plausible: PlausibleSettings = Field(default_factory=PlausibleSettings)
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
     push: PushSettings = Field(default_factory=PushSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "ingest_workers" in data:
+            raise ValueError(
+                "`ingest_workers` was removed: a node is one process, which takes tens of "
+                "thousands of events a second (docs/operations.md); delete the setting"
+            )
+        return data
 
     @property
     def window_seconds(self) -> int:

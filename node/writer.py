@@ -18,8 +18,6 @@ import logging
 import time
 from collections.abc import Callable
 
-import pyarrow as pa
-
 from node.groupqueue import GroupQueue
 from node.rows import RowBlock
 from node.store import Store
@@ -47,10 +45,6 @@ class WindowClosed(Exception):
     """The rows' window was exported (or aged out) between the filter and the commit: nothing stored."""
 
 
-Rows = RowBlock | pa.Table
-"""What a writer takes: a request's filtered rows, or rows a worker handed off as an Arrow table of the store's `RowLayout`."""
-
-
 class Writer:
     """Group-commits submitted events; `observe` receives (rows, seconds) of each commit."""
 
@@ -67,7 +61,7 @@ class Writer:
         # the stage files (and each row's minute there) for less time.
         self._drain_rows = drain_rows
         self._observe = observe
-        self._queue: GroupQueue[Rows] = GroupQueue(max_rows)
+        self._queue: GroupQueue[RowBlock] = GroupQueue(max_rows)
         self._task: asyncio.Task[None] | None = None
         self._draining: asyncio.Task[None] | None = None
 
@@ -88,7 +82,7 @@ class Writer:
         if self._draining is not None:
             await self._draining
 
-    async def submit(self, events: Rows) -> None:
+    async def submit(self, events: RowBlock) -> None:
         """Return once `events` are committed; raise StorageUnavailable if they were not."""
         if len(events) == 0:
             return
@@ -117,9 +111,5 @@ class Writer:
         except Exception as exc:  # noqa: BLE001 - the rows stay staged and durable; the next drain retries
             log.error("drain failed: %s", type(exc).__name__)
 
-    def _commit(self, items: list[Rows]) -> None:
-        blocks = [item for item in items if isinstance(item, RowBlock)]
-        tables = [item for item in items if isinstance(item, pa.Table)]
-        if blocks:
-            tables.insert(0, self._store.layout.table(blocks))
-        self._store.stage_rows(tables)
+    def _commit(self, items: list[RowBlock]) -> None:
+        self._store.stage_rows([self._store.layout.table(items)])

@@ -20,8 +20,12 @@ from aiohttp import web
 from node.app import NODE, Node, create_app
 from node.ingest import Clock, utc_now
 from node.settings import NodeSettings
+from runtime.metrics_listener import METRICS_LISTENER
 
 URL_PATTERN = re.compile(r'"url": "(http://127\.0\.0\.1:\d+)"')
+METRICS_URL_PATTERN = re.compile(r'"metrics_url": "(http://127\.0\.0\.1:\d+)"')
+METRICS_ANY_PORT = {"LIBERATION_NODE_METRICS_PORT": "0", "LIBERATION_HUB_METRICS_PORT": "0"}
+"""Tests never take a service's default metrics port: parallel runs would collide."""
 
 
 @dataclass
@@ -34,6 +38,12 @@ class RunningNode:
     def node(self) -> Node:
         return self.app[NODE]
 
+    @property
+    def metrics_url(self) -> str:
+        url = self.app[METRICS_LISTENER].url
+        assert url is not None
+        return url
+
 
 def node_settings(data_dir: Path, **changes: Any) -> NodeSettings:
     """Test settings: loopback, ephemeral port, no rate limit unless asked."""
@@ -41,6 +51,7 @@ def node_settings(data_dir: Path, **changes: Any) -> NodeSettings:
         "data_dir": data_dir,
         "host": "127.0.0.1",
         "port": 0,
+        "metrics_port": 0,
         "rate_limit": {"requests_per_second": 0},
     }
     base.update(changes)
@@ -69,6 +80,7 @@ class Process:
         self.log_path = log_path
         self._log = open(log_path, "ab")
         full_env = dict(os.environ)
+        full_env.update(METRICS_ANY_PORT)
         full_env.update(env or {})
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "liberation", *args],
@@ -77,6 +89,13 @@ class Process:
             env=full_env,
         )
         self.url = self._wait_for_url()
+
+    @property
+    def metrics_url(self) -> str:
+        """The operator's metrics listener, as the process logged it."""
+        found = METRICS_URL_PATTERN.findall(self.log_path.read_text(errors="replace"))
+        assert found, "no metrics_url logged"
+        return str(found[-1])
 
     def _wait_for_url(self, timeout: float = 30.0) -> str:
         deadline = time.monotonic() + timeout
@@ -128,6 +147,12 @@ class RunningHub:
         from federation.app import HUB
 
         return self.app[HUB]
+
+    @property
+    def metrics_url(self) -> str:
+        url = self.app[METRICS_LISTENER].url
+        assert url is not None
+        return url
 
 
 @asynccontextmanager

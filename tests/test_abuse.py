@@ -355,7 +355,7 @@ async def test_a_cardinality_attack_stays_inside_the_catalog(tmp_path: Path) -> 
 def start_node(tmp_path: Path, **extra: str) -> Process:
     env = {
         "LIBERATION_NODE_DATA_DIR": str(tmp_path / "node"),
-        "LIBERATION_NODE_PORT": "0",
+        "LIBERATION_NODE_PORT": "0", "LIBERATION_NODE_METRICS_PORT": "0",
         "LIBERATION_NODE_RATE_LIMIT__REQUESTS_PER_SECOND": "0",
         **extra,
     }

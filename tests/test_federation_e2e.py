@@ -79,7 +79,7 @@ def sum_published(envelopes: list[bytes]) -> Counter[tuple[str, str, int]]:
 @pytest.mark.slow
 async def test_three_nodes_and_a_hub(tmp_path: Path) -> None:
     hub = Process(["hub", "serve"], tmp_path / "hub.log", env={
-        "LIBERATION_HUB_DATA_DIR": str(tmp_path / "hub"), "LIBERATION_HUB_PORT": "0", "LIBERATION_HUB_ADMIN_TOKEN": TOKEN,
+        "LIBERATION_HUB_DATA_DIR": str(tmp_path / "hub"), "LIBERATION_HUB_PORT": "0", "LIBERATION_HUB_METRICS_PORT": "0", "LIBERATION_HUB_ADMIN_TOKEN": TOKEN,
     })
     nodes: list[Process] = []
     auth = {"Authorization": f"Bearer {TOKEN}"}
@@ -93,7 +93,7 @@ async def test_three_nodes_and_a_hub(tmp_path: Path) -> None:
                     assert resp.status == 201
             for i in range(3):
                 nodes.append(Process(["node", "serve"], tmp_path / f"node{i}.log", env={
-                    "LIBERATION_NODE_DATA_DIR": str(tmp_path / f"node{i}"), "LIBERATION_NODE_PORT": "0",
+                    "LIBERATION_NODE_DATA_DIR": str(tmp_path / f"node{i}"), "LIBERATION_NODE_PORT": "0", "LIBERATION_NODE_METRICS_PORT": "0",
                     "LIBERATION_NODE_PUSH__HUB_URL": hub.url, "LIBERATION_NODE_PUSH__INTERVAL_SECONDS": "0.2",
                     # No grace: yesterday is closed at start even in the hour after midnight UTC.
                     "LIBERATION_NODE_EXPORT_GRACE_SECONDS": "0",
@@ -164,7 +164,7 @@ async def test_three_nodes_and_a_hub(tmp_path: Path) -> None:
             after = Counter({(n, k, c["index"]): c["value"] for n, p in merged.items()
                              for k, key in (("cell", "cells"), ("other", "other")) for c in p[key]})
             assert after == before  # nothing of the attacks, nor the replay, was merged
-            async with http.get(hub.url + "/metrics") as resp:
+            async with http.get(hub.metrics_url + "/metrics") as resp:
                 text = await resp.text()
             assert f"liberation_hub_snapshots_accepted_total {3 * DAYS}.0" in text
             assert "liberation_hub_snapshots_duplicate_total 1.0" in text

@@ -1,4 +1,4 @@
-"""The group-commit queue shared by the writer and the ingest workers' forwarder."""
+"""The writer's group-commit queue: groups, per-submission outcomes, join."""
 
 from __future__ import annotations
 

@@ -348,7 +348,7 @@ def test_known_hostile_inputs(fuzz_hub: tuple[ThreadedHub, Client, SigningKey, b
 
 def test_regression_node_counts_the_store_cannot_hold(tmp_path: Path) -> None:
     """Found by this fuzzer: a signed snapshot claiming 2**32 merged nodes was answered 500 (INTEGER columns)."""
-    settings_ = HubSettings(data_dir=tmp_path / "hub", port=0, admin_token=TOKEN)
+    settings_ = HubSettings(data_dir=tmp_path / "hub", port=0, metrics_port=0, admin_token=TOKEN)
     key, other = SigningKey.from_seed(bytes(range(32))), SigningKey.from_seed(bytes(range(1, 33)))
     with hub_in_thread(settings_, now=lambda: NOW) as hub:
         client = Client(hub.url)

@@ -32,7 +32,7 @@ CATALOG = load_catalog()
 
 @pytest.fixture
 async def hub(tmp_path: Path) -> AsyncIterator[RunningHub]:
-    settings = HubSettings(data_dir=tmp_path / "hub", port=0, admin_token=TOKEN)  # type: ignore[arg-type]
+    settings = HubSettings(data_dir=tmp_path / "hub", port=0, metrics_port=0, admin_token=TOKEN)  # type: ignore[arg-type]
     async with run_hub(settings, now=lambda: NOW) as running:
         yield running
 
@@ -54,7 +54,7 @@ async def push(hub: RunningHub, data: bytes, content_type: str = "application/ms
 
 
 async def metric_text(hub: RunningHub) -> str:
-    async with aiohttp.ClientSession() as s, s.get(hub.url + "/metrics") as resp:
+    async with aiohttp.ClientSession() as s, s.get(hub.metrics_url + "/metrics") as resp:
         return await resp.text()
 
 
@@ -170,10 +170,10 @@ async def test_every_check_has_its_status_and_counter(hub: RunningHub) -> None:
 
 async def test_admin_api_needs_the_token(tmp_path: Path) -> None:
     key = SigningKey.generate()
-    async with run_hub(HubSettings(data_dir=tmp_path / "off", port=0), now=lambda: NOW) as off:
+    async with run_hub(HubSettings(data_dir=tmp_path / "off", port=0, metrics_port=0), now=lambda: NOW) as off:
         async with aiohttp.ClientSession() as s, s.get(off.url + "/v1/admin/nodes") as resp:
             assert resp.status == 404 and (await resp.json())["type"] == PROBLEM_BASE + "admin-off"
-    settings = HubSettings(data_dir=tmp_path / "on", port=0, admin_token=TOKEN)  # type: ignore[arg-type]
+    settings = HubSettings(data_dir=tmp_path / "on", port=0, metrics_port=0, admin_token=TOKEN)  # type: ignore[arg-type]
     async with run_hub(settings, now=lambda: NOW) as on, aiohttp.ClientSession() as s:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
             async with s.get(on.url + "/v1/admin/nodes", headers=headers) as resp:
@@ -195,7 +195,7 @@ async def test_admin_api_needs_the_token(tmp_path: Path) -> None:
 def test_archive_is_one_file_per_window_per_commit_and_reconciled_after_a_crash(tmp_path: Path) -> None:
     """Each commit writes one Parquet file per window; files lost to a crash are rewritten at the next
     start, and the archive then holds every accepted snapshot's cells exactly once."""
-    settings = HubSettings(data_dir=tmp_path / "hub", port=0)  # type: ignore[arg-type]
+    settings = HubSettings(data_dir=tmp_path / "hub", port=0, metrics_port=0)  # type: ignore[arg-type]
     keys = [SigningKey.from_seed(bytes([i + 1]) * 32) for i in range(4)]
     hub = open_hub(settings, now=lambda: NOW)
     try:

@@ -62,7 +62,7 @@ async def test_outage_then_every_snapshot_exactly_once(tmp_path: Path) -> None:
             # ...and never a wait beyond the cap.
             assert e.next_attempt - clock.t <= settings.max_backoff_seconds
 
-        hub_settings = HubSettings(data_dir=tmp_path / "hub", port=port, window_horizon_days=3650)
+        hub_settings = HubSettings(data_dir=tmp_path / "hub", port=port, metrics_port=0, window_horizon_days=3650)
         async with run_hub(hub_settings, now=lambda: clock.t + 30 * DAY) as hub:
             assert hub.url.endswith(f":{port}")
             hub.hub.registry.enroll("the-node", key.public)

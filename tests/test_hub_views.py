@@ -46,7 +46,7 @@ async def push(url: str, data: bytes) -> int:
 
 @pytest.fixture
 async def hub(tmp_path: Path) -> AsyncIterator[RunningHub]:
-    settings = HubSettings(data_dir=tmp_path / "hub", port=0, admin_token=TOKEN, export_after_seconds=0)  # type: ignore[arg-type]
+    settings = HubSettings(data_dir=tmp_path / "hub", port=0, metrics_port=0, admin_token=TOKEN, export_after_seconds=0)  # type: ignore[arg-type]
     async with run_hub(settings, now=lambda: NOW) as running:
         keys = [SigningKey.generate() for _ in range(3)]
         for i, key in enumerate(keys):
@@ -148,7 +148,7 @@ async def test_hub_of_hubs(hub: RunningHub, tmp_path: Path) -> None:
     assert again == exported  # committed once
     verified = verify_envelope(exported)
     assert verified.snapshot.node == hub.hub.key.public.key_id and verified.snapshot.nodes == 3
-    parent_settings = HubSettings(data_dir=tmp_path / "parent", port=0, admin_token=TOKEN)  # type: ignore[arg-type]
+    parent_settings = HubSettings(data_dir=tmp_path / "parent", port=0, metrics_port=0, admin_token=TOKEN)  # type: ignore[arg-type]
     async with run_hub(parent_settings, now=lambda: NOW) as parent:
         assert await push(parent.url, exported) == 403  # not enrolled yet
         await enroll(parent.url, "child-hub", hub.hub.key.public.b64)

@@ -243,6 +243,8 @@ async def test_operations_endpoints(node: RunningNode) -> None:
             assert resp.status == 200 and health["status"] == "ok"
             assert health["key_id"] == node.node.key.public.key_id
         async with session.get(node.url + "/metrics") as resp:
+            assert resp.status == 404  # exact counters are the operator's: never on the public port
+        async with session.get(node.metrics_url + "/metrics") as resp:
             text = await resp.text()
             assert "liberation_events_accepted_total 15.0" in text
             assert "liberation_rows 15.0" in text

@@ -42,7 +42,7 @@ async def test_import_serve_export_push(tmp_path: Path, hub: tuple[HubStandIn, s
     common = ["--data-dir", str(data)]
     assert b"120 events accepted" in liberation("node", "import", "-", *common, stdin=history(3)).stdout
     env = {
-        "LIBERATION_NODE_DATA_DIR": str(data), "LIBERATION_NODE_PORT": "0",
+        "LIBERATION_NODE_DATA_DIR": str(data), "LIBERATION_NODE_PORT": "0", "LIBERATION_NODE_METRICS_PORT": "0",
         "LIBERATION_NODE_PUSH__HUB_URL": hub_url, "LIBERATION_NODE_PUSH__INTERVAL_SECONDS": "0.2",
         # No grace: yesterday is closed at start even in the hour after midnight UTC.
         "LIBERATION_NODE_EXPORT_GRACE_SECONDS": "0",
@@ -73,7 +73,7 @@ async def test_import_serve_export_push(tmp_path: Path, hub: tuple[HubStandIn, s
             async with session.get(proc.url + "/v1/ledger") as resp:
                 ledger = await resp.json()
             assert len(ledger["entries"]) == 3 * 17
-            async with session.get(proc.url + "/metrics") as resp:
+            async with session.get(proc.metrics_url + "/metrics") as resp:
                 assert "liberation_snapshots_exported_total 3.0" in await resp.text()
             async with session.get(proc.url + "/v1/local/summary") as resp:
                 summary = await resp.json()

@@ -68,3 +68,10 @@ def test_a_typo_is_an_error(tmp_path: Path) -> None:
         load_node_settings(config)
     with pytest.raises(ConfigError, match="trusted_proxies"):
         load_node_settings(None, trusted_proxies=["not-a-network"])
+
+
+def test_the_removed_ingest_workers_setting_is_refused_by_name(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text("ingest_workers = 2\n")
+    with pytest.raises(ConfigError, match="`ingest_workers` was removed: a node is one process"):
+        load_node_settings(config)

@@ -1,0 +1,81 @@
+"""The operator's listener: `/metrics` on a socket of its own, never on a service's public port.
+
+Exact counters move with every event a person sends, within milliseconds: anyone who can poll
+them learns who used a tool when (epsilon = infinity for a session-day). So they are served on a
+separate listener, loopback by default, its own port (Prometheus's convention), with a routing
+table that holds nothing else; the public app has no `/metrics` route at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+log = logging.getLogger("liberation.metrics")
+
+CONTENT_TYPE = "text/plain"
+
+
+@dataclass(frozen=True)
+class MetricsListener:
+    """Where a service's metrics are served: the bound URL, or None when the listener is off."""
+
+    url: str | None
+
+
+METRICS_LISTENER = web.AppKey("metrics_listener", MetricsListener)
+
+
+def metrics_app(render: Callable[[], bytes]) -> web.Application:
+    """An app with one route, `GET /metrics`: the text exposition that `render` produces."""
+
+    async def metrics(request: web.Request) -> web.Response:
+        body = await asyncio.to_thread(render)
+        return web.Response(body=body, content_type=CONTENT_TYPE, charset="utf-8")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+
+
+def add_metrics_listener(
+    app: web.Application,
+    *,
+    service: str,
+    host: str,
+    port: int | None,
+    render: Callable[[web.Application], Callable[[], bytes]],
+) -> None:
+    """Serve `render(app)` on host:port while `app` runs (after the contexts added before this one).
+
+    `port` 0 picks a free port; None leaves metrics unserved. The bound URL is logged as
+    `metrics_url` and kept in `app[METRICS_LISTENER]`.
+    """
+
+    async def listener(app: web.Application) -> AsyncIterator[None]:
+        if port is None:
+            app[METRICS_LISTENER] = MetricsListener(None)
+            yield
+            return
+        runner = web.AppRunner(metrics_app(render(app)), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+        bound_host, bound_port = runner.addresses[0][:2]
+        url = _url(bound_host, bound_port)
+        app[METRICS_LISTENER] = MetricsListener(url)
+        log.info("metrics listening", extra={"service": service, "metrics_url": url})
+        try:
+            yield
+        finally:
+            await runner.cleanup()
+
+    app.cleanup_ctx.append(listener)
