@@ -80,16 +80,17 @@ def export(db: Path) -> None:
     from node.export import Publisher
     from node.salts import SaltKeeper
     from node.store import Store
+    from node.windows import Windows
     from protocol.catalog import load_catalog
     from protocol.keys import SigningKey
 
     catalog = load_catalog()
     store = Store(db, catalog)
-    publisher = Publisher(
-        store=store, catalog=catalog, key=SigningKey.generate(), salts=SaltKeeper(db.parent / "salts"),
-        window_seconds=86_400, grace_seconds=3600, epsilon_cap_per_day=1.0,
-        clock=lambda: WINDOW + timedelta(days=2),
+    windows = Windows(
+        store, SaltKeeper(db.parent / "salts"), window_seconds=86_400, grace_seconds=3600,
+        retention_seconds=7 * 86_400, clock=lambda: WINDOW + timedelta(days=2),
     )
+    publisher = Publisher(store=store, catalog=catalog, key=SigningKey.generate(), windows=windows, epsilon_cap_per_day=1.0)
     started = time.perf_counter()
     envelope = publisher.export(int(WINDOW.timestamp()))
     print(json.dumps({"seconds": time.perf_counter() - started, "bytes": len(envelope)}))

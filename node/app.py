@@ -34,6 +34,7 @@ from node.privacy import PrivacyFilter
 from node.ratelimit import RateLimiter
 from node.routes import INGEST, IngestTarget, add_ingest_routes
 from node.salts import SaltKeeper
+from node.windows import Windows
 from node.settings import NodeSettings
 from node.store import Store
 from node.views import SnapshotRanges
@@ -42,7 +43,7 @@ from node.writer import DRAIN_ROWS, Writer
 from protocol.catalog import Catalog, load_catalog
 from protocol.errors import Forbidden, NotFound, problem_middleware
 from protocol.keys import SigningKey, load_or_create
-from protocol.windows import parse_window
+from protocol.windows import DAY, parse_window
 from protocol.wire import verify_envelope
 from runtime.metrics_listener import add_metrics_listener
 
@@ -59,7 +60,7 @@ class Node:
     catalog: Catalog
     key: SigningKey
     store: Store
-    salts: SaltKeeper
+    windows: Windows
     writer: Writer
     geo: GeoLocator
     ingestor: Ingestor
@@ -76,27 +77,16 @@ class Node:
         self.views = ViewService(
             SnapshotRanges(self.publisher),
             {self.catalog.hash: self.catalog},
-            lambda: len(self.publisher.exported),
+            lambda: len(self.windows.exported),
             now=lambda: self.clock().timestamp(),
         )
 
-    @property
-    def retention(self) -> timedelta:
-        days = self.settings.retention_days
-        return timedelta(days=self.catalog.retention_days if days is None else days)
-
-    def window_open(self, window: datetime) -> bool:
-        """Whether a window still takes events: not exported, not older than the retention horizon."""
-        if int(window.timestamp()) in self.publisher.exported:
-            return False
-        today = self.clock().replace(hour=0, minute=0, second=0, microsecond=0)
-        return window >= today - self.retention
-
-    def salt_for(self, window: datetime) -> bytes | None:
-        return self.salts.get(window) if self.window_open(window) else None
-
     def export_due(self) -> list[int]:
-        """Fold session rows; export every closed window not yet exported; then salts and retention."""
+        """Fold session rows; export every closed window not yet exported; then retention.
+
+        A window the ledger refuses is skipped (counted and logged each pass), never a
+        stop for the windows after it; retention removes its state all the same.
+        """
         with self._exporting:
             # Every staged row moves to the store, then the session rows logged since
             # the last pass become per-session state.
@@ -104,17 +94,19 @@ class Node:
             with self.metrics.fold_seconds.time():
                 self.metrics.fold_rows.inc(self.store.fold_sessions(pace=True))
             done = []
-            for window in self.publisher.due_windows():
+            for window in self.windows.due():
                 try:
                     self.publisher.export(window)
                 except BudgetExceeded as exc:
                     self.metrics.exports_refused.labels("budget").inc()
-                    log.error("export refused: %s", exc)
-                    break
+                    log.error("export refused: %s", exc, extra={"window_start": _iso(window)})
+                    continue
                 self.metrics.snapshots_exported.inc()
                 done.append(window)
-            self.publisher.destroy_exported_salts()
-            self.publisher.apply_retention(int(self.retention.total_seconds()))
+            for window in self.windows.expire():
+                self.metrics.exports_refused.labels("expired").inc()
+                log.error("window expired unexported: its rows and state are deleted, it is never published",
+                          extra={"window_start": _iso(window)})
             # Here, between exports (the only big queries): ingest's cached table blocks are dropped
             # so the node's memory stays flat instead of growing toward memory_limit.
             self.store.trim_cache()
@@ -141,21 +133,25 @@ def open_node(settings: NodeSettings, *, clock: Clock = utc_now) -> Node:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     key = load_or_create(paths["key"])
     store = Store(paths["db"], catalog, memory_limit=settings.memory_limit)
-    salts = SaltKeeper(paths["salts"])
+    retention_days = catalog.retention_days if settings.retention_days is None else settings.retention_days
+    windows = Windows(
+        store,
+        SaltKeeper(paths["salts"]),
+        window_seconds=settings.window_seconds,
+        grace_seconds=settings.export_grace_seconds,
+        retention_seconds=retention_days * DAY,
+        clock=clock,
+    )
     metrics = NodeMetrics(rows=store.row_count, db_bytes=store.size_bytes, db_memory=store.memory_bytes)
-    writer = Writer(store, max_rows=settings.commit_max_rows, observe=metrics.observe_commit)
+    writer = Writer(store, windows, max_rows=settings.commit_max_rows, observe=metrics.observe_commit)
     geo = GeoLocator(settings.geoip_database)
-    node_ref: list[Node] = []
     publisher = Publisher(
         store=store,
         catalog=catalog,
         key=key,
-        salts=salts,
-        window_seconds=settings.window_seconds,
-        grace_seconds=settings.export_grace_seconds,
+        windows=windows,
         epsilon_cap_per_day=settings.epsilon_cap_per_day
         or epsilon_cap_default(catalog, settings.window_seconds),
-        clock=clock,
     )
     outbox = Outbox(
         store,
@@ -170,18 +166,14 @@ def open_node(settings: NodeSettings, *, clock: Clock = utc_now) -> Node:
             clock_skew=timedelta(seconds=settings.clock_skew_seconds),
             window_seconds=settings.window_seconds,
         ),
-        salts=lambda window: node_ref[0].salt_for(window),
+        salts=windows.salt_for,
         writer=writer,
         geo=geo,
         limiter=RateLimiter(settings.rate_limit.requests_per_second, settings.rate_limit.burst),
         metrics=metrics,
         clock=clock,
     )
-    node = Node(
-        settings, catalog, key, store, salts, writer, geo, ingestor, metrics, publisher, outbox, clock
-    )
-    node_ref.append(node)
-    return node
+    return Node(settings, catalog, key, store, windows, writer, geo, ingestor, metrics, publisher, outbox, clock)
 
 
 def close_node(node: Node) -> None:
@@ -237,7 +229,7 @@ def _iso(ts: int) -> str:
 
 async def _snapshot(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    window = parse_window(request.match_info["window"], node.publisher.window_seconds)
+    window = parse_window(request.match_info["window"], node.windows.seconds)
     envelope = await asyncio.to_thread(node.publisher.verified, window)
     if envelope is None:
         raise NotFound("no published snapshot for that window", slug="no-snapshot")

@@ -4,27 +4,25 @@ Noise is committed once: the signed envelope is stored with its ledger rows
 and outbox entry in one transaction, and every later export of the window
 returns those same bytes (fresh noise for the same data could be averaged
 away). After export the window's per-session state and, once its day is
-fully exported, the day's salt are destroyed; raw rows follow retention.
+fully exported, the day's salt are destroyed (node/windows.py); raw rows follow retention.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from node.aggregate import true_tables
 from node.dp import NoiseSampler, laplace_variance, opendp_laplace, privacy_loss, threshold_and_fold
-from node.salts import SaltKeeper
 from node.store import Store
+from node.windows import Windows
 from protocol.catalog import Catalog
 from protocol.errors import LiberationError
 from protocol.keys import SigningKey
 from protocol.snapshot import FORMAT, MetricCells, Snapshot
+from protocol.windows import DAY
 from protocol.wire import EnvelopeError, sign_snapshot, verify_envelope
-
-DAY = 86_400
 
 
 class ExportError(LiberationError):
@@ -105,26 +103,22 @@ class Publisher:
         store: Store,
         catalog: Catalog,
         key: SigningKey,
-        salts: SaltKeeper,
-        window_seconds: int,
-        grace_seconds: int,
+        windows: Windows,
         epsilon_cap_per_day: float,
-        clock: Callable[[], datetime],
         sampler: NoiseSampler = opendp_laplace,
     ) -> None:
         self.store = store
         self.catalog = catalog
         self.key = key
-        self.salts = salts
-        self.window_seconds = window_seconds
-        self.grace_seconds = grace_seconds
+        self.windows = windows
         self.cap = epsilon_cap_per_day
-        self.clock = clock
         self._sampler = sampler
         self._check_certified_epsilon()
-        self.exported: set[int] = {
-            int(w) for (w,) in store.cursor().execute("SELECT window_start FROM snapshots").fetchall()
-        }
+        if epsilon_cap_per_day < catalog.epsilon_per_window * (1 - 1e-9):
+            raise ExportError(
+                f"epsilon_cap_per_day {epsilon_cap_per_day:g} is below one window's epsilon "
+                f"({catalog.epsilon_per_window:g}): no window could ever be exported"
+            )
 
     def _check_certified_epsilon(self) -> None:
         # OpenDP's own privacy map must agree with the catalog: epsilon_j = k_j c_j / b_j.
@@ -132,46 +126,6 @@ class Publisher:
             certified = privacy_loss(self.catalog.scale(metric), metric.sensitivity)
             if certified > self.catalog.epsilon(metric) * (1 + 1e-9):
                 raise ExportError(f"metric {metric.name}: OpenDP certifies epsilon {certified}")
-
-    # ---- windows ----------------------------------------------------------------
-
-    def window_of(self, moment: datetime) -> int:
-        ts = int(moment.timestamp())
-        return ts - ts % self.window_seconds
-
-    def is_closed(self, window_start: int) -> bool:
-        now = self.clock().timestamp()
-        return window_start + self.window_seconds + self.grace_seconds <= now
-
-    def first_window(self) -> int:
-        """The node's first window: creation day, or earlier if history was imported."""
-        con = self.store.cursor()
-        created = con.execute("SELECT value FROM node_state WHERE name = 'first_window'").fetchall()
-        if not created:
-            with self.store.transaction() as tx:
-                tx.execute(
-                    "INSERT INTO node_state VALUES ('first_window', ?) ON CONFLICT DO NOTHING",
-                    [self.window_of(self.clock())],
-                )
-            return self.first_window()
-        earliest = con.execute("SELECT min(window_start) FROM events").fetchall()[0][0]
-        return int(min(created[0][0], earliest if earliest is not None else created[0][0]))
-
-    def due_windows(self) -> list[int]:
-        """Every closed, unexported window since the first one.
-
-        Every window is exported, with data or without: skipping empty ones
-        would publish whether anybody came, outside the DP guarantee.
-        """
-        first = self.first_window()
-        now_window = self.window_of(self.clock())
-        return [
-            w
-            for w in range(first, now_window, self.window_seconds)
-            if w not in self.exported and self.is_closed(w)
-        ]
-
-    # ---- export -----------------------------------------------------------------
 
     def stored(self, window_start: int) -> bytes | None:
         """The committed envelope of a window, if it was exported."""
@@ -190,13 +144,16 @@ class Publisher:
 
     def export(self, window_start: int) -> bytes:
         """The signed envelope of a window: built and committed once, then the same bytes forever."""
-        if window_start % self.window_seconds:
+        windows = self.windows
+        if window_start % windows.seconds:
             raise ExportError("a window starts on a window boundary")
         existing = self.stored(window_start)
         if existing is not None:
             return existing
-        if not self.is_closed(window_start):
+        if not windows.is_closed(window_start):
             raise WindowNotClosed("the window is still open (or in its grace period)")
+        if window_start in windows.abandoned:
+            raise ExportError("the window expired before it was exported: its rows are gone, it is never published")
         day = window_start - window_start % DAY
         spent = self.spent(day)
         if spent + self.catalog.epsilon_per_window > self.cap * (1 + 1e-9):
@@ -204,16 +161,19 @@ class Publisher:
                 f"exporting would spend epsilon {spent + self.catalog.epsilon_per_window:g} "
                 f"on {datetime.fromtimestamp(day, UTC):%Y-%m-%d}, over the cap of {self.cap:g}"
             )
+        # No row of the window is appended after this; the drain moves every row already staged.
+        windows.close(window_start)
+        self.store.drain()
         tables = true_tables(self.store.cursor(), self.catalog, window_start)
         with self.store.transaction() as tx:
             seq = int(tx.execute("SELECT coalesce(max(seq), 0) + 1 FROM snapshots").fetchall()[0][0])
-            now = int(self.clock().timestamp())
+            now = windows.now()
             snapshot = build_snapshot(
                 self.catalog,
                 tables,
                 node=self.key.public.key_id,
                 window_start=window_start,
-                window_end=window_start + self.window_seconds,
+                window_end=window_start + windows.seconds,
                 seq=seq,
                 created=now - now % 60,
                 sampler=self._sampler,
@@ -234,20 +194,9 @@ class Publisher:
             tx.execute("INSERT INTO outbox VALUES (?, ?, 'pending', 0, 0, NULL, NULL)", [seq, window_start])
             # The per-session minutes and app order live only until export.
             self.store.drop_session_state(tx, window_start)
-        self.exported.add(window_start)
-        self.destroy_exported_salts()
+        windows.mark_exported(window_start)
+        windows.destroy_salts()
         return envelope
-
-    def destroy_exported_salts(self) -> int:
-        """Destroy the salt of every day whose windows are all exported."""
-        destroyed = 0
-        per_day = DAY // self.window_seconds
-        for day in self.salts.days():
-            start = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp())
-            if all(start + i * self.window_seconds in self.exported for i in range(per_day)):
-                self.salts.destroy(datetime.fromtimestamp(start, UTC))
-                destroyed += 1
-        return destroyed
 
     def verified(self, window_start: int) -> bytes | None:
         """The stored envelope only if it still verifies: a damaged one is never served or pushed."""
@@ -266,20 +215,6 @@ class Publisher:
             "SELECT * FROM ledger ORDER BY window_start, metric"
         ).fetchall()
         return [LedgerEntry(*(int(r[0]), str(r[1]), float(r[2]), float(r[3]), int(r[4]), str(r[5]), str(r[6]), int(r[7]))) for r in rows]
-
-    def apply_retention(self, retention_seconds: int) -> int:
-        """Delete raw rows of exported windows older than the retention horizon."""
-        now = int(self.clock().timestamp())
-        horizon = now - now % DAY - retention_seconds
-        with self.store.transaction() as tx:
-            rows = tx.execute(
-                """
-                DELETE FROM events WHERE window_start + ? <= ?
-                AND window_start IN (SELECT window_start FROM snapshots)
-                """,
-                [self.window_seconds, horizon],
-            ).fetchall()
-        return int(rows[0][0]) if rows else 0
 
 
 def epsilon_cap_default(catalog: Catalog, window_seconds: int) -> float:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Mapping
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -62,14 +63,24 @@ class GroupQueue(Generic[T]):
         self._taken += 1
         return self._groups.popleft()
 
-    def settle(self, group: Group[T], result: Any = None, error: BaseException | None = None) -> None:
-        """Tell every waiter of `group` its outcome (a waiter cancelled meanwhile hears nothing)."""
-        for waiter in group.waiters:
+    def settle(
+        self,
+        group: Group[T],
+        result: Any = None,
+        error: BaseException | None = None,
+        refused: Mapping[int, BaseException] | None = None,
+    ) -> None:
+        """Tell every waiter of `group` its outcome (a waiter cancelled meanwhile hears nothing).
+
+        `refused`: items (by index in the group) that get their own exception instead.
+        """
+        for index, waiter in enumerate(group.waiters):
             if not waiter.done():
-                if error is None:
+                own = error if refused is None or error is not None else refused.get(index)
+                if own is None:
                     waiter.set_result(result)
                 else:
-                    waiter.set_exception(error)
+                    waiter.set_exception(own)
         self._taken -= 1
         if not self._groups and not self._taken:
             self._idle.set()

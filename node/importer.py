@@ -17,7 +17,7 @@ from typing import IO
 from pydantic import ValidationError
 
 from node.app import Node
-from node.privacy import FilteredEvent
+from node.privacy import WINDOW_CLOSED, FilteredEvent
 from protocol import jsontext
 from protocol.events import Event
 
@@ -55,8 +55,13 @@ def import_lines(
     now = node.clock()
 
     def flush() -> None:
-        node.store.commit_events(pending)
-        summary.accepted += len(pending)
+        by_window: dict[object, list[FilteredEvent]] = {}
+        for event in pending:
+            by_window.setdefault(event.window, []).append(event)
+        closed = node.windows.commit([node.ingestor.layout.block(events) for events in by_window.values()])
+        summary.accepted += len(pending) - closed
+        if closed:
+            summary.rejected[WINDOW_CLOSED.reason] += closed
         pending.clear()
         if progress is not None:
             progress(summary)
@@ -74,7 +79,7 @@ def import_lines(
             first = exc.errors(include_input=False)[0]
             summary.rejected[f"invalid-{first['loc'][0] if first['loc'] else 'event'}"] += 1
             continue
-        result = node.ingestor.privacy.apply(event, now=now, salt_for=node.salt_for, live=False)
+        result = node.ingestor.privacy.apply(event, now=now, salt_for=node.windows.salt_for, live=False)
         if result.event is None:
             assert result.rejection is not None
             summary.rejected[result.rejection.reason] += 1

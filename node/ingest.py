@@ -24,7 +24,8 @@ from node.privacy import WINDOW_CLOSED, FilteredEvent, PrivacyFilter, Rejection,
 from node.ratelimit import RateLimiter
 from node.rows import RowBlock, RowLayout
 from node.settings import NodeSettings
-from node.writer import StorageUnavailable, WindowClosed
+from node.windows import WindowClosed
+from node.writer import StorageUnavailable
 from protocol.errors import (
     BadRequest,
     PayloadTooLarge,

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from node.ingest import Ingestor, decode_body
 from node.privacy import FilteredEvent
-from node.writer import WindowClosed
+from node.windows import WindowClosed
 from protocol import jsontext
 from protocol.catalog import AttributeKind, Catalog
 from protocol.errors import BadRequest

@@ -26,11 +26,11 @@ class SnapshotRanges:
         self._layouts: dict[str, Layout] = {}
 
     def latest_window(self, catalog: Catalog) -> int | None:
-        return max(self._publisher.exported, default=None)
+        return max(self._publisher.windows.exported, default=None)
 
     def load(self, catalog: Catalog, start: int, end: int) -> RangeData:
         per_window: dict[int, Table] = {}
-        for window in sorted(w for w in self._publisher.exported if start <= w < end):
+        for window in sorted(w for w in self._publisher.windows.exported if start <= w < end):
             envelope = self._publisher.verified(window)
             if envelope is None:
                 continue  # a damaged stored snapshot is shown nowhere
@@ -49,9 +49,9 @@ def windows_document(publisher: Publisher, catalog: Catalog) -> dict[str, Any]:
             {
                 "window_start": datetime.fromtimestamp(w, UTC).strftime("%Y-%m-%d"),
                 "start": w,
-                "end": w + publisher.window_seconds,
+                "end": w + publisher.windows.seconds,
                 "nodes": 1,
             }
-            for w in sorted(publisher.exported)
+            for w in sorted(publisher.windows.exported)
         ],
     }

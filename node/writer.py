@@ -2,7 +2,9 @@
 
 Handlers `await writer.submit(events)`; the task takes whatever is queued
 (up to `max_rows`), appends it as one record to the store's active stage file
-(write + fdatasync) in a worker thread, then resolves every waiting request.
+(write + fdatasync) in a worker thread, through the window owner (which
+refuses the rows of a window that closed since their filter), then resolves
+every waiting request.
 A request is answered only after its append returned: acked means durable.
 Once the stages hold `drain_rows`, a background drain moves them into the
 store's DuckDB tables in one transaction, so that work (and DuckDB's
@@ -21,6 +23,7 @@ from collections.abc import Callable
 from node.groupqueue import GroupQueue
 from node.rows import RowBlock
 from node.store import Store
+from node.windows import Windows, WindowClosed
 
 log = logging.getLogger("liberation.node.writer")
 
@@ -41,22 +44,20 @@ class StorageUnavailable(Exception):
     """The commit failed (disk full, I/O error): nothing of the request was stored."""
 
 
-class WindowClosed(Exception):
-    """The rows' window was exported (or aged out) between the filter and the commit: nothing stored."""
-
-
 class Writer:
     """Group-commits submitted events; `observe` receives (rows, seconds) of each commit."""
 
     def __init__(
         self,
         store: Store,
+        windows: Windows,
         *,
         max_rows: int = 50_000,
         drain_rows: int = DRAIN_ROWS,
         observe: Callable[[int, float], None] | None = None,
     ) -> None:
         self._store = store
+        self._windows = windows
         # Rows per drain: bigger drains cost DuckDB less per row; smaller ones keep
         # the stage files (and each row's minute there) for less time.
         self._drain_rows = drain_rows
@@ -83,7 +84,8 @@ class Writer:
             await self._draining
 
     async def submit(self, events: RowBlock) -> None:
-        """Return once `events` are committed; raise StorageUnavailable if they were not."""
+        """Return once `events` are committed; raise StorageUnavailable if they were not,
+        WindowClosed if their window stopped taking rows after the filter (nothing stored)."""
         if len(events) == 0:
             return
         await self._queue.put(events, len(events))
@@ -93,15 +95,17 @@ class Writer:
             group = await self._queue.take()
             started = time.perf_counter()
             error: BaseException | None = None
+            refused: dict[int, BaseException] = {}
             try:
-                await asyncio.to_thread(self._commit, group.items)
+                admitted = await asyncio.to_thread(self._windows.append, group.items)
+                refused = {i: WindowClosed() for i, ok in enumerate(admitted) if not ok}
             except Exception as exc:  # noqa: BLE001 - every waiter must hear of it
                 log.error("commit of %d rows failed: %s", group.rows, type(exc).__name__)
                 error = StorageUnavailable(type(exc).__name__)
             elapsed = time.perf_counter() - started
             if error is None and self._observe is not None:
                 self._observe(group.rows, elapsed)
-            self._queue.settle(group, error=error)
+            self._queue.settle(group, error=error, refused=refused)
             if self._store.staged_rows >= self._drain_rows and (self._draining is None or self._draining.done()):
                 self._draining = asyncio.create_task(self._drain(), name="duckdb-drain")
 
@@ -111,5 +115,3 @@ class Writer:
         except Exception as exc:  # noqa: BLE001 - the rows stay staged and durable; the next drain retries
             log.error("drain failed: %s", type(exc).__name__)
 
-    def _commit(self, items: list[RowBlock]) -> None:
-        self._store.stage_rows([self._store.layout.table(items)])

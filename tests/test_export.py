@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from node.dp import laplace_variance, opendp_laplace, threshold_and_fold
-from node.export import BudgetExceeded, Publisher, WindowNotClosed, build_snapshot
+from node.export import BudgetExceeded, ExportError, Publisher, WindowNotClosed, build_snapshot
 from node.salts import SaltKeeper
 from node.store import Store, session_log_table, session_table, session_tables
+from node.windows import Windows
 from protocol.catalog import load_catalog
 from protocol.keys import SigningKey
 from protocol.wire import verify_envelope
@@ -36,12 +37,12 @@ def busy_window() -> list[dict[str, object]]:
 
 
 def publisher(store: Store, tmp: Path, *, cap: float = 1.0, clock: Callable[[], datetime] = lambda: NOW,
-              seed: int | None = 7, key: SigningKey | None = None) -> Publisher:
-    salts = SaltKeeper(tmp / "salts")
+              seed: int | None = 7, key: SigningKey | None = None, retention_days: int = 7) -> Publisher:
+    windows = Windows(store, SaltKeeper(tmp / "salts"), window_seconds=DAY, grace_seconds=3600,
+                      retention_seconds=retention_days * DAY, clock=clock)
     return Publisher(
-        store=store, catalog=CATALOG, key=key or SigningKey.from_seed(bytes(32)), salts=salts,
-        window_seconds=DAY, grace_seconds=3600, epsilon_cap_per_day=cap, clock=clock,
-        sampler=SeededLaplace(seed) if seed is not None else opendp_laplace,
+        store=store, catalog=CATALOG, key=key or SigningKey.from_seed(bytes(32)), windows=windows,
+        epsilon_cap_per_day=cap, sampler=SeededLaplace(seed) if seed is not None else opendp_laplace,
     )
 
 
@@ -88,12 +89,12 @@ def test_sequence_numbers_increase_and_every_window_is_exported(tmp_path: Path) 
     store = store_with(tmp_path, raw)
     clock = lambda: WINDOW + timedelta(days=5, hours=2)  # noqa: E731
     pub = publisher(store, tmp_path, clock=clock, cap=1.0)
-    due = pub.due_windows()
+    due = pub.windows.due()
     # Every window from the first with data up to the last closed one, empty ones included.
     assert due == [W + i * DAY for i in range(5)]
     seqs = [verify_envelope(pub.export(w)).snapshot.seq for w in due]
     assert seqs == [1, 2, 3, 4, 5]
-    assert pub.due_windows() == []
+    assert pub.windows.due() == []
 
 
 def test_open_windows_are_not_exported(tmp_path: Path) -> None:
@@ -101,14 +102,20 @@ def test_open_windows_are_not_exported(tmp_path: Path) -> None:
     pub = publisher(store, tmp_path, clock=lambda: WINDOW + timedelta(days=1, minutes=30))
     with pytest.raises(WindowNotClosed):
         pub.export(W)  # ended 30 minutes ago: still in its grace hour
-    assert pub.due_windows() == []
+    assert pub.windows.due() == []
 
 
 def test_ledger_refuses_an_over_cap_export(tmp_path: Path) -> None:
     store = store_with(tmp_path, busy_window())
-    pub = publisher(store, tmp_path, cap=0.5)
-    with pytest.raises(BudgetExceeded, match="over the cap of 0.5"):
+    with pytest.raises(ExportError, match="below one window's epsilon"):
+        publisher(store, tmp_path, cap=0.5)  # no window could ever be exported: refused at start
+    pub = publisher(store, tmp_path, cap=1.0)
+    with store.transaction() as tx:  # the day's budget spent already (say, by a window of another length)
+        tx.execute("INSERT INTO ledger VALUES (?, 'usage', 0.5, 1.0, 1, 'x', 'd', 0)", [W + 3600])
+    with pytest.raises(BudgetExceeded, match="over the cap of 1"):
         pub.export(W)
+    with store.transaction() as tx:
+        tx.execute("DELETE FROM ledger")
     assert store.cursor().execute("SELECT count(*) FROM snapshots").fetchall() == [(0,)]
     assert pub.ledger() == []
     ok = publisher(store, tmp_path, cap=1.0)
@@ -123,21 +130,21 @@ def test_ledger_refuses_an_over_cap_export(tmp_path: Path) -> None:
 def test_export_destroys_salt_and_session_state(tmp_path: Path) -> None:
     store = store_with(tmp_path, busy_window())
     pub = publisher(store, tmp_path)
-    salt = pub.salts.get(WINDOW)
-    assert len(salt) == 32 and pub.salts.days() == [WINDOW.date()]
+    salt = pub.windows.salts.get(WINDOW)
+    assert len(salt) == 32 and pub.windows.salts.days() == [WINDOW.date()]
     store.fold_sessions()
     store.commit_events(filtered(CATALOG, busy_window()[:1]))  # folded state and logged rows both present
     assert session_tables(store.cursor()) == [W]
     assert store.cursor().execute(f"SELECT count(*) FROM {session_table(W)}").fetchall()[0][0] > 0
     assert store.cursor().execute(f"SELECT count(*) FROM {session_log_table(W)}").fetchall()[0][0] == 1
     pub.export(W)
-    assert pub.salts.days() == []
+    assert pub.windows.salts.days() == []
     assert not any((tmp_path / "salts").iterdir())
     assert session_tables(store.cursor()) == []
     # Raw rows stay until the retention horizon, then go.
     assert store.row_count() > 0
     late = publisher(store, tmp_path, clock=lambda: WINDOW + timedelta(days=9))
-    assert late.apply_retention(7 * DAY) > 0
+    assert late.windows.expire() == []  # exported: nothing abandoned, its rows simply go
     assert store.row_count() == 0
 
 

@@ -39,9 +39,9 @@ async def test_outage_then_every_snapshot_exactly_once(tmp_path: Path) -> None:
     store = store_with(tmp_path / "node", raw)
     late_clock = lambda: WINDOW + timedelta(days=6)  # noqa: E731
     pub = publisher(store, tmp_path / "node", clock=late_clock, cap=1.0)
-    for window in pub.due_windows():
+    for window in pub.windows.due():
         pub.export(window)
-    windows = sorted(pub.exported)
+    windows = sorted(pub.windows.exported)
     assert len(windows) == 5  # three days of data, two empty days (exported all the same)
 
     port = free_port()
