@@ -107,17 +107,24 @@ def metric_query(catalog: Catalog, metric: MetricSpec) -> MetricQuery:
         done = " ".join(
             f"WHEN {_quote(a)} THEN {_quote(s.complete_action)}" for a, s in catalog.apps.items() if s.complete_action
         )
-        # One pass: each (session, app) yields ['started'] or ['started', 'completed'].
+        # Each (session, app) yields [], ['started'] or ['started', 'completed']. A tool's
+        # stages are kept or cut together (a completion never counts without its start):
+        # tools in order of first use while their cells add up to at most k.
         cells = f"""
-            SELECT session, app AS d0, unnest(stages) AS d1, 1 AS v, first_seq AS ord FROM (
-                SELECT session, app, min(first_seq) AS first_seq,
-                       CASE WHEN NOT bool_or(action = (CASE app {start or "WHEN NULL THEN NULL"} END)) THEN []
-                            WHEN bool_or(action = (CASE app {done or "WHEN NULL THEN NULL"} END))
-                            THEN ['started', 'completed'] ELSE ['started'] END AS stages
-                FROM session_actions GROUP BY session, app
-            )
+            SELECT session, app AS d0, unnest(stages) AS d1, 1 AS v FROM (
+                SELECT session, app, stages,
+                       sum(len(stages)) OVER (PARTITION BY session ORDER BY first_seq, app
+                                              ROWS UNBOUNDED PRECEDING) AS used
+                FROM (
+                    SELECT session, app, min(first_seq) AS first_seq,
+                           CASE WHEN NOT bool_or(action = (CASE app {start or "WHEN NULL THEN NULL"} END)) THEN []
+                                WHEN bool_or(action = (CASE app {done or "WHEN NULL THEN NULL"} END))
+                                THEN ['started', 'completed'] ELSE ['started'] END AS stages
+                    FROM session_actions GROUP BY session, app
+                )
+            ) WHERE used <= {k}
         """
-        return MetricQuery(metric, _bounded_tail(cells, 2, k, "ord"), (1, 1))
+        return MetricQuery(metric, _bounded_tail(cells, 2, k, "", already_bounded=True), (1, 1))
     if dims == ("app_pair",):
         # Order of first use: first minute, then arrival; each ordered pair once per session.
         cells = """

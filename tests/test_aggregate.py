@@ -185,3 +185,27 @@ def test_commits_recreate_a_session_log_dropped_behind_the_stores_back(tmp_path:
     store.commit_events(two + later)
     assert rows(store, session_log_table(W)) == 2
     assert rows(store, session_log_table(W + 86_400)) == 1
+
+
+def test_completion_keeps_or_cuts_a_tools_stages_together(tmp_path: Path) -> None:
+    """One session, 5 events, three tools: k = 4 cells must never count a completion without its start.
+
+    (Cut by cell, first use then label, 'completed' < 'started' kept the third tool's completion
+    and dropped its start: cognitive-debt `started` -15 % in every federation.)
+    """
+    raw = [
+        ev("three-tools", "runway-calculator", "start", 0),
+        ev("three-tools", "runway-calculator", "complete", 1),
+        ev("three-tools", "real-wage-calculator", "start", 2),
+        ev("three-tools", "cognitive-debt-assessment", "start", 3),
+        ev("three-tools", "cognitive-debt-assessment", "complete", 4),
+    ]
+    t = true_tables(store_with(tmp_path, raw).cursor(), CATALOG, W)["completion"]
+    for app in CATALOG.apps:
+        assert t[cell("completion", app, "completed")] <= t[cell("completion", app, "started")], app
+    assert t[cell("completion", "runway-calculator", "started")] == t[cell("completion", "runway-calculator", "completed")] == 1
+    assert t[cell("completion", "real-wage-calculator", "started")] == 1
+    # The third tool's two stages would make five cells: both are cut.
+    assert t[cell("completion", "cognitive-debt-assessment", "started")] == 0
+    assert t[cell("completion", "cognitive-debt-assessment", "completed")] == 0
+    assert sum(t) <= CATALOG.metric("completion").max_cells
