@@ -18,12 +18,11 @@ import pyarrow as pa
 
 from protocol.catalog import Catalog
 from protocol.snapshot import FORMAT, MetricCells, Snapshot
+from protocol.windows import DAY
 
 Kind = Literal["cell", "other"]
 CellKey = tuple[str, Kind, int]
 """(metric name, kind, index): a cell index for "cell", a prefix index for "other"."""
-
-DAY = 86_400
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,8 +50,8 @@ from federation.columns import apply_k_min as apply_k_min_cells
 from federation.merge import ReadTable, Table
 from protocol.catalog import Catalog
 from protocol.errors import BadRequest, NotFound
+from protocol.windows import DAY
 
-DAY = 86_400
 DEFAULT_RANGE_DAYS = 30
 MAX_RANGE_DAYS = 366
 

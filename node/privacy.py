@@ -23,6 +23,7 @@ from typing import NamedTuple
 from protocol.catalog import Catalog
 from protocol.countries import UNKNOWN_COUNTRY
 from protocol.events import Event
+from protocol.windows import window_start
 
 SaltSource = Callable[[datetime], bytes | None]
 """Gives the secret salt of a window, or None when that window is closed to new events."""
@@ -30,8 +31,7 @@ SaltSource = Callable[[datetime], bytes | None]
 
 def window_of(moment: datetime, window_seconds: int = 86_400) -> datetime:
     """Start of the window (UTC day by default, or hour) holding `moment`."""
-    ts = int(moment.timestamp())
-    return datetime.fromtimestamp(ts - ts % window_seconds, UTC)
+    return datetime.fromtimestamp(window_start(int(moment.timestamp()), window_seconds), UTC)
 
 
 def session_hash(salt: bytes, session_key: bytes) -> int:

@@ -20,7 +20,7 @@ from node.rows import RowBlock
 from node.salts import SaltKeeper
 from node.store import Store, session_tables
 from protocol.errors import LiberationError
-from protocol.windows import DAY
+from protocol.windows import DAY, window_start
 
 Clock = Callable[[], datetime]
 
@@ -81,8 +81,7 @@ class Windows:
 
     def window_of(self, moment: datetime) -> int:
         """Start (unix seconds) of the window holding `moment`."""
-        ts = int(moment.timestamp())
-        return ts - ts % self.seconds
+        return window_start(int(moment.timestamp()), self.seconds)
 
     def now(self) -> int:
         return int(self.clock().timestamp())

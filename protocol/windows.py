@@ -10,6 +10,11 @@ DAY = 86_400
 HOUR = 3_600
 
 
+def window_start(ts: int, window_seconds: int) -> int:
+    """Start (unix seconds) of the window of `window_seconds` that holds `ts`: windows align to the epoch, so to UTC days."""
+    return ts - ts % window_seconds
+
+
 def parse_window(text: str, window_seconds: int | None = None) -> int:
     """`2026-11-23`, `2026-11-23T05` or `1795392000` -> the window's start (unix seconds, UTC).
 
