@@ -1,9 +1,9 @@
-"""Merged tables as columns over a catalog's cell layout: window sums and k_min folding, vectorized.
+"""Merged tables as columns over a catalog's cell layout: window sums and presence folding, vectorized.
 
 A catalog fixes every key a merged table can hold (per metric: its cells, then
 its `other` prefixes), so a table is a few arrays over that layout rather than a
 dict of `CellSum`s. The functions here give the same numbers as
-`merge.combine_windows` and `merge.apply_k_min` on the equivalent dicts, bit for
+`merge.combine_windows` and `merge.apply_presence` on the equivalent dicts, bit for
 bit: floats are added in the order those functions add them, which follows the
 dicts' key order; `Cells.order` records it.
 """
@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from federation.merge import CellKey, CellSum, ReadTable, Table
+from federation.significance import presence_threshold
 from protocol.catalog import Catalog
 
 Array = npt.NDArray[Any]
@@ -146,10 +147,23 @@ def sum_windows(layout: Layout, parts: Sequence[Cells]) -> Cells:
     return Cells(value, variance, nodes, present, order)
 
 
-def apply_k_min(layout: Layout, cells: Cells, k_min: int) -> Cells:
-    """`merge.apply_k_min` over columns: cells below k_min folded into their prefix's other, low others dropped."""
+def presence_thresholds(layout: Layout, catalog: Catalog, cells: Cells) -> Array:
+    """Per position, the least value a present cell needs (`significance.presence_threshold`); 0 for others."""
+    out = np.zeros(len(layout), dtype=np.int64)
+    for metric in catalog.metrics:
+        first, count = layout.offset[(metric.name, "cell")]
+        variances = cells.variance[first : first + count]
+        # One merged variance per number of draws: a handful of distinct values per metric.
+        distinct, inverse = np.unique(variances, return_inverse=True)
+        thresholds = np.array([presence_threshold(catalog, metric, float(v)) for v in distinct], dtype=np.int64)
+        out[first : first + count] = thresholds[inverse]
+    return out
+
+
+def apply_presence(layout: Layout, cells: Cells, catalog: Catalog) -> Cells:
+    """`merge.apply_presence` over columns: cells not present folded into their prefix's other; others kept."""
     order = cells.order
-    low_mask = cells.present & layout.is_cell & (cells.value < k_min).astype(bool)
+    low_mask = cells.present & layout.is_cell & (cells.value < presence_thresholds(layout, catalog, cells)).astype(bool)
     low = order[low_mask[order]]  # in the table's order: folds add in that order
     targets = layout.other_of[low]
     size = len(layout)
@@ -164,8 +178,7 @@ def apply_k_min(layout: Layout, cells: Cells, k_min: int) -> Cells:
     value = np.where(folded, cells.value + folded_value, cells.value)
     variance = np.where(folded, cells.variance + folded_variance, cells.variance)
     nodes = np.maximum(cells.nodes, folded_nodes)
-    present = (cells.present & ~low_mask) | folded
-    keep = present & (layout.is_cell | (value >= k_min).astype(bool))
+    keep = (cells.present & ~low_mask) | folded
     value, variance, nodes = np.where(keep, value, 0), np.where(keep, variance, 0.0), np.where(keep, nodes, 0)
     # Order: the surviving keys in the table's order, then others new to it in the order they were first folded into.
     _, first_fold = np.unique(targets, return_index=True)

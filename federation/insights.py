@@ -6,8 +6,10 @@ JSON-ready, with one convention throughout:
   deviation of its noise (delta method for ratios and quantiles), `nodes` how
   many node snapshots contributed (for a sum or ratio of several cells, the
   most that any one part had);
-- a number the table lacks is `None`, never zero: a missing cell was below a
-  threshold (its noisy value went into `other`), not zero with certainty.
+- a number the table lacks is `None`, never zero: the cell's sum did not
+  stand clear of its noise (federation/significance.py; its value went into
+  `other`), not zero with certainty;
+- a rate or share outside [0, 1] (noise) is clipped and says so: `clipped`.
   Sums run over the parts present and are None when none is; a ratio is None
   when a part is missing or its denominator is <= 0.
 """
@@ -40,22 +42,21 @@ def _num(cs: CellSum | None) -> Num | None:
 
 
 def _ratio(num: CellSum | None, den: CellSum | None) -> Num | None:
-    """num / den clipped to [0, 1], sd by the delta method with num and den taken as independent.
+    """num / den clipped to [0, 1] (then `clipped` is true), sd by the delta method.
 
     r * sqrt(var_n/n^2 + var_d/d^2) = sqrt(var_n + r^2 var_d) / d, which stays
-    defined at n = 0. The correlation of num and den (completed sessions are
-    also started ones; their noises are independent, their truths not) is
-    ignored, as is the clipping.
+    defined at n = 0. num and den are taken as independent: their noises are
+    (completed sessions are also started ones, so their truths are not).
     """
     if num is None or den is None or den.value <= 0:
         return None
     r = num.value / den.value
     spread = math.sqrt(num.variance + r * r * den.variance) / den.value
-    return {"value": min(1.0, max(0.0, r)), "sd": spread, "nodes": max(num.nodes, den.nodes)}
+    return {"value": min(1.0, max(0.0, r)), "sd": spread, "nodes": max(num.nodes, den.nodes), "clipped": not 0 <= r <= 1}
 
 
 def _share(x: float, var_x: float, y: float, var_y: float, nodes: int) -> Num | None:
-    """x / (x + y) for independent x and y, clipped to [0, 1].
+    """x / (x + y) for independent x and y, clipped to [0, 1] (then `clipped` is true).
 
     Delta method: dp/dx = y/s^2, dp/dy = -x/s^2 with s = x + y, so
     sd = sqrt(y^2 var_x + x^2 var_y) / s^2.
@@ -64,7 +65,8 @@ def _share(x: float, var_x: float, y: float, var_y: float, nodes: int) -> Num | 
     if s <= 0:
         return None
     spread = math.sqrt(y * y * var_x + x * x * var_y) / (s * s)
-    return {"value": min(1.0, max(0.0, x / s)), "sd": spread, "nodes": nodes}
+    r = x / s
+    return {"value": min(1.0, max(0.0, r)), "sd": spread, "nodes": nodes, "clipped": not 0 <= r <= 1}
 
 
 def _growth(series: Sequence[CellSum | None]) -> Num | None:
@@ -312,10 +314,11 @@ def breakdown(catalog: Catalog, table: ReadTable, metric: str = "industry_runway
     }
 
 
-def geography(catalog: Catalog, table: ReadTable, top: int = 20) -> dict[str, Any]:
+def geography(catalog: Catalog, table: ReadTable, top: int | None = None) -> dict[str, Any]:
     """Sessions per country over all tools (a session counts once per tool it used), ranked.
 
-    {"countries": [{"country", "sessions": Num}] (top `top`, descending), "rest": Num,
+    {"countries": [{"country", "sessions": Num}] (every country shown as present, or the
+     top `top`; descending), "rest": Num (None when every country is listed),
      "countries_with_data": int, "by_app": {app: {country: Num}}, "unattributed": {app: Num}}
     `rest` sums the countries beyond the top; `unattributed` is each tool's
     `other` (sessions of suppressed countries, whose countries are unknown).
@@ -330,7 +333,7 @@ def geography(catalog: Catalog, table: ReadTable, top: int = 20) -> dict[str, An
     ranked = sorted(per_country.items(), key=lambda item: (-item[1].value, item[0]))
     return {
         "countries": [{"country": code, "sessions": _num(cs)} for code, cs in ranked[:top]],
-        "rest": _num(total_sums(cs for _, cs in ranked[top:])),
+        "rest": _num(total_sums(cs for _, cs in (ranked[top:] if top is not None else []))),
         "countries_with_data": len(ranked),
         "by_app": {app: dict(sorted(cells.items())) for app, cells in by_app.items()},
         "unattributed": {app: _num(_get(table, spec, "other", a)) for a, app in enumerate(apps)},

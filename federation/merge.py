@@ -1,7 +1,7 @@
-"""The hub's merge: noisy cells summed over nodes and windows, k_min re-applied, insights derived.
+"""The hub's merge: noisy cells summed over nodes and windows, presence inferred, insights derived.
 
-Everything here is post-processing of published values (noised, thresholded,
-signed by their nodes): no function sees a raw event or a true count, so none
+Everything here is post-processing of published values (noised, signed by
+their nodes): no function sees a raw event or a true count, so none
 spends privacy budget. Pure: no I/O.
 The insights built on these sums are in federation/insights.py.
 """
@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
+from federation.significance import presence_threshold
 from protocol.catalog import Catalog
 from protocol.snapshot import FORMAT, MetricCells, Snapshot
 from protocol.windows import DAY
@@ -136,29 +137,31 @@ def combine_windows(tables: Iterable[ReadTable]) -> Table:
     return _accumulate(tables, nodes_add=False)
 
 
-def apply_k_min(catalog: Catalog, table: ReadTable, k_min: int) -> Table:
-    """Fold every cell below `k_min` into its prefix's `other`; drop an `other` below `k_min`.
+def apply_presence(catalog: Catalog, table: ReadTable) -> Table:
+    """Fold every cell not shown as present (federation/significance.py) into its prefix's `other`.
 
     Post-processing: it reads only noisy published values, so it costs no
-    privacy budget (any function of a DP release is as private as the release).
-    It enforces the seed's rule (no published number below k_min) on merged
-    sums, which can be low where nodes' values partly cancel. Folding rather
-    than dropping keeps the metric's total nearly unbiased. Every metric of the
-    table must be in the catalog.
+    privacy budget. A cell is present when its merged sum clears the
+    false-discovery bound over every snapshot in it and k_min (the seed's rule:
+    no number below it). Folding rather than dropping keeps every total
+    unbiased: the rest is there, as mass that cannot be told apart from noise
+    cell by cell; an `other` is never dropped. The dict form is the test oracle
+    of `columns.apply_presence`. Every metric of the table must be in the catalog.
     """
+    specs = {metric.name: metric for metric in catalog.metrics}
     last = {metric.name: catalog.shape(metric)[-1] for metric in catalog.metrics}
     out: Table = {}
     folded: Table = {}
     for key, cs in table.items():
         name, kind, index = key
-        if kind == "cell" and cs.value < k_min:
+        if kind == "cell" and cs.value < presence_threshold(catalog, specs[name], cs.variance):
             other: CellKey = (name, "other", index // last[name])
             folded[other] = fold_sums(folded.get(other), cs)
         else:
             out[key] = cs
     for key, cs in folded.items():
         out[key] = fold_sums(out.get(key), cs)
-    return {key: cs for key, cs in out.items() if key[1] == "cell" or cs.value >= k_min}
+    return out
 
 
 def sd(cs: CellSum) -> float:
@@ -189,7 +192,8 @@ def to_snapshot(
 ) -> Snapshot:
     """A merged table as a snapshot body a parent hub can verify and merge (hub of hubs).
 
-    Publish a table that went through `apply_k_min`. The wire has one
+    Publish the merged table as it is (every cell: the parent infers presence
+    over its own sums). The wire has one
     `variance` per metric, read as each cell's variance and, for an `other`,
     as that times its m (see `snapshot_table`). A parent needs an sd it can
     trust, so this writes the largest per-value variance of the metric: the
@@ -220,7 +224,7 @@ def to_snapshot(
             epsilon=float(epsilon[metric.name]),
             scale=float(scale[metric.name]),
             variance=float(max(per_value, default=0.0)),
-            threshold=catalog.k_min,
+            threshold=0,
             idx=tuple(index for index, _ in cells),
             val=tuple(int(cs.value) for _, cs in cells),
             other_idx=tuple(prefix for prefix, _ in others),

@@ -1,4 +1,4 @@
-"""Hub of hubs: a closed window's merged cells, re-thresholded and signed by the hub key.
+"""Hub of hubs: a closed window's merged cells, every one of them, signed by the hub key.
 
 The result is a snapshot envelope in exactly the nodes' format, so a parent
 hub enrolls this hub like a node and merges it with the same intake. The
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from federation.merge import CellSum, Table, apply_k_min, to_snapshot
+from federation.merge import CellSum, Table, to_snapshot
 from federation.store import HubStore
 from protocol.catalog import Catalog
 from protocol.errors import Conflict, NotFound
@@ -58,7 +58,7 @@ class UpstreamExporter:
             now = int(self.now())
             snapshot = to_snapshot(
                 catalog,
-                apply_k_min(catalog, table, catalog.k_min),
+                table,
                 node=self.key.public.key_id,
                 window_start=window_start,
                 window_end=window_end,

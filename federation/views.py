@@ -4,11 +4,13 @@
     GET /v1/views/{name}?from=&to=       one insight; `catalog=` picks a catalog, `format=csv`
                                          (or Accept: text/csv) a flat table
     GET /v1/windows                      windows with data, and how many nodes each merged
-    GET /v1/merged/{window}              one window's merged cells, before re-thresholding (audits)
+    GET /v1/merged/{window}              one window's merged cells, before presence is inferred (audits)
     GET /v1/catalog                      the catalog: what is collected, domains, epsilon, thresholds
 
-Every number carries its noise sd and the number of nodes behind it. Sums
-over the range are re-thresholded at k_min (post-processing). Responses are
+Every number carries its noise sd and the number of nodes behind it. Over
+the range, a cell is shown as present only when its sum clears a
+false-discovery bound over every snapshot in it (federation/significance.py);
+the rest folds into `other`, so totals stay unbiased. Responses are
 cached per (view, range, data version): intake bumps the version.
 """
 
@@ -46,8 +48,10 @@ from federation.insights import (
     weekday,
 )
 from federation.columns import Cells, Layout, sum_windows
-from federation.columns import apply_k_min as apply_k_min_cells
+from federation.columns import apply_presence
 from federation.merge import ReadTable, Table
+from federation.significance import presence_threshold
+from protocol.noise import laplace_variance
 from protocol.catalog import Catalog
 from protocol.errors import BadRequest, NotFound
 from protocol.windows import DAY
@@ -57,18 +61,18 @@ MAX_RANGE_DAYS = 366
 
 
 class WindowCells:
-    """One window's merged cells as columns, and the same re-thresholded at k_min (computed once, kept with it)."""
+    """One window's merged cells as columns, and the same with presence inferred (computed once, kept with it)."""
 
-    __slots__ = ("cells", "_layout", "_k_min", "_thresholded")
+    __slots__ = ("cells", "_layout", "_catalog", "_thresholded")
 
-    def __init__(self, layout: Layout, k_min: int, cells: Cells) -> None:
+    def __init__(self, layout: Layout, catalog: Catalog, cells: Cells) -> None:
         self.cells = cells
-        self._layout, self._k_min = layout, k_min
+        self._layout, self._catalog = layout, catalog
         self._thresholded: Cells | None = None
 
     def thresholded(self) -> Cells:
         if self._thresholded is None:  # two threads may both compute it: same result
-            self._thresholded = apply_k_min_cells(self._layout, self.cells, self._k_min)
+            self._thresholded = apply_presence(self._layout, self.cells, self._catalog)
         return self._thresholded
 
 
@@ -80,25 +84,25 @@ class RangeData:
     layout: Layout
     start: int
     end: int  # exclusive
-    per_window: dict[int, WindowCells]  # ascending window starts; not re-thresholded
+    per_window: dict[int, WindowCells]  # ascending window starts; presence not inferred
     nodes: int  # most node snapshots merged into one window of the range
 
     @classmethod
     def from_tables(cls, catalog: Catalog, layout: Layout, start: int, end: int, tables: Mapping[int, ReadTable], nodes: int) -> RangeData:
         """A range from dict tables per window (a node's own snapshots)."""
         return cls(catalog, layout, start, end,
-                   {w: WindowCells(layout, catalog.k_min, Cells.from_table(layout, tables[w])) for w in sorted(tables)}, nodes)
+                   {w: WindowCells(layout, catalog, Cells.from_table(layout, tables[w])) for w in sorted(tables)}, nodes)
 
     @property
     def combined(self) -> Table:
-        """The whole range summed and re-thresholded at k_min."""
+        """The whole range summed, presence inferred over all of its snapshots."""
         return self._summed(list(self.per_window))
 
     def thresholded_windows(self) -> dict[int, Cells]:
         return {w: wc.thresholded() for w, wc in self.per_window.items()}
 
     def by_weekday(self, metrics: Collection[str] | None = None) -> dict[int, Table]:
-        """Windows of the same weekday summed (then re-thresholded), keyed by their first window; only `metrics` if given."""
+        """Windows of the same weekday summed (then presence inferred), keyed by their first window; only `metrics` if given."""
         groups: dict[int, list[int]] = {}
         for w in self.per_window:
             groups.setdefault(weekday(w), []).append(w)
@@ -108,7 +112,7 @@ class RangeData:
         if len(windows) == 1:
             return self.per_window[windows[0]].thresholded().to_table(self.layout, metrics)
         summed = sum_windows(self.layout, [self.per_window[w].cells for w in windows])
-        return apply_k_min_cells(self.layout, summed, self.catalog.k_min).to_table(self.layout, metrics)
+        return apply_presence(self.layout, summed, self.catalog).to_table(self.layout, metrics)
 
 
 View = Callable[[RangeData], dict[str, Any]]
@@ -151,7 +155,7 @@ class StoreRanges:
     cells are never older than the count they are kept under). At most
     `MAX_WINDOWS` windows are held, least recently used dropped first: with the
     default catalog (1,086 keys) a window is about 55 KiB (its columns and
-    their re-thresholded copy), so 366 days take about 20 MiB and the cap about 55 MiB.
+    their presence-inferred copy), so 366 days take about 20 MiB and the cap about 55 MiB.
     """
 
     MAX_WINDOWS = 1_000
@@ -215,7 +219,7 @@ class StoreRanges:
                 len(layout), positions[lo:hi][order], columns["value"][lo:hi][order],
                 columns["variance"][lo:hi][order], columns["nodes"][lo:hi][order],
             )
-            out[w] = WindowCells(layout, catalog.k_min, cells)
+            out[w] = WindowCells(layout, catalog, cells)
         return out
 
 
@@ -425,7 +429,8 @@ def catalog_document(catalog: Catalog) -> dict[str, Any]:
                 "dimensions": list(m.dimensions), "cells": catalog.domain_size(m),
                 "max_cells_per_session": m.max_cells, "cap_per_cell": m.cell_cap,
                 "sensitivity": m.sensitivity, "epsilon": catalog.epsilon(m), "scale": catalog.scale(m),
-                "threshold": catalog.threshold(m),
+                # The least value a cell of one snapshot (one community, one window) is shown from.
+                "threshold": presence_threshold(catalog, m, laplace_variance(catalog.scale(m))),
             }
             for m in catalog.metrics
         ],

@@ -47,7 +47,9 @@ def _print_public(public: object) -> None:
 
 
 def _catalog_show(args: argparse.Namespace) -> int:
+    from federation.significance import presence_threshold
     from protocol.catalog import load_catalog
+    from protocol.noise import laplace_variance
 
     catalog = load_catalog(args.catalog)
     if args.json:
@@ -68,11 +70,13 @@ def _catalog_show(args: argparse.Namespace) -> int:
     for name, spec in catalog.attributes.items():
         print(f"  {name:20s} {spec.kind.value:8s} {', '.join(spec.domain)}")
     print("\nmetrics:")
-    print(f"  {'name':20s} {'unit':8s} {'cells':>6s} {'k*c':>4s} {'epsilon':>8s} {'scale':>7s} {'thresh':>6s}")
+    # `shown`: the least value a cell of one snapshot is shown from (federation/significance.py).
+    print(f"  {'name':20s} {'unit':8s} {'cells':>6s} {'k*c':>4s} {'epsilon':>8s} {'scale':>7s} {'shown':>6s}")
     for m in catalog.metrics:
+        shown = presence_threshold(catalog, m, laplace_variance(catalog.scale(m)))
         print(
             f"  {m.name:20s} {m.unit.value:8s} {catalog.domain_size(m):6d} {m.sensitivity:4d} "
-            f"{catalog.epsilon(m):8.3f} {catalog.scale(m):7.1f} {catalog.threshold(m):6d}"
+            f"{catalog.epsilon(m):8.3f} {catalog.scale(m):7.1f} {shown:6d}"
         )
     return 0
 

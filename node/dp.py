@@ -1,17 +1,14 @@
-"""Differential privacy for snapshots: discrete Laplace noise from OpenDP, thresholds, the `other` fold.
+"""Differential privacy for snapshots: discrete Laplace noise from OpenDP, and its certified epsilon.
 
-Every cell of a metric's public domain is noised, zeros included, so the
-release is pure epsilon-DP with no data-dependent choice of cells. Noise is
-OpenDP's discrete Laplace on 64-bit integers (never floating-point `random`
-or numpy draws: Mironov 2012). Thresholding and folding suppressed values
-into `other` act on noisy values only: post-processing, no extra privacy cost.
+Every cell of a metric's public domain is noised, zeros included, and every
+noisy cell is published, so the release is pure epsilon-DP with no
+data-dependent choice of cells. Noise is OpenDP's discrete Laplace on 64-bit
+integers (never floating-point `random` or numpy draws: Mironov 2012).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -38,42 +35,3 @@ def opendp_laplace(counts: Sequence[int], scale: float) -> list[int]:
 def privacy_loss(scale: float, sensitivity: int) -> float:
     """The epsilon OpenDP itself certifies for a release of this scale and L1 sensitivity."""
     return float(_measurement(float(scale)).map(sensitivity))
-
-
-def laplace_variance(scale: float) -> float:
-    """Variance of discrete Laplace noise of scale b: 2a / (1 - a)^2 with a = exp(-1/b)."""
-    a = math.exp(-1.0 / scale)
-    return 2 * a / (1 - a) ** 2
-
-
-@dataclass(frozen=True)
-class NoisyMetric:
-    """One metric after noise and thresholding, in wire order."""
-
-    idx: tuple[int, ...]
-    val: tuple[int, ...]
-    other_idx: tuple[int, ...]
-    other_val: tuple[int, ...]
-
-
-def threshold_and_fold(noisy: Sequence[int], last_dim: int, threshold: int) -> NoisyMetric:
-    """Keep cells >= threshold; fold the rest into the `other` cell of their prefix.
-
-    `last_dim` is the size of the metric's last dimension: cell i belongs to
-    prefix i // last_dim. An `other` cell is itself published only if it
-    clears the threshold.
-    """
-    idx: list[int] = []
-    val: list[int] = []
-    folded: dict[int, int] = {}
-    for i, value in enumerate(noisy):
-        if value >= threshold:
-            idx.append(i)
-            val.append(value)
-        else:
-            prefix = i // last_dim
-            folded[prefix] = folded.get(prefix, 0) + value
-    other = sorted((p, v) for p, v in folded.items() if v >= threshold)
-    return NoisyMetric(
-        tuple(idx), tuple(val), tuple(p for p, _ in other), tuple(v for _, v in other)
-    )

@@ -1,4 +1,4 @@
-"""Snapshot export: bound, noise, threshold, sign, and commit each closed window exactly once.
+"""Snapshot export: bound, noise, sign, and commit each closed window exactly once.
 
 Noise is committed once: the signed envelope is stored with its ledger rows
 and outbox entry in one transaction, and every later export of the window
@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from node.aggregate import true_tables
-from node.dp import NoiseSampler, laplace_variance, opendp_laplace, privacy_loss, threshold_and_fold
+from node.dp import NoiseSampler, opendp_laplace, privacy_loss
 from node.store import Store
 from node.windows import Windows
 from protocol.catalog import Catalog
 from protocol.errors import LiberationError
 from protocol.keys import SigningKey
 from protocol.snapshot import FORMAT, MetricCells, Snapshot
+from protocol.noise import laplace_variance
 from protocol.windows import DAY
 from protocol.wire import EnvelopeError, sign_snapshot, verify_envelope
 
@@ -48,7 +49,11 @@ def build_snapshot(
     created: int,
     sampler: NoiseSampler = opendp_laplace,
 ) -> Snapshot:
-    """Noise every cell of every metric's domain, threshold, fold into `other`: the snapshot body."""
+    """Noise every cell of every metric's domain and publish them all: the snapshot body.
+
+    Nothing is suppressed here: presence is decided once, on merged sums
+    (federation/significance.py), so every sum over snapshots stays unbiased.
+    """
     metrics: dict[str, MetricCells] = {}
     for metric in catalog.metrics:
         counts = tables[metric.name]
@@ -56,16 +61,15 @@ def build_snapshot(
             raise ValueError(f"metric {metric.name!r}: table does not cover its domain")
         scale = catalog.scale(metric)
         noisy = sampler(counts, scale)
-        kept = threshold_and_fold(noisy, catalog.shape(metric)[-1], catalog.threshold(metric))
         metrics[metric.name] = MetricCells(
             epsilon=catalog.epsilon(metric),
             scale=scale,
             variance=laplace_variance(scale),
             threshold=catalog.threshold(metric),
-            idx=kept.idx,
-            val=kept.val,
-            other_idx=kept.other_idx,
-            other_val=kept.other_val,
+            idx=tuple(range(len(noisy))),
+            val=tuple(noisy),
+            other_idx=(),
+            other_val=(),
         )
     return Snapshot(
         format=FORMAT,

@@ -173,7 +173,6 @@ class MetricSpec(_Frozen):
     max_cells: int = Field(ge=1)  # k: distinct cells one session may touch
     cell_cap: int = Field(default=1, ge=1)  # c: most one session adds to one cell
     epsilon_share: float = Field(gt=0, le=1)
-    threshold: int | None = Field(default=None, ge=1)
 
     @property
     def sensitivity(self) -> int:
@@ -252,8 +251,6 @@ class Catalog(_Frozen):
             raise ValueError(f"{where}: a sessions metric counts each session once (cell_cap 1)")
         if metric.cell_cap > self.max_events_per_session:
             raise ValueError(f"{where}: cell_cap exceeds max_events_per_session")
-        if metric.threshold is not None and metric.threshold < self.k_min:
-            raise ValueError(f"{where}: threshold {metric.threshold} is below k_min {self.k_min}")
 
     # ---- identity -------------------------------------------------------------
 
@@ -334,16 +331,14 @@ class Catalog(_Frozen):
         return metric.sensitivity / self.epsilon(metric)
 
     def threshold(self, metric: MetricSpec) -> int:
-        """Publication threshold: declared, else max(k_min, ceil(b ln(D/2))).
+        """A snapshot's publication threshold: 0, every noisy cell of the domain is published.
 
-        P(noise >= t) for an empty cell is about exp(-t/b)/2 (one-sided), so
-        over D empty cells t = b ln(D/2) expects about one spurious cell.
+        Thresholds per snapshot (about one false cell per metric per snapshot)
+        multiplied over the hub's nodes and windows, and sums of what cleared
+        them were biased; presence is decided once, on merged sums (the hub's
+        federation/significance.py), and a node suppresses nothing.
         """
-        if metric.threshold is not None:
-            return metric.threshold
-        size = self.domain_size(metric)
-        auto = math.ceil(self.scale(metric) * math.log(size / 2)) if size > 2 else 0
-        return max(self.k_min, auto)
+        return 0
 
     @property
     def total_sensitivity(self) -> int:

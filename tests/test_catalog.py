@@ -110,7 +110,7 @@ def test_dp_parameters_follow_the_formulas() -> None:
     assert total == pytest.approx(catalog.epsilon_per_window)
     for m in catalog.metrics:
         assert catalog.scale(m) == pytest.approx(m.max_cells * m.cell_cap / catalog.epsilon(m))
-        assert catalog.threshold(m) >= catalog.k_min
+        assert catalog.threshold(m) == 0  # snapshots suppress nothing; presence is the hub's inference
     assert catalog.total_sensitivity == sum(m.max_cells * m.cell_cap for m in catalog.metrics)
 
 
@@ -144,7 +144,7 @@ def _mutate(raw: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
         pytest.param("metrics.6.max_cells", 9, "exceeds", id="k-over-domain"),
         pytest.param("metrics.0.dimensions", ["colour"], "unknown dimension", id="unknown-dim"),
         pytest.param("metrics.0.dimensions", ["attr:shoe_size"], "no declared", id="unknown-attr-dim"),
-        pytest.param("metrics.0.threshold", 5, "below k_min", id="threshold-below-kmin"),
+        pytest.param("metrics.0.threshold", 5, "Extra inputs", id="no-per-snapshot-threshold"),
         pytest.param("metrics.0.dimensions", ["country", "stage"], "session dimensions", id="stage-combo"),
         pytest.param("metrics.0.max_cells", 0, "greater than or equal", id="zero-k"),
         pytest.param("attributes.runway_months.edges", [3, 2, 1], "increasing", id="edges-decreasing"),

@@ -476,7 +476,7 @@ async def test_financial_and_breakdown(dashboard: Dashboard, loaded: tuple[Page,
     assert (await texts(page, "[data-metric='real_wage_gap-median'] .value")) == [f"{gap:.1f}"]
     for label, share in zip(fin["industry"]["labels"], fin["industry"]["share"]):
         shown = await texts(page, f"#fin-industry [data-label='{label}'] .bar-value")
-        assert shown == ([f"{pct(share['value'])} ± {share['sd'] * 100:.1f}"] if share else ["below threshold"]), label
+        assert shown == ([f"{pct(share['value'])} ± {share['sd'] * 100:.1f}"] if share else ["not distinguishable from noise"]), label
     assert await page.locator("#financial-more article[data-metric]").count() == len(fin) - 4
     b = dashboard.views["breakdown"]["data"]
     assert await page.locator("#breakdown tr[data-row]").count() == len(b["rows"])

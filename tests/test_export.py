@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from node.dp import laplace_variance, opendp_laplace, threshold_and_fold
+from node.dp import opendp_laplace
+from protocol.noise import laplace_variance
 from node.export import BudgetExceeded, ExportError, Publisher, WindowNotClosed, build_snapshot
 from node.salts import SaltKeeper
 from node.store import Store, session_log_table, session_table, session_tables
@@ -46,32 +47,24 @@ def publisher(store: Store, tmp: Path, *, cap: float = 1.0, clock: Callable[[], 
     )
 
 
-def test_exported_cells_clear_their_thresholds(tmp_path: Path) -> None:
+def test_every_noisy_cell_of_every_domain_is_published(tmp_path: Path) -> None:
     store = store_with(tmp_path, busy_window())
     envelope = publisher(store, tmp_path, seed=None).export(W)  # the real OpenDP sampler
     snapshot = verify_envelope(envelope).snapshot
     assert snapshot.catalog == CATALOG.hash and snapshot.nodes == 1 and snapshot.seq == 1
     assert (snapshot.window_start, snapshot.window_end) == (W, W + DAY)
     assert set(snapshot.metrics) == {m.name for m in CATALOG.metrics}
-    published = 0
+    negative = 0
     for metric in CATALOG.metrics:
         cells = snapshot.metrics[metric.name]
-        assert cells.threshold == CATALOG.threshold(metric) >= CATALOG.k_min
+        assert cells.threshold == CATALOG.threshold(metric) == 0  # nothing suppressed
         assert cells.scale == pytest.approx(CATALOG.scale(metric))
         assert cells.epsilon == pytest.approx(CATALOG.epsilon(metric))
         assert cells.variance == pytest.approx(laplace_variance(cells.scale))
-        assert all(v >= cells.threshold for v in cells.val + cells.other_val)
-        assert all(0 <= i < CATALOG.domain_size(metric) for i in cells.idx)
-        assert all(0 <= i < CATALOG.prefix_size(metric) for i in cells.other_idx)
-        published += len(cells.idx)
-    assert published > 0  # 400 sessions make some cells clear even the high thresholds
-
-
-def test_threshold_and_fold() -> None:
-    kept = threshold_and_fold([50, 3, 4, 12, 9, 2, 30, 8, 8], last_dim=3, threshold=10)
-    assert kept.idx == (0, 3, 6) and kept.val == (50, 12, 30)
-    # prefix 0 folds 3+4=7 (< 10: dropped); prefix 1 folds 9+2=11; prefix 2 folds 16.
-    assert kept.other_idx == (1, 2) and kept.other_val == (11, 16)
+        assert cells.idx == tuple(range(CATALOG.domain_size(metric)))  # every cell, zeros included
+        assert (cells.other_idx, cells.other_val) == ((), ())
+        negative += sum(v < 0 for v in cells.val)
+    assert negative > 0  # noisy empty cells are published as drawn, negatives included (unbiased sums)
 
 
 def test_reexport_is_byte_identical_and_survives_restart(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The hub's pure merge: sums over nodes and windows, k_min folding, hub snapshots, insights."""
+"""The hub's pure merge: sums over nodes and windows, presence folding, hub snapshots, insights."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from federation.merge import (
     CellSum,
     Table,
     add_tables,
-    apply_k_min,
+    apply_presence,
     combine_windows,
     merge_tables,
     sd,
@@ -40,7 +40,10 @@ from federation.merge import (
     snapshot_table,
     to_snapshot,
 )
+from federation.significance import presence_threshold
+from node.dp import opendp_laplace
 from node.export import build_snapshot
+from protocol.noise import laplace_variance
 from protocol.catalog import load_catalog
 from protocol.snapshot import FORMAT, MetricCells, Snapshot
 from tests.seeded_noise import SeededLaplace
@@ -123,15 +126,15 @@ def test_snapshot_table_reads_cells_and_others_with_their_variance() -> None:
 
 def test_snapshot_rows_are_snapshot_table_as_columns() -> None:
     """Intake's columnar rows (merge input and archive) hold exactly the cells `snapshot_table` reads."""
-    for seed in range(5):
-        s, _ = node_snapshot(NODE_A, seed)
+    with_others = snap(NODE_A, {"usage_sessions": ([0, 3], [20, 15], [0], [12])})  # a hub's export can have others
+    for s in [node_snapshot(NODE_A, seed)[0] for seed in range(3)] + [with_others]:
         rows = snapshot_rows(s, CATALOG).to_pylist()
         assert len(rows) == len(snapshot_table(s, CATALOG))
         assert {(r["metric"], r["kind"], r["idx"]): CellSum(r["value"], r["variance"], r["nodes"]) for r in rows} == (
             snapshot_table(s, CATALOG)
         )
         assert {(r["catalog"], r["window_start"]) for r in rows} == {(s.catalog, s.window_start)}
-        assert any(r["kind"] == "other" for r in rows)
+    assert any(r["kind"] == "other" for r in rows)
 
 
 def test_merge_sums_nodes_of_a_window_exactly() -> None:
@@ -158,22 +161,37 @@ def test_combine_windows_adds_values_and_variances_and_keeps_the_most_nodes() ->
     }
 
 
-def test_apply_k_min_folds_low_cells_into_their_prefix() -> None:
+def test_apply_presence_folds_cells_not_clear_of_noise_into_their_prefix() -> None:
+    geo = CATALOG.metric("geo_sessions")
+    one = laplace_variance(CATALOG.scale(geo))  # one snapshot's noise
+    at = presence_threshold(CATALOG, geo, one)
+    assert at > CATALOG.k_min  # one community-day: the noise bound, not k_min, decides
+    assert presence_threshold(CATALOG, geo, 30 * one) > at  # more snapshots summed: more noise to clear
     table: Table = {
-        cell("geo_sessions", 2 * GEO_WIDTH + 7): CellSum(5, 2.0, 3),  # cognitive-debt-assessment: folds into prefix 2
-        cell("geo_sessions", 2 * GEO_WIDTH + 8): CellSum(10, 2.0, 1),  # at k_min: kept
+        cell("geo_sessions", 2 * GEO_WIDTH + 7): CellSum(at - 1, one, 1),  # folds into prefix 2
+        cell("geo_sessions", 2 * GEO_WIDTH + 8): CellSum(at, one, 1),  # clears the bound: present
         other("geo_sessions", 2): CellSum(8, 6.0, 1),
-        cell("geo_sessions", 0): CellSum(-4, 2.0, 1),  # prefix 0: other 6 - 4 < 10, dropped
+        cell("geo_sessions", 0): CellSum(-4, one, 1),  # prefix 0: its other is kept, however small
         other("geo_sessions", 0): CellSum(6, 1.0, 1),
-        cell("session_tools", 2): CellSum(9, 1.0, 2),  # 1-D: prefix 0, a new other of 9 < 10: dropped
-        cell("session_tools", 1): CellSum(12, 1.0, 2),
-        other("completion", 1): CellSum(3, 1.0, 1),  # an other below k_min: dropped
+        cell("session_tools", 2): CellSum(9, 1.0, 2),  # a new other for the 1-D metric
+        other("completion", 1): CellSum(-3, 1.0, 1),  # an other is never dropped
     }
-    assert apply_k_min(CATALOG, table, 10) == {
-        cell("geo_sessions", 2 * GEO_WIDTH + 8): CellSum(10, 2.0, 1),
-        other("geo_sessions", 2): CellSum(13, 8.0, 3),
-        cell("session_tools", 1): CellSum(12, 1.0, 2),
+    assert apply_presence(CATALOG, table) == {
+        cell("geo_sessions", 2 * GEO_WIDTH + 8): CellSum(at, one, 1),
+        other("geo_sessions", 2): CellSum(8 + at - 1, 6.0 + one, 1),
+        other("geo_sessions", 0): CellSum(2, 1.0 + one, 1),
+        other("session_tools", 0): CellSum(9, 1.0, 2),
+        other("completion", 1): CellSum(-3, 1.0, 1),
     }
+
+
+def test_empty_cells_are_shown_as_present_rarely_whatever_the_number_of_snapshots() -> None:
+    """All-zero windows of many nodes: the false-discovery bound holds over the whole range (real OpenDP noise)."""
+    windows = [snapshot_table(node_snapshot(f"{n:032x}", None, empty=True)[0], CATALOG) for n in range(40)]
+    merged = apply_presence(CATALOG, merge_tables(windows))
+    assert [key for key in merged if key[1] == "cell"] == []
+    shown = headline(CATALOG, merged, windows=1, nodes=40)
+    assert (shown["countries"], shown["tools"]) == (0, 0)
 
 
 METRICS = [m for m in CATALOG.metrics if m.name in {"geo_sessions", "completion", "session_tools", "industry_runway"}]
@@ -204,10 +222,11 @@ def tables(draw: st.DrawFn, metrics: list[Any] = METRICS, low: int = -50, high: 
     return out
 
 
-@given(tables(), st.integers(1, 60))
-def test_apply_k_min_preserves_each_prefix_total_except_dropped_others(table: Table, k_min: int) -> None:
-    out = apply_k_min(CATALOG, table, k_min)
-    assert all(cs.value >= k_min for cs in out.values())
+@given(tables())
+def test_apply_presence_preserves_every_prefix_total(table: Table) -> None:
+    out = apply_presence(CATALOG, table)
+    specs = {m.name: m for m in CATALOG.metrics}
+    assert all(cs.value >= presence_threshold(CATALOG, specs[k[0]], cs.variance) for k, cs in out.items() if k[1] == "cell")
 
     def per_prefix(t: Table) -> dict[tuple[str, int], int]:
         totals: dict[tuple[str, int], int] = defaultdict(int)
@@ -216,46 +235,38 @@ def test_apply_k_min_preserves_each_prefix_total_except_dropped_others(table: Ta
             totals[(name, index // last if kind == "cell" else index)] += cs.value
         return totals
 
-    before, after = per_prefix(table), per_prefix(out)
-    for prefix, total in before.items():
-        if other(*prefix) in out or total == after.get(prefix, 0):
-            assert after.get(prefix, 0) == total
-        else:  # the prefix's other (its own plus folded cells) fell below k_min and went
-            assert total - after.get(prefix, 0) < k_min
+    assert per_prefix(out) == per_prefix(table)
 
 
-def node_snapshot(node: str, seed: int) -> tuple[Snapshot, dict[str, list[int]]]:
-    """A real node snapshot (the node's builder, seeded noise) and the noisy values it was cut from."""
-    pattern = (300, 150, 0, 0)  # busy, half as busy, empty (the empty ones mostly fold into `other`)
-    counts = {m.name: [pattern[i % 4] for i in range(CATALOG.domain_size(m))] for m in CATALOG.metrics}
+def node_snapshot(node: str, seed: int | None, *, empty: bool = False) -> tuple[Snapshot, dict[str, list[int]]]:
+    """A real node snapshot (the node's builder; seeded noise, or OpenDP's with no seed) and its noisy values."""
+    pattern = (0,) if empty else (3000, 1500, 0, 0)  # busy, half as busy, empty
+    counts = {m.name: [pattern[i % len(pattern)] for i in range(CATALOG.domain_size(m))] for m in CATALOG.metrics}
     built = build_snapshot(
         CATALOG, counts, node=node, window_start=SUNDAY, window_end=SUNDAY + DAY, seq=1,
-        created=SUNDAY + DAY + 60, sampler=SeededLaplace(seed),
+        created=SUNDAY + DAY + 60, sampler=opendp_laplace if seed is None else SeededLaplace(seed),
     )
+    if seed is None:
+        return built, {name: list(cells.val) for name, cells in built.metrics.items()}
     replay = SeededLaplace(seed)  # the same draws, in the builder's order
     noisy = {m.name: replay(counts[m.name], CATALOG.scale(m)) for m in CATALOG.metrics}
     return built, noisy
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_an_other_of_a_node_snapshot_carries_the_variance_of_every_cell_it_folded(seed: int) -> None:
+def test_a_node_snapshot_publishes_every_noisy_cell_and_suppresses_none(seed: int) -> None:
     s, noisy = node_snapshot(NODE_A, seed)
-    table = snapshot_table(s, CATALOG)
-    others = 0
     for metric in CATALOG.metrics:
-        cells, last = s.metrics[metric.name], CATALOG.shape(metric)[-1]
-        threshold = CATALOG.threshold(metric)
-        for prefix, value in zip(cells.other_idx, cells.other_val):
-            folded = [v for v in noisy[metric.name][prefix * last : (prefix + 1) * last] if v < threshold]
-            assert value == sum(folded)
-            assert table[other(metric.name, prefix)].variance == pytest.approx(len(folded) * cells.variance)
-            others += 1
-    assert others > 0
+        cells = s.metrics[metric.name]
+        assert cells.idx == tuple(range(CATALOG.domain_size(metric)))
+        assert list(cells.val) == noisy[metric.name]
+        assert (cells.other_idx, cells.other_val, cells.threshold) == ((), (), 0)
+        assert cells.variance == pytest.approx(laplace_variance(CATALOG.scale(metric)))
 
 
 def test_real_node_snapshots_merge_publish_and_feed_every_insight() -> None:
     (a, _), (b, _) = node_snapshot(NODE_A, 11), node_snapshot(NODE_B, 12)
-    merged = apply_k_min(CATALOG, merge_tables([snapshot_table(a, CATALOG), snapshot_table(b, CATALOG)]), CATALOG.k_min)
+    merged = apply_presence(CATALOG, merge_tables([snapshot_table(a, CATALOG), snapshot_table(b, CATALOG)]))
     index = CATALOG.domain("app_action").index(f"{APPS[0]}/start")
     assert merged[cell("usage_sessions", index)].value == (
         a.metrics["usage_sessions"].val[a.metrics["usage_sessions"].idx.index(index)]
@@ -266,7 +277,7 @@ def test_real_node_snapshots_merge_publish_and_feed_every_insight() -> None:
     back = snapshot_table(hub, CATALOG)
     assert {k: cs.value for k, cs in back.items()} == {k: cs.value for k, cs in merged.items()}
     assert hub.metrics["usage_sessions"].variance == pytest.approx(2 * a.metrics["usage_sessions"].variance)
-    rate = completion(CATALOG, merged)[APPS[0]]["rate"]  # 300 started, 150 completed per node
+    rate = completion(CATALOG, merged)[APPS[0]]["rate"]  # 3000 started, 1500 completed per node
     assert rate is not None and 0.2 < rate["value"] < 0.8 and rate["nodes"] == 2
     json.dumps([usage(CATALOG, merged), financial(CATALOG, merged), headline(CATALOG, merged, 1, 2)], allow_nan=False)
 
@@ -277,7 +288,7 @@ def test_real_node_snapshots_merge_publish_and_feed_every_insight() -> None:
 def merged_window() -> Table:
     a = snap(NODE_A, {"usage_sessions": ([0, 3], [120, 95], [0], [40]), "completion": ([0, 1], [90, 60], [], [])})
     b = snap(NODE_B, {"usage_sessions": ([0], [100], [0], [30]), "completion": ([0], [70], [0], [12])})
-    return apply_k_min(CATALOG, merge_tables([snapshot_table(a, CATALOG), snapshot_table(b, CATALOG)]), CATALOG.k_min)
+    return merge_tables([snapshot_table(a, CATALOG), snapshot_table(b, CATALOG)])  # a hub publishes every merged cell
 
 
 def hub_snapshot(table: Table) -> Snapshot:
@@ -294,7 +305,7 @@ def test_to_snapshot_round_trips_through_the_wire_and_back_into_a_table() -> Non
     assert set(s.metrics) == {m.name for m in CATALOG.metrics}
     assert s.metrics["usage_sessions"].idx == (0, 3)
     assert s.metrics["usage_sessions"].val == (220, 95)
-    assert s.metrics["usage_sessions"].threshold == CATALOG.k_min
+    assert s.metrics["usage_sessions"].threshold == 0
     assert s.metrics["industry"].idx == () and s.metrics["industry"].variance == 0.0
     back = snapshot_table(s, CATALOG)
     assert {k: cs.value for k, cs in back.items()} == {k: cs.value for k, cs in table.items()}
@@ -393,6 +404,8 @@ def test_completion_rate_undefined_or_clipped(
     table = {k: v for k, v in {cell("completion", 0): started, cell("completion", 1): completed}.items() if v}
     result = completion(CATALOG, table)[APPS[0]]["rate"]
     assert (result and result["value"]) == rate
+    if result is not None:  # never outside [0, 1] without saying so
+        assert 0 <= result["value"] <= 1 and result["clipped"] == (completed.value > started.value)  # type: ignore[union-attr]
 
 
 def test_tool_combinations_share_before_and_sankey() -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from federation.app import open_hub
 from federation.columns import Cells, Layout, sum_windows
-from federation.columns import apply_k_min as apply_k_min_cells
+from federation.columns import apply_presence as apply_presence_cells
 from federation.insights import (
     STARTED,
     _get,
@@ -33,7 +33,7 @@ from federation.insights import (
     usage,
     weekday,
 )
-from federation.merge import CellKey, CellSum, ReadTable, Table, apply_k_min, combine_windows, fold_sums
+from federation.merge import CellKey, CellSum, ReadTable, Table, apply_presence, combine_windows, fold_sums
 from federation.settings import HubSettings
 from federation.store import HubStore
 from federation.views import VIEWS, StoreRanges, ViewService
@@ -48,22 +48,23 @@ TODAY = int(NOW) // DAY * DAY
 
 
 def random_table(rng: random.Random, *, density: float, huge: bool = False) -> Table:
-    """Random keys of the catalog in a random order; values around k_min, some negative; fractional variances."""
+    """Random keys of the catalog in a random order; values around presence thresholds, some negative; fractional
+    variances of one to a few hundred snapshots' noise."""
     keys: list[CellKey] = [key for key in LAYOUT.keys if rng.random() < density]
     rng.shuffle(keys)
-    top = 2**61 if huge else 4 * CATALOG.k_min
-    return {key: CellSum(rng.randint(-top // 4, top), rng.random() * 50, rng.randint(1, 9)) for key in keys}
+    top = 2**61 if huge else 6_000
+    return {key: CellSum(rng.randint(-top // 4, top), rng.random() * 2e6, rng.randint(1, 9)) for key in keys}
 
 
 @pytest.mark.parametrize("seed", range(40))
-def test_window_sums_and_k_min_equal_the_dict_functions(seed: int) -> None:
+def test_window_sums_and_presence_equal_the_dict_functions(seed: int) -> None:
     rng = random.Random(seed)
     tables = [random_table(rng, density=rng.choice([0.05, 0.5, 0.95]), huge=seed % 10 == 9) for _ in range(rng.randint(0, 12))]
     expected_sum = combine_windows(tables)
-    expected = apply_k_min(CATALOG, expected_sum, CATALOG.k_min)
+    expected = apply_presence(CATALOG, expected_sum)
     summed = sum_windows(LAYOUT, [Cells.from_table(LAYOUT, t) for t in tables])
     assert list(summed.to_table(LAYOUT).items()) == list(expected_sum.items())
-    got = apply_k_min_cells(LAYOUT, summed, CATALOG.k_min).to_table(LAYOUT)
+    got = apply_presence_cells(LAYOUT, summed, CATALOG).to_table(LAYOUT)
     assert list(got.items()) == list(expected.items())  # same keys, same order, same bits
     assert all(type(cs.value) is int and type(cs.variance) is float and type(cs.nodes) is int for cs in got.values())
 
@@ -106,7 +107,7 @@ def reference_trends(catalog: Catalog, tables_by_window: Mapping[int, ReadTable]
 
 
 def reference_view(store: HubStore, name: str, start: int, end: int) -> Any:
-    """A view computed the straightforward way: dict tables (layout order) per window, summed and thresholded."""
+    """A view computed the straightforward way: dict tables (layout order) per window, summed, presence inferred."""
     con = store.cursor()
     rows = con.execute(
         "SELECT window_start, metric, kind, idx, value, variance, nodes FROM merged WHERE window_start >= ? AND window_start < ?",
@@ -117,8 +118,7 @@ def reference_view(store: HubStore, name: str, start: int, end: int) -> Any:
     tables: dict[int, Table] = {w: {} for w in sorted(counts)}
     for w, metric, kind, idx, value, variance, nodes in rows:
         tables[w][(metric, kind, idx)] = CellSum(value, variance, nodes)
-    k = CATALOG.k_min
-    combined = apply_k_min(CATALOG, combine_windows(tables.values()), k)
+    combined = apply_presence(CATALOG, combine_windows(tables.values()))
     groups: dict[int, list[int]] = {}
     for w in tables:
         groups.setdefault(weekday(w), []).append(w)
@@ -129,11 +129,11 @@ def reference_view(store: HubStore, name: str, start: int, end: int) -> Any:
         "tool-combinations": lambda: tool_combinations(CATALOG, combined),
         "session-shape": lambda: session_shape(CATALOG, combined),
         "peak-times": lambda: peak_times(CATALOG, {
-            ws[0]: apply_k_min(CATALOG, combine_windows(tables[w] for w in ws), k) for ws in groups.values()}),
+            ws[0]: apply_presence(CATALOG, combine_windows(tables[w] for w in ws)) for ws in groups.values()}),
         "geography": lambda: geography(CATALOG, combined),
         "financial": lambda: financial(CATALOG, combined),
         "breakdown": lambda: breakdown(CATALOG, combined),
-        "trends": lambda: reference_trends(CATALOG, {w: apply_k_min(CATALOG, t, k) for w, t in tables.items()}),
+        "trends": lambda: reference_trends(CATALOG, {w: apply_presence(CATALOG, t) for w, t in tables.items()}),
     }
     return json.loads(json.dumps(views[name](), allow_nan=False))
 

@@ -1,5 +1,5 @@
 // Hand-drawn SVG and HTML charts. Each draws numbers as {value, sd, nodes} or null:
-// null is hatched ("below threshold"), never drawn as zero; every bar has its noise
+// null is hatched ("not distinguishable from noise"), never drawn as zero; every bar has its noise
 // whisker. Colours come from CSS classes, so the light/dark switch needs no redraw.
 
 import { chartSvg, h, s } from "./dom.js";
@@ -225,7 +225,7 @@ export function legend(breaks, { lower = 0, nullNote = true, unit = "" } = {}) {
       h("span", { class: "legend-ramp" }, breaks.map((_, i) => h("span", { class: `l${i + 1}` }))),
       h("span", { text: `${fmtCompact(breaks[breaks.length - 1])}${unit ? ` ${unit}` : ""}` }),
     ),
-    nullNote ? h("span", { class: "legend-scale" }, h("span", { class: "legend-null" }), h("span", { text: "below threshold (not zero)" })) : null,
+    nullNote ? h("span", { class: "legend-scale" }, h("span", { class: "legend-null" }), h("span", { text: "not distinguishable from noise (not zero)" })) : null,
   );
 }
 

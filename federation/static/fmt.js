@@ -1,4 +1,4 @@
-// Formatting: every number with its noise, null as "below threshold" (never 0).
+// Formatting: every number with its noise, null as "not distinguishable from noise" (never 0).
 
 export const LOCALE = "en-US";
 const integer = new Intl.NumberFormat(LOCALE, { maximumFractionDigits: 0 });
@@ -6,7 +6,7 @@ const decimals = (d) => new Intl.NumberFormat(LOCALE, { minimumFractionDigits: d
 const one = decimals(1);
 const compact = new Intl.NumberFormat(LOCALE, { notation: "compact", maximumFractionDigits: 1 });
 
-export const BELOW = "below threshold";
+export const BELOW = "not distinguishable from noise";
 
 export function isNum(n) {
   return n !== null && typeof n === "object" && typeof n.value === "number";
@@ -54,19 +54,19 @@ export function parts(n, kind = "count", digits) {
   return { value: fmtInt(n.value), pm: `± ${fmtSd(n.sd, 0)}` };
 }
 
-/** "1,234 ± 56", or "below threshold". */
+/** "1,234 ± 56", or "not distinguishable from noise". */
 export function text(n, kind = "count", digits) {
   const p = parts(n, kind, digits);
   return p ? `${p.value} ${p.pm}` : BELOW;
 }
 
-/** A <span class="num"> with .value and .pm children, or a hatched "below threshold" badge. */
+/** A <span class="num"> with .value and .pm children, or a hatched "not distinguishable from noise" badge. */
 export function numEl(n, kind = "count", { digits, unit = "" } = {}) {
   const p = parts(n, kind, digits);
   if (!p) {
     const el = document.createElement("span");
     el.className = "below";
-    el.textContent = "below threshold";
+    el.textContent = BELOW;
     el.title = "Too few to publish safely: hidden, not zero";
     return el;
   }

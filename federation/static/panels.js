@@ -92,7 +92,7 @@ export function renderUsage(env, ctx, measure = "sessions") {
       measure === "events"
         ? "Events count each step, capped per session. "
         : "A session that used two steps of a tool counts once per step. ",
-      "Not attributable to a step (suppressed cells): ", numEl(other), "."),
+      "Not attributable to a step (cells not distinguishable from noise): ", numEl(other), "."),
     dataTable("Sessions and events per tool and step", [
       { label: "Tool / step" }, { label: "Sessions", numeric: true }, { label: "± (sd)", numeric: true }, { label: "Events", numeric: true }, { label: "± (sd)", numeric: true },
     ], apps.flatMap(([app, a]) => Object.entries(a.actions).map(([action, x]) => [
@@ -129,7 +129,7 @@ export function renderCompletion(env, ctx) {
   const rated = entries.filter(([, c]) => isNum(c.rate)).sort((a, b) => b[1].rate.value - a[1].rate.value);
   const insight = rated.length
     ? h("p", { class: "panel-note" }, `${rated[0][1].title || title(ctx, rated[0][0])} has the highest completion rate: `, numEl(rated[0][1].rate, "pct"), ". The shaded band is ± one standard deviation of the noise.")
-    : h("p", { class: "panel-note", text: "No completion rate cleared the threshold in this range." });
+    : h("p", { class: "panel-note", text: "No completion rate is distinguishable from noise in this range." });
   fill(
     body("completion"),
     list,
@@ -149,7 +149,7 @@ export function renderCombinations(env, ctx) {
   if (sankey && sankey.values.length) {
     parts_.push(h("div", { class: "scroll-x sankey-wrap" }, sankeyChart(sankey, ctx.titles, "Flow from the first tool used to the next tool, in sessions", widthOf(body("combinations"), 680))));
   } else {
-    parts_.push(h("p", { class: "panel-note", text: "No pair of tools cleared the publication threshold in this range." }));
+    parts_.push(h("p", { class: "panel-note", text: "No pair of tools is distinguishable from noise in this range." }));
   }
   // One sentence per unordered pair: who tends to come first.
   const seen = new Set();
@@ -176,7 +176,7 @@ export function renderCombinations(env, ctx) {
         numEl(x.both_num), " sessions).")),
     ));
   }
-  parts_.push(h("p", { class: "panel-note" }, "Pairs below threshold, folded together: ", numEl(d.other), "."));
+  parts_.push(h("p", { class: "panel-note" }, "Pairs not distinguishable from noise, together: ", numEl(d.other), "."));
   parts_.push(dataTable("Sessions per ordered pair of tools", [
     { label: "First → then" }, { label: "Sessions", numeric: true }, { label: "±", numeric: true }, { label: "Share first", numeric: true }, { label: "±", numeric: true },
   ], Object.values(d.pairs).map((p) => [`${title(ctx, p.from)} → ${title(ctx, p.to)}`, ...numCells(p.sessions), ...numCells(p.share_before, "pct")])));
@@ -226,7 +226,7 @@ export function renderShape(env, ctx) {
       labels: duration.labels, cells: duration.cells, edges: duration.edges, quantiles: duration.quantiles, unit: "minutes",
       label: `Histogram of session duration in minutes; median ${isNum(median) ? fmtFixed(median.value, 1) : "unknown"} minutes`,
     }),
-    h("p", { class: "panel-note" }, "The shaded band holds the middle half of sessions; dashed lines mark the quartiles. Sessions in suppressed buckets: ", numEl(duration.other), "."),
+    h("p", { class: "panel-note" }, "The shaded band holds the middle half of sessions; dashed lines mark the quartiles. Sessions in buckets not distinguishable from noise: ", numEl(duration.other), "."),
     dataTable("Session shape", [{ label: "Bucket" }, { label: "Sessions", numeric: true }, { label: "±", numeric: true }], [
       ...tools.labels.map((l, i) => [`${l} tool(s)`, ...numCells(tools.cells[i])]),
       ...duration.labels.map((l, i) => [`${l} min`, ...numCells(duration.cells[i])]),
@@ -308,9 +308,9 @@ export function renderGeography(env, ctx, world, tool = "") {
         h("h4", { text: tool ? `Top countries — ${title(ctx, tool)}` : "Top countries" }),
         list,
         h("div", { class: "map-foot" },
-          h("span", {}, h("strong", { text: fmtInt(tool ? totals.size : d.countries_with_data) }), " countries with published sessions."),
-          !tool ? h("span", {}, "Countries beyond the top 20, together: ", numEl(d.rest), ".") : null,
-          h("span", {}, "Sessions whose country was too rare to publish: ", numEl(unattributed), ".")))),
+          h("span", {}, h("strong", { text: fmtInt(tool ? totals.size : d.countries_with_data) }), " countries whose sessions stand clear of the noise."),
+          !tool && isNum(d.rest) ? h("span", {}, "Countries beyond the list, together: ", numEl(d.rest), ".") : null,
+          h("span", {}, "Sessions whose country cannot be told apart from noise: ", numEl(unattributed), ".")))),
     h("p", { class: "panel-note", text: "A session counts once for each tool it used. Countries come from the person's own hint or a one-time lookup of their connection; the address is discarded immediately." }),
     dataTable(`Sessions by country${tool ? ` (${title(ctx, tool)})` : ""}`, [{ label: "Country" }, { label: "Code" }, { label: "Sessions", numeric: true }, { label: "±", numeric: true }, { label: "Nodes", numeric: true }],
       [...totals.entries()].filter(([, n]) => isNum(n)).sort((a, b) => b[1].value - a[1].value)
@@ -371,7 +371,7 @@ function fillFinancial(bodyEl, name, m, featured) {
     }
     bodyEl.append(barList(m.labels.map((l, i) => ({ key: l, label: m.kind === "category" ? capitalize(l) : l, num: shares[i] })), { kind: "pct" }));
   }
-  bodyEl.append(h("p", { class: "panel-note" }, `${m.description}. Suppressed buckets, folded together: `, numEl(m.other), "."));
+  bodyEl.append(h("p", { class: "panel-note" }, `${m.description}. Buckets not distinguishable from noise, together: `, numEl(m.other), "."));
   bodyEl.append(dataTable(`${meta.title}: sessions per ${numeric ? "bucket" : "value"}`,
     [{ label: "Bucket" }, { label: "Sessions", numeric: true }, { label: "±", numeric: true }, { label: "Share", numeric: true }, { label: "±", numeric: true }],
     m.labels.map((l, i) => [l, ...numCells(m.cells[i]), ...numCells(m.share && m.share[i], "pct")])));
@@ -424,7 +424,7 @@ export function renderBreakdown(env) {
     medians.length ? h("p", { class: "lede" }, h("strong", { text: humanize(medians[0].row) }), " workers report the longest runways (median ", numEl(medians[0].n, "dec", { unit: "months" }), "); ",
       h("strong", { text: humanize(medians[medians.length - 1].row).toLowerCase() }), " the shortest (", numEl(medians[medians.length - 1].n, "dec", { unit: "months" }), ").") : null,
     h("div", { class: "matrix-wrap" }, table),
-    h("p", { class: "panel-note", text: `Columns are ${colsLabel.toLowerCase()} buckets; darker means a larger share of that row. “–” is below threshold, not zero.` }),
+    h("p", { class: "panel-note", text: `Columns are ${colsLabel.toLowerCase()} buckets; darker means a larger share of that row. “–” is not distinguishable from noise, not zero.` }),
   );
 }
 
