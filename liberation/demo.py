@@ -110,7 +110,7 @@ def run_demo(root: Path, *, days: int = HISTORY_DAYS, out: TextIO = sys.stdout, 
     if fresh and root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(24)
+    token = secrets.token_urlsafe(32)  # 32 random bytes: the hub refuses weaker admin tokens
     say = lambda text: print(text, file=out, flush=True)  # noqa: E731
 
     say(f"Liberation Analytics demo: a hub and {len(COMMUNITIES)} communities, {days} days of history")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -22,6 +23,11 @@ from node.ingest import Clock, utc_now
 from node.settings import NodeSettings
 
 URL_PATTERN = re.compile(r'"url": "(http://127\.0\.0\.1:\d+)"')
+
+
+def admin_token() -> str:
+    """A fresh hub admin token as an operator makes one: 32 random bytes (the hub refuses weaker)."""
+    return secrets.token_urlsafe(32)
 
 
 @dataclass
