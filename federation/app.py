@@ -146,7 +146,9 @@ def _require_admin(request: web.Request) -> Hub:
         raise NotFound("the admin API is off (no admin_token configured)", slug="admin-off")
     given = request.headers.get("Authorization", "")
     expected = "Bearer " + token.get_secret_value()
-    if not hmac.compare_digest(given.encode(), expected.encode()):
+    # Header bytes that are not UTF-8 arrive as lone surrogates, which cannot be encoded; the
+    # token is ASCII (settings), so a non-ASCII header is simply not it.
+    if not given.isascii() or not hmac.compare_digest(given.encode("ascii"), expected.encode("ascii")):
         raise Unauthorized("a valid bearer token is required", slug="unauthorized")
     return hub
 
