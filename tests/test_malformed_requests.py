@@ -78,13 +78,23 @@ async def test_node_answers_malformed_requests_400_without_a_traceback(tmp_path:
         "LIBERATION_NODE_DATA_DIR": str(tmp_path / "node"),
         "LIBERATION_NODE_PORT": "0",
         "LIBERATION_NODE_LOG_LEVEL": "DEBUG",  # even the debug line has no frames and no address
+        "LIBERATION_NODE_PLAUSIBLE__DOMAINS": '{"wage.example.org": "real-wage-calculator"}',
     }
     node = Process(["node", "serve"], tmp_path / "node.log", env)
     try:
         for raw in MALFORMED:
             status, _, _ = await exchange(node.url, raw)
             assert status == 400, raw
+        # A User-Agent that is not UTF-8 on the Plausible route gave a 500 (UnicodeEncodeError).
+        body = b'{"n": "pageview", "u": "https://wage.example.org/", "d": "wage.example.org"}'
+        request = (
+            b"POST /api/event HTTP/1.1\r\nHost: x\r\nUser-Agent: Agent \xff\xfe\r\nContent-Type: text/plain\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+        ) + body
+        status, _, _ = await exchange(node.url, request)
+        assert status == 202
     finally:
         assert node.stop() == 0
     entries = assert_quiet_log(tmp_path / "node.log")
     assert tallied(entries, "?", 400) == len(MALFORMED)
+    assert tallied(entries, "/api/event", 202) == 1
