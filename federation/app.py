@@ -41,6 +41,7 @@ from protocol.errors import (
     problem_middleware,
 )
 from protocol.keys import PublicKey, SigningKey, load_or_create
+from protocol.storage import make_private_dir
 from protocol.windows import parse_window
 
 log = logging.getLogger("liberation.hub")
@@ -88,7 +89,7 @@ def load_catalogs(settings: HubSettings) -> dict[str, Catalog]:
 def open_hub(settings: HubSettings, *, now: Now = time.time) -> Hub:
     """Open (creating on first start) everything a hub needs; no server involved."""
     paths = data_paths(settings)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(settings.data_dir)  # 0700 whatever the umask: envelopes, registry, keys
     key = load_or_create(paths["key"])
     store = HubStore(paths["db"], memory_limit=settings.memory_limit)
     registry = Registry(store, now=now)

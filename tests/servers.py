@@ -71,7 +71,8 @@ async def run_node(settings: NodeSettings, *, clock: Clock = utc_now) -> AsyncIt
 class Process:
     """A `liberation ...` subprocess whose JSON logs are captured to a file."""
 
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None, *, umask: int = -1) -> None:
+        """`umask`: the process's umask at start (-1: this one's)."""
         self.log_path = log_path
         self._log = open(log_path, "ab")
         full_env = dict(os.environ)
@@ -81,6 +82,7 @@ class Process:
             stdout=self._log,
             stderr=self._log,
             env=full_env,
+            umask=umask,
         )
         self.url = self._wait_for_url()
 
