@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -121,3 +123,11 @@ async def test_stores_set_their_modes_without_the_service_umask(tmp_path: Path, 
     assert loose_modes(data) == []
     assert sorted(p.name for p in data.iterdir()) == ["hub", "node"]
 
+
+@pytest.mark.parametrize("umask", [0o022, 0o000, 0o027], ids=["umask-022", "umask-000", "umask-027"])
+def test_the_liberation_command_adds_umask_077(umask: int) -> None:
+    """DuckDB makes a new WAL after each checkpoint (and spill files) with the umask's mode: the command's is 077."""
+    code = "import os, sys; from liberation.cli import main; main(['catalog', 'hash']); print(oct(os.umask(0)), file=sys.stderr)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, umask=umask)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stderr.strip(), 8) == umask | 0o077
