@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import random
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -118,7 +119,7 @@ async def hub_crashes(kills: int, root: Path, *, rng: random.Random, envelopes_p
     from protocol.wire import verify_envelope
     from tests.snapshots import DAY, envelope
 
-    token = "crash-token"
+    token = secrets.token_urlsafe(32)
     env = {"LIBERATION_HUB_DATA_DIR": str(root / "hub"), "LIBERATION_HUB_PORT": "0", "LIBERATION_HUB_METRICS_PORT": "0", "LIBERATION_HUB_ADMIN_TOKEN": token}
     today = int(time.time()) // DAY * DAY
     keys = [SigningKey.generate() for _ in range(envelopes_per_round)]

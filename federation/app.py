@@ -41,6 +41,7 @@ from protocol.errors import (
     problem_middleware,
 )
 from protocol.keys import PublicKey, SigningKey, load_or_create
+from protocol.storage import make_private_dir
 from protocol.windows import parse_window
 from runtime.metrics_listener import add_metrics_listener
 
@@ -89,7 +90,7 @@ def load_catalogs(settings: HubSettings) -> dict[str, Catalog]:
 def open_hub(settings: HubSettings, *, now: Now = time.time) -> Hub:
     """Open (creating on first start) everything a hub needs; no server involved."""
     paths = data_paths(settings)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(settings.data_dir)  # 0700 whatever the umask: envelopes, registry, keys
     key = load_or_create(paths["key"])
     store = HubStore(paths["db"], memory_limit=settings.memory_limit)
     registry = Registry(store, now=now)
@@ -147,7 +148,9 @@ def _require_admin(request: web.Request) -> Hub:
         raise NotFound("the admin API is off (no admin_token configured)", slug="admin-off")
     given = request.headers.get("Authorization", "")
     expected = "Bearer " + token.get_secret_value()
-    if not hmac.compare_digest(given.encode(), expected.encode()):
+    # Header bytes that are not UTF-8 arrive as lone surrogates, which cannot be encoded; the
+    # token is ASCII (settings), so a non-ASCII header is simply not it.
+    if not given.isascii() or not hmac.compare_digest(given.encode("ascii"), expected.encode("ascii")):
         raise Unauthorized("a valid bearer token is required", slug="unauthorized")
     return hub
 

@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from federation.merge import snapshot_rows
 from protocol.catalog import Catalog
+from protocol.storage import PRIVATE_FILE_MODE, make_private_dir
 from protocol.snapshot import Snapshot
 from protocol.wire import verify_envelope
 
@@ -75,7 +76,7 @@ class Archive:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        make_private_dir(root)
 
     def window_dir(self, window_start: int) -> Path:
         day = datetime.fromtimestamp(window_start, UTC)
@@ -95,10 +96,14 @@ class Archive:
         if path.exists():
             return path
         table = _archive_rows(items)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(path.parent)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb") as fh:
+        # Created 0600 by us, not by Arrow with the umask's mode, before a byte is written.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), PRIVATE_FILE_MODE)
+        os.fchmod(fd, PRIVATE_FILE_MODE)
+        with open(fd, "wb") as fh:
+            pq.write_table(table, fh, compression="zstd")
+            fh.flush()
             os.fsync(fh.fileno())
         try:
             os.link(tmp, path)  # atomic, and never replaces an existing file

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import duckdb
 
-from protocol.storage import Database
+from protocol.storage import Database, make_private_dir, make_private_files
 
 Migration = Callable[[duckdb.DuckDBPyConnection], None]
 
@@ -128,5 +128,12 @@ class HubStore(Database):
 
     def __init__(self, path: Path, *, memory_limit: str = "640MB") -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        super().__init__(duckdb.connect(str(path)), MIGRATIONS, memory_limit=memory_limit)
+        make_private_dir(path.parent)
+        # DuckDB's default spill directory, made here 0700 (DuckDB would use the umask's mode).
+        spill = path.with_name(path.name + ".tmp")
+        make_private_dir(spill)
+        con = duckdb.connect(str(path), config={"temp_directory": str(spill)})
+        super().__init__(con, MIGRATIONS, memory_limit=memory_limit)
+        # DuckDB made the file and its WAL with the umask's mode (a WAL made again after a
+        # checkpoint too: the services run under umask 077).
+        make_private_files(path, path.with_name(path.name + ".wal"))

@@ -414,6 +414,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `liberation` console script."""
     args = build_parser().parse_args(argv)
     func: Command = args.func
+    # What a command creates is for its user only (the systemd units say UMask=0077 too). Our
+    # own files get explicit modes; DuckDB makes its WAL (again after every checkpoint) and
+    # spill files with the umask's.
+    os.umask(os.umask(0o077) | 0o077)
     try:
         return func(args)
     except LiberationError as exc:

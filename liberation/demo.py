@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from liberation.traffic import COMMUNITIES, Community, Traffic
+from protocol.storage import make_private_dir
 
 URL_PATTERN = re.compile(r'"url": "(http://[^"]+)"')
 HISTORY_DAYS = 30
@@ -109,8 +110,8 @@ def run_demo(root: Path, *, days: int = HISTORY_DAYS, out: TextIO = sys.stdout, 
     started = time.monotonic()
     if fresh and root.exists():
         shutil.rmtree(root)
-    root.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(24)
+    make_private_dir(root)
+    token = secrets.token_urlsafe(32)  # 32 random bytes: the hub refuses weaker admin tokens
     say = lambda text: print(text, file=out, flush=True)  # noqa: E731
 
     say(f"Liberation Analytics demo: a hub and {len(COMMUNITIES)} communities, {days} days of history")

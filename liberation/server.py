@@ -9,6 +9,7 @@ import signal
 import traceback
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from protocol.logs import AccessTally
 
@@ -25,15 +26,22 @@ GC_THRESHOLD = 50_000
 
 class _NoAddress(logging.Filter):
     """aiohttp's server log says `Error handling request from <peer address>` and its exceptions
-    quote the offending bytes: keep the message without the address, the exception's type and frames."""
+    quote the offending bytes: keep the message without the address, the exception's type and frames.
+
+    A malformed request (aiohttp's parser refused it and answered 400) is the client's fault, not
+    the server's: no frames, and only at DEBUG; the access tally counts it under route "?"."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.args:
             record.msg, record.args = str(record.msg).replace("%s", "a client"), ()
         if record.exc_info and record.exc_info[0] is not None:
             kind, _, frames = record.exc_info
-            record.msg = f"{record.msg}: {kind.__name__}\n{''.join(traceback.format_tb(frames))}"
             record.exc_info, record.exc_text = None, None
+            if issubclass(kind, HttpProcessingError):
+                record.msg = f"{record.msg}: {kind.__name__} (a malformed request)"
+                record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+                return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+            record.msg = f"{record.msg}: {kind.__name__}\n{''.join(traceback.format_tb(frames))}"
         return True
 
 

@@ -43,6 +43,7 @@ from node.writer import DRAIN_ROWS, Writer
 from protocol.catalog import Catalog, load_catalog
 from protocol.errors import Forbidden, NotFound, problem_middleware
 from protocol.keys import SigningKey, load_or_create
+from protocol.storage import make_private_dir
 from protocol.windows import DAY, parse_window
 from protocol.wire import verify_envelope
 from runtime.metrics_listener import add_metrics_listener
@@ -130,7 +131,7 @@ def open_node(settings: NodeSettings, *, clock: Clock = utc_now) -> Node:
     """Open (creating on first start) everything a node needs; no server involved."""
     catalog = load_catalog(settings.catalog)
     paths = data_paths(settings)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(settings.data_dir)  # 0700 whatever the umask: raw rows, salts, keys
     key = load_or_create(paths["key"])
     store = Store(paths["db"], catalog, memory_limit=settings.memory_limit)
     retention_days = catalog.retention_days if settings.retention_days is None else settings.retention_days

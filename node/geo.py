@@ -44,10 +44,21 @@ def parse_ip(text: str) -> IPAddress:
         return ipaddress.ip_address(text)
 
 
+def _unmapped(address: IPAddress) -> IPAddress:
+    # A dual-stack socket shows an IPv4 client as ::ffff:a.b.c.d. The client is the IPv4
+    # address: keyed as IPv6 /64 every IPv4 client would share one rate-limit bucket.
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
 def client_ip(peer: str | None, forwarded_for: str | None, trusted: tuple[Network, ...]) -> IPAddress | None:
-    """The address of the client, believing X-Forwarded-For only when the peer is a trusted proxy."""
+    """The address of the client, believing X-Forwarded-For only when the peer is a trusted proxy.
+
+    IPv4-mapped IPv6 addresses (::ffff:a.b.c.d) come back as the IPv4 address they carry.
+    """
     try:
-        address: IPAddress | None = parse_ip(peer) if peer else None
+        address: IPAddress | None = _unmapped(parse_ip(peer)) if peer else None
     except ValueError:
         address = None
     if address is None or not trusted or not forwarded_for:
@@ -56,7 +67,7 @@ def client_ip(peer: str | None, forwarded_for: str | None, trusted: tuple[Networ
         return address
     for hop in reversed([h.strip() for h in forwarded_for.split(",")]):
         try:
-            candidate = parse_ip(hop)
+            candidate = _unmapped(parse_ip(hop))
         except ValueError:
             return address  # a malformed chain: trust nothing beyond the proxy
         if not any(candidate in net for net in trusted):

@@ -2,8 +2,10 @@
 
 A 2xx marks the entry sent. A hub 4xx (other than 408/429) is recorded and
 not retried: the hub has said no, retrying would not change its mind. A 5xx,
-408, 429 or network error is retried after `min * 2^attempts` seconds, capped,
-with full jitter. An envelope that no longer verifies is never sent: it is
+408, 429, a redirect or a network error is retried after `min * 2^attempts`
+seconds, capped, with full jitter. Redirects are never followed: a 3xx (from a
+moved hub or a man in the middle) must not divert the envelope to another URL
+and count as sent. An envelope that no longer verifies is never sent: it is
 marked `corrupt` and raised as an alarm in logs and metrics.
 """
 
@@ -31,6 +33,12 @@ def backoff(attempts: int, minimum: float, maximum: float) -> float:
     ceiling = min(maximum, minimum * 2 ** min(attempts, 32))
     # Jitter only spreads retries in time; it is not privacy noise.
     return max(minimum / 2, ceiling * secrets.randbelow(1_000_001) / 1_000_000)
+
+
+def _redirect_reason(status: int, location: str | None) -> str:
+    """What an operator reads in the outbox for a 3xx: the push was not followed there, fix push.hub_url."""
+    target = f" to {location[:120]}" if location else ""
+    return f"hub answered {status} (redirect{target}); redirects are not followed: set push.hub_url to the hub's own URL"
 
 
 @dataclass(frozen=True)
@@ -103,15 +111,20 @@ class Outbox:
                 continue
             attempts = self._attempts(seq) + 1
             status: int | None = None
+            detail: str | None
             try:
                 async with session.post(
                     url,
                     data=envelope,
                     headers={"Content-Type": "application/msgpack"},
                     timeout=aiohttp.ClientTimeout(total=self.settings.timeout_seconds),
+                    allow_redirects=False,
                 ) as resp:
                     status = resp.status
-                    detail = (await resp.text())[:200] if status >= 400 else None
+                    if 300 <= status < 400:
+                        detail = _redirect_reason(status, resp.headers.get("Location"))
+                    else:
+                        detail = (await resp.text(errors="replace"))[:200] if status >= 400 else None
             except (aiohttp.ClientError, TimeoutError) as exc:
                 detail = type(exc).__name__
             if status is not None and 200 <= status < 300:
@@ -125,7 +138,10 @@ class Outbox:
             else:
                 delay = backoff(attempts - 1, self.settings.min_backoff_seconds, self.settings.max_backoff_seconds)
                 self._update(seq, "pending", attempts, self._now() + delay, status, detail)
-                log.warning("push failed; will retry", extra={"seq": seq, "status": status, "retry_in_s": round(delay, 1)})
+                extra: dict[str, object] = {"seq": seq, "status": status, "retry_in_s": round(delay, 1)}
+                if status is not None and 300 <= status < 400:
+                    extra["reason"] = "redirect not followed"
+                log.warning("push failed; will retry", extra=extra)
                 outcome = "retry"
             if self._on_result is not None:
                 self._on_result(outcome)

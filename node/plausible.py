@@ -95,7 +95,10 @@ async def post_plausible_event(request: web.Request, ingestor: Ingestor, catalog
     user_agent = request.headers.get("User-Agent", "")
     # Plausible's visitor id: hash(salt, IP + UA + domain). Here the material goes
     # straight into the HMAC under the day's salt and is then dropped.
-    session_key = b"\x00".join([b"plausible", address.packed if address else b"", user_agent.encode(), domain.encode()])
+    # aiohttp keeps header bytes that are not UTF-8 as surrogate escapes: encoding them back
+    # hashes the User-Agent as the bytes sent (a plain .encode() raised: a 500).
+    agent = user_agent.encode("utf-8", "surrogateescape")
+    session_key = b"\x00".join([b"plausible", address.packed if address else b"", agent, domain.encode()])
     try:
         event = Event(
             app=app,

@@ -1,4 +1,4 @@
-"""Per-client token buckets, keyed by an HMAC of the client address under a key kept in memory only.
+"""Per-client token buckets, keyed by an HMAC of the client's address (IPv6: its /64) under a key kept in memory only.
 
 The key is random per process and never written anywhere, so the bucket
 table cannot be turned back into addresses, and nothing of it survives a restart.
@@ -14,6 +14,15 @@ import time
 from collections.abc import Callable
 
 from node.geo import IPAddress
+
+IPV6_PREFIX_BYTES = 8  # /64
+
+
+def client_network(address: IPAddress) -> bytes:
+    """The bytes that identify a client for rate limiting: an IPv4 address, or an IPv6 /64 prefix."""
+    if address.version == 6:
+        return address.packed[:IPV6_PREFIX_BYTES]
+    return address.packed
 
 
 class RateLimiter:
@@ -39,8 +48,12 @@ class RateLimiter:
         return self._rate > 0
 
     def client_key(self, address: IPAddress) -> bytes:
-        """The bucket key of an address: 16 bytes of HMAC-SHA256 under the in-memory key."""
-        return hmac.new(self._key, address.packed, hashlib.sha256).digest()[:16]
+        """The bucket key of a client: 16 bytes of HMAC-SHA256 of its network under the in-memory key.
+
+        An IPv4 client is its address; an IPv6 client is its /64, the usual
+        allocation of one household or host, which may use any of 2^64 addresses.
+        """
+        return hmac.new(self._key, client_network(address), hashlib.sha256).digest()[:16]
 
     def check(self, address: IPAddress | None) -> float:
         """Take one token; 0.0 if allowed, else seconds until the next token."""

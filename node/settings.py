@@ -27,7 +27,7 @@ class PlausibleSettings(_Section):
 
 
 class RateLimitSettings(_Section):
-    """Per-client token bucket, keyed by an HMAC of the IP under a key that lives in memory only."""
+    """Per-client token bucket, keyed by an HMAC of the IP (IPv6: its /64) under a key that lives in memory only."""
 
     requests_per_second: float = Field(default=20.0, ge=0)  # 0 turns the limit off
     burst: int = Field(default=60, ge=1)

@@ -40,7 +40,7 @@ from node.privacy import FilteredEvent
 from node.rows import RowLayout, attribute_field
 from node.stagelog import StageFile
 from protocol.catalog import Catalog
-from protocol.storage import Database
+from protocol.storage import Database, make_private_dir, make_private_files
 
 Migration = Callable[[duckdb.DuckDBPyConnection], None]
 
@@ -240,13 +240,26 @@ def connect_store(path: Path) -> duckdb.DuckDBPyConnection:
     """A connection to the store file, attached with the store's row group size (DuckDB does not keep it in the file)."""
     con = duckdb.connect()
     quoted = str(path).replace("'", "''")
-    con.execute(f"SET temp_directory = '{quoted}.tmp'")  # where a file database of its own would spill
+    # Where a file database of its own would spill. Made here, 0700: spilled rows are raw rows, and
+    # DuckDB would create it with the umask's mode (it leaves a directory it did not create in place).
+    make_private_dir(temp_directory(path))
+    con.execute(f"SET temp_directory = '{quoted}.tmp'")  # temp_directory(path)
     con.execute(f"ATTACH '{quoted}' AS {STORE_CATALOG} (ROW_GROUP_SIZE {ROW_GROUP_ROWS})")
     con.execute(f"USE {STORE_CATALOG}")
     # Each full row group of a big insert goes to the file as it fills, within its slice,
     # instead of five at a time (DuckDB's default), which would land in one burst.
     con.execute("SET write_buffer_row_group_count = 1")
     return con
+
+
+def temp_directory(path: Path) -> Path:
+    """Where DuckDB spills for the store at `path`."""
+    return path.with_name(path.name + ".tmp")
+
+
+def wal_path(path: Path) -> Path:
+    """DuckDB's write-ahead log of the database file at `path`."""
+    return path.with_name(path.name + ".wal")
 
 
 def attribute_column(name: str) -> str:
@@ -269,8 +282,11 @@ class Store(Database):
     def __init__(self, path: Path, catalog: Catalog, *, memory_limit: str = "640MB") -> None:
         self.path = path
         self.catalog = catalog
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(path.parent)
         super().__init__(connect_store(path), MIGRATIONS, memory_limit=memory_limit, catalog=STORE_CATALOG)
+        # DuckDB made the file (and its WAL) with the umask's mode; they hold raw rows. (A WAL it
+        # makes again after a checkpoint gets the umask's mode: the services run under umask 077.)
+        make_private_files(path, wal_path(path))
         self.layout = RowLayout(catalog)
         # Dimension columns are ENUMs of the catalog's domains; a new attribute gets a nullable column.
         self._domains = dimension_domains(catalog)
@@ -607,7 +623,7 @@ class Store(Database):
     def size_bytes(self) -> int:
         """Bytes on disk of the store's database, its write-ahead log and the stage files."""
         total = sum(stage.size_bytes() for stage in self._stages)
-        for p in (self.path, self.path.with_name(self.path.name + ".wal")):
+        for p in (self.path, wal_path(self.path)):
             try:
                 total += p.stat().st_size
             except FileNotFoundError:

@@ -62,6 +62,19 @@ def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None
     logging.logMultiprocessing = False
 
 
+def _route_of(request: web.BaseRequest) -> str:
+    """The route pattern a request was matched to, or "?" (no route, or never routed)."""
+    try:
+        match_info = getattr(request, "match_info", None)
+    except AssertionError:
+        # A request aiohttp answered itself (a malformed request line or header: 400)
+        # never reached routing, and aiohttp asserts on its missing match_info.
+        return "?"
+    if match_info is None or match_info.route.resource is None:
+        return "?"
+    return str(match_info.route.resource.canonical)
+
+
 class AccessTally:
     """The access log as a tally: requests counted per (method, route, status), one line each per period.
 
@@ -125,11 +138,7 @@ class AccessTally:
 
         class TalliedAccessLogger(AbstractAccessLogger):
             def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-                route = "?"
-                match_info = getattr(request, "match_info", None)
-                if match_info is not None and match_info.route.resource is not None:
-                    route = match_info.route.resource.canonical
-                tally.add(request.method, route, response.status, time)
+                tally.add(request.method, _route_of(request), response.status, time)
 
             @property
             def enabled(self) -> bool:

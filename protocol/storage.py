@@ -1,4 +1,4 @@
-"""What node and hub stores share: numbered migrations, one writer at a time, reader cursors.
+"""What node and hub stores share: numbered migrations, one writer at a time, reader cursors, private file modes.
 
 Typed against a small `Connection` protocol rather than duckdb itself, so
 `protocol` stays free of the database (node and hub hand in DuckDB).
@@ -10,6 +10,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Protocol
 
 
@@ -24,6 +25,35 @@ class Connection(Protocol):
 
 
 Migration = Callable[[Any], None]
+
+
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+"""Modes of everything in a data dir: raw rows, session state and secrets are for the service's user only."""
+
+
+def make_private_dir(path: os.PathLike[str] | str) -> None:
+    """Create `path` and its missing parents with mode 0700, whatever the umask; existing directories keep theirs."""
+    missing: list[Path] = []
+    current = Path(path)
+    while not current.exists() and current.parent != current:
+        missing.append(current)
+        current = current.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, PRIVATE_DIR_MODE)
+        except FileExistsError:
+            continue  # created meanwhile: mkdir(exist_ok) semantics, its creator chose the mode
+        os.chmod(directory, PRIVATE_DIR_MODE)  # exactly 0700: a umask such as 0o022 is not ours to trust
+
+
+def make_private_files(*paths: os.PathLike[str] | str) -> None:
+    """chmod 0600 the files that exist among `paths`: for files a library (DuckDB) created with the umask's mode."""
+    for path in paths:
+        try:
+            os.chmod(path, PRIVATE_FILE_MODE)
+        except FileNotFoundError:
+            pass
 
 
 def fsync_directory(path: os.PathLike[str] | str) -> None:

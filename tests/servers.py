@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -26,6 +27,11 @@ URL_PATTERN = re.compile(r'"url": "(http://127\.0\.0\.1:\d+)"')
 METRICS_URL_PATTERN = re.compile(r'"metrics_url": "(http://127\.0\.0\.1:\d+)"')
 METRICS_ANY_PORT = {"LIBERATION_NODE_METRICS_PORT": "0", "LIBERATION_HUB_METRICS_PORT": "0"}
 """Tests never take a service's default metrics port: parallel runs would collide."""
+
+
+def admin_token() -> str:
+    """A fresh hub admin token as an operator makes one: 32 random bytes (the hub refuses weaker)."""
+    return secrets.token_urlsafe(32)
 
 
 @dataclass
@@ -76,7 +82,8 @@ async def run_node(settings: NodeSettings, *, clock: Clock = utc_now) -> AsyncIt
 class Process:
     """A `liberation ...` subprocess whose JSON logs are captured to a file."""
 
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None, *, umask: int = -1) -> None:
+        """`umask`: the process's umask at start (-1: this one's)."""
         self.log_path = log_path
         self._log = open(log_path, "ab")
         full_env = dict(os.environ)
@@ -87,6 +94,7 @@ class Process:
             stdout=self._log,
             stderr=self._log,
             env=full_env,
+            umask=umask,
         )
         self.url = self._wait_for_url()
 

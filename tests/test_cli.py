@@ -11,13 +11,14 @@ from pathlib import Path
 from protocol.catalog import load_catalog
 
 
-def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def run(*args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "liberation", *args],
         capture_output=True,
         text=True,
         check=check,
         timeout=60,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -62,3 +63,12 @@ def test_bad_catalog_is_one_line_and_exit_1(tmp_path: Path) -> None:
     result = run("catalog", "hash", "--catalog", str(bad), check=False)
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "invalid catalog" in result.stderr
+
+
+def test_hub_serve_refuses_a_weak_admin_token(tmp_path: Path) -> None:
+    """A 1-character token used to open the admin API; now the hub stops at start and says how to make one."""
+    env = {"LIBERATION_HUB_DATA_DIR": str(tmp_path / "hub"), "LIBERATION_HUB_ADMIN_TOKEN": "x"}
+    result = run("hub", "serve", "--port", "0", check=False, env=env)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "admin_token" in result.stderr and "secrets.token_urlsafe(32)" in result.stderr

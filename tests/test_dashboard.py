@@ -31,6 +31,7 @@ from federation.settings import HubSettings
 from protocol.catalog import STAGES, Catalog, load_catalog
 from protocol.keys import SigningKey
 from tests.browser import launch_chromium
+from tests.servers import admin_token
 from tests.snapshots import DAY, envelope
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.browser]
 
-TOKEN = "dashboard-token-123"
+TOKEN = admin_token()
 NOW = datetime(2026, 11, 24, 12, tzinfo=UTC).timestamp()
 TODAY = int(NOW) // DAY * DAY
 WINDOWS = [TODAY - d * DAY for d in range(21, 0, -1)]

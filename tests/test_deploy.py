@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -31,13 +33,26 @@ def compose_command() -> list[str]:
 
 
 def test_compose_file_validates() -> None:
-    result = subprocess.run(
-        [*compose_command(), "-f", str(DEPLOY / "compose.yaml"), "config"], capture_output=True, text=True, timeout=60
-    )
+    command = [*compose_command(), "-f", str(DEPLOY / "compose.yaml"), "config"]
+    env = {**os.environ, "LIBERATION_HUB_ADMIN_TOKEN": secrets.token_urlsafe(32)}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 0, result.stderr
     for service in ("hub:", "node-a:", "node-b:"):
         assert service in result.stdout
     assert "healthcheck" in result.stdout
+    # Without the admin token compose stops with a message, instead of starting on a public default.
+    del env["LIBERATION_HUB_ADMIN_TOKEN"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode != 0 and "LIBERATION_HUB_ADMIN_TOKEN" in result.stderr
+
+
+def test_compose_requires_the_admin_token() -> None:
+    """No fallback token in the compose file: every use of the variable is `${...:?message}` (fail fast)."""
+    text = (DEPLOY / "compose.yaml").read_text()
+    uses = re.findall(r"\$\{LIBERATION_HUB_ADMIN_TOKEN([^}]*)\}", text)
+    assert uses, "the hub's admin token is not taken from the environment"
+    assert all(use.startswith(":?") for use in uses), uses
+    assert "change-me" not in text.lower()
 
 
 @pytest.mark.parametrize("unit", ["liberation-node.service", "liberation-hub.service"])

@@ -22,10 +22,10 @@ import pytest
 from protocol.errors import PROBLEM_BASE
 from protocol.keys import SigningKey
 from protocol.wire import sign_snapshot, verify_envelope
-from tests.servers import Process
+from tests.servers import Process, admin_token
 from tests.snapshots import node_snapshot
 
-TOKEN = "e2e-admin-token"
+TOKEN = admin_token()
 DAYS = 3
 
 

@@ -33,10 +33,10 @@ from federation.settings import HubSettings
 from protocol.errors import PROBLEM_BASE, PROBLEM_CONTENT_TYPE
 from protocol.keys import SigningKey
 from protocol.wire import EnvelopeError, decode_canonical, encode_canonical, sign_body, verify_envelope
-from tests.servers import run_hub
+from tests.servers import admin_token, run_hub
 from tests.snapshots import DAY, envelope
 
-TOKEN = "fuzz-admin-token-123"
+TOKEN = admin_token()
 NOW = datetime(2026, 11, 24, 12, tzinfo=UTC).timestamp()
 W = int(NOW) - int(NOW) % DAY - 3 * DAY
 

@@ -21,10 +21,10 @@ from protocol.catalog import load_catalog
 from protocol.errors import PROBLEM_BASE
 from protocol.keys import SigningKey
 from protocol.wire import sign_snapshot, verify_envelope
-from tests.servers import RunningHub, run_hub
+from tests.servers import RunningHub, admin_token, run_hub
 from tests.snapshots import DAY, envelope, node_snapshot
 
-TOKEN = "test-admin-token-123"
+TOKEN = admin_token()
 NOW = datetime(2026, 11, 24, 12, tzinfo=UTC).timestamp()
 W = int(NOW) - int(NOW) % DAY - 3 * DAY  # three days ago
 CATALOG = load_catalog()

@@ -19,10 +19,10 @@ from federation.views import VIEWS
 from protocol.catalog import load_catalog
 from protocol.keys import SigningKey
 from protocol.wire import verify_envelope
-from tests.servers import RunningHub, run_hub
+from tests.servers import RunningHub, admin_token, run_hub
 from tests.snapshots import DAY, envelope
 
-TOKEN = "views-token-123"
+TOKEN = admin_token()
 NOW = datetime(2026, 11, 24, 12, tzinfo=UTC).timestamp()
 TODAY = int(NOW) // DAY * DAY
 WINDOWS = [TODAY - d * DAY for d in range(5, 0, -1)]

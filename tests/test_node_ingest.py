@@ -179,6 +179,26 @@ async def test_rate_limit_answers_429_with_retry_after(tmp_path: Path) -> None:
         assert rows(running) == [(accepted,)]
 
 
+async def test_rate_limit_keys_an_ipv6_client_by_its_64(tmp_path: Path) -> None:
+    """Review L3: 100 addresses of one /64 were 100 fresh buckets. Now they share one; other /64s do not."""
+    settings = node_settings(
+        tmp_path, rate_limit={"requests_per_second": 0.001, "burst": 3}, trusted_proxies=("127.0.0.1/32",)
+    )
+    async with run_node(settings) as running:
+        one_64 = [f"2001:db8:0:7::{i:x}" for i in range(1, 21)] + ["2001:db8:0:7:ffff:ffff:ffff:ffff"]
+        statuses = [(await post(running, make_event(i), headers={"X-Forwarded-For": a}))[0] for i, a in enumerate(one_64)]
+        assert statuses.count(202) == 3 and statuses.count(429) == len(one_64) - 3, statuses
+        # Neighbouring /64s and IPv4 neighbours are other clients, each with a full bucket.
+        for i, other in enumerate(["2001:db8:0:6::1", "2001:db8:0:8::1", "203.0.113.1", "203.0.113.2"]):
+            status, _, _ = await post(running, make_event(100 + i), headers={"X-Forwarded-For": other})
+            assert status == 202, other
+        # A dual-stack form of an IPv4 client is that IPv4 client, not a member of the ::/64.
+        status, _, _ = await post(running, make_event(200), headers={"X-Forwarded-For": "::ffff:198.51.100.9"})
+        assert status == 202
+        status, _, _ = await post(running, make_event(201), headers={"X-Forwarded-For": "::ffff:198.51.100.10"})
+        assert status == 202
+
+
 async def test_cors_preflight_and_origin_policy(tmp_path: Path) -> None:
     settings = node_settings(tmp_path, cors_origins=("https://tools.example.org",))
     async with run_node(settings) as running, aiohttp.ClientSession() as session:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
+import pytest
+from aiohttp import web
 
 from node.outbox import Outbox, backoff
 from node.settings import PushSettings
@@ -110,3 +114,51 @@ async def test_a_tampered_snapshot_is_never_pushed(tmp_path: Path, hub: tuple[Hu
     assert stand_in.received == []
     assert alarms == [1]
     assert outbox.entries()[0].state == "corrupt"
+
+
+@asynccontextmanager
+async def redirecting_hub(status: int) -> AsyncIterator[tuple[str, list[str]]]:
+    """A real server whose intake answers `status` to /elsewhere, which would accept anything (202)."""
+    seen: list[str] = []
+
+    async def intake(request: web.Request) -> web.Response:
+        seen.append(f"{request.method} {request.path} {len(await request.read())}")
+        return web.Response(status=status, headers={"Location": "/elsewhere?via=redirect"})
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        seen.append(f"{request.method} {request.path} {len(await request.read())}")
+        return web.Response(status=202, text="{}")
+
+    app = web.Application()
+    app.router.add_post("/v1/snapshots", intake)
+    app.router.add_route("*", "/elsewhere", elsewhere)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}", seen
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("status", [307, 308, 301, 302, 303])
+async def test_a_redirect_is_not_followed_and_is_retried(tmp_path: Path, status: int) -> None:
+    """Review L5: a 307 made the node re-POST the envelope to the Location, and count it as sent there."""
+    store = exported_store(tmp_path)
+    clock = Clock()
+    results: list[str] = []
+    settings = PushSettings(min_backoff_seconds=2, max_backoff_seconds=60)
+    async with redirecting_hub(status) as (url, seen), aiohttp.ClientSession() as session:
+        outbox = Outbox(store, settings.model_copy(update={"hub_url": url}), on_result=results.append, now=clock)
+        assert await outbox.push_due(session) == 0
+        entry = outbox.entries()[0]
+        assert [line.split()[1] for line in seen] == ["/v1/snapshots"]  # nothing went to the Location
+        assert entry.state == "pending" and entry.attempts == 1 and entry.last_status == status
+        assert entry.last_error is not None and "redirects are not followed" in entry.last_error
+        assert "/elsewhere" in entry.last_error and "push.hub_url" in entry.last_error
+        assert clock.t < entry.next_attempt <= clock.t + 2 and results == ["retry"]
+        # Retried with backoff like any failure, and still never followed.
+        clock.t = entry.next_attempt
+        assert await outbox.push_due(session) == 0
+        assert [line.split()[1] for line in seen] == ["/v1/snapshots", "/v1/snapshots"]
+        assert outbox.entries()[0].attempts == 2 and results == ["retry", "retry"]

@@ -141,6 +141,14 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies() -> None:
     assert client_ip(None, "203.0.113.9", trusted) is None
 
 
+def test_an_ipv4_mapped_address_is_the_ipv4_client() -> None:
+    """A dual-stack socket reports ::ffff:a.b.c.d: the client (for geo and rate limit) is a.b.c.d."""
+    trusted = parse_networks(("10.0.0.0/8",))
+    assert client_ip("::ffff:203.0.113.9", None, ()) == ipaddress.IPv4Address("203.0.113.9")
+    assert client_ip("::ffff:10.1.2.3", "::ffff:203.0.113.9", trusted) == ipaddress.IPv4Address("203.0.113.9")
+    assert client_ip("2001:db8::1", None, ()) == ipaddress.IPv6Address("2001:db8::1")
+
+
 def _parsed(parse: Any, text: str) -> tuple[str, Any]:
     try:
         address = parse(text)

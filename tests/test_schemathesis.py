@@ -46,11 +46,11 @@ from node.openapi import openapi_document as node_document
 from protocol.catalog import load_catalog
 from protocol.errors import PROBLEM_BASE, PROBLEM_CONTENT_TYPE
 from protocol.keys import SigningKey
-from tests.servers import node_settings, run_hub, run_node
+from tests.servers import admin_token, node_settings, run_hub, run_node
 from tests.snapshots import DAY, envelope
 
 MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "60"))  # per operation; 60: ~15 s in all
-TOKEN = "schemathesis-admin-token"
+TOKEN = admin_token()
 CATALOG = load_catalog()
 APP_ACTIONS = [(app, action) for app, spec in CATALOG.apps.items() for action in spec.actions]
 

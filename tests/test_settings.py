@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import secrets
 import tomllib
 from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
 
-from federation.settings import HubSettings
+from federation.settings import HubSettings, load_hub_settings
 from node.settings import NodeSettings, load_node_settings
 from protocol.config import ConfigError
 
@@ -75,3 +77,39 @@ def test_the_removed_ingest_workers_setting_is_refused_by_name(tmp_path: Path) -
     config.write_text("ingest_workers = 2\n")
     with pytest.raises(ConfigError, match="`ingest_workers` was removed: a node is one process"):
         load_node_settings(config)
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param("x", id="one-character"),
+        pytest.param(secrets.token_urlsafe(24), id="24-random-bytes"),
+        pytest.param("change-me-to-a-long-random-string", id="compose-placeholder"),
+        pytest.param("CHANGE-ME-" + secrets.token_urlsafe(32), id="placeholder-prefix"),
+        pytest.param("ab" * 40, id="no-variety"),
+        pytest.param("é" + secrets.token_urlsafe(32), id="not-ascii"),
+        pytest.param(secrets.token_urlsafe(16) + " " + secrets.token_urlsafe(16), id="a-space"),
+        pytest.param("", id="empty"),
+    ],
+)
+def test_a_weak_admin_token_is_refused_with_a_hint(token: str) -> None:
+    """The hub's admin API shares its port with public intake: a guessable token never starts."""
+    with pytest.raises(ConfigError, match="admin_token") as caught:
+        load_hub_settings(None, admin_token=token)
+    message = str(caught.value)
+    assert "secrets.token_urlsafe(32)" in message
+    if len(token) > 2:
+        assert token not in message  # the refused secret is never echoed
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param(secrets.token_urlsafe(32), id="token_urlsafe-32"),
+        pytest.param(base64.b64encode(secrets.token_bytes(32)).decode(), id="openssl-rand-base64-32"),
+        pytest.param(secrets.token_hex(32), id="openssl-rand-hex-32"),
+    ],
+)
+def test_a_strong_admin_token_is_accepted(token: str) -> None:
+    settings = load_hub_settings(None, admin_token=token)
+    assert settings.admin_token is not None and settings.admin_token.get_secret_value() == token

@@ -39,6 +39,7 @@ from federation.store import HubStore
 from federation.views import VIEWS, StoreRanges, ViewService
 from protocol.catalog import STAGES, Catalog, load_catalog
 from protocol.keys import SigningKey
+from tests.servers import admin_token
 from tests.snapshots import DAY, envelope
 
 CATALOG = load_catalog()
@@ -171,7 +172,7 @@ def test_cached_columnar_views_equal_the_straightforward_computation(tmp_path: P
 
 def test_an_accepted_snapshot_invalidates_its_window(tmp_path: Path) -> None:
     """After intake, a range over the snapshot's window shows it: the window's cached columns are read again."""
-    hub = open_hub(HubSettings(data_dir=tmp_path / "hub", metrics_port=0, admin_token="t" * 16), now=lambda: NOW)  # type: ignore[arg-type]
+    hub = open_hub(HubSettings(data_dir=tmp_path / "hub", metrics_port=0, admin_token=admin_token()), now=lambda: NOW)  # type: ignore[arg-type]
     keys = [SigningKey.generate() for _ in range(3)]
     for i, key in enumerate(keys):
         hub.registry.enroll(f"node-{i}", key.public)
