@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -9,7 +10,9 @@ from dataclasses import dataclass
 
 from federation.store import HubStore
 from protocol.errors import Conflict, Forbidden, NotFound, Unprocessable
-from protocol.keys import PublicKey
+from protocol.keys import KeyFormatError, PublicKey
+
+log = logging.getLogger("liberation.hub.registry")
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
 
@@ -51,7 +54,17 @@ class Registry:
         rows = self._store.cursor().execute(
             "SELECT key_id, name, public_key, enrolled, revoked FROM nodes ORDER BY enrolled, name"
         ).fetchall()
-        return [NodeRecord(k, n, PublicKey.from_raw(bytes(pk)), int(e), r) for k, n, pk, e, r in rows]
+        records = []
+        for k, n, pk, e, r in rows:
+            try:
+                public_key = PublicKey.from_raw(bytes(pk))
+            except KeyFormatError:
+                # Enrolled before small-order keys were refused: under such a key anyone can sign,
+                # so it is left out (its snapshots get 403 unknown-key) rather than stop the hub.
+                log.error("enrolled key refused: small-order or non-canonical", extra={"node": k, "node_name": n})
+                continue
+            records.append(NodeRecord(k, n, public_key, int(e), r))
+        return records
 
     def nodes(self) -> list[NodeRecord]:
         """Every enrolled node, revoked ones included."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 from collections.abc import AsyncIterator
@@ -19,8 +20,8 @@ from federation.settings import HubSettings
 from federation.translog import verify_chain
 from protocol.catalog import load_catalog
 from protocol.errors import PROBLEM_BASE
-from protocol.keys import SigningKey
-from protocol.wire import sign_snapshot, verify_envelope
+from protocol.keys import SigningKey, key_id_of
+from protocol.wire import encode_canonical, sign_snapshot, verify_envelope
 from tests.servers import RunningHub, run_hub
 from tests.snapshots import DAY, envelope, node_snapshot
 
@@ -230,5 +231,40 @@ def test_archive_is_one_file_per_window_per_commit_and_reconciled_after_a_crash(
         merged_total = hub.store.cursor().execute("SELECT sum(value) FROM merged").fetchall()[0][0]
         assert sum(r[3] for r in rows) == merged_total
         assert hub.archive.reconcile(hub.store, hub.catalogs) == 0  # nothing left to write
+    finally:
+        hub.store.close()
+
+
+IDENTITY_KEY = bytes([1]) + bytes(31)
+"""The identity point: under it the signature R = identity, S = 0 verifies for any message (OpenSSL)."""
+
+
+async def test_regression_small_order_keys_are_never_enrolled_nor_forge(hub: RunningHub, tmp_path: Path) -> None:
+    """Review L1: the identity key and the all-zero key were enrolled (201) and a forged snapshot got 202."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession() as s:
+        for name, raw in (("identity", IDENTITY_KEY), ("zero", bytes(32))):
+            body = {"name": name, "public_key": base64.b64encode(raw).decode()}
+            async with s.post(hub.url + "/v1/admin/nodes", json=body, headers=auth) as resp:
+                problem = await resp.json()
+                assert (resp.status, problem["type"]) == (400, PROBLEM_BASE + "invalid-key"), name
+    forged_body = node_snapshot(SigningKey.generate(), W).to_bytes()
+    forged = encode_canonical({"body": forged_body, "pk": IDENTITY_KEY, "sig": IDENTITY_KEY + bytes(32), "v": 1})
+    status, problem = await push(hub, forged)
+    assert (status, problem["type"]) == (400, PROBLEM_BASE + "invalid-signature")
+    assert hub.hub.registry.nodes() == [] and merged(hub) == {}
+
+
+def test_a_small_order_key_enrolled_before_the_fix_is_left_out_not_fatal(tmp_path: Path) -> None:
+    settings = HubSettings(data_dir=tmp_path / "hub", port=0)  # type: ignore[arg-type]
+    hub = open_hub(settings, now=lambda: NOW)
+    try:
+        with hub.store.transaction() as tx:
+            tx.execute("INSERT INTO nodes VALUES (?, ?, ?, ?, NULL)", [key_id_of(IDENTITY_KEY), "old", IDENTITY_KEY, 1])
+    finally:
+        hub.store.close()
+    hub = open_hub(settings, now=lambda: NOW)  # starts; the key is not usable
+    try:
+        assert hub.registry.nodes() == []
     finally:
         hub.store.close()
