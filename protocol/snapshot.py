@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from protocol.catalog import MAX_DOMAIN
 from protocol.events import SLUG_PATTERN
 from protocol.wire import MAX_ENVELOPE_SIZE, DecodeError, decode_canonical, encode_canonical
 
@@ -182,7 +183,7 @@ class Snapshot(BaseModel):
     @classmethod
     def from_bytes(cls, data: bytes, *, max_size: int = MAX_ENVELOPE_SIZE) -> Snapshot:
         """Decode a canonical body strictly; raises DecodeError (reason `shape` for a wrong field)."""
-        obj = decode_canonical(data, max_size)
+        obj = decode_canonical(data, max_size, **_BODY_BOUNDS)
         if type(obj) is not dict:
             raise DecodeError("shape", "a snapshot body is a map")
         try:
@@ -192,6 +193,15 @@ class Snapshot(BaseModel):
 
 
 _SNAPSHOT_FIELDS: Final = tuple(Snapshot.model_fields)
+_BODY_BOUNDS: Final = {
+    # Far above what a valid body holds (strings of at most 64 bytes, no byte string, at most
+    # 256 metrics, maps of 8 or 9 fields), so a near miss still gets the model's precise `shape`
+    # error; far below the body's size, so no claimed length is allocated before it is refused.
+    "max_str_len": 1024,
+    "max_bin_len": 1024,
+    "max_array_len": MAX_DOMAIN,  # a metric's cells: at most its domain
+    "max_map_len": 4 * MAX_METRICS,
+}
 _CELL_FIELDS: Final = tuple(MetricCells.model_fields)
 
 
