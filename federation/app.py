@@ -15,7 +15,7 @@ from aiohttp import web
 
 from federation.archive import Archive
 from federation.dashboard import add_dashboard_routes
-from federation.intake import Intake
+from federation.intake import Intake, size_limit
 from federation.metrics import HubMetrics
 from federation.openapi import openapi_document
 from federation.registry import Registry
@@ -41,6 +41,7 @@ from protocol.errors import (
     problem_middleware,
 )
 from protocol.keys import PublicKey, SigningKey, load_or_create
+from protocol.snapshot import max_envelope_size
 from protocol.windows import parse_window
 
 log = logging.getLogger("liberation.hub")
@@ -93,6 +94,13 @@ def open_hub(settings: HubSettings, *, now: Now = time.time) -> Hub:
     store = HubStore(paths["db"], memory_limit=settings.memory_limit)
     registry = Registry(store, now=now)
     catalogs = load_catalogs(settings)
+    max_bytes = size_limit(catalogs, settings.max_snapshot_bytes)
+    for catalog in catalogs.values():
+        if max_envelope_size(catalog) > max_bytes:
+            log.warning(
+                "max_snapshot_bytes is below what a catalog's snapshots can reach: raise it",
+                extra={"catalog": catalog.hash, "largest_envelope": max_envelope_size(catalog), "limit": max_bytes},
+            )
     archive = Archive(paths["archive"])
     archive.reconcile(store, catalogs)  # files a crash left unwritten after their commit
     metrics = HubMetrics()
@@ -107,7 +115,7 @@ def open_hub(settings: HubSettings, *, now: Now = time.time) -> Hub:
         catalogs=catalogs,
         archive=archive,
         metrics=metrics,
-        max_bytes=settings.max_snapshot_bytes,
+        max_bytes=max_bytes,
         horizon_seconds=settings.window_horizon_days * 86_400,
         skew_seconds=settings.clock_skew_seconds,
         now=now,
@@ -283,7 +291,10 @@ def create_app(settings: HubSettings, *, now: Now = time.time) -> web.Applicatio
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         hub = await asyncio.to_thread(open_hub, settings, now=now)
         app[HUB] = hub
-        log.info("hub ready", extra={"key_id": hub.key.public.key_id, "admin_api": settings.admin_token is not None})
+        log.info("hub ready", extra={
+            "key_id": hub.key.public.key_id, "admin_api": settings.admin_token is not None,
+            "max_snapshot_bytes": hub.intake.max_bytes,
+        })
         yield
         hub.store.close()
 

@@ -1,8 +1,8 @@
 """Snapshot intake: every check in order, each with its own problem type, status and counter.
 
     (1) size limit                          413 snapshot-too-large
-    (2) envelope shape (canonical msgpack)  400 malformed-envelope
-    (3) key enrolled and not revoked        403 unknown-key / revoked-key
+    (2) envelope layout                     400 malformed-envelope
+    (3) key usable, enrolled, not revoked   400 invalid-signature (unusable key), 403 unknown-key / revoked-key
     (4) signature over the bytes received   400 invalid-signature / key-mismatch
     (5) body decodes to a snapshot          400 malformed-snapshot
     (6) catalog known                       422 unknown-catalog
@@ -13,13 +13,18 @@
                                             different bytes -> 409 equivocation (incident recorded)
     (10) commit: envelope, merged cells, transparency log entry, in one transaction; then archive
 
-(1)-(8) need no database and run per request (`check`); (9) and (10) run as a
-group commit (`commit`, `submit`): concurrent requests queue up while a
-transaction is being written and the next transaction takes them together, so
-the fixed cost of DuckDB statements and commit (~15 ms) is paid once per batch,
-not once per snapshot. (9) sees the earlier envelopes of its own batch as well
-as the stored ones. A request is answered only after its batch committed
-(acked means durable) and after the batch before it was archived.
+(1)-(3) read headers and a dictionary only, so they run on the event loop for
+any envelope: an unauthenticated sender never gets further. (4)-(8) need no
+database and run per request (`check`): on the event loop for an envelope up to
+INLINE_BYTES, else in a worker thread, at most CHECK_SLOTS at a time; a large
+envelope that finds them all taken is answered 503 intake-busy with
+Retry-After (nodes retry a 5xx). (9) and (10) run as a group commit (`commit`,
+`submit`): concurrent requests queue up while a transaction is being written
+and the next transaction takes them together, so the fixed cost of DuckDB
+statements and commit (~15 ms) is paid once per batch, not once per snapshot.
+(9) sees the earlier envelopes of its own batch as well as the stored ones. A
+request is answered only after its batch committed (acked means durable) and
+after the batch before it was archived.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -41,11 +47,13 @@ from federation.registry import Registry
 from federation.store import HubStore
 from federation.translog import GENESIS, entry_hash
 from protocol.catalog import Catalog
-from protocol.errors import BadRequest, Conflict, PayloadTooLarge, Problem, Unprocessable
-from protocol.snapshot import Snapshot
-from protocol.wire import DecodeError, SignatureError, verify_envelope
+from protocol.errors import BadRequest, Conflict, PayloadTooLarge, Problem, ServiceUnavailable, Unprocessable
+from protocol.snapshot import Snapshot, max_envelope_size
+from protocol.wire import Envelope, EnvelopeError, SignatureError
 
 log = logging.getLogger("liberation.hub.intake")
+
+_T = TypeVar("_T")
 
 WINDOW_LENGTHS = (3_600, 86_400)
 MAX_MAGNITUDE = 2**53
@@ -54,9 +62,15 @@ MAX_NODES = 2**31 - 1
 """Largest node count of one snapshot: the store counts nodes in INTEGER columns."""
 MAX_BATCH = 256
 """Most envelopes committed in one transaction."""
-INLINE_BYTES = 64 * 1024
-"""Envelopes up to this size are checked on the event loop (about 0.5 ms for a typical 4 KB one); larger ones in
-a worker thread. Checking is pure Python, so a thread buys no parallelism, only a hand-off per request."""
+INLINE_BYTES = 8 * 1024
+"""Envelopes up to this size are verified and decoded on the event loop (about 1 ms for a typical 4 KB one);
+larger ones in a worker thread, so the loop never decodes more than this."""
+CHECK_SLOTS = 2
+"""Large envelopes verified and decoded at once, one worker thread each (a core each, at best: the decode holds
+the GIL). One more meanwhile is answered 503 rather than queued."""
+RETRY_AFTER_SECONDS = 1
+SIZE_MARGIN = 2
+"""The size limit is this many times the largest envelope a merged catalog can produce (`max_envelope_size`)."""
 LINGER_SECONDS = 0.015
 """Longest a commit waits to gather its batch: a transaction costs about as much for 1 envelope as for 16."""
 
@@ -117,7 +131,7 @@ class Intake:
         self._on_accept = on_accept
         self._queue: list[tuple[Checked, asyncio.Future[Outcome]]] = []
         self._committer: asyncio.Task[None] | None = None
-        self._checking = 0  # envelopes in checks (1)-(8), about to queue
+        self._checking = 0  # envelopes in checks (4)-(8) in a worker thread, about to queue
         self._arrived = asyncio.Event()  # set when an envelope queues or a check ends
         self._inflight = 0  # requests inside `submit`
         self._peak = (0, 0.0)  # most requests inside `submit` at once lately, and since when
@@ -145,12 +159,20 @@ class Intake:
         peak, since = self._peak
         now = loop.time()
         self._peak = (self._inflight, now) if now - since > 1.0 else (max(peak, self._inflight), since)
+        started = time.perf_counter()
+        envelope = self._counted(self._open, data)
         if len(data) <= INLINE_BYTES:
-            checked = self.check(data)
+            checked = self._counted(self._verify, envelope, started)
+        elif self._checking >= CHECK_SLOTS:
+            self.metrics.rejected.labels("intake-busy").inc()
+            raise ServiceUnavailable(
+                "the hub is verifying other large snapshots; retry shortly",
+                retry_after=RETRY_AFTER_SECONDS, slug="intake-busy",
+            )
         else:
             self._checking += 1
             try:
-                checked = await asyncio.to_thread(self.check, data)
+                checked = await asyncio.to_thread(self._counted, self._verify, envelope, started)
             finally:
                 self._checking -= 1
                 self._arrived.set()
@@ -225,26 +247,36 @@ class Intake:
     def check(self, data: bytes) -> Checked:
         """Checks (1)-(8) on one envelope; raise (and count) the first that fails."""
         started = time.perf_counter()
+        return self._counted(self._verify, self._counted(self._open, data), started)
+
+    def _counted(self, step: Callable[..., _T], *args: object) -> _T:
         try:
-            return self._check(data, started)
+            return step(*args)
         except Problem as problem:
             self.metrics.rejected.labels(problem.slug).inc()
             raise
 
-    def _check(self, data: bytes, started: float) -> Checked:
+    def _open(self, data: bytes) -> Envelope:
+        """(1)-(3): headers and a registry lookup only, whatever the size: safe on the event loop."""
         # (1) size limit, before anything is parsed
         if len(data) > self.max_bytes:
             raise PayloadTooLarge(f"a snapshot envelope is at most {self.max_bytes} bytes", slug="snapshot-too-large")
-        # (2)-(5): shape, key policy, signature over the bytes as received, body
         try:
-            verified = verify_envelope(data, max_size=self.max_bytes, check_key=self.registry.require_active)
-        except SignatureError as exc:
-            slug = "key-mismatch" if exc.reason == "key-mismatch" else "invalid-signature"
-            raise BadRequest(str(exc.detail), slug=slug) from None
-        except DecodeError as exc:
-            # A body refused after a good signature is a node bug, not a forgery.
-            slug = "malformed-snapshot" if exc.in_body else "malformed-envelope"
-            raise BadRequest(str(exc.detail), slug=slug, extra={"reason": exc.reason}) from None
+            # (2) the envelope's fixed layout; (3) a usable key ...
+            envelope = Envelope.from_bytes(data, max_size=self.max_bytes)
+        except EnvelopeError as exc:
+            raise _problem(exc) from None
+        # (3) ... enrolled and not revoked, before any signature work
+        self.registry.require_active(envelope.public_key)
+        return envelope
+
+    def _verify(self, envelope: Envelope, started: float) -> Checked:
+        """(4)-(8): signature, body decode, catalog, window, cells."""
+        # (4) signature over the bytes as received, (5) then the body decode, and the body's key id
+        try:
+            verified = envelope.verify(max_size=self.max_bytes)
+        except EnvelopeError as exc:
+            raise _problem(exc) from None
         snapshot = verified.snapshot
         # (6) catalog known
         catalog = self.catalogs.get(snapshot.catalog)
@@ -489,6 +521,19 @@ class _registered:
             if exc_type is None:
                 raise
             # The transaction is aborted by the error on its way out, which is the one to report.
+
+
+def size_limit(catalogs: Mapping[str, Catalog], ceiling: int) -> int:
+    """The largest envelope intake reads: SIZE_MARGIN times the largest its catalogs produce, at most `ceiling`."""
+    return min(ceiling, SIZE_MARGIN * max(max_envelope_size(c) for c in catalogs.values()))
+
+
+def _problem(exc: EnvelopeError) -> Problem:
+    """The problem for a refused envelope: a body refused after a good signature is a node bug, not a forgery."""
+    if isinstance(exc, SignatureError):
+        return BadRequest(exc.detail, slug="key-mismatch" if exc.reason == "key-mismatch" else "invalid-signature")
+    slug = "malformed-snapshot" if exc.in_body else "malformed-envelope"
+    return BadRequest(exc.detail, slug=slug, extra={"reason": exc.reason})
 
 
 def _check_cells(catalog: Catalog, snapshot: Snapshot) -> None:

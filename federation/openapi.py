@@ -47,7 +47,7 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {
                     "202": {"description": "verified, merged and logged", **{"content": JSON_OK["content"]}},
                     "200": {"description": "a replay of an accepted snapshot (idempotent)", "content": JSON_OK["content"]},
-                    **{str(c): PROBLEM for c in (400, 403, 409, 413, 415, 422)},
+                    **{str(c): PROBLEM for c in (400, 403, 409, 413, 415, 422, 503)},
                 },
             }},
             "/v1/merged/{window}": {"get": {

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
+import struct
+import threading
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,13 +18,15 @@ import aiohttp
 import duckdb
 import pytest
 
-from federation.app import open_hub
+import federation.intake as intake_module
+from federation.app import Hub, open_hub
 from federation.intake import IntakeResult
 from federation.settings import HubSettings
 from federation.translog import verify_chain
 from protocol.catalog import load_catalog
-from protocol.errors import PROBLEM_BASE
+from protocol.errors import PROBLEM_BASE, Problem
 from protocol.keys import SigningKey, key_id_of
+from protocol.snapshot import max_envelope_size
 from protocol.wire import encode_canonical, sign_snapshot, verify_envelope
 from tests.servers import RunningHub, run_hub
 from tests.snapshots import DAY, envelope, node_snapshot
@@ -146,7 +152,7 @@ async def test_every_check_has_its_status_and_counter(hub: RunningHub) -> None:
     metrics["session_tools"] = metrics["session_tools"].model_copy(update={"idx": (7,), "val": (50,)})
     wrong_cells = wrong_cells.model_copy(update={"metrics": metrics})
     cases = [
-        (b"\x00" * (8 * 1024 * 1024 + 1), 413, "snapshot-too-large"),
+        (b"\x00" * (hub.hub.intake.max_bytes + 1), 413, "snapshot-too-large"),
         (b"not msgpack at all", 400, "malformed-envelope"),
         (envelope(stranger, W), 403, "unknown-key"),
         (envelope(revoked, W), 403, "revoked-key"),
@@ -162,6 +168,9 @@ async def test_every_check_has_its_status_and_counter(hub: RunningHub) -> None:
         assert body["status"] == status
     got, body = await push(hub, good, content_type="application/json")
     assert got == 415
+    # Over the configured ceiling the body is not even read: the server's own 413.
+    got, body = await push(hub, b"\x00" * (hub.hub.settings.max_snapshot_bytes + 2))
+    assert (got, body["type"]) == (413, PROBLEM_BASE + "payload-too-large")
     assert merged(hub) == {}
     text = await metric_text(hub)
     for _, _, slug in cases:
@@ -268,3 +277,114 @@ def test_a_small_order_key_enrolled_before_the_fix_is_left_out_not_fatal(tmp_pat
         assert hub.registry.nodes() == []
     finally:
         hub.store.close()
+
+
+# ---- review H2: what an unauthenticated sender can cost, and a free event loop ----------------
+
+
+def _empty_maps(size: int) -> bytes:
+    """An array32 of empty maps: a Python dict each for a generic decoder, and no key at all."""
+    return b"\xdd" + struct.pack(">I", size - 5) + b"\x80" * (size - 5)
+
+
+def _stored(hub: Hub) -> dict[str, int]:
+    con = hub.store.cursor()
+    counts = {t: int(con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0])
+              for t in ("envelopes", "merged", "windows", "incidents", "translog")}
+    counts["archive files"] = len(list(hub.archive.root.rglob("*.parquet"))) if hub.archive.root.exists() else 0
+    return counts
+
+
+def test_the_size_limit_is_derived_from_the_catalogs(tmp_path: Path) -> None:
+    hub = open_hub(HubSettings(data_dir=tmp_path / "hub", port=0), now=lambda: NOW)  # type: ignore[arg-type]
+    try:
+        assert hub.intake.max_bytes == 2 * max_envelope_size(CATALOG) < 32 * 1024  # 29,398 bytes
+    finally:
+        hub.store.close()
+    ceiling = HubSettings(data_dir=tmp_path / "low", port=0, max_snapshot_bytes=20_000)  # type: ignore[arg-type]
+    hub = open_hub(ceiling, now=lambda: NOW)
+    try:
+        assert hub.intake.max_bytes == 20_000
+    finally:
+        hub.store.close()
+
+
+def test_regression_unauthenticated_bodies_are_refused_at_once_and_store_nothing(tmp_path: Path) -> None:
+    """Review H2: an 8 MiB body of empty maps cost the hub about 11 s of CPU and +660 MiB before its key was looked up."""
+    hub = open_hub(HubSettings(data_dir=tmp_path / "hub", port=0), now=lambda: NOW)  # type: ignore[arg-type]
+    try:
+        key = SigningKey.generate()
+        hub.registry.enroll("alpha", key.public)
+        hub.intake.max_bytes = 16 * 1024 * 1024  # as a hub of a catalog large enough to allow 8 MiB
+        stranger = SigningKey.generate()
+        big = 8 * 1024 * 1024
+        layout = encode_canonical({"body": _empty_maps(big - 200), "pk": stranger.public.raw, "sig": bytes(64), "v": 1})
+        forged = encode_canonical({"body": _empty_maps(big - 200), "pk": key.public.raw, "sig": bytes(64), "v": 1})
+        for data, slug in (
+            (_empty_maps(big), "malformed-envelope"),
+            (layout, "unknown-key"),  # a valid-looking layout under a key nobody enrolled
+            (forged, "invalid-signature"),  # an enrolled key, a signature that does not verify
+        ):
+            started = time.process_time()
+            with pytest.raises(Problem) as caught:
+                hub.intake.check(data)
+            cpu = time.process_time() - started
+            assert caught.value.slug == slug
+            assert cpu < (0.5 if slug == "invalid-signature" else 0.05), (slug, cpu)  # a signature hashes 8 MiB
+        assert _stored(hub) == dict.fromkeys(("envelopes", "merged", "windows", "incidents", "translog", "archive files"), 0)
+    finally:
+        hub.store.close()
+
+
+async def test_large_envelopes_are_checked_off_the_event_loop_and_503_when_busy(
+    hub: RunningHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checks of large envelopes run in at most CHECK_SLOTS threads; one more gets 503 with Retry-After.
+
+    What a stranger sends never takes a slot: its layout and key are refused on the loop.
+    """
+    monkeypatch.setattr(intake_module, "INLINE_BYTES", 1024)  # every real envelope counts as large here
+    keys = [SigningKey.generate() for _ in range(3)]
+    for i, key in enumerate(keys):
+        await enroll(hub, f"node-{i}", key)
+    gate = threading.Event()
+    verify = hub.hub.intake._verify
+
+    def held(envelope: Any, started: float) -> Any:
+        assert threading.current_thread() is not threading.main_thread()
+        gate.wait(10)
+        return verify(envelope, started)
+
+    monkeypatch.setattr(hub.hub.intake, "_verify", held)
+    first = [asyncio.create_task(push(hub, envelope(key, W))) for key in keys[:2]]
+    try:
+        for _ in range(200):
+            if hub.hub.intake._checking == intake_module.CHECK_SLOTS:
+                break
+            await asyncio.sleep(0.01)
+        assert hub.hub.intake._checking == intake_module.CHECK_SLOTS
+        async with aiohttp.ClientSession() as s, s.post(
+            hub.url + "/v1/snapshots", data=envelope(keys[2], W), headers={"Content-Type": "application/msgpack"}
+        ) as resp:
+            assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+            assert resp.content_type == "application/problem+json"
+            assert (await resp.json())["type"] == PROBLEM_BASE + "intake-busy"
+        # Strangers and junk are answered on the loop meanwhile, without a slot.
+        assert (await push(hub, envelope(SigningKey.generate(), W)))[1]["type"] == PROBLEM_BASE + "unknown-key"
+        assert (await push(hub, _empty_maps(20_000)))[1]["type"] == PROBLEM_BASE + "malformed-envelope"
+        async with aiohttp.ClientSession() as s, s.get(hub.url + "/healthz") as resp:
+            assert resp.status == 200
+    finally:
+        gate.set()
+    assert [status for status, _ in await asyncio.gather(*first)] == [202, 202]
+    assert (await push(hub, envelope(keys[2], W)))[0] == 202  # the retry
+    assert 'liberation_hub_snapshots_rejected_total{reason="intake-busy"} 1.0' in await metric_text(hub)
+
+
+async def test_the_largest_legal_snapshot_fits_the_derived_limit(hub: RunningHub) -> None:
+    """Every cell of the default catalog published, with values far beyond any threshold: accepted."""
+    key = SigningKey.generate()
+    await enroll(hub, "busy", key)
+    data = envelope(key, W, counts=lambda metric, i: 2**40)
+    assert intake_module.INLINE_BYTES < len(data) < hub.hub.intake.max_bytes
+    assert (await push(hub, data))[0] == 202

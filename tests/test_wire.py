@@ -14,10 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from protocol.catalog import Catalog, load_catalog, parse_catalog
 from protocol.errors import LiberationError
 from protocol.events import SLUG_PATTERN
 from protocol.keys import PublicKey, SigningKey
-from protocol.snapshot import FORMAT, INT64_MAX, INT64_MIN, MetricCells, Snapshot
+from protocol.snapshot import FORMAT, INT64_MAX, INT64_MIN, MetricCells, Snapshot, max_envelope_size
 from protocol.wire import (
     MAX_ENVELOPE_SIZE,
     SIGNING_PREFIX,
@@ -847,3 +848,29 @@ def test_the_layout_reader_accepts_exactly_what_the_generic_decoder_accepts(data
         assert expected is None, "the layout reader refused an envelope the generic decoder accepts"
         return
     assert expected == (envelope.body, envelope.public_key.raw, envelope.signature)
+
+
+def _largest(catalog: Catalog) -> Snapshot:
+    """The longest valid snapshot of `catalog`: every cell and `other` published, each integer at its widest."""
+    start = (INT64_MAX - 32 * 86_400) // 3600 * 3600
+    return Snapshot(
+        format=FORMAT, node=NODE, catalog=catalog.hash, window_start=start, window_end=start + 31 * 86_400,
+        seq=INT64_MAX, created=INT64_MAX, nodes=INT64_MAX,
+        metrics={
+            m.name: MetricCells(
+                epsilon=math.pi, scale=math.e, variance=1e300, threshold=INT64_MAX,
+                idx=list(range(catalog.domain_size(m))), val=[INT64_MIN] * catalog.domain_size(m),
+                other_idx=list(range(catalog.prefix_size(m))), other_val=[INT64_MIN] * catalog.prefix_size(m),
+            )
+            for m in catalog.metrics
+        },
+    )
+
+
+def test_max_envelope_size_bounds_every_snapshot_of_a_catalog() -> None:
+    default = load_catalog()
+    data = load_catalog().model_dump(mode="json")
+    long_names = dict(data, metrics=[dict(m, name=f"{m['name']}-".ljust(64, "x")) for m in data["metrics"]])
+    for catalog in (default, parse_catalog(long_names)):
+        envelope = sign_snapshot(_largest(catalog), KEY)
+        assert len(envelope) <= max_envelope_size(catalog) < len(envelope) * 1.05  # a bound, and a tight one
