@@ -18,7 +18,7 @@ from federation.dashboard import add_dashboard_routes
 from federation.intake import Intake, size_limit
 from federation.metrics import HubMetrics
 from federation.openapi import openapi_document
-from federation.registry import Registry
+from federation.registry import KINDS, Registry
 from federation.settings import HubSettings
 from federation.store import HubStore
 from federation.upstream import UpstreamExporter
@@ -172,13 +172,17 @@ async def _admin_enroll(request: web.Request) -> web.Response:
         raise BadRequest("body must be JSON: {\"name\": ..., \"public_key\": ...}", slug="malformed-body") from None
     if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not isinstance(data.get("public_key"), str):
         raise BadRequest("`name` and `public_key` (base64 or PEM) are required", slug="invalid-enrollment")
+    kind = data.get("kind", "node")
+    if kind not in KINDS:
+        raise BadRequest("`kind` is \"node\" (the default) or \"hub\" (a child hub)", slug="invalid-enrollment")
     try:
         public_key = PublicKey.parse(data["public_key"])
     except ValueError:
         raise BadRequest("`public_key` is not an Ed25519 public key (base64 or PEM)", slug="invalid-key") from None
-    record = await asyncio.to_thread(hub.registry.enroll, data["name"], public_key)
-    log.info("enrolled", extra={"node": record.key_id, "node_name": record.name})
-    return web.json_response(record.to_dict(), status=201)
+    known = any(r.key_id == public_key.key_id for r in hub.registry.nodes())
+    record = await asyncio.to_thread(hub.registry.enroll, data["name"], public_key, kind)
+    log.info("kind changed" if known else "enrolled", extra={"node": record.key_id, "node_name": record.name, "kind": record.kind})
+    return web.json_response(record.to_dict(), status=200 if known else 201)
 
 
 async def _admin_revoke(request: web.Request) -> web.Response:

@@ -7,22 +7,26 @@
     (5) body decodes to a snapshot          400 malformed-snapshot
     (6) catalog known                       422 unknown-catalog
     (7) window sane                         422 window-out-of-range
-    (8) cells inside the catalog's domains  422 cells-out-of-domain
-        (and values, variances, node counts the merged sums can hold)
-    (9) same node and window seen before:   identical bytes -> 200 (idempotent, counted once)
+    (8) what the snapshot declares is the   422 invalid-node-count: a node's counts 1 node, a child hub's
+        catalog's                               at most MAX_CHILD_NODES
+                                            422 privacy-parameters-mismatch: epsilon, scale, variance,
+                                                threshold of every metric (`_check_declared`)
+    (9) cells inside the catalog's domains  422 cells-out-of-domain
+        (and values, variances the merged sums can hold)
+    (10) same node and window seen before:  identical bytes -> 200 (idempotent, counted once)
                                             different bytes -> 409 equivocation (incident recorded)
-    (10) commit: envelope, merged cells, transparency log entry, in one transaction; then archive
+    (11) commit: envelope, merged cells, transparency log entry, in one transaction; then archive
 
 (1)-(3) read headers and a dictionary only, so they run on the event loop for
-any envelope: an unauthenticated sender never gets further. (4)-(8) need no
+any envelope: an unauthenticated sender never gets further. (4)-(9) need no
 database and run per request (`check`): on the event loop for an envelope up to
 INLINE_BYTES, else in a worker thread, at most CHECK_SLOTS at a time; a large
 envelope that finds them all taken is answered 503 intake-busy with
-Retry-After (nodes retry a 5xx). (9) and (10) run as a group commit (`commit`,
+Retry-After (nodes retry a 5xx). (10) and (11) run as a group commit (`commit`,
 `submit`): concurrent requests queue up while a transaction is being written
 and the next transaction takes them together, so the fixed cost of DuckDB
 statements and commit (~15 ms) is paid once per batch, not once per snapshot.
-(9) sees the earlier envelopes of its own batch as well as the stored ones. A
+(10) sees the earlier envelopes of its own batch as well as the stored ones. A
 request is answered only after its batch committed (acked means durable) and
 after the batch before it was archived.
 """
@@ -32,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,7 +48,7 @@ import pyarrow as pa
 from federation.archive import Accepted, Archive
 from federation.merge import snapshot_rows
 from federation.metrics import HubMetrics
-from federation.registry import Registry
+from federation.registry import Kind, Registry
 from federation.store import HubStore
 from federation.translog import GENESIS, entry_hash
 from protocol.catalog import Catalog
@@ -58,8 +63,11 @@ _T = TypeVar("_T")
 WINDOW_LENGTHS = (3_600, 86_400)
 MAX_MAGNITUDE = 2**53
 """Largest |value| and variance merged: exact as a float64 and in JSON, and far from overflowing an int64 sum."""
-MAX_NODES = 2**31 - 1
-"""Largest node count of one snapshot: the store counts nodes in INTEGER columns."""
+MAX_CHILD_NODES = 2**20
+"""Largest node count of a child hub's snapshot; a node's is 1. The store counts nodes in INTEGER columns
+(2**31 - 1): over 2,000 child hubs at this bound before a window's sum could overflow."""
+VARIANCE_TOLERANCE = 1e-12
+"""Relative: the variance formula runs exp(), which may differ by an ulp between platforms' maths libraries."""
 MAX_BATCH = 256
 """Most envelopes committed in one transaction."""
 INLINE_BYTES = 8 * 1024
@@ -88,7 +96,7 @@ class IntakeResult:
 
 @dataclass(frozen=True)
 class Checked:
-    """An envelope that passed checks (1)-(8), waiting for (9) and (10)."""
+    """An envelope that passed checks (1)-(9), waiting for (10) and (11)."""
 
     envelope: bytes
     digest: str
@@ -131,7 +139,7 @@ class Intake:
         self._on_accept = on_accept
         self._queue: list[tuple[Checked, asyncio.Future[Outcome]]] = []
         self._committer: asyncio.Task[None] | None = None
-        self._checking = 0  # envelopes in checks (4)-(8) in a worker thread, about to queue
+        self._checking = 0  # envelopes in checks (4)-(9) in a worker thread, about to queue
         self._arrived = asyncio.Event()  # set when an envelope queues or a check ends
         self._inflight = 0  # requests inside `submit`
         self._peak = (0, 0.0)  # most requests inside `submit` at once lately, and since when
@@ -160,9 +168,9 @@ class Intake:
         now = loop.time()
         self._peak = (self._inflight, now) if now - since > 1.0 else (max(peak, self._inflight), since)
         started = time.perf_counter()
-        envelope = self._counted(self._open, data)
+        envelope, kind = self._counted(self._open, data)
         if len(data) <= INLINE_BYTES:
-            checked = self._counted(self._verify, envelope, started)
+            checked = self._counted(self._verify, envelope, kind, started)
         elif self._checking >= CHECK_SLOTS:
             self.metrics.rejected.labels("intake-busy").inc()
             raise ServiceUnavailable(
@@ -172,7 +180,7 @@ class Intake:
         else:
             self._checking += 1
             try:
-                checked = await asyncio.to_thread(self._counted, self._verify, envelope, started)
+                checked = await asyncio.to_thread(self._counted, self._verify, envelope, kind, started)
             finally:
                 self._checking -= 1
                 self._arrived.set()
@@ -242,12 +250,12 @@ class Intake:
             except TimeoutError:
                 return
 
-    # ---- (1)-(8) ------------------------------------------------------------------------
+    # ---- (1)-(9) ------------------------------------------------------------------------
 
     def check(self, data: bytes) -> Checked:
-        """Checks (1)-(8) on one envelope; raise (and count) the first that fails."""
+        """Checks (1)-(9) on one envelope; raise (and count) the first that fails."""
         started = time.perf_counter()
-        return self._counted(self._verify, self._counted(self._open, data), started)
+        return self._counted(self._verify, *self._counted(self._open, data), started)
 
     def _counted(self, step: Callable[..., _T], *args: object) -> _T:
         try:
@@ -256,7 +264,7 @@ class Intake:
             self.metrics.rejected.labels(problem.slug).inc()
             raise
 
-    def _open(self, data: bytes) -> Envelope:
+    def _open(self, data: bytes) -> tuple[Envelope, Kind]:
         """(1)-(3): headers and a registry lookup only, whatever the size: safe on the event loop."""
         # (1) size limit, before anything is parsed
         if len(data) > self.max_bytes:
@@ -267,11 +275,10 @@ class Intake:
         except EnvelopeError as exc:
             raise _problem(exc) from None
         # (3) ... enrolled and not revoked, before any signature work
-        self.registry.require_active(envelope.public_key)
-        return envelope
+        return envelope, self.registry.require_active(envelope.public_key).kind
 
-    def _verify(self, envelope: Envelope, started: float) -> Checked:
-        """(4)-(8): signature, body decode, catalog, window, cells."""
+    def _verify(self, envelope: Envelope, kind: Kind, started: float) -> Checked:
+        """(4)-(9): signature, body decode, catalog, window, declared parameters, cells."""
         # (4) signature over the bytes as received, (5) then the body decode, and the body's key id
         try:
             verified = envelope.verify(max_size=self.max_bytes)
@@ -284,7 +291,9 @@ class Intake:
             raise Unprocessable("this hub does not merge that catalog", slug="unknown-catalog")
         # (7) window sane
         self._check_window(snapshot)
-        # (8) cells inside the catalog's public domains
+        # (8) node count and privacy parameters are what the catalog fixes for this kind of key
+        _check_declared(catalog, snapshot, kind)
+        # (9) cells inside the catalog's public domains
         _check_cells(catalog, snapshot)
         return Checked(verified.envelope, verified.digest, snapshot, snapshot_rows(snapshot, catalog), started)
 
@@ -298,10 +307,10 @@ class Intake:
         if snapshot.window_start < now - self.horizon:
             raise Unprocessable("the window is older than this hub's horizon", slug="window-out-of-range")
 
-    # ---- (9) + (10) ---------------------------------------------------------------------
+    # ---- (10) + (11) --------------------------------------------------------------------
 
     def commit(self, batch: Sequence[Checked]) -> list[Outcome]:
-        """(9) and (10) for checked envelopes, in order, in one transaction; then archive and count.
+        """(10) and (11) for checked envelopes, in order, in one transaction; then archive and count.
 
         Returns one outcome per envelope: its IntakeResult, or the Problem
         (equivocation, or a merged sum that would overflow) to answer with.
@@ -353,13 +362,13 @@ class Intake:
         received = int(self.now())
         head = self._log_head
         with self.store.transaction() as tx:
-            # (9) within the batch: the first envelope of a (node, window) is the one offered to the store
+            # (10) within the batch: the first envelope of a (node, window) is the one offered to the store
             first: dict[tuple[str, int], int] = {}
             for i, checked in enumerate(batch):
                 first.setdefault((checked.snapshot.node, checked.snapshot.window_start), i)
             offered = sorted(first.values())
             inserted = self._insert_envelopes(tx, [batch[i] for i in offered], received)
-            # (9) against the store: what did not insert was there before
+            # (10) against the store: what did not insert was there before
             kept: dict[tuple[str, int], tuple[bytes, str]] = {}
             for i in offered:
                 key = (batch[i].snapshot.node, batch[i].snapshot.window_start)
@@ -536,13 +545,54 @@ def _problem(exc: EnvelopeError) -> Problem:
     return BadRequest(exc.detail, slug=slug, extra={"reason": exc.reason})
 
 
+def _check_declared(catalog: Catalog, snapshot: Snapshot, kind: Kind) -> None:
+    """(8) The node count and every metric's noise parameters are the catalog's, so none is self-declared.
+
+    A node's snapshot counts one node and carries exactly what its catalog
+    derives (node/export.py builds it so): the epsilon the public log records,
+    the scale and variance the views' uncertainty rests on, the threshold. A
+    child hub's (federation/upstream.py) merges nodes: the catalog's epsilon
+    and scale, `k_min` as threshold, and a variance at least one node's.
+    """
+    if kind == "node" and snapshot.nodes != 1:
+        raise Unprocessable(
+            "a node's snapshot counts one node (nodes = 1); merged snapshots come from keys enrolled as hubs",
+            slug="invalid-node-count",
+        )
+    if snapshot.nodes > MAX_CHILD_NODES:
+        raise Unprocessable(f"a hub's snapshot merges at most {MAX_CHILD_NODES} node snapshots", slug="invalid-node-count")
+    for metric in catalog.metrics:
+        cells = snapshot.metrics.get(metric.name)
+        if cells is None:
+            continue  # (9) refuses a missing metric
+        epsilon, scale, variance = catalog.epsilon(metric), catalog.scale(metric), catalog.variance(metric)
+        if kind == "node":
+            threshold = catalog.threshold(metric)
+            variance_ok = math.isclose(cells.variance, variance, rel_tol=VARIANCE_TOLERANCE)
+        else:
+            threshold = catalog.k_min
+            published = cells.val or cells.other_val
+            variance_ok = not published or cells.variance >= variance * (1 - VARIANCE_TOLERANCE)
+        wrong = (
+            ("epsilon", f"{epsilon!r}") if cells.epsilon != epsilon
+            else ("scale", f"{scale!r}") if cells.scale != scale
+            else ("threshold", f"{threshold}") if cells.threshold != threshold
+            else ("variance", f"{'' if kind == 'node' else 'at least '}{variance!r}") if not variance_ok
+            else None
+        )
+        if wrong is not None:
+            field, expected = wrong
+            raise Unprocessable(
+                f"metric {metric.name}: a {kind}'s snapshot declares the catalog's {field}, {expected}",
+                slug="privacy-parameters-mismatch", extra={"metric": metric.name, "field": field},
+            )
+
+
 def _check_cells(catalog: Catalog, snapshot: Snapshot) -> None:
-    """(8) Every metric of the catalog present, every index inside its domain, every number mergeable."""
+    """(9) Every metric of the catalog present, every index inside its domain, every number mergeable."""
     expected = {m.name for m in catalog.metrics}
     if set(snapshot.metrics) != expected:
         raise Unprocessable("the snapshot's metrics are not the catalog's", slug="cells-out-of-domain")
-    if snapshot.nodes > MAX_NODES:
-        raise Unprocessable(f"a snapshot merges at most {MAX_NODES} node snapshots", slug="cells-out-of-domain")
     for metric in catalog.metrics:
         cells = snapshot.metrics[metric.name]
         if cells.idx and cells.idx[-1] >= catalog.domain_size(metric):

@@ -220,10 +220,11 @@ def _hub_enroll(args: argparse.Namespace) -> int:
     public_key = PublicKey.parse(text.strip())
     hub = _open_hub(args)
     try:
-        record = hub.registry.enroll(args.name, public_key)
+        known = any(r.key_id == public_key.key_id for r in hub.registry.nodes())
+        record = hub.registry.enroll(args.name, public_key, "hub" if args.hub else "node")
     finally:
         hub.store.close()
-    print(f"enrolled {record.name}: key id {record.key_id}")
+    print(f"{'changed' if known else 'enrolled'} {record.name} ({record.kind}): key id {record.key_id}")
     return 0
 
 
@@ -247,7 +248,7 @@ def _hub_nodes(args: argparse.Namespace) -> int:
         print("no node enrolled")
     for r in records:
         state = "active" if r.active else "revoked"
-        print(f"{r.key_id}  {state:8s} {r.name}")
+        print(f"{r.key_id}  {state:8s} {r.kind:5s} {r.name}")
     return 0
 
 
@@ -387,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     _hub_options(henroll)
     henroll.add_argument("--name", required=True)
     henroll.add_argument("--key", required=True, metavar="BASE64|FILE", help="base64 or PEM, or a file holding either")
+    henroll.add_argument("--hub", action="store_true", help="the key is a child hub's: its snapshots merge many nodes")
     henroll.set_defaults(func=_hub_enroll)
     hrevoke = hub.add_parser("revoke", help="revoke a node, by key id or name")
     _hub_options(hrevoke)

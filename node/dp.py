@@ -9,7 +9,6 @@ into `other` act on noisy values only: post-processing, no extra privacy cost.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -38,12 +37,6 @@ def opendp_laplace(counts: Sequence[int], scale: float) -> list[int]:
 def privacy_loss(scale: float, sensitivity: int) -> float:
     """The epsilon OpenDP itself certifies for a release of this scale and L1 sensitivity."""
     return float(_measurement(float(scale)).map(sensitivity))
-
-
-def laplace_variance(scale: float) -> float:
-    """Variance of discrete Laplace noise of scale b: 2a / (1 - a)^2 with a = exp(-1/b)."""
-    a = math.exp(-1.0 / scale)
-    return 2 * a / (1 - a) ** 2
 
 
 @dataclass(frozen=True)

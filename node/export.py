@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from node.aggregate import true_tables
-from node.dp import NoiseSampler, laplace_variance, opendp_laplace, privacy_loss, threshold_and_fold
+from node.dp import NoiseSampler, opendp_laplace, privacy_loss, threshold_and_fold
 from node.salts import SaltKeeper
 from node.store import Store
 from protocol.catalog import Catalog
@@ -62,7 +62,7 @@ def build_snapshot(
         metrics[metric.name] = MetricCells(
             epsilon=catalog.epsilon(metric),
             scale=scale,
-            variance=laplace_variance(scale),
+            variance=catalog.variance(metric),
             threshold=catalog.threshold(metric),
             idx=kept.idx,
             val=kept.val,

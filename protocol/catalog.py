@@ -333,6 +333,10 @@ class Catalog(_Frozen):
         """Discrete Laplace scale b = sensitivity / epsilon for the metric's cells."""
         return metric.sensitivity / self.epsilon(metric)
 
+    def variance(self, metric: MetricSpec) -> float:
+        """Noise variance of one published cell of the metric: `laplace_variance(scale(metric))`."""
+        return laplace_variance(self.scale(metric))
+
     def threshold(self, metric: MetricSpec) -> int:
         """Publication threshold: declared, else max(k_min, ceil(b ln(D/2))).
 
@@ -349,6 +353,15 @@ class Catalog(_Frozen):
     def total_sensitivity(self) -> int:
         """L1 sensitivity of a whole snapshot: sum over metrics of k_j * c_j."""
         return sum(m.sensitivity for m in self.metrics)
+
+
+def laplace_variance(scale: float) -> float:
+    """Variance of discrete Laplace noise of scale b: 2a / (1 - a)^2 with a = exp(-1/b).
+
+    What a node declares for each cell, and what a hub checks it against.
+    """
+    a = math.exp(-1.0 / scale)
+    return 2 * a / (1 - a) ** 2
 
 
 def parse_catalog(data: Mapping[str, Any]) -> Catalog:

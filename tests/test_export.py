@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from node.dp import laplace_variance, opendp_laplace, threshold_and_fold
+from node.dp import opendp_laplace, threshold_and_fold
 from node.export import BudgetExceeded, Publisher, WindowNotClosed, build_snapshot
 from node.salts import SaltKeeper
 from node.store import Store, session_log_table, session_table, session_tables
-from protocol.catalog import load_catalog
+from protocol.catalog import laplace_variance, load_catalog
 from protocol.keys import SigningKey
 from protocol.wire import verify_envelope
 from tests.factories import NOW, WINDOW, ev, filtered, store_with

@@ -19,14 +19,14 @@ import duckdb
 import pytest
 
 import federation.intake as intake_module
-from federation.app import Hub, open_hub
+from federation.app import Hub, data_paths, open_hub
 from federation.intake import IntakeResult
 from federation.settings import HubSettings
 from federation.translog import verify_chain
 from protocol.catalog import load_catalog
 from protocol.errors import PROBLEM_BASE, Problem
 from protocol.keys import SigningKey, key_id_of
-from protocol.snapshot import max_envelope_size
+from protocol.snapshot import Snapshot, max_envelope_size
 from protocol.wire import encode_canonical, sign_snapshot, verify_envelope
 from tests.servers import RunningHub, run_hub
 from tests.snapshots import DAY, envelope, node_snapshot
@@ -44,9 +44,9 @@ async def hub(tmp_path: Path) -> AsyncIterator[RunningHub]:
         yield running
 
 
-async def enroll(hub: RunningHub, name: str, key: SigningKey) -> None:
+async def enroll(hub: RunningHub, name: str, key: SigningKey, kind: str = "node") -> None:
     async with aiohttp.ClientSession() as s, s.post(
-        hub.url + "/v1/admin/nodes", json={"name": name, "public_key": key.public.b64},
+        hub.url + "/v1/admin/nodes", json={"name": name, "public_key": key.public.b64, "kind": kind},
         headers={"Authorization": f"Bearer {TOKEN}"},
     ) as resp:
         assert resp.status == 201, await resp.text()
@@ -269,7 +269,10 @@ def test_a_small_order_key_enrolled_before_the_fix_is_left_out_not_fatal(tmp_pat
     hub = open_hub(settings, now=lambda: NOW)
     try:
         with hub.store.transaction() as tx:
-            tx.execute("INSERT INTO nodes VALUES (?, ?, ?, ?, NULL)", [key_id_of(IDENTITY_KEY), "old", IDENTITY_KEY, 1])
+            tx.execute(
+                "INSERT INTO nodes (key_id, name, public_key, enrolled) VALUES (?, ?, ?, ?)",
+                [key_id_of(IDENTITY_KEY), "old", IDENTITY_KEY, 1],
+            )
     finally:
         hub.store.close()
     hub = open_hub(settings, now=lambda: NOW)  # starts; the key is not usable
@@ -350,10 +353,10 @@ async def test_large_envelopes_are_checked_off_the_event_loop_and_503_when_busy(
     gate = threading.Event()
     verify = hub.hub.intake._verify
 
-    def held(envelope: Any, started: float) -> Any:
+    def held(envelope: Any, kind: Any, started: float) -> Any:
         assert threading.current_thread() is not threading.main_thread()
         gate.wait(10)
-        return verify(envelope, started)
+        return verify(envelope, kind, started)
 
     monkeypatch.setattr(hub.hub.intake, "_verify", held)
     first = [asyncio.create_task(push(hub, envelope(key, W))) for key in keys[:2]]
@@ -388,3 +391,175 @@ async def test_the_largest_legal_snapshot_fits_the_derived_limit(hub: RunningHub
     data = envelope(key, W, counts=lambda metric, i: 2**40)
     assert intake_module.INLINE_BYTES < len(data) < hub.hub.intake.max_bytes
     assert (await push(hub, data))[0] == 202
+
+
+# ---- review M4 and L4: what a snapshot declares about itself --------------------------------
+
+
+def _with_metric(snapshot: Snapshot, name: str, **changes: Any) -> Snapshot:
+    metrics = dict(snapshot.metrics)
+    metrics[name] = metrics[name].model_copy(update=changes)
+    return snapshot.model_copy(update={"metrics": metrics})
+
+
+def _as_child_hub(snapshot: Snapshot, nodes: int) -> Snapshot:
+    """What federation/upstream.py exports: merged cells, k_min as threshold, the catalog's epsilon and scale."""
+    metrics = {name: cells.model_copy(update={"threshold": CATALOG.k_min}) for name, cells in snapshot.metrics.items()}
+    return snapshot.model_copy(update={"nodes": nodes, "metrics": metrics})
+
+
+async def test_regression_one_node_cannot_block_a_window_for_the_others(hub: RunningHub) -> None:
+    """Review M4: alpha claimed nodes = 2**31 - 1 for a window (202), then every other node's snapshot of it got 422."""
+    alpha, bravo, delta = SigningKey.generate(), SigningKey.generate(), SigningKey.generate()
+    for name, key in (("alpha", alpha), ("bravo", bravo), ("delta", delta)):
+        await enroll(hub, name, key)
+    for nodes in (2**31 - 1, 2):
+        status, problem = await push(hub, sign_snapshot(node_snapshot(alpha, W).model_copy(update={"nodes": nodes}), alpha))
+        assert (status, problem["type"]) == (422, PROBLEM_BASE + "invalid-node-count"), nodes
+    for key in (bravo, delta, alpha):
+        assert (await push(hub, envelope(key, W)))[0] == 202
+    rows = hub.hub.store.cursor().execute("SELECT nodes FROM windows WHERE window_start = ?", [W]).fetchall()
+    assert rows == [(3,)]
+    # A key enrolled as a child hub may send merged snapshots, within a bound.
+    child = SigningKey.generate()
+    await enroll(hub, "child", child, kind="hub")
+    merged_snapshot = _as_child_hub(node_snapshot(child, W - DAY), nodes=40)
+    assert (await push(hub, sign_snapshot(merged_snapshot, child)))[0] == 202
+    too_many = _as_child_hub(node_snapshot(child, W - 2 * DAY), nodes=intake_module.MAX_CHILD_NODES + 1)
+    status, problem = await push(hub, sign_snapshot(too_many, child))
+    assert (status, problem["type"]) == (422, PROBLEM_BASE + "invalid-node-count")
+
+
+PARAMETER_CASES = [
+    # Review L4 (probe_odd_floats.py): each of these was accepted with 202.
+    pytest.param({"variance": -0.0}, id="variance-minus-zero"),
+    pytest.param({"variance": 0.0}, id="variance-zero"),
+    pytest.param({"epsilon": 5e-324}, id="epsilon-denormal"),
+    pytest.param({"epsilon": 1e308}, id="epsilon-huge"),
+    pytest.param({"scale": 5e-324}, id="scale-denormal"),
+    pytest.param({"threshold": 2**63 - 1}, id="threshold-max"),
+    # And near misses.
+    pytest.param({"variance": "x1.000001"}, id="variance-off-by-1e-6"),
+    pytest.param({"epsilon": "x0.5"}, id="epsilon-half"),
+    pytest.param({"scale": "x2"}, id="scale-double"),
+    pytest.param({"threshold": "+1"}, id="threshold-plus-one"),
+]
+
+
+def _apply(cells: Any, changes: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for field, change in changes.items():
+        current = getattr(cells, field)
+        if isinstance(change, str) and change.startswith("x"):
+            out[field] = current * float(change[1:])
+        elif isinstance(change, str):
+            out[field] = current + int(change)
+        else:
+            out[field] = change
+    return out
+
+
+@pytest.mark.parametrize("changes", PARAMETER_CASES)
+@pytest.mark.parametrize("kind", ["node", "hub"])
+def test_regression_declared_privacy_parameters_are_the_catalogs(tmp_path: Path, kind: str, changes: dict[str, Any]) -> None:
+    """Review L4: the hub took a node's word for its noise (variance 0 made its values look exact; epsilon 5e-324
+    is what the public log recorded). Every metric's epsilon, scale, variance and threshold must be the catalog's."""
+    hub = open_hub(HubSettings(data_dir=tmp_path / "hub", port=0), now=lambda: NOW)  # type: ignore[arg-type]
+    try:
+        key = SigningKey.generate()
+        hub.registry.enroll("alpha", key.public, kind)  # type: ignore[arg-type]
+        honest = node_snapshot(key, W) if kind == "node" else _as_child_hub(node_snapshot(key, W), nodes=3)
+        for metric in ("usage_events", "industry_runway"):
+            cells = honest.metrics[metric]
+            if kind == "hub" and "variance" in changes and changes["variance"] == "x1.000001":
+                continue  # a child hub's variance is a lower bound: more is allowed
+            with pytest.raises(Problem) as caught:
+                hub.intake.check(sign_snapshot(_with_metric(honest, metric, **_apply(cells, changes)), key))
+            assert (caught.value.status, caught.value.slug) == (422, "privacy-parameters-mismatch")
+            assert caught.value.extra == {"metric": metric, "field": next(iter(changes))}
+        assert _stored(hub)["translog"] == 0
+        assert isinstance(hub.intake.accept(sign_snapshot(honest, key)), IntakeResult)  # the honest one still goes in
+    finally:
+        hub.store.close()
+
+
+def test_a_child_hubs_variance_is_at_least_a_nodes(tmp_path: Path) -> None:
+    hub = open_hub(HubSettings(data_dir=tmp_path / "hub", port=0), now=lambda: NOW)  # type: ignore[arg-type]
+    try:
+        key = SigningKey.generate()
+        hub.registry.enroll("child", key.public, "hub")
+        merged_snapshot = _as_child_hub(node_snapshot(key, W), nodes=3)
+        metric = CATALOG.metric("usage_events")
+        more = _with_metric(merged_snapshot, metric.name, variance=3 * CATALOG.variance(metric))
+        hub.intake.check(sign_snapshot(more, key))
+        less = _with_metric(merged_snapshot, metric.name, variance=0.99 * CATALOG.variance(metric))
+        with pytest.raises(Problem, match="at least"):
+            hub.intake.check(sign_snapshot(less, key))
+        empty = _with_metric(merged_snapshot, metric.name, idx=(), val=(), other_idx=(), other_val=(), variance=0.0)
+        hub.intake.check(sign_snapshot(empty, key))  # no value published: nothing for a variance to describe
+    finally:
+        hub.store.close()
+
+
+async def test_enrollment_records_the_kind_of_key(hub: RunningHub, tmp_path: Path) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession() as s:
+        for kind, status in (("hub", 201), ("node", 201), ("parent", 400), (1, 400)):
+            key = SigningKey.generate()
+            body = {"name": f"k-{kind}", "public_key": key.public.b64, "kind": kind}
+            async with s.post(hub.url + "/v1/admin/nodes", json=body, headers=auth) as resp:
+                answer = await resp.json()
+                assert resp.status == status, kind
+                if status == 201:
+                    assert answer["kind"] == kind
+                else:
+                    assert answer["type"] == PROBLEM_BASE + "invalid-enrollment"
+        async with s.post(hub.url + "/v1/admin/nodes", json={"name": "plain", "public_key": SigningKey.generate().public.b64},
+                          headers=auth) as resp:
+            assert (await resp.json())["kind"] == "node"  # the default
+    kinds = {r.name: r.kind for r in hub.hub.registry.nodes()}
+    assert kinds == {"k-hub": "hub", "k-node": "node", "plain": "node"}
+
+
+def test_keys_enrolled_before_kinds_existed_are_nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Schema v2 adds the kind: a v1 hub's keys become nodes' (a child hub among them is enrolled again as a hub)."""
+    import federation.store as store_module
+
+    key, child = SigningKey.generate(), SigningKey.generate()
+    settings = HubSettings(data_dir=tmp_path / "hub", port=0)  # type: ignore[arg-type]
+    with monkeypatch.context() as patch:
+        patch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:1])
+        store = store_module.HubStore(data_paths(settings)["db"])
+        with store.transaction() as tx:
+            tx.execute("INSERT INTO nodes VALUES (?, ?, ?, ?, NULL)", [key.public.key_id, "old", key.public.raw, 1])
+        assert store.schema_version == 1
+        store.close()
+    hub = open_hub(settings, now=lambda: NOW)
+    try:
+        assert hub.store.schema_version == 2
+        hub.registry.enroll("child", child.public, "hub")
+        assert {r.name: r.kind for r in hub.registry.nodes()} == {"old": "node", "child": "hub"}
+    finally:
+        hub.store.close()
+    hub = open_hub(settings, now=lambda: NOW)
+    try:
+        assert {r.name: r.kind for r in hub.registry.nodes()} == {"old": "node", "child": "hub"}
+    finally:
+        hub.store.close()
+
+
+async def test_a_child_hub_enrolled_as_a_node_changes_kind_by_enrolling_again(hub: RunningHub) -> None:
+    child = SigningKey.generate()
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    exported = sign_snapshot(_as_child_hub(node_snapshot(child, W), nodes=4), child)
+    await enroll(hub, "region", child)  # as a node, as before kinds existed
+    assert (await push(hub, exported))[1]["type"] == PROBLEM_BASE + "invalid-node-count"
+    async with aiohttp.ClientSession() as s:
+        body = {"name": "region", "public_key": child.public.b64, "kind": "hub"}
+        async with s.post(hub.url + "/v1/admin/nodes", json=body, headers=auth) as resp:
+            assert resp.status == 200 and (await resp.json())["kind"] == "hub"
+        async with s.post(hub.url + "/v1/admin/nodes", json=body, headers=auth) as resp:
+            assert resp.status == 409  # the same kind again: already enrolled
+        async with s.post(hub.url + "/v1/admin/nodes", json=dict(body, name="other", kind="node"), headers=auth) as resp:
+            assert resp.status == 409  # another name: the key is enrolled once
+    assert (await push(hub, exported))[0] == 202
