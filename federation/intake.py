@@ -13,7 +13,9 @@
                                                 threshold of every metric (`_check_declared`)
     (9) cells inside the catalog's domains  422 cells-out-of-domain
         (and values, variances the merged sums can hold)
-    (10) same node and window seen before:  identical bytes -> 200 (idempotent, counted once)
+    (10) a window of another length from    422 overlapping-window (one window length per node)
+         the same node overlaps this one
+         same node and window seen before:  identical bytes -> 200 (idempotent, counted once)
                                             different bytes -> 409 equivocation (incident recorded)
     (11) commit: envelope, merged cells, transparency log entry, in one transaction; then archive
 
@@ -362,10 +364,18 @@ class Intake:
         received = int(self.now())
         head = self._log_head
         with self.store.transaction() as tx:
+            # (10) one window length per node: nothing overlapping a window of another length it sent
+            for i in sorted(overlapping := self._overlapping(tx, batch)):
+                outcomes[i] = Unprocessable(
+                    "this node sent a window of another length that overlaps this one: a node publishes one "
+                    "window length, or its data would count twice", slug="overlapping-window",
+                    extra={"window_start": batch[i].snapshot.window_start},
+                )
+            live = [i for i in range(len(batch)) if i not in overlapping]
             # (10) within the batch: the first envelope of a (node, window) is the one offered to the store
             first: dict[tuple[str, int], int] = {}
-            for i, checked in enumerate(batch):
-                first.setdefault((checked.snapshot.node, checked.snapshot.window_start), i)
+            for i in live:
+                first.setdefault((batch[i].snapshot.node, batch[i].snapshot.window_start), i)
             offered = sorted(first.values())
             inserted = self._insert_envelopes(tx, [batch[i] for i in offered], received)
             # (10) against the store: what did not insert was there before
@@ -381,7 +391,8 @@ class Intake:
                     kept[key] = (bytes(row[0][0]), str(row[0][1]))
             fresh: list[int] = []
             incidents: list[list[object]] = []
-            for i, checked in enumerate(batch):
+            for i in live:
+                checked = batch[i]
                 snapshot = checked.snapshot
                 key = (snapshot.node, snapshot.window_start)
                 kept_envelope, kept_digest = kept[key]
@@ -408,6 +419,45 @@ class Intake:
         self._log_head = head  # committed: this is now the log's head
         assert all(outcome is not None for outcome in outcomes)
         return outcomes  # type: ignore[return-value]
+
+    def _overlapping(self, tx: duckdb.DuckDBPyConnection, batch: Sequence[Checked]) -> set[int]:
+        """Positions in `batch` of windows that overlap a window of another length from the same node,
+        stored or earlier in the batch (a day and an hour of it: the node's data would count twice)."""
+        snapshots = [c.snapshot for c in batch]
+        rows = pa.table(
+            {
+                "pos": pa.array(range(len(batch)), pa.int64()),
+                "key_id": [s.node for s in snapshots],
+                "window_start": pa.array([s.window_start for s in snapshots], pa.int64()),
+                "window_end": pa.array([s.window_end for s in snapshots], pa.int64()),
+            }
+        )
+        # A stored window overlapping [start, end) starts after start minus the longest window length:
+        # the literal bounds let DuckDB skip row groups by their min/max.
+        low = min(s.window_start for s in snapshots) - max(WINDOW_LENGTHS)
+        high = max(s.window_end for s in snapshots)
+        with _registered(tx, "incoming_windows", rows):
+            hits = tx.execute(
+                """
+                SELECT DISTINCT i.pos FROM incoming_windows i JOIN envelopes e ON e.key_id = i.key_id
+                WHERE e.window_start > ? AND e.window_start < ?
+                  AND e.window_start < i.window_end AND e.window_end > i.window_start
+                  AND e.window_end - e.window_start <> i.window_end - i.window_start
+                """,
+                [low, high],
+            ).fetchall()
+        refused = {int(pos) for (pos,) in hits}
+        spans: dict[str, list[tuple[int, int]]] = {}
+        for i, s in enumerate(snapshots):
+            if i in refused:
+                continue
+            length = s.window_end - s.window_start
+            mine = spans.setdefault(s.node, [])
+            if any(a < s.window_end and s.window_start < b and b - a != length for a, b in mine):
+                refused.add(i)
+            else:
+                mine.append((s.window_start, s.window_end))
+        return refused
 
     def _insert_envelopes(
         self, tx: duckdb.DuckDBPyConnection, offered: Sequence[Checked], received: int

@@ -563,3 +563,55 @@ async def test_a_child_hub_enrolled_as_a_node_changes_kind_by_enrolling_again(hu
         async with s.post(hub.url + "/v1/admin/nodes", json=dict(body, name="other", kind="node"), headers=auth) as resp:
             assert resp.status == 409  # another name: the key is enrolled once
     assert (await push(hub, exported))[0] == 202
+
+
+# ---- review L4: one window length per node ---------------------------------------------------
+
+HOUR = 3600
+
+
+def _window(key: SigningKey, start: int, length: int, seed: int = 1) -> bytes:
+    snapshot = node_snapshot(key, W, seed=seed).model_copy(update={"window_start": start, "window_end": start + length})
+    return sign_snapshot(snapshot, key)
+
+
+async def test_regression_a_node_cannot_send_a_day_and_hours_of_it(hub: RunningHub) -> None:
+    """Review L4 (probe_window_overlap.py): node a posted day D and D's 05:00 hour; both merged, a's data counted twice."""
+    a, c = SigningKey.generate(), SigningKey.generate()
+    await enroll(hub, "a", a)
+    await enroll(hub, "c", c)
+    assert (await push(hub, _window(a, W, DAY)))[0] == 202
+    def tables() -> dict[str, int]:  # the archive trails the answers by a batch: the tables tell
+        return {name: n for name, n in _stored(hub.hub).items() if name != "archive files"}
+
+    before = (merged(hub), tables())
+    for start in (W + 5 * HOUR, W):  # an hour inside the day, and the hour that starts with it
+        status, problem = await push(hub, _window(a, start, HOUR))
+        assert (status, problem["type"]) == (422, PROBLEM_BASE + "overlapping-window"), start
+        assert problem["window_start"] == start
+    assert (merged(hub), tables()) == before  # a refused snapshot stores nothing
+    # Hours first, then the day: refused the other way round too; hours of other days are fine.
+    assert (await push(hub, _window(c, W - DAY + 3 * HOUR, HOUR)))[0] == 202
+    assert (await push(hub, _window(c, W - DAY + 4 * HOUR, HOUR)))[0] == 202
+    assert (await push(hub, _window(c, W - DAY, DAY)))[1]["type"] == PROBLEM_BASE + "overlapping-window"
+    assert (await push(hub, _window(c, W - 2 * DAY + 23 * HOUR, HOUR)))[0] == 202  # ends where the day starts
+    assert (await push(hub, _window(a, W + DAY, DAY)))[0] == 202  # a's next day
+    assert 'liberation_hub_snapshots_rejected_total{reason="overlapping-window"} 3.0' in await metric_text(hub)
+
+
+def test_overlapping_windows_within_one_commit(tmp_path: Path) -> None:
+    hub = open_hub(HubSettings(data_dir=tmp_path / "hub", port=0), now=lambda: NOW)  # type: ignore[arg-type]
+    try:
+        a, b = SigningKey.generate(), SigningKey.generate()
+        hub.registry.enroll("a", a.public)
+        hub.registry.enroll("b", b.public)
+        batch = [hub.intake.check(data) for data in (
+            _window(a, W, DAY), _window(a, W + 5 * HOUR, HOUR), _window(b, W + 5 * HOUR, HOUR), _window(a, W, DAY),
+        )]
+        outcomes = hub.intake.commit(batch)
+        assert [o.status if isinstance(o, IntakeResult) else o.slug for o in outcomes] == [
+            "accepted", "overlapping-window", "accepted", "duplicate",
+        ]
+        assert _stored(hub)["translog"] == 2
+    finally:
+        hub.store.close()
