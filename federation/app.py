@@ -15,10 +15,10 @@ from aiohttp import web
 
 from federation.archive import Archive
 from federation.dashboard import add_dashboard_routes
-from federation.intake import Intake
+from federation.intake import Intake, size_limit
 from federation.metrics import HubMetrics
 from federation.openapi import openapi_document
-from federation.registry import Registry
+from federation.registry import KINDS, Registry
 from federation.settings import HubSettings
 from federation.store import HubStore
 from federation.upstream import UpstreamExporter
@@ -42,6 +42,7 @@ from protocol.errors import (
 )
 from protocol.keys import PublicKey, SigningKey, load_or_create
 from protocol.storage import make_private_dir
+from protocol.snapshot import max_envelope_size
 from protocol.windows import parse_window
 from runtime.metrics_listener import add_metrics_listener
 
@@ -95,6 +96,13 @@ def open_hub(settings: HubSettings, *, now: Now = time.time) -> Hub:
     store = HubStore(paths["db"], memory_limit=settings.memory_limit)
     registry = Registry(store, now=now)
     catalogs = load_catalogs(settings)
+    max_bytes = size_limit(catalogs, settings.max_snapshot_bytes)
+    for catalog in catalogs.values():
+        if max_envelope_size(catalog) > max_bytes:
+            log.warning(
+                "max_snapshot_bytes is below what a catalog's snapshots can reach: raise it",
+                extra={"catalog": catalog.hash, "largest_envelope": max_envelope_size(catalog), "limit": max_bytes},
+            )
     archive = Archive(paths["archive"])
     archive.reconcile(store, catalogs)  # files a crash left unwritten after their commit
     metrics = HubMetrics()
@@ -109,7 +117,7 @@ def open_hub(settings: HubSettings, *, now: Now = time.time) -> Hub:
         catalogs=catalogs,
         archive=archive,
         metrics=metrics,
-        max_bytes=settings.max_snapshot_bytes,
+        max_bytes=max_bytes,
         horizon_seconds=settings.window_horizon_days * 86_400,
         skew_seconds=settings.clock_skew_seconds,
         now=now,
@@ -168,13 +176,17 @@ async def _admin_enroll(request: web.Request) -> web.Response:
         raise BadRequest("body must be JSON: {\"name\": ..., \"public_key\": ...}", slug="malformed-body") from None
     if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not isinstance(data.get("public_key"), str):
         raise BadRequest("`name` and `public_key` (base64 or PEM) are required", slug="invalid-enrollment")
+    kind = data.get("kind", "node")
+    if kind not in KINDS:
+        raise BadRequest("`kind` is \"node\" (the default) or \"hub\" (a child hub)", slug="invalid-enrollment")
     try:
         public_key = PublicKey.parse(data["public_key"])
     except ValueError:
         raise BadRequest("`public_key` is not an Ed25519 public key (base64 or PEM)", slug="invalid-key") from None
-    record = await asyncio.to_thread(hub.registry.enroll, data["name"], public_key)
-    log.info("enrolled", extra={"node": record.key_id, "node_name": record.name})
-    return web.json_response(record.to_dict(), status=201)
+    known = any(r.key_id == public_key.key_id for r in hub.registry.nodes())
+    record = await asyncio.to_thread(hub.registry.enroll, data["name"], public_key, kind)
+    log.info("kind changed" if known else "enrolled", extra={"node": record.key_id, "node_name": record.name, "kind": record.kind})
+    return web.json_response(record.to_dict(), status=200 if known else 201)
 
 
 async def _admin_revoke(request: web.Request) -> web.Response:
@@ -283,7 +295,10 @@ def create_app(settings: HubSettings, *, now: Now = time.time) -> web.Applicatio
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         hub = await asyncio.to_thread(open_hub, settings, now=now)
         app[HUB] = hub
-        log.info("hub ready", extra={"key_id": hub.key.public.key_id, "admin_api": settings.admin_token is not None})
+        log.info("hub ready", extra={
+            "key_id": hub.key.public.key_id, "admin_api": settings.admin_token is not None,
+            "max_snapshot_bytes": hub.intake.max_bytes,
+        })
         yield
         hub.store.close()
 

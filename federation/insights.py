@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from federation.columns import INT64_SAFE, Array, Cells, Layout
-
-from federation.merge import DAY, CellSum, Kind, ReadTable, fold_sums, sd, total_sums
+from federation.merge import CellSum, Kind, ReadTable, fold_sums, sd, total_sums
 from protocol.catalog import ATTRIBUTE_DIMENSION_PREFIX, STAGES, Catalog, MetricSpec
+from protocol.windows import DAY
 
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 STARTED, COMPLETED = STAGES.index("started"), STAGES.index("completed")

@@ -1,25 +1,36 @@
 """Snapshot intake: every check in order, each with its own problem type, status and counter.
 
     (1) size limit                          413 snapshot-too-large
-    (2) envelope shape (canonical msgpack)  400 malformed-envelope
-    (3) key enrolled and not revoked        403 unknown-key / revoked-key
+    (2) envelope layout                     400 malformed-envelope
+    (3) key usable, enrolled, not revoked   400 invalid-signature (unusable key), 403 unknown-key / revoked-key
     (4) signature over the bytes received   400 invalid-signature / key-mismatch
     (5) body decodes to a snapshot          400 malformed-snapshot
     (6) catalog known                       422 unknown-catalog
     (7) window sane                         422 window-out-of-range
-    (8) cells inside the catalog's domains  422 cells-out-of-domain
-        (and values, variances, node counts the merged sums can hold)
-    (9) same node and window seen before:   identical bytes -> 200 (idempotent, counted once)
+    (8) what the snapshot declares is the   422 invalid-node-count: a node's counts 1 node, a child hub's
+        catalog's                               at most MAX_CHILD_NODES
+                                            422 privacy-parameters-mismatch: epsilon, scale, variance,
+                                                threshold of every metric (`_check_declared`)
+    (9) cells inside the catalog's domains  422 cells-out-of-domain
+        (and values, variances the merged sums can hold)
+    (10) a window of another length from    422 overlapping-window (one window length per node)
+         the same node overlaps this one
+         same node and window seen before:  identical bytes -> 200 (idempotent, counted once)
                                             different bytes -> 409 equivocation (incident recorded)
-    (10) commit: envelope, merged cells, transparency log entry, in one transaction; then archive
+    (11) commit: envelope, merged cells, transparency log entry, in one transaction; then archive
 
-(1)-(8) need no database and run per request (`check`); (9) and (10) run as a
-group commit (`commit`, `submit`): concurrent requests queue up while a
-transaction is being written and the next transaction takes them together, so
-the fixed cost of DuckDB statements and commit (~15 ms) is paid once per batch,
-not once per snapshot. (9) sees the earlier envelopes of its own batch as well
-as the stored ones. A request is answered only after its batch committed
-(acked means durable) and after the batch before it was archived.
+(1)-(3) read headers and a dictionary only, so they run on the event loop for
+any envelope: an unauthenticated sender never gets further. (4)-(9) need no
+database and run per request (`check`): on the event loop for an envelope up to
+INLINE_BYTES, else in a worker thread, at most CHECK_SLOTS at a time; a large
+envelope that finds them all taken is answered 503 intake-busy with
+Retry-After (nodes retry a 5xx). (10) and (11) run as a group commit (`commit`,
+`submit`): concurrent requests queue up while a transaction is being written
+and the next transaction takes them together, so the fixed cost of DuckDB
+statements and commit (~15 ms) is paid once per batch, not once per snapshot.
+(10) sees the earlier envelopes of its own batch as well as the stored ones. A
+request is answered only after its batch committed (acked means durable) and
+after the batch before it was archived.
 """
 
 from __future__ import annotations
@@ -27,9 +38,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -37,26 +50,37 @@ import pyarrow as pa
 from federation.archive import Accepted, Archive
 from federation.merge import snapshot_rows
 from federation.metrics import HubMetrics
-from federation.registry import Registry
+from federation.registry import Kind, Registry
 from federation.store import HubStore
 from federation.translog import GENESIS, entry_hash
 from protocol.catalog import Catalog
-from protocol.errors import BadRequest, Conflict, PayloadTooLarge, Problem, Unprocessable
-from protocol.snapshot import Snapshot
-from protocol.wire import DecodeError, SignatureError, verify_envelope
+from protocol.errors import BadRequest, Conflict, PayloadTooLarge, Problem, ServiceUnavailable, Unprocessable
+from protocol.snapshot import Snapshot, max_envelope_size
+from protocol.wire import Envelope, EnvelopeError, SignatureError
 
 log = logging.getLogger("liberation.hub.intake")
+
+_T = TypeVar("_T")
 
 WINDOW_LENGTHS = (3_600, 86_400)
 MAX_MAGNITUDE = 2**53
 """Largest |value| and variance merged: exact as a float64 and in JSON, and far from overflowing an int64 sum."""
-MAX_NODES = 2**31 - 1
-"""Largest node count of one snapshot: the store counts nodes in INTEGER columns."""
+MAX_CHILD_NODES = 2**20
+"""Largest node count of a child hub's snapshot; a node's is 1. The store counts nodes in INTEGER columns
+(2**31 - 1): over 2,000 child hubs at this bound before a window's sum could overflow."""
+VARIANCE_TOLERANCE = 1e-12
+"""Relative: the variance formula runs exp(), which may differ by an ulp between platforms' maths libraries."""
 MAX_BATCH = 256
 """Most envelopes committed in one transaction."""
-INLINE_BYTES = 64 * 1024
-"""Envelopes up to this size are checked on the event loop (about 0.5 ms for a typical 4 KB one); larger ones in
-a worker thread. Checking is pure Python, so a thread buys no parallelism, only a hand-off per request."""
+INLINE_BYTES = 8 * 1024
+"""Envelopes up to this size are verified and decoded on the event loop (about 1 ms for a typical 4 KB one);
+larger ones in a worker thread, so the loop never decodes more than this."""
+CHECK_SLOTS = 2
+"""Large envelopes verified and decoded at once, one worker thread each (a core each, at best: the decode holds
+the GIL). One more meanwhile is answered 503 rather than queued."""
+RETRY_AFTER_SECONDS = 1
+SIZE_MARGIN = 2
+"""The size limit is this many times the largest envelope a merged catalog can produce (`max_envelope_size`)."""
 LINGER_SECONDS = 0.015
 """Longest a commit waits to gather its batch: a transaction costs about as much for 1 envelope as for 16."""
 
@@ -74,7 +98,7 @@ class IntakeResult:
 
 @dataclass(frozen=True)
 class Checked:
-    """An envelope that passed checks (1)-(8), waiting for (9) and (10)."""
+    """An envelope that passed checks (1)-(9), waiting for (10) and (11)."""
 
     envelope: bytes
     digest: str
@@ -117,7 +141,7 @@ class Intake:
         self._on_accept = on_accept
         self._queue: list[tuple[Checked, asyncio.Future[Outcome]]] = []
         self._committer: asyncio.Task[None] | None = None
-        self._checking = 0  # envelopes in checks (1)-(8), about to queue
+        self._checking = 0  # envelopes in checks (4)-(9) in a worker thread, about to queue
         self._arrived = asyncio.Event()  # set when an envelope queues or a check ends
         self._inflight = 0  # requests inside `submit`
         self._peak = (0, 0.0)  # most requests inside `submit` at once lately, and since when
@@ -145,12 +169,20 @@ class Intake:
         peak, since = self._peak
         now = loop.time()
         self._peak = (self._inflight, now) if now - since > 1.0 else (max(peak, self._inflight), since)
+        started = time.perf_counter()
+        envelope, kind = self._counted(self._open, data)
         if len(data) <= INLINE_BYTES:
-            checked = self.check(data)
+            checked = self._counted(self._verify, envelope, kind, started)
+        elif self._checking >= CHECK_SLOTS:
+            self.metrics.rejected.labels("intake-busy").inc()
+            raise ServiceUnavailable(
+                "the hub is verifying other large snapshots; retry shortly",
+                retry_after=RETRY_AFTER_SECONDS, slug="intake-busy",
+            )
         else:
             self._checking += 1
             try:
-                checked = await asyncio.to_thread(self.check, data)
+                checked = await asyncio.to_thread(self._counted, self._verify, envelope, kind, started)
             finally:
                 self._checking -= 1
                 self._arrived.set()
@@ -220,31 +252,40 @@ class Intake:
             except TimeoutError:
                 return
 
-    # ---- (1)-(8) ------------------------------------------------------------------------
+    # ---- (1)-(9) ------------------------------------------------------------------------
 
     def check(self, data: bytes) -> Checked:
-        """Checks (1)-(8) on one envelope; raise (and count) the first that fails."""
+        """Checks (1)-(9) on one envelope; raise (and count) the first that fails."""
         started = time.perf_counter()
+        return self._counted(self._verify, *self._counted(self._open, data), started)
+
+    def _counted(self, step: Callable[..., _T], *args: object) -> _T:
         try:
-            return self._check(data, started)
+            return step(*args)
         except Problem as problem:
             self.metrics.rejected.labels(problem.slug).inc()
             raise
 
-    def _check(self, data: bytes, started: float) -> Checked:
+    def _open(self, data: bytes) -> tuple[Envelope, Kind]:
+        """(1)-(3): headers and a registry lookup only, whatever the size: safe on the event loop."""
         # (1) size limit, before anything is parsed
         if len(data) > self.max_bytes:
             raise PayloadTooLarge(f"a snapshot envelope is at most {self.max_bytes} bytes", slug="snapshot-too-large")
-        # (2)-(5): shape, key policy, signature over the bytes as received, body
         try:
-            verified = verify_envelope(data, max_size=self.max_bytes, check_key=self.registry.require_active)
-        except SignatureError as exc:
-            slug = "key-mismatch" if exc.reason == "key-mismatch" else "invalid-signature"
-            raise BadRequest(str(exc.detail), slug=slug) from None
-        except DecodeError as exc:
-            # A body refused after a good signature is a node bug, not a forgery.
-            slug = "malformed-snapshot" if exc.in_body else "malformed-envelope"
-            raise BadRequest(str(exc.detail), slug=slug, extra={"reason": exc.reason}) from None
+            # (2) the envelope's fixed layout; (3) a usable key ...
+            envelope = Envelope.from_bytes(data, max_size=self.max_bytes)
+        except EnvelopeError as exc:
+            raise _problem(exc) from None
+        # (3) ... enrolled and not revoked, before any signature work
+        return envelope, self.registry.require_active(envelope.public_key).kind
+
+    def _verify(self, envelope: Envelope, kind: Kind, started: float) -> Checked:
+        """(4)-(9): signature, body decode, catalog, window, declared parameters, cells."""
+        # (4) signature over the bytes as received, (5) then the body decode, and the body's key id
+        try:
+            verified = envelope.verify(max_size=self.max_bytes)
+        except EnvelopeError as exc:
+            raise _problem(exc) from None
         snapshot = verified.snapshot
         # (6) catalog known
         catalog = self.catalogs.get(snapshot.catalog)
@@ -252,7 +293,9 @@ class Intake:
             raise Unprocessable("this hub does not merge that catalog", slug="unknown-catalog")
         # (7) window sane
         self._check_window(snapshot)
-        # (8) cells inside the catalog's public domains
+        # (8) node count and privacy parameters are what the catalog fixes for this kind of key
+        _check_declared(catalog, snapshot, kind)
+        # (9) cells inside the catalog's public domains
         _check_cells(catalog, snapshot)
         return Checked(verified.envelope, verified.digest, snapshot, snapshot_rows(snapshot, catalog), started)
 
@@ -266,10 +309,10 @@ class Intake:
         if snapshot.window_start < now - self.horizon:
             raise Unprocessable("the window is older than this hub's horizon", slug="window-out-of-range")
 
-    # ---- (9) + (10) ---------------------------------------------------------------------
+    # ---- (10) + (11) --------------------------------------------------------------------
 
     def commit(self, batch: Sequence[Checked]) -> list[Outcome]:
-        """(9) and (10) for checked envelopes, in order, in one transaction; then archive and count.
+        """(10) and (11) for checked envelopes, in order, in one transaction; then archive and count.
 
         Returns one outcome per envelope: its IntakeResult, or the Problem
         (equivocation, or a merged sum that would overflow) to answer with.
@@ -321,13 +364,21 @@ class Intake:
         received = int(self.now())
         head = self._log_head
         with self.store.transaction() as tx:
-            # (9) within the batch: the first envelope of a (node, window) is the one offered to the store
+            # (10) one window length per node: nothing overlapping a window of another length it sent
+            for i in sorted(overlapping := self._overlapping(tx, batch)):
+                outcomes[i] = Unprocessable(
+                    "this node sent a window of another length that overlaps this one: a node publishes one "
+                    "window length, or its data would count twice", slug="overlapping-window",
+                    extra={"window_start": batch[i].snapshot.window_start},
+                )
+            live = [i for i in range(len(batch)) if i not in overlapping]
+            # (10) within the batch: the first envelope of a (node, window) is the one offered to the store
             first: dict[tuple[str, int], int] = {}
-            for i, checked in enumerate(batch):
-                first.setdefault((checked.snapshot.node, checked.snapshot.window_start), i)
+            for i in live:
+                first.setdefault((batch[i].snapshot.node, batch[i].snapshot.window_start), i)
             offered = sorted(first.values())
             inserted = self._insert_envelopes(tx, [batch[i] for i in offered], received)
-            # (9) against the store: what did not insert was there before
+            # (10) against the store: what did not insert was there before
             kept: dict[tuple[str, int], tuple[bytes, str]] = {}
             for i in offered:
                 key = (batch[i].snapshot.node, batch[i].snapshot.window_start)
@@ -340,7 +391,8 @@ class Intake:
                     kept[key] = (bytes(row[0][0]), str(row[0][1]))
             fresh: list[int] = []
             incidents: list[list[object]] = []
-            for i, checked in enumerate(batch):
+            for i in live:
+                checked = batch[i]
                 snapshot = checked.snapshot
                 key = (snapshot.node, snapshot.window_start)
                 kept_envelope, kept_digest = kept[key]
@@ -367,6 +419,45 @@ class Intake:
         self._log_head = head  # committed: this is now the log's head
         assert all(outcome is not None for outcome in outcomes)
         return outcomes  # type: ignore[return-value]
+
+    def _overlapping(self, tx: duckdb.DuckDBPyConnection, batch: Sequence[Checked]) -> set[int]:
+        """Positions in `batch` of windows that overlap a window of another length from the same node,
+        stored or earlier in the batch (a day and an hour of it: the node's data would count twice)."""
+        snapshots = [c.snapshot for c in batch]
+        rows = pa.table(
+            {
+                "pos": pa.array(range(len(batch)), pa.int64()),
+                "key_id": [s.node for s in snapshots],
+                "window_start": pa.array([s.window_start for s in snapshots], pa.int64()),
+                "window_end": pa.array([s.window_end for s in snapshots], pa.int64()),
+            }
+        )
+        # A stored window overlapping [start, end) starts after start minus the longest window length:
+        # the literal bounds let DuckDB skip row groups by their min/max.
+        low = min(s.window_start for s in snapshots) - max(WINDOW_LENGTHS)
+        high = max(s.window_end for s in snapshots)
+        with _registered(tx, "incoming_windows", rows):
+            hits = tx.execute(
+                """
+                SELECT DISTINCT i.pos FROM incoming_windows i JOIN envelopes e ON e.key_id = i.key_id
+                WHERE e.window_start > ? AND e.window_start < ?
+                  AND e.window_start < i.window_end AND e.window_end > i.window_start
+                  AND e.window_end - e.window_start <> i.window_end - i.window_start
+                """,
+                [low, high],
+            ).fetchall()
+        refused = {int(pos) for (pos,) in hits}
+        spans: dict[str, list[tuple[int, int]]] = {}
+        for i, s in enumerate(snapshots):
+            if i in refused:
+                continue
+            length = s.window_end - s.window_start
+            mine = spans.setdefault(s.node, [])
+            if any(a < s.window_end and s.window_start < b and b - a != length for a, b in mine):
+                refused.add(i)
+            else:
+                mine.append((s.window_start, s.window_end))
+        return refused
 
     def _insert_envelopes(
         self, tx: duckdb.DuckDBPyConnection, offered: Sequence[Checked], received: int
@@ -491,13 +582,66 @@ class _registered:
             # The transaction is aborted by the error on its way out, which is the one to report.
 
 
+def size_limit(catalogs: Mapping[str, Catalog], ceiling: int) -> int:
+    """The largest envelope intake reads: SIZE_MARGIN times the largest its catalogs produce, at most `ceiling`."""
+    return min(ceiling, SIZE_MARGIN * max(max_envelope_size(c) for c in catalogs.values()))
+
+
+def _problem(exc: EnvelopeError) -> Problem:
+    """The problem for a refused envelope: a body refused after a good signature is a node bug, not a forgery."""
+    if isinstance(exc, SignatureError):
+        return BadRequest(exc.detail, slug="key-mismatch" if exc.reason == "key-mismatch" else "invalid-signature")
+    slug = "malformed-snapshot" if exc.in_body else "malformed-envelope"
+    return BadRequest(exc.detail, slug=slug, extra={"reason": exc.reason})
+
+
+def _check_declared(catalog: Catalog, snapshot: Snapshot, kind: Kind) -> None:
+    """(8) The node count and every metric's noise parameters are the catalog's, so none is self-declared.
+
+    A node's snapshot counts one node and carries exactly what its catalog
+    derives (node/export.py builds it so): the epsilon the public log records,
+    the scale and variance the views' uncertainty rests on, the threshold (0:
+    nothing suppressed). A child hub's (federation/upstream.py) merges nodes:
+    the catalog's epsilon, scale and threshold, and a variance at least one node's.
+    """
+    if kind == "node" and snapshot.nodes != 1:
+        raise Unprocessable(
+            "a node's snapshot counts one node (nodes = 1); merged snapshots come from keys enrolled as hubs",
+            slug="invalid-node-count",
+        )
+    if snapshot.nodes > MAX_CHILD_NODES:
+        raise Unprocessable(f"a hub's snapshot merges at most {MAX_CHILD_NODES} node snapshots", slug="invalid-node-count")
+    for metric in catalog.metrics:
+        cells = snapshot.metrics.get(metric.name)
+        if cells is None:
+            continue  # (9) refuses a missing metric
+        epsilon, scale, variance = catalog.epsilon(metric), catalog.scale(metric), catalog.variance(metric)
+        threshold = catalog.threshold(metric)  # 0: nodes and child hubs publish every cell
+        if kind == "node":
+            variance_ok = math.isclose(cells.variance, variance, rel_tol=VARIANCE_TOLERANCE)
+        else:
+            published = cells.val or cells.other_val
+            variance_ok = not published or cells.variance >= variance * (1 - VARIANCE_TOLERANCE)
+        wrong = (
+            ("epsilon", f"{epsilon!r}") if cells.epsilon != epsilon
+            else ("scale", f"{scale!r}") if cells.scale != scale
+            else ("threshold", f"{threshold}") if cells.threshold != threshold
+            else ("variance", f"{'' if kind == 'node' else 'at least '}{variance!r}") if not variance_ok
+            else None
+        )
+        if wrong is not None:
+            field, expected = wrong
+            raise Unprocessable(
+                f"metric {metric.name}: a {kind}'s snapshot declares the catalog's {field}, {expected}",
+                slug="privacy-parameters-mismatch", extra={"metric": metric.name, "field": field},
+            )
+
+
 def _check_cells(catalog: Catalog, snapshot: Snapshot) -> None:
-    """(8) Every metric of the catalog present, every index inside its domain, every number mergeable."""
+    """(9) Every metric of the catalog present, every index inside its domain, every number mergeable."""
     expected = {m.name for m in catalog.metrics}
     if set(snapshot.metrics) != expected:
         raise Unprocessable("the snapshot's metrics are not the catalog's", slug="cells-out-of-domain")
-    if snapshot.nodes > MAX_NODES:
-        raise Unprocessable(f"a snapshot merges at most {MAX_NODES} node snapshots", slug="cells-out-of-domain")
     for metric in catalog.metrics:
         cells = snapshot.metrics[metric.name]
         if cells.idx and cells.idx[-1] >= catalog.domain_size(metric):

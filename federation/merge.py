@@ -19,7 +19,6 @@ import pyarrow as pa
 from federation.significance import presence_threshold
 from protocol.catalog import Catalog
 from protocol.snapshot import FORMAT, MetricCells, Snapshot
-from protocol.windows import DAY
 
 Kind = Literal["cell", "other"]
 CellKey = tuple[str, Kind, int]

@@ -47,7 +47,7 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {
                     "202": {"description": "verified, merged and logged", **{"content": JSON_OK["content"]}},
                     "200": {"description": "a replay of an accepted snapshot (idempotent)", "content": JSON_OK["content"]},
-                    **{str(c): PROBLEM for c in (400, 403, 409, 413, 415, 422)},
+                    **{str(c): PROBLEM for c in (400, 403, 409, 413, 415, 422, 503)},
                 },
             }},
             "/v1/merged/{window}": {"get": {
@@ -73,8 +73,11 @@ def openapi_document() -> dict[str, Any]:
                 "post": {"summary": "Enroll a node's public key", "security": ADMIN,
                          "requestBody": {"required": True, "content": {"application/json": {"schema": {
                              "type": "object", "required": ["name", "public_key"],
-                             "properties": {"name": {"type": "string"}, "public_key": {"type": "string", "description": "base64 or PEM"}}}}}},
-                         "responses": {"201": JSON_OK, **{str(c): PROBLEM for c in (400, 401, 404, 409, 422)}}},
+                             "properties": {"name": {"type": "string"}, "public_key": {"type": "string", "description": "base64 or PEM"},
+                                            "kind": {"type": "string", "enum": ["node", "hub"], "default": "node",
+                                                     "description": "hub: a child hub whose merged snapshots this hub merges"}}}}}},
+                         "responses": {"201": JSON_OK, "200": {**JSON_OK, "description": "the same key and name again, with the other kind: its kind changed"},
+                                       **{str(c): PROBLEM for c in (400, 401, 404, 409, 422)}}},
             },
             "/v1/admin/nodes/{node}": {"delete": {"summary": "Revoke a node (by key id or name)", "security": ADMIN,
                                                   "parameters": [_path("node", "key id or name")],

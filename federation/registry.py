@@ -1,17 +1,25 @@
-"""The node registry: enroll a node's public key, revoke it, look it up at intake."""
+"""The node registry: enroll a node's (or a child hub's) public key, revoke it, look it up at intake."""
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final, Literal
 
 from federation.store import HubStore
 from protocol.errors import Conflict, Forbidden, NotFound, Unprocessable
-from protocol.keys import PublicKey
+from protocol.keys import KeyFormatError, PublicKey
+
+log = logging.getLogger("liberation.hub.registry")
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
+
+Kind = Literal["node", "hub"]
+KINDS: Final[tuple[Kind, ...]] = ("node", "hub")
+"""A node publishes its own snapshots (nodes = 1); a hub, merged ones of its nodes (hub of hubs)."""
 
 
 @dataclass(frozen=True)
@@ -23,6 +31,7 @@ class NodeRecord:
     public_key: PublicKey
     enrolled: int
     revoked: int | None
+    kind: Kind = "node"
 
     @property
     def active(self) -> bool:
@@ -36,6 +45,7 @@ class NodeRecord:
             "enrolled": self.enrolled,
             "revoked": self.revoked,
             "active": self.active,
+            "kind": self.kind,
         }
 
 
@@ -49,27 +59,50 @@ class Registry:
 
     def _load(self) -> list[NodeRecord]:
         rows = self._store.cursor().execute(
-            "SELECT key_id, name, public_key, enrolled, revoked FROM nodes ORDER BY enrolled, name"
+            "SELECT key_id, name, public_key, enrolled, revoked, coalesce(kind, 'node') FROM nodes ORDER BY enrolled, name"
         ).fetchall()
-        return [NodeRecord(k, n, PublicKey.from_raw(bytes(pk)), int(e), r) for k, n, pk, e, r in rows]
+        records = []
+        for k, n, pk, e, r, kind in rows:
+            try:
+                public_key = PublicKey.from_raw(bytes(pk))
+            except KeyFormatError:
+                # Enrolled before small-order keys were refused: under such a key anyone can sign,
+                # so it is left out (its snapshots get 403 unknown-key) rather than stop the hub.
+                log.error("enrolled key refused: small-order or non-canonical", extra={"node": k, "node_name": n})
+                continue
+            records.append(NodeRecord(k, n, public_key, int(e), r, "hub" if kind == "hub" else "node"))
+        return records
 
     def nodes(self) -> list[NodeRecord]:
         """Every enrolled node, revoked ones included."""
         return sorted(self._cache.values(), key=lambda r: (r.enrolled, r.name))
 
-    def enroll(self, name: str, public_key: PublicKey) -> NodeRecord:
-        """Enroll a key under a unique name; 409 if the key or the name is already there."""
+    def enroll(self, name: str, public_key: PublicKey, kind: Kind = "node") -> NodeRecord:
+        """Enroll a key under a unique name as a node's or a child hub's; 409 if the key or the name is already there.
+
+        The same key and name again with the other kind changes the key's kind: a child hub
+        enrolled before kinds existed was taken for a node.
+        """
         if not NAME_PATTERN.match(name):
             raise Unprocessable("a node name is 1-64 letters, digits, space, dot, dash or underscore", slug="invalid-name")
-        record = NodeRecord(public_key.key_id, name, public_key, int(self._now()), None)
+        if kind not in KINDS:
+            raise Unprocessable("kind is node or hub", slug="invalid-kind")
+        record = NodeRecord(public_key.key_id, name, public_key, int(self._now()), None, kind)
+        existing = self._cache.get(record.key_id)
+        if existing is not None and existing.name == name and existing.kind != kind:
+            changed = NodeRecord(existing.key_id, name, existing.public_key, existing.enrolled, existing.revoked, kind)
+            with self._store.transaction() as tx:
+                tx.execute("UPDATE nodes SET kind = ? WHERE key_id = ?", [kind, record.key_id])
+            self._cache[record.key_id] = changed
+            return changed
         with self._store.transaction() as tx:
             if tx.execute("SELECT 1 FROM nodes WHERE key_id = ?", [record.key_id]).fetchall():
                 raise Conflict("this key is already enrolled", slug="already-enrolled")
             if tx.execute("SELECT 1 FROM nodes WHERE name = ?", [name]).fetchall():
                 raise Conflict("a node of that name is already enrolled", slug="name-taken")
             tx.execute(
-                "INSERT INTO nodes VALUES (?, ?, ?, ?, NULL)",
-                [record.key_id, name, public_key.raw, record.enrolled],
+                "INSERT INTO nodes (key_id, name, public_key, enrolled, revoked, kind) VALUES (?, ?, ?, ?, NULL, ?)",
+                [record.key_id, name, public_key.raw, record.enrolled, kind],
             )
         self._cache[record.key_id] = record
         return record
@@ -88,16 +121,17 @@ class Registry:
         record = self.find(key_id_or_name)
         if not record.active:
             return record
-        revoked = NodeRecord(record.key_id, record.name, record.public_key, record.enrolled, int(self._now()))
+        revoked = NodeRecord(record.key_id, record.name, record.public_key, record.enrolled, int(self._now()), record.kind)
         with self._store.transaction() as tx:
             tx.execute("UPDATE nodes SET revoked = ? WHERE key_id = ?", [revoked.revoked, record.key_id])
         self._cache[record.key_id] = revoked
         return revoked
 
-    def require_active(self, public_key: PublicKey) -> None:
-        """Intake's key policy: (3) the key is enrolled and not revoked, else 403."""
+    def require_active(self, public_key: PublicKey) -> NodeRecord:
+        """Intake's key policy: (3) the key is enrolled and not revoked, else 403; its record."""
         record = self._cache.get(public_key.key_id)
         if record is None or record.public_key.raw != public_key.raw:
             raise Forbidden("this key is not enrolled at this hub", slug="unknown-key")
         if not record.active:
             raise Forbidden("this key has been revoked", slug="revoked-key")
+        return record

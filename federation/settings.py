@@ -32,7 +32,9 @@ class HubSettings(BaseModel):
     catalogs: tuple[Path, ...] = ()
     # Bearer token of the admin API (enroll, revoke, list nodes, incidents). None = admin API off.
     admin_token: SecretStr | None = None
-    max_snapshot_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # Ceiling on an envelope's size; intake takes the smaller of this and twice the largest
+    # envelope its catalogs can produce (protocol.snapshot.max_envelope_size).
+    max_snapshot_bytes: int = Field(default=1024 * 1024, ge=1024)
     # Snapshots of windows older than this many days are refused; newer than now never accepted.
     window_horizon_days: int = Field(default=400, ge=1)
     # A node's clock may run this far ahead of the hub's before its window counts as "future".

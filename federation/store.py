@@ -1,7 +1,7 @@
 """The hub's DuckDB store: node registry, verified envelopes, merged cells, incidents, transparency log.
 
 Tables:
-    nodes        enrolled keys: key id, name, public key, enrolled/revoked times
+    nodes        enrolled keys: key id, name, public key, enrolled/revoked times, kind (node or hub)
     envelopes    every accepted snapshot envelope, exactly as received, one per (node, window)
     merged       per (catalog, window, metric, kind, index): the sum over nodes of the noisy
                  values, of their noise variances, and how many nodes contributed
@@ -119,7 +119,13 @@ def _v1(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1,)
+def _v2(con: duckdb.DuckDBPyConnection) -> None:
+    # What a key publishes: a node's own snapshots (nodes = 1, the catalog's noise) or a child
+    # hub's merged ones. Keys enrolled before were nodes' (a child hub is re-enrolled as a hub).
+    con.execute("ALTER TABLE nodes ADD COLUMN kind VARCHAR DEFAULT 'node'")
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1, _v2)
 """Schema migrations in order; the schema version is their count."""
 
 

@@ -51,7 +51,6 @@ from federation.columns import Cells, Layout, sum_windows
 from federation.columns import apply_presence
 from federation.merge import ReadTable, Table
 from federation.significance import presence_threshold
-from protocol.noise import laplace_variance
 from protocol.catalog import Catalog
 from protocol.errors import BadRequest, NotFound
 from protocol.windows import DAY
@@ -430,7 +429,7 @@ def catalog_document(catalog: Catalog) -> dict[str, Any]:
                 "max_cells_per_session": m.max_cells, "cap_per_cell": m.cell_cap,
                 "sensitivity": m.sensitivity, "epsilon": catalog.epsilon(m), "scale": catalog.scale(m),
                 # The least value a cell of one snapshot (one community, one window) is shown from.
-                "threshold": presence_threshold(catalog, m, laplace_variance(catalog.scale(m))),
+                "threshold": presence_threshold(catalog, m, catalog.variance(m)),
             }
             for m in catalog.metrics
         ],

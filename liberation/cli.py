@@ -49,8 +49,7 @@ def _print_public(public: object) -> None:
 def _catalog_show(args: argparse.Namespace) -> int:
     from federation.significance import presence_threshold
     from protocol.catalog import load_catalog
-    from protocol.noise import laplace_variance
-
+    
     catalog = load_catalog(args.catalog)
     if args.json:
         print(catalog.canonical_json.decode())
@@ -73,7 +72,7 @@ def _catalog_show(args: argparse.Namespace) -> int:
     # `shown`: the least value a cell of one snapshot is shown from (federation/significance.py).
     print(f"  {'name':20s} {'unit':8s} {'cells':>6s} {'k*c':>4s} {'epsilon':>8s} {'scale':>7s} {'shown':>6s}")
     for m in catalog.metrics:
-        shown = presence_threshold(catalog, m, laplace_variance(catalog.scale(m)))
+        shown = presence_threshold(catalog, m, catalog.variance(m))
         print(
             f"  {m.name:20s} {m.unit.value:8s} {catalog.domain_size(m):6d} {m.sensitivity:4d} "
             f"{catalog.epsilon(m):8.3f} {catalog.scale(m):7.1f} {shown:6d}"
@@ -218,10 +217,11 @@ def _hub_enroll(args: argparse.Namespace) -> int:
     public_key = PublicKey.parse(text.strip())
     hub = _open_hub(args)
     try:
-        record = hub.registry.enroll(args.name, public_key)
+        known = any(r.key_id == public_key.key_id for r in hub.registry.nodes())
+        record = hub.registry.enroll(args.name, public_key, "hub" if args.hub else "node")
     finally:
         hub.store.close()
-    print(f"enrolled {record.name}: key id {record.key_id}")
+    print(f"{'changed' if known else 'enrolled'} {record.name} ({record.kind}): key id {record.key_id}")
     return 0
 
 
@@ -245,7 +245,7 @@ def _hub_nodes(args: argparse.Namespace) -> int:
         print("no node enrolled")
     for r in records:
         state = "active" if r.active else "revoked"
-        print(f"{r.key_id}  {state:8s} {r.name}")
+        print(f"{r.key_id}  {state:8s} {r.kind:5s} {r.name}")
     return 0
 
 
@@ -383,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     _hub_options(henroll)
     henroll.add_argument("--name", required=True)
     henroll.add_argument("--key", required=True, metavar="BASE64|FILE", help="base64 or PEM, or a file holding either")
+    henroll.add_argument("--hub", action="store_true", help="the key is a child hub's: its snapshots merge many nodes")
     henroll.set_defaults(func=_hub_enroll)
     hrevoke = hub.add_parser("revoke", help="revoke a node, by key id or name")
     _hub_options(hrevoke)

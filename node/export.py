@@ -21,7 +21,6 @@ from protocol.catalog import Catalog
 from protocol.errors import LiberationError
 from protocol.keys import SigningKey
 from protocol.snapshot import FORMAT, MetricCells, Snapshot
-from protocol.noise import laplace_variance
 from protocol.windows import DAY
 from protocol.wire import EnvelopeError, sign_snapshot, verify_envelope
 
@@ -64,7 +63,7 @@ def build_snapshot(
         metrics[metric.name] = MetricCells(
             epsilon=catalog.epsilon(metric),
             scale=scale,
-            variance=laplace_variance(scale),
+            variance=catalog.variance(metric),
             threshold=catalog.threshold(metric),
             idx=tuple(range(len(noisy))),
             val=tuple(noisy),

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from protocol.countries import COUNTRY_DOMAIN
 from protocol.errors import LiberationError
 from protocol.events import SLUG_PATTERN
+from protocol.noise import laplace_variance
 
 Slug = Annotated[str, Field(pattern=SLUG_PATTERN)]
 OTHER = "other"
@@ -329,6 +330,10 @@ class Catalog(_Frozen):
     def scale(self, metric: MetricSpec) -> float:
         """Discrete Laplace scale b = sensitivity / epsilon for the metric's cells."""
         return metric.sensitivity / self.epsilon(metric)
+
+    def variance(self, metric: MetricSpec) -> float:
+        """Noise variance of one published cell of the metric: `laplace_variance(scale(metric))`."""
+        return laplace_variance(self.scale(metric))
 
     def threshold(self, metric: MetricSpec) -> int:
         """A snapshot's publication threshold: 0, every noisy cell of the domain is published.

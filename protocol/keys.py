@@ -1,7 +1,8 @@
 """Ed25519 keys: public keys and their key ids, signing keys and their files on disk.
 
     LiberationError
-    ├── KeyFormatError (also a ValueError)   key text or seed that is not an Ed25519 key
+    ├── KeyFormatError (also a ValueError)   key text or seed that is not an Ed25519 key, or a
+    │                                        small-order / non-canonical public key
     └── KeyFileError                         key file missing, unsafe (mode), or not PKCS#8 Ed25519
 
 A node or hub keeps its private key as an unencrypted PKCS#8 PEM file of mode
@@ -45,6 +46,23 @@ PUBLIC_KEY_MODE = 0o644
 """Mode of the `<stem>.pub` file beside it."""
 MAX_KEY_FILE_SIZE = 16 * 1024  # a PKCS#8 Ed25519 PEM is 119 bytes
 
+_FIELD_PRIME = 2**255 - 19
+_SMALL_ORDER_Y = frozenset(
+    {
+        0,  # order 4 (x = ±sqrt(-1))
+        1,  # order 1: the identity
+        _FIELD_PRIME - 1,  # order 2
+        # order 8, two y coordinates, each with both signs of x
+        int.from_bytes(bytes.fromhex("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"), "little"),
+        int.from_bytes(bytes.fromhex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"), "little"),
+    }
+)
+"""y coordinates of the 8 Ed25519 points whose order divides the cofactor 8 (libsodium's blocklist).
+
+Under such a key one fixed signature (R = identity, S = 0) verifies for many
+messages, and OpenSSL accepts the keys: a key that proves nothing is refused.
+"""
+
 _PEM_PRIVATE_HEADER = b"-----BEGIN PRIVATE KEY-----"
 _PEM_ENCRYPTED_HEADER = b"-----BEGIN ENCRYPTED PRIVATE KEY-----"
 
@@ -60,6 +78,15 @@ class KeyFileError(LiberationError):
 def key_id_of(raw: bytes) -> str:
     """The key id of a raw public key: hex of the first 16 bytes of SHA-256(KEY_ID_PREFIX + raw)."""
     return hashlib.sha256(KEY_ID_PREFIX + raw).digest()[:16].hex()
+
+
+def _refuse_weak_encoding(raw: bytes) -> None:
+    """KeyFormatError for a non-canonical encoding (y >= p) or a small-order point, whatever its sign bit."""
+    y = int.from_bytes(raw, "little") & ((1 << 255) - 1)
+    if y >= _FIELD_PRIME:
+        raise KeyFormatError("not a canonical Ed25519 public key encoding (y is not reduced mod p)")
+    if y in _SMALL_ORDER_Y:
+        raise KeyFormatError("a small-order Ed25519 point is not a usable public key (forged signatures verify under it)")
 
 
 def public_key_path(key_path: str | os.PathLike[str]) -> Path:
@@ -80,6 +107,7 @@ class PublicKey:
     def __post_init__(self) -> None:
         if type(self.raw) is not bytes or len(self.raw) != PUBLIC_KEY_SIZE:
             raise KeyFormatError("an Ed25519 public key is 32 raw bytes")
+        _refuse_weak_encoding(self.raw)
         try:
             key = Ed25519PublicKey.from_public_bytes(self.raw)
         except ValueError:

@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from protocol.catalog import MAX_DOMAIN, Catalog
 from protocol.events import SLUG_PATTERN
 from protocol.wire import MAX_ENVELOPE_SIZE, DecodeError, decode_canonical, encode_canonical
 
@@ -182,7 +183,7 @@ class Snapshot(BaseModel):
     @classmethod
     def from_bytes(cls, data: bytes, *, max_size: int = MAX_ENVELOPE_SIZE) -> Snapshot:
         """Decode a canonical body strictly; raises DecodeError (reason `shape` for a wrong field)."""
-        obj = decode_canonical(data, max_size)
+        obj = decode_canonical(data, max_size, **_BODY_BOUNDS)
         if type(obj) is not dict:
             raise DecodeError("shape", "a snapshot body is a map")
         try:
@@ -191,7 +192,48 @@ class Snapshot(BaseModel):
             raise DecodeError("shape", _describe(exc)) from None
 
 
+# Upper bounds of the canonical encoding, in bytes (docs/protocol.md sections 1, 2 and 4):
+_VALUE_BYTES: Final = 9  # a noisy value: any int64
+_METRIC_BYTES: Final = 1 + 61 + 3 * 9 + 9  # map header, its 8 keys, 3 float64s, the threshold
+_BODY_BYTES: Final = 241  # map header, 9 keys (70), catalog, created, format, node, nodes, seq, window, metrics header
+_ENVELOPE_BYTES: Final = 121  # 84, "body" + bin32 header, "pk" + c4 20 + 32, "sig" + c4 40 + 64, "v" 01
+
+
+def _uint_bytes(n: int) -> int:
+    """Bytes of the canonical encoding of the int n >= 0."""
+    return 1 if n < 0x80 else 2 if n < 1 << 8 else 3 if n < 1 << 16 else 5 if n < 1 << 32 else 9
+
+
+def _header_bytes(n: int, fixed_below: int) -> int:
+    """Bytes of a canonical str or array header for n items (fix form below `fixed_below`, then 8/16/32-bit)."""
+    return 1 if n < fixed_below else 2 if fixed_below == 32 and n < 1 << 8 else 3 if n < 1 << 16 else 5
+
+
+def max_envelope_size(catalog: Catalog) -> int:
+    """The size of the largest envelope of a valid snapshot of `catalog`: every cell and `other` published, int64 extremes.
+
+    A verifier that merges only this catalog can refuse anything longer before reading it.
+    """
+    size = _ENVELOPE_BYTES + _BODY_BYTES
+    for metric in catalog.metrics:
+        name = len(metric.name.encode())
+        size += _METRIC_BYTES + _header_bytes(name, 32) + name
+        for count in (catalog.domain_size(metric), catalog.prefix_size(metric)):
+            # indices below `count`, int64 values, and the headers of the two arrays
+            size += count * (_uint_bytes(count - 1) + _VALUE_BYTES) + 2 * _header_bytes(count, 16)
+    return size
+
+
 _SNAPSHOT_FIELDS: Final = tuple(Snapshot.model_fields)
+_BODY_BOUNDS: Final = {
+    # Far above what a valid body holds (strings of at most 64 bytes, no byte string, at most
+    # 256 metrics, maps of 8 or 9 fields), so a near miss still gets the model's precise `shape`
+    # error; far below the body's size, so no claimed length is allocated before it is refused.
+    "max_str_len": 1024,
+    "max_bin_len": 1024,
+    "max_array_len": MAX_DOMAIN,  # a metric's cells: at most its domain
+    "max_map_len": 4 * MAX_METRICS,
+}
 _CELL_FIELDS: Final = tuple(MetricCells.model_fields)
 
 

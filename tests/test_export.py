@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from node.dp import opendp_laplace
-from protocol.noise import laplace_variance
 from node.export import BudgetExceeded, ExportError, Publisher, WindowNotClosed, build_snapshot
 from node.salts import SaltKeeper
 from node.store import Store, session_log_table, session_table, session_tables
 from node.windows import Windows
 from protocol.catalog import load_catalog
+from protocol.noise import laplace_variance
 from protocol.keys import SigningKey
 from protocol.wire import verify_envelope
 from tests.factories import NOW, WINDOW, ev, filtered, store_with

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import io
 import json
+import struct
+import threading
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,14 +18,16 @@ import aiohttp
 import duckdb
 import pytest
 
-from federation.app import open_hub
+import federation.intake as intake_module
+from federation.app import Hub, data_paths, open_hub
 from federation.intake import IntakeResult
 from federation.settings import HubSettings
 from federation.translog import verify_chain
 from protocol.catalog import load_catalog
-from protocol.errors import PROBLEM_BASE
-from protocol.keys import SigningKey
-from protocol.wire import sign_snapshot, verify_envelope
+from protocol.errors import PROBLEM_BASE, Problem
+from protocol.keys import SigningKey, key_id_of
+from protocol.snapshot import Snapshot, max_envelope_size
+from protocol.wire import encode_canonical, sign_snapshot, verify_envelope
 from tests.servers import RunningHub, admin_token, run_hub
 from tests.snapshots import DAY, envelope, node_snapshot
 
@@ -37,9 +44,9 @@ async def hub(tmp_path: Path) -> AsyncIterator[RunningHub]:
         yield running
 
 
-async def enroll(hub: RunningHub, name: str, key: SigningKey) -> None:
+async def enroll(hub: RunningHub, name: str, key: SigningKey, kind: str = "node") -> None:
     async with aiohttp.ClientSession() as s, s.post(
-        hub.url + "/v1/admin/nodes", json={"name": name, "public_key": key.public.b64},
+        hub.url + "/v1/admin/nodes", json={"name": name, "public_key": key.public.b64, "kind": kind},
         headers={"Authorization": f"Bearer {TOKEN}"},
     ) as resp:
         assert resp.status == 201, await resp.text()
@@ -145,7 +152,7 @@ async def test_every_check_has_its_status_and_counter(hub: RunningHub) -> None:
     metrics["session_tools"] = metrics["session_tools"].model_copy(update={"idx": (7,), "val": (50,)})
     wrong_cells = wrong_cells.model_copy(update={"metrics": metrics})
     cases = [
-        (b"\x00" * (8 * 1024 * 1024 + 1), 413, "snapshot-too-large"),
+        (b"\x00" * (hub.hub.intake.max_bytes + 1), 413, "snapshot-too-large"),
         (b"not msgpack at all", 400, "malformed-envelope"),
         (envelope(stranger, W), 403, "unknown-key"),
         (envelope(revoked, W), 403, "revoked-key"),
@@ -161,6 +168,9 @@ async def test_every_check_has_its_status_and_counter(hub: RunningHub) -> None:
         assert body["status"] == status
     got, body = await push(hub, good, content_type="application/json")
     assert got == 415
+    # Over the configured ceiling the body is not even read: the server's own 413.
+    got, body = await push(hub, b"\x00" * (hub.hub.settings.max_snapshot_bytes + 2))
+    assert (got, body["type"]) == (413, PROBLEM_BASE + "payload-too-large")
     assert merged(hub) == {}
     text = await metric_text(hub)
     for _, _, slug in cases:
@@ -230,5 +240,377 @@ def test_archive_is_one_file_per_window_per_commit_and_reconciled_after_a_crash(
         merged_total = hub.store.cursor().execute("SELECT sum(value) FROM merged").fetchall()[0][0]
         assert sum(r[3] for r in rows) == merged_total
         assert hub.archive.reconcile(hub.store, hub.catalogs) == 0  # nothing left to write
+    finally:
+        hub.store.close()
+
+
+IDENTITY_KEY = bytes([1]) + bytes(31)
+"""The identity point: under it the signature R = identity, S = 0 verifies for any message (OpenSSL)."""
+
+
+async def test_regression_small_order_keys_are_never_enrolled_nor_forge(hub: RunningHub, tmp_path: Path) -> None:
+    """Review L1: the identity key and the all-zero key were enrolled (201) and a forged snapshot got 202."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession() as s:
+        for name, raw in (("identity", IDENTITY_KEY), ("zero", bytes(32))):
+            body = {"name": name, "public_key": base64.b64encode(raw).decode()}
+            async with s.post(hub.url + "/v1/admin/nodes", json=body, headers=auth) as resp:
+                problem = await resp.json()
+                assert (resp.status, problem["type"]) == (400, PROBLEM_BASE + "invalid-key"), name
+    forged_body = node_snapshot(SigningKey.generate(), W).to_bytes()
+    forged = encode_canonical({"body": forged_body, "pk": IDENTITY_KEY, "sig": IDENTITY_KEY + bytes(32), "v": 1})
+    status, problem = await push(hub, forged)
+    assert (status, problem["type"]) == (400, PROBLEM_BASE + "invalid-signature")
+    assert hub.hub.registry.nodes() == [] and merged(hub) == {}
+
+
+def test_a_small_order_key_enrolled_before_the_fix_is_left_out_not_fatal(tmp_path: Path) -> None:
+    settings = HubSettings(data_dir=tmp_path / "hub", port=0)  # type: ignore[arg-type]
+    hub = open_hub(settings, now=lambda: NOW)
+    try:
+        with hub.store.transaction() as tx:
+            tx.execute(
+                "INSERT INTO nodes (key_id, name, public_key, enrolled) VALUES (?, ?, ?, ?)",
+                [key_id_of(IDENTITY_KEY), "old", IDENTITY_KEY, 1],
+            )
+    finally:
+        hub.store.close()
+    hub = open_hub(settings, now=lambda: NOW)  # starts; the key is not usable
+    try:
+        assert hub.registry.nodes() == []
+    finally:
+        hub.store.close()
+
+
+# ---- review H2: what an unauthenticated sender can cost, and a free event loop ----------------
+
+
+def _empty_maps(size: int) -> bytes:
+    """An array32 of empty maps: a Python dict each for a generic decoder, and no key at all."""
+    return b"\xdd" + struct.pack(">I", size - 5) + b"\x80" * (size - 5)
+
+
+def _stored(hub: Hub) -> dict[str, int]:
+    con = hub.store.cursor()
+    counts = {t: int(con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0])
+              for t in ("envelopes", "merged", "windows", "incidents", "translog")}
+    counts["archive files"] = len(list(hub.archive.root.rglob("*.parquet"))) if hub.archive.root.exists() else 0
+    return counts
+
+
+def test_the_size_limit_is_derived_from_the_catalogs(tmp_path: Path) -> None:
+    hub = open_hub(HubSettings(data_dir=tmp_path / "hub", port=0), now=lambda: NOW)  # type: ignore[arg-type]
+    try:
+        assert hub.intake.max_bytes == 2 * max_envelope_size(CATALOG) < 32 * 1024  # 29,398 bytes
+    finally:
+        hub.store.close()
+    ceiling = HubSettings(data_dir=tmp_path / "low", port=0, max_snapshot_bytes=20_000)  # type: ignore[arg-type]
+    hub = open_hub(ceiling, now=lambda: NOW)
+    try:
+        assert hub.intake.max_bytes == 20_000
+    finally:
+        hub.store.close()
+
+
+def test_regression_unauthenticated_bodies_are_refused_at_once_and_store_nothing(tmp_path: Path) -> None:
+    """Review H2: an 8 MiB body of empty maps cost the hub about 11 s of CPU and +660 MiB before its key was looked up."""
+    hub = open_hub(HubSettings(data_dir=tmp_path / "hub", port=0), now=lambda: NOW)  # type: ignore[arg-type]
+    try:
+        key = SigningKey.generate()
+        hub.registry.enroll("alpha", key.public)
+        hub.intake.max_bytes = 16 * 1024 * 1024  # as a hub of a catalog large enough to allow 8 MiB
+        stranger = SigningKey.generate()
+        big = 8 * 1024 * 1024
+        layout = encode_canonical({"body": _empty_maps(big - 200), "pk": stranger.public.raw, "sig": bytes(64), "v": 1})
+        forged = encode_canonical({"body": _empty_maps(big - 200), "pk": key.public.raw, "sig": bytes(64), "v": 1})
+        for data, slug in (
+            (_empty_maps(big), "malformed-envelope"),
+            (layout, "unknown-key"),  # a valid-looking layout under a key nobody enrolled
+            (forged, "invalid-signature"),  # an enrolled key, a signature that does not verify
+        ):
+            started = time.process_time()
+            with pytest.raises(Problem) as caught:
+                hub.intake.check(data)
+            cpu = time.process_time() - started
+            assert caught.value.slug == slug
+            assert cpu < (0.5 if slug == "invalid-signature" else 0.05), (slug, cpu)  # a signature hashes 8 MiB
+        assert _stored(hub) == dict.fromkeys(("envelopes", "merged", "windows", "incidents", "translog", "archive files"), 0)
+    finally:
+        hub.store.close()
+
+
+async def test_large_envelopes_are_checked_off_the_event_loop_and_503_when_busy(
+    hub: RunningHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checks of large envelopes run in at most CHECK_SLOTS threads; one more gets 503 with Retry-After.
+
+    What a stranger sends never takes a slot: its layout and key are refused on the loop.
+    """
+    monkeypatch.setattr(intake_module, "INLINE_BYTES", 1024)  # every real envelope counts as large here
+    keys = [SigningKey.generate() for _ in range(3)]
+    for i, key in enumerate(keys):
+        await enroll(hub, f"node-{i}", key)
+    gate = threading.Event()
+    verify = hub.hub.intake._verify
+
+    def held(envelope: Any, kind: Any, started: float) -> Any:
+        assert threading.current_thread() is not threading.main_thread()
+        gate.wait(10)
+        return verify(envelope, kind, started)
+
+    monkeypatch.setattr(hub.hub.intake, "_verify", held)
+    first = [asyncio.create_task(push(hub, envelope(key, W))) for key in keys[:2]]
+    try:
+        for _ in range(200):
+            if hub.hub.intake._checking == intake_module.CHECK_SLOTS:
+                break
+            await asyncio.sleep(0.01)
+        assert hub.hub.intake._checking == intake_module.CHECK_SLOTS
+        async with aiohttp.ClientSession() as s, s.post(
+            hub.url + "/v1/snapshots", data=envelope(keys[2], W), headers={"Content-Type": "application/msgpack"}
+        ) as resp:
+            assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+            assert resp.content_type == "application/problem+json"
+            assert (await resp.json())["type"] == PROBLEM_BASE + "intake-busy"
+        # Strangers and junk are answered on the loop meanwhile, without a slot.
+        assert (await push(hub, envelope(SigningKey.generate(), W)))[1]["type"] == PROBLEM_BASE + "unknown-key"
+        assert (await push(hub, _empty_maps(20_000)))[1]["type"] == PROBLEM_BASE + "malformed-envelope"
+        async with aiohttp.ClientSession() as s, s.get(hub.url + "/healthz") as resp:
+            assert resp.status == 200
+    finally:
+        gate.set()
+    assert [status for status, _ in await asyncio.gather(*first)] == [202, 202]
+    assert (await push(hub, envelope(keys[2], W)))[0] == 202  # the retry
+    assert 'liberation_hub_snapshots_rejected_total{reason="intake-busy"} 1.0' in await metric_text(hub)
+
+
+async def test_the_largest_legal_snapshot_fits_the_derived_limit(hub: RunningHub) -> None:
+    """Every cell of the default catalog published, with values far beyond any threshold: accepted."""
+    key = SigningKey.generate()
+    await enroll(hub, "busy", key)
+    data = envelope(key, W, counts=lambda metric, i: 2**40)
+    assert intake_module.INLINE_BYTES < len(data) < hub.hub.intake.max_bytes
+    assert (await push(hub, data))[0] == 202
+
+
+# ---- review M4 and L4: what a snapshot declares about itself --------------------------------
+
+
+def _with_metric(snapshot: Snapshot, name: str, **changes: Any) -> Snapshot:
+    metrics = dict(snapshot.metrics)
+    metrics[name] = metrics[name].model_copy(update=changes)
+    return snapshot.model_copy(update={"metrics": metrics})
+
+
+def _as_child_hub(snapshot: Snapshot, nodes: int) -> Snapshot:
+    """What federation/upstream.py exports: every merged cell, the catalog's epsilon, scale and threshold (0)."""
+    return snapshot.model_copy(update={"nodes": nodes})
+
+
+async def test_regression_one_node_cannot_block_a_window_for_the_others(hub: RunningHub) -> None:
+    """Review M4: alpha claimed nodes = 2**31 - 1 for a window (202), then every other node's snapshot of it got 422."""
+    alpha, bravo, delta = SigningKey.generate(), SigningKey.generate(), SigningKey.generate()
+    for name, key in (("alpha", alpha), ("bravo", bravo), ("delta", delta)):
+        await enroll(hub, name, key)
+    for nodes in (2**31 - 1, 2):
+        status, problem = await push(hub, sign_snapshot(node_snapshot(alpha, W).model_copy(update={"nodes": nodes}), alpha))
+        assert (status, problem["type"]) == (422, PROBLEM_BASE + "invalid-node-count"), nodes
+    for key in (bravo, delta, alpha):
+        assert (await push(hub, envelope(key, W)))[0] == 202
+    rows = hub.hub.store.cursor().execute("SELECT nodes FROM windows WHERE window_start = ?", [W]).fetchall()
+    assert rows == [(3,)]
+    # A key enrolled as a child hub may send merged snapshots, within a bound.
+    child = SigningKey.generate()
+    await enroll(hub, "child", child, kind="hub")
+    merged_snapshot = _as_child_hub(node_snapshot(child, W - DAY), nodes=40)
+    assert (await push(hub, sign_snapshot(merged_snapshot, child)))[0] == 202
+    too_many = _as_child_hub(node_snapshot(child, W - 2 * DAY), nodes=intake_module.MAX_CHILD_NODES + 1)
+    status, problem = await push(hub, sign_snapshot(too_many, child))
+    assert (status, problem["type"]) == (422, PROBLEM_BASE + "invalid-node-count")
+
+
+PARAMETER_CASES = [
+    # Review L4 (probe_odd_floats.py): each of these was accepted with 202.
+    pytest.param({"variance": -0.0}, id="variance-minus-zero"),
+    pytest.param({"variance": 0.0}, id="variance-zero"),
+    pytest.param({"epsilon": 5e-324}, id="epsilon-denormal"),
+    pytest.param({"epsilon": 1e308}, id="epsilon-huge"),
+    pytest.param({"scale": 5e-324}, id="scale-denormal"),
+    pytest.param({"threshold": 2**63 - 1}, id="threshold-max"),
+    # And near misses.
+    pytest.param({"variance": "x1.000001"}, id="variance-off-by-1e-6"),
+    pytest.param({"epsilon": "x0.5"}, id="epsilon-half"),
+    pytest.param({"scale": "x2"}, id="scale-double"),
+    pytest.param({"threshold": "+1"}, id="threshold-plus-one"),
+]
+
+
+def _apply(cells: Any, changes: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for field, change in changes.items():
+        current = getattr(cells, field)
+        if isinstance(change, str) and change.startswith("x"):
+            out[field] = current * float(change[1:])
+        elif isinstance(change, str):
+            out[field] = current + int(change)
+        else:
+            out[field] = change
+    return out
+
+
+@pytest.mark.parametrize("changes", PARAMETER_CASES)
+@pytest.mark.parametrize("kind", ["node", "hub"])
+def test_regression_declared_privacy_parameters_are_the_catalogs(tmp_path: Path, kind: str, changes: dict[str, Any]) -> None:
+    """Review L4: the hub took a node's word for its noise (variance 0 made its values look exact; epsilon 5e-324
+    is what the public log recorded). Every metric's epsilon, scale, variance and threshold must be the catalog's."""
+    hub = open_hub(HubSettings(data_dir=tmp_path / "hub", port=0), now=lambda: NOW)  # type: ignore[arg-type]
+    try:
+        key = SigningKey.generate()
+        hub.registry.enroll("alpha", key.public, kind)  # type: ignore[arg-type]
+        honest = node_snapshot(key, W) if kind == "node" else _as_child_hub(node_snapshot(key, W), nodes=3)
+        for metric in ("usage_events", "industry_runway"):
+            cells = honest.metrics[metric]
+            if kind == "hub" and "variance" in changes and changes["variance"] == "x1.000001":
+                continue  # a child hub's variance is a lower bound: more is allowed
+            with pytest.raises(Problem) as caught:
+                hub.intake.check(sign_snapshot(_with_metric(honest, metric, **_apply(cells, changes)), key))
+            assert (caught.value.status, caught.value.slug) == (422, "privacy-parameters-mismatch")
+            assert caught.value.extra == {"metric": metric, "field": next(iter(changes))}
+        assert _stored(hub)["translog"] == 0
+        assert isinstance(hub.intake.accept(sign_snapshot(honest, key)), IntakeResult)  # the honest one still goes in
+    finally:
+        hub.store.close()
+
+
+def test_a_child_hubs_variance_is_at_least_a_nodes(tmp_path: Path) -> None:
+    hub = open_hub(HubSettings(data_dir=tmp_path / "hub", port=0), now=lambda: NOW)  # type: ignore[arg-type]
+    try:
+        key = SigningKey.generate()
+        hub.registry.enroll("child", key.public, "hub")
+        merged_snapshot = _as_child_hub(node_snapshot(key, W), nodes=3)
+        metric = CATALOG.metric("usage_events")
+        more = _with_metric(merged_snapshot, metric.name, variance=3 * CATALOG.variance(metric))
+        hub.intake.check(sign_snapshot(more, key))
+        less = _with_metric(merged_snapshot, metric.name, variance=0.99 * CATALOG.variance(metric))
+        with pytest.raises(Problem, match="at least"):
+            hub.intake.check(sign_snapshot(less, key))
+        empty = _with_metric(merged_snapshot, metric.name, idx=(), val=(), other_idx=(), other_val=(), variance=0.0)
+        hub.intake.check(sign_snapshot(empty, key))  # no value published: nothing for a variance to describe
+    finally:
+        hub.store.close()
+
+
+async def test_enrollment_records_the_kind_of_key(hub: RunningHub, tmp_path: Path) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession() as s:
+        for kind, status in (("hub", 201), ("node", 201), ("parent", 400), (1, 400)):
+            key = SigningKey.generate()
+            body = {"name": f"k-{kind}", "public_key": key.public.b64, "kind": kind}
+            async with s.post(hub.url + "/v1/admin/nodes", json=body, headers=auth) as resp:
+                answer = await resp.json()
+                assert resp.status == status, kind
+                if status == 201:
+                    assert answer["kind"] == kind
+                else:
+                    assert answer["type"] == PROBLEM_BASE + "invalid-enrollment"
+        async with s.post(hub.url + "/v1/admin/nodes", json={"name": "plain", "public_key": SigningKey.generate().public.b64},
+                          headers=auth) as resp:
+            assert (await resp.json())["kind"] == "node"  # the default
+    kinds = {r.name: r.kind for r in hub.hub.registry.nodes()}
+    assert kinds == {"k-hub": "hub", "k-node": "node", "plain": "node"}
+
+
+def test_keys_enrolled_before_kinds_existed_are_nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Schema v2 adds the kind: a v1 hub's keys become nodes' (a child hub among them is enrolled again as a hub)."""
+    import federation.store as store_module
+
+    key, child = SigningKey.generate(), SigningKey.generate()
+    settings = HubSettings(data_dir=tmp_path / "hub", port=0)  # type: ignore[arg-type]
+    with monkeypatch.context() as patch:
+        patch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:1])
+        store = store_module.HubStore(data_paths(settings)["db"])
+        with store.transaction() as tx:
+            tx.execute("INSERT INTO nodes VALUES (?, ?, ?, ?, NULL)", [key.public.key_id, "old", key.public.raw, 1])
+        assert store.schema_version == 1
+        store.close()
+    hub = open_hub(settings, now=lambda: NOW)
+    try:
+        assert hub.store.schema_version == 2
+        hub.registry.enroll("child", child.public, "hub")
+        assert {r.name: r.kind for r in hub.registry.nodes()} == {"old": "node", "child": "hub"}
+    finally:
+        hub.store.close()
+    hub = open_hub(settings, now=lambda: NOW)
+    try:
+        assert {r.name: r.kind for r in hub.registry.nodes()} == {"old": "node", "child": "hub"}
+    finally:
+        hub.store.close()
+
+
+async def test_a_child_hub_enrolled_as_a_node_changes_kind_by_enrolling_again(hub: RunningHub) -> None:
+    child = SigningKey.generate()
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    exported = sign_snapshot(_as_child_hub(node_snapshot(child, W), nodes=4), child)
+    await enroll(hub, "region", child)  # as a node, as before kinds existed
+    assert (await push(hub, exported))[1]["type"] == PROBLEM_BASE + "invalid-node-count"
+    async with aiohttp.ClientSession() as s:
+        body = {"name": "region", "public_key": child.public.b64, "kind": "hub"}
+        async with s.post(hub.url + "/v1/admin/nodes", json=body, headers=auth) as resp:
+            assert resp.status == 200 and (await resp.json())["kind"] == "hub"
+        async with s.post(hub.url + "/v1/admin/nodes", json=body, headers=auth) as resp:
+            assert resp.status == 409  # the same kind again: already enrolled
+        async with s.post(hub.url + "/v1/admin/nodes", json=dict(body, name="other", kind="node"), headers=auth) as resp:
+            assert resp.status == 409  # another name: the key is enrolled once
+    assert (await push(hub, exported))[0] == 202
+
+
+# ---- review L4: one window length per node ---------------------------------------------------
+
+HOUR = 3600
+
+
+def _window(key: SigningKey, start: int, length: int, seed: int = 1) -> bytes:
+    snapshot = node_snapshot(key, W, seed=seed).model_copy(update={"window_start": start, "window_end": start + length})
+    return sign_snapshot(snapshot, key)
+
+
+async def test_regression_a_node_cannot_send_a_day_and_hours_of_it(hub: RunningHub) -> None:
+    """Review L4 (probe_window_overlap.py): node a posted day D and D's 05:00 hour; both merged, a's data counted twice."""
+    a, c = SigningKey.generate(), SigningKey.generate()
+    await enroll(hub, "a", a)
+    await enroll(hub, "c", c)
+    assert (await push(hub, _window(a, W, DAY)))[0] == 202
+    def tables() -> dict[str, int]:  # the archive trails the answers by a batch: the tables tell
+        return {name: n for name, n in _stored(hub.hub).items() if name != "archive files"}
+
+    before = (merged(hub), tables())
+    for start in (W + 5 * HOUR, W):  # an hour inside the day, and the hour that starts with it
+        status, problem = await push(hub, _window(a, start, HOUR))
+        assert (status, problem["type"]) == (422, PROBLEM_BASE + "overlapping-window"), start
+        assert problem["window_start"] == start
+    assert (merged(hub), tables()) == before  # a refused snapshot stores nothing
+    # Hours first, then the day: refused the other way round too; hours of other days are fine.
+    assert (await push(hub, _window(c, W - DAY + 3 * HOUR, HOUR)))[0] == 202
+    assert (await push(hub, _window(c, W - DAY + 4 * HOUR, HOUR)))[0] == 202
+    assert (await push(hub, _window(c, W - DAY, DAY)))[1]["type"] == PROBLEM_BASE + "overlapping-window"
+    assert (await push(hub, _window(c, W - 2 * DAY + 23 * HOUR, HOUR)))[0] == 202  # ends where the day starts
+    assert (await push(hub, _window(a, W + DAY, DAY)))[0] == 202  # a's next day
+    assert 'liberation_hub_snapshots_rejected_total{reason="overlapping-window"} 3.0' in await metric_text(hub)
+
+
+def test_overlapping_windows_within_one_commit(tmp_path: Path) -> None:
+    hub = open_hub(HubSettings(data_dir=tmp_path / "hub", port=0), now=lambda: NOW)  # type: ignore[arg-type]
+    try:
+        a, b = SigningKey.generate(), SigningKey.generate()
+        hub.registry.enroll("a", a.public)
+        hub.registry.enroll("b", b.public)
+        batch = [hub.intake.check(data) for data in (
+            _window(a, W, DAY), _window(a, W + 5 * HOUR, HOUR), _window(b, W + 5 * HOUR, HOUR), _window(a, W, DAY),
+        )]
+        outcomes = hub.intake.commit(batch)
+        assert [o.status if isinstance(o, IntakeResult) else o.slug for o in outcomes] == [
+            "accepted", "overlapping-window", "accepted", "duplicate",
+        ]
+        assert _stored(hub)["translog"] == 2
     finally:
         hub.store.close()

@@ -29,9 +29,9 @@ WINDOWS = [TODAY - d * DAY for d in range(5, 0, -1)]
 CATALOG = load_catalog()
 
 
-async def enroll(url: str, name: str, public_b64: str) -> None:
+async def enroll(url: str, name: str, public_b64: str, kind: str = "node") -> None:
     async with aiohttp.ClientSession() as s, s.post(
-        url + "/v1/admin/nodes", json={"name": name, "public_key": public_b64},
+        url + "/v1/admin/nodes", json={"name": name, "public_key": public_b64, "kind": kind},
         headers={"Authorization": f"Bearer {TOKEN}"},
     ) as resp:
         assert resp.status == 201, await resp.text()
@@ -151,7 +151,7 @@ async def test_hub_of_hubs(hub: RunningHub, tmp_path: Path) -> None:
     parent_settings = HubSettings(data_dir=tmp_path / "parent", port=0, metrics_port=0, admin_token=TOKEN)  # type: ignore[arg-type]
     async with run_hub(parent_settings, now=lambda: NOW) as parent:
         assert await push(parent.url, exported) == 403  # not enrolled yet
-        await enroll(parent.url, "child-hub", hub.hub.key.public.b64)
+        await enroll(parent.url, "child-hub", hub.hub.key.public.b64, kind="hub")
         assert await push(parent.url, exported) == 202
         assert await push(parent.url, exported) == 200
         rows = parent.hub.store.cursor().execute(

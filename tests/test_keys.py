@@ -114,6 +114,85 @@ def test_raw_public_key_must_be_32_bytes() -> None:
     assert PublicKey.from_raw(bytearray(bytes.fromhex(SEED_PUBLIC_HEX))).key_id == SEED_KEY_ID
 
 
+# The 8 points of order dividing 8, by y coordinate (x's sign in bit 255), and the two
+# non-canonical encodings y = p and y = p + 1 of y = 0 and y = 1: libsodium's blocklist.
+SMALL_ORDER_HEX = [
+    "0100000000000000000000000000000000000000000000000000000000000000",  # identity (order 1)
+    "0000000000000000000000000000000000000000000000000000000000000000",  # all zero (order 4)
+    "0000000000000000000000000000000000000000000000000000000000000080",  # order 4, other x
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # y = p - 1 (order 2)
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",  # order 8
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",  # order 8, other x
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",  # order 8
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",  # order 8, other x
+    "0100000000000000000000000000000000000000000000000000000000000080",  # identity, x = -0
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",  # order 2, x = -0
+    "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # y = p (= 0)
+    "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+    "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # y = p + 1 (= 1)
+    "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+]
+_P = 2**255 - 19
+_D = -121665 * pow(121666, -1, _P) % _P
+
+
+def _times_8(raw: bytes) -> tuple[int, int] | None:
+    """[8]A of an encoded point, read leniently (y mod p, x = 0 whatever the sign), or None off the curve.
+
+    A textbook edwards25519 oracle, independent of the key module's list.
+    """
+    n = int.from_bytes(raw, "little")
+    y, sign = (n & ((1 << 255) - 1)) % _P, n >> 255
+    x2 = (y * y - 1) * pow(_D * y * y + 1, -1, _P) % _P
+    x = pow(x2, (_P + 3) // 8, _P)
+    if (x * x - x2) % _P:
+        x = x * pow(2, (_P - 1) // 4, _P) % _P
+    if (x * x - x2) % _P:
+        return None
+    if x and x & 1 != sign:
+        x = _P - x
+    point = (x, y)
+    for _ in range(3):
+        (x1, y1) = point
+        t = _D * x1 * x1 * y1 * y1
+        point = (2 * x1 * y1 * pow(1 + t, -1, _P) % _P, (y1 * y1 + x1 * x1) * pow(1 - t, -1, _P) % _P)
+    return point
+
+
+@pytest.mark.parametrize("raw_hex", SMALL_ORDER_HEX, ids=[f"{i:02d}-{h[:4]}..{h[-2:]}" for i, h in enumerate(SMALL_ORDER_HEX)])
+def test_small_order_public_keys_are_refused_in_every_encoding(raw_hex: str) -> None:
+    """Review L1: OpenSSL takes these keys, and under the identity key (R = identity, S = 0) verifies for any message."""
+    raw = bytes.fromhex(raw_hex)
+    assert _times_8(raw) == (0, 1)  # the oracle agrees: [8]A is the identity
+    der = bytes.fromhex("302a300506032b6570032100") + raw
+    pem = "-----BEGIN PUBLIC KEY-----\n" + base64.b64encode(der).decode() + "\n-----END PUBLIC KEY-----\n"
+    for parse in (
+        lambda: PublicKey(raw),
+        lambda: PublicKey.from_raw(raw),
+        lambda: PublicKey.from_b64(base64.b64encode(raw)),
+        lambda: PublicKey.parse(base64.b64encode(raw).decode()),
+        lambda: PublicKey.from_pem(pem),
+        lambda: PublicKey.parse(pem),
+    ):
+        with pytest.raises(KeyFormatError) as caught:
+            parse()
+        assert raw_hex not in str(caught.value) and base64.b64encode(raw).decode() not in str(caught.value)
+
+
+def test_the_blocklist_is_every_small_order_encoding() -> None:
+    """Every 32-byte string whose low 255 bits are a small-order y (or y + p) is listed, and nothing else is refused."""
+    listed = {bytes.fromhex(h) for h in SMALL_ORDER_HEX}
+    small_y = {int.from_bytes(raw, "little") & ((1 << 255) - 1) for raw in listed}
+    assert len(listed) == 14 and len(small_y) == 7
+    for _ in range(200):
+        public = SigningKey.generate().public
+        assert _times_8(public.raw) != (0, 1)
+        assert PublicKey.from_raw(public.raw) == public
+    # Other non-canonical encodings (y = p + 2 ... 2^255 - 1) are refused too: RFC 8032 requires y < p.
+    with pytest.raises(KeyFormatError, match="canonical"):
+        PublicKey.from_raw((_P + 2).to_bytes(32, "little"))
+
+
 def test_key_errors_belong_to_the_project_hierarchy() -> None:
     assert issubclass(KeyFormatError, LiberationError)
     assert issubclass(KeyFormatError, ValueError)

@@ -14,14 +14,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from protocol.catalog import Catalog, load_catalog, parse_catalog
 from protocol.errors import LiberationError
 from protocol.events import SLUG_PATTERN
-from protocol.keys import SigningKey
-from protocol.snapshot import FORMAT, INT64_MAX, INT64_MIN, MetricCells, Snapshot
+from protocol.keys import PublicKey, SigningKey
+from protocol.snapshot import FORMAT, INT64_MAX, INT64_MIN, MetricCells, Snapshot, max_envelope_size
 from protocol.wire import (
     MAX_ENVELOPE_SIZE,
     SIGNING_PREFIX,
     DecodeError,
+    Envelope,
     EnvelopeError,
     SignatureError,
     decode_canonical,
@@ -666,3 +668,209 @@ def test_one_error_hierarchy() -> None:
 def test_verify_raises_only_envelope_errors(data: bytes) -> None:
     with pytest.raises(EnvelopeError):
         verify_envelope(data)
+
+
+# --- the envelope's fixed layout (review H2) ---------------------------------
+
+
+class _Refused(Exception):
+    """Raised by a key policy that knows no key: shows the policy ran, and nothing after it."""
+
+
+def _refuse(public_key: PublicKey) -> None:
+    raise _Refused
+
+
+def _empty_maps(size: int) -> bytes:
+    """An array32 of `size - 5` empty maps: no key, no signature, one Python dict each for a generic decoder."""
+    return b"\xdd" + struct.pack(">I", size - 5) + b"\x80" * (size - 5)
+
+
+def test_regression_unauthenticated_empty_maps_are_refused_without_decoding() -> None:
+    """Review H2: 8 MiB of empty maps cost about 11 s of CPU and +660 MiB before the key was even looked at."""
+    data = _empty_maps(MAX_ENVELOPE_SIZE)
+    started = time.process_time()
+    with pytest.raises(DecodeError) as caught:
+        verify_envelope(data, check_key=_refuse)
+    assert time.process_time() - started < 0.05
+    assert caught.value.reason == "shape" and not caught.value.in_body
+
+
+def test_regression_an_unknown_key_is_refused_before_its_body_is_read() -> None:
+    """A valid layout with 8 MiB of empty maps in its body: the key policy answers, the body is never decoded."""
+    stranger = SigningKey.from_seed(bytes(32))
+    body = _empty_maps(MAX_ENVELOPE_SIZE - 200)
+    data = encode_canonical({"body": body, "pk": stranger.public.raw, "sig": bytes(64), "v": 1})
+    assert len(data) <= MAX_ENVELOPE_SIZE
+    started = time.process_time()
+    with pytest.raises(_Refused):
+        verify_envelope(data, check_key=_refuse)
+    assert time.process_time() - started < 0.05
+    # Enrolled but with a wrong signature: refused by (5), still before the body is decoded.
+    started = time.process_time()
+    with pytest.raises(SignatureError):
+        verify_envelope(data, check_key=lambda key: None)
+    assert time.process_time() - started < 0.5  # SHA-512 over 8 MiB
+
+
+def test_verification_steps_run_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """(1)-(3) read headers only, (4) the caller's policy, (5) signature, and only then (6) the body decode."""
+    calls: list[str] = []
+    real = Snapshot.from_bytes.__func__  # type: ignore[attr-defined]
+
+    def spy(cls: type[Snapshot], data: bytes, **kwargs: Any) -> Snapshot:
+        calls.append("decode")
+        return real(cls, data, **kwargs)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(Snapshot, "from_bytes", classmethod(spy))
+    envelope = sign_snapshot(minimal(), KEY)
+    assert verify_envelope(envelope, check_key=lambda key: calls.append("policy")).snapshot == minimal()
+    assert calls == ["policy", "decode"]
+    calls.clear()
+    tampered = bytearray(envelope)
+    tampered[-4] ^= 1  # the signature's last byte (then a1 76 01: "v" = 1)
+    with pytest.raises(SignatureError):
+        verify_envelope(bytes(tampered), check_key=lambda key: calls.append("policy"))
+    assert calls == ["policy"]  # a bad signature never reaches the decoder
+
+
+def _with(envelope: bytes, old: bytes, new: bytes) -> bytes:
+    assert envelope.count(old) == 1
+    return envelope.replace(old, new)
+
+
+_VALID = sign_snapshot(minimal(), KEY)
+_BODY = minimal().to_bytes()
+_SIG = KEY.sign(SIGNING_PREFIX + _BODY)
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        pytest.param(b"", "malformed", id="empty"),
+        pytest.param(b"\xc1", "malformed", id="reserved-byte"),
+        pytest.param(_VALID[:-1], "malformed", id="truncated-v"),
+        pytest.param(_VALID[:40], "malformed", id="truncated-body"),
+        pytest.param(_VALID + b"\x00", "trailing-bytes", id="trailing-byte"),
+        pytest.param(b"\xde\x00\x04" + _VALID[1:], "not-canonical", id="map16-of-4"),
+        pytest.param(_with(_VALID, b"\xa1v\x01", b"\xa1v\xcc\x01"), "not-canonical", id="v-uint8"),
+        pytest.param(_with(_VALID, b"\xa1v\x01", b"\xa1v\xd0\x01"), "not-canonical", id="v-int8"),
+        pytest.param(_with(_VALID, b"\xa2pk\xc4\x20", b"\xa2pk\xc5\x00\x20"), "not-canonical", id="pk-bin16"),
+        pytest.param(_with(_VALID, b"\xa2pk", b"\xd9\x02pk"), "not-canonical", id="key-str8"),
+        pytest.param(_with(_VALID, b"\xa3sig", b"\xa3aaa"), "not-canonical", id="unknown-key-unsorted"),
+        pytest.param(_with(_VALID, b"\xa3sig", b"\xa3sih"), "shape", id="unknown-key-sorted"),
+        pytest.param(_with(_VALID, b"\xa3sig", b"\xa2pk"), "duplicate-key", id="duplicate-key"),
+        pytest.param(_with(_VALID, b"\xa3sig", b"\x03sig"[:1] + b"\xa0"), "non-str-key", id="int-key"),
+        pytest.param(_with(_VALID, b"\xa1v\x01", b"\xa1v\xd4\x00\x01"), "unsupported-type", id="v-ext"),
+        pytest.param(_with(_VALID, b"\xa1v\x01", b"\xa1v\x81\xa1v\x01"), "shape", id="v-map"),
+        pytest.param(_with(_VALID, b"\xa1v\x01", b"\xa1v\xcb" + struct.pack(">d", 1.0)), "shape", id="v-float64"),
+        pytest.param(_with(_VALID, b"\xa1v\x01", b"\xa1v\xc0"), "shape", id="v-nil"),
+        pytest.param(_with(_VALID, b"\xa1v\x01", b"\xa1v\xcf" + (2**64 - 1).to_bytes(8, "big")), "unsupported-version", id="v-max"),
+        pytest.param(_with(_VALID, b"\xa1v\x01", b"\xa1v\xff"), "unsupported-version", id="v-minus-1"),
+        pytest.param(b"\x84" + b"\xa1a\x01" * 4, "duplicate-key", id="four-same-keys"),
+        pytest.param(b"\x8f" + b"\xa1a\x01" * 15, "shape", id="fixmap-15"),
+        pytest.param(b"\x80", "shape", id="empty-map"),
+        pytest.param(_empty_maps(1 << 20), "shape", id="array32-of-empty-maps"),
+    ],
+)
+def test_the_envelope_layout_is_read_header_by_header(data: bytes, reason: str) -> None:
+    with pytest.raises(DecodeError) as caught:
+        verify_envelope(data, check_key=_refuse)
+    assert caught.value.reason == reason
+    assert not caught.value.in_body
+
+
+def test_envelope_from_bytes_reads_without_verifying() -> None:
+    envelope = Envelope.from_bytes(_VALID)
+    assert (envelope.public_key, envelope.body, envelope.signature, envelope.data) == (KEY.public, _BODY, _SIG, _VALID)
+    assert envelope.verify().snapshot == minimal()
+    for size in (255, 256, 65_535, 65_536):  # every bin header width of the body
+        body = b"\x00" * size
+        parsed = Envelope.from_bytes(sign_body(body, KEY))
+        assert parsed.body == body
+        with pytest.raises(DecodeError) as caught:
+            parsed.verify()
+        assert caught.value.in_body
+
+
+def _oracle(data: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """The envelope fields as the generic canonical decoder (the old path) reads them, or None if it refuses."""
+    try:
+        obj = decode_canonical(data, BIG)
+    except DecodeError:
+        return None
+    if type(obj) is not dict or obj.keys() != {"body", "pk", "sig", "v"}:
+        return None
+    body, pk, sig, v = obj["body"], obj["pk"], obj["sig"], obj["v"]
+    if type(v) is not int or v != 1 or type(body) is not bytes:
+        return None
+    if type(pk) is not bytes or len(pk) != 32 or type(sig) is not bytes or len(sig) != 64:
+        return None
+    return body, pk, sig
+
+
+_SCALARS = (
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8) | st.binary(max_size=80)
+)
+_ENVELOPE_LIKE = st.fixed_dictionaries(
+    {},
+    optional={
+        "body": st.binary(max_size=300) | _SCALARS,
+        "pk": st.binary(min_size=31, max_size=33) | _SCALARS,
+        "sig": st.binary(min_size=63, max_size=65) | _SCALARS,
+        "v": st.integers(-2, 2) | _SCALARS,
+        "x": _SCALARS | st.lists(_SCALARS, max_size=3),
+    },
+).map(encode_canonical)
+
+
+def _mutated(data: bytes) -> st.SearchStrategy[bytes]:
+    n = len(data)
+    return st.one_of(
+        st.tuples(st.integers(0, n - 1), st.integers(0, 255)).map(lambda a: data[: a[0]] + bytes([a[1]]) + data[a[0] + 1 :]),
+        st.integers(0, n).map(lambda i: data[:i]),
+        st.tuples(st.integers(0, n), st.binary(min_size=1, max_size=4)).map(lambda a: data[: a[0]] + a[1] + data[a[0] :]),
+    )
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(_ENVELOPE_LIKE | _ENVELOPE_LIKE.flatmap(_mutated) | _mutated(_VALID) | st.binary(max_size=64))
+def test_the_layout_reader_accepts_exactly_what_the_generic_decoder_accepts(data: bytes) -> None:
+    """The old generic decode is the oracle: same envelopes accepted, same fields, the rest refused."""
+    expected = _oracle(data)
+    try:
+        envelope = Envelope.from_bytes(data)
+    except SignatureError:  # an unusable pk: a step (3) refusal of a layout the oracle accepts
+        assert expected is not None
+        return
+    except DecodeError:
+        assert expected is None, "the layout reader refused an envelope the generic decoder accepts"
+        return
+    assert expected == (envelope.body, envelope.public_key.raw, envelope.signature)
+
+
+def _largest(catalog: Catalog) -> Snapshot:
+    """The longest valid snapshot of `catalog`: every cell and `other` published, each integer at its widest."""
+    start = (INT64_MAX - 32 * 86_400) // 3600 * 3600
+    return Snapshot(
+        format=FORMAT, node=NODE, catalog=catalog.hash, window_start=start, window_end=start + 31 * 86_400,
+        seq=INT64_MAX, created=INT64_MAX, nodes=INT64_MAX,
+        metrics={
+            m.name: MetricCells(
+                epsilon=math.pi, scale=math.e, variance=1e300, threshold=INT64_MAX,
+                idx=list(range(catalog.domain_size(m))), val=[INT64_MIN] * catalog.domain_size(m),
+                other_idx=list(range(catalog.prefix_size(m))), other_val=[INT64_MIN] * catalog.prefix_size(m),
+            )
+            for m in catalog.metrics
+        },
+    )
+
+
+def test_max_envelope_size_bounds_every_snapshot_of_a_catalog() -> None:
+    default = load_catalog()
+    data = load_catalog().model_dump(mode="json")
+    long_names = dict(data, metrics=[dict(m, name=f"{m['name']}-".ljust(64, "x")) for m in data["metrics"]])
+    for catalog in (default, parse_catalog(long_names)):
+        envelope = sign_snapshot(_largest(catalog), KEY)
+        assert len(envelope) <= max_envelope_size(catalog) < len(envelope) * 1.05  # a bound, and a tight one

@@ -194,7 +194,7 @@ def build_vectors() -> dict[str, dict[str, Any]]:
     bad_signature = good_signature[:-1] + bytes([good_signature[-1] ^ 0x01])
 
     # seq 1 as uint16 (0xcd 0x00 0x01) instead of positive fixint 0x01: same
-    # value, not canonical. Signed properly, so only step (4) can catch it.
+    # value, not canonical. Signed properly, so only step (6) can catch it.
     canonical_body = minimal.to_bytes()
     seq_canonical = b"\xa3seq\x01"
     assert canonical_body.count(seq_canonical) == 1
@@ -214,7 +214,7 @@ def build_vectors() -> dict[str, dict[str, Any]]:
             merged_snapshot(node),
         ),
         "reject_bad_signature": _vector(
-            "The minimal envelope with the last signature bit flipped: rejected at step (3).",
+            "The minimal envelope with the last signature bit flipped: rejected at step (5).",
             key,
             minimal,
             signature=bad_signature,
@@ -225,7 +225,7 @@ def build_vectors() -> dict[str, dict[str, Any]]:
         ),
         "reject_not_canonical": _vector(
             "The minimal body with seq written as uint16 0xcd 0x0001, correctly signed: "
-            "the signature verifies, the body is rejected at step (4).",
+            "the signature verifies, the body is rejected at step (6).",
             key,
             minimal,
             body=long_seq_body,
@@ -235,7 +235,7 @@ def build_vectors() -> dict[str, dict[str, Any]]:
         ),
         "reject_key_mismatch": _vector(
             "A valid body naming another node's key id (of seed 0x01..0x20), signed by this key: "
-            "rejected at step (5).",
+            "rejected at step (7).",
             key,
             minimal_snapshot(other_node),
             expect="reject",
