@@ -295,8 +295,10 @@ def _hub_log_verify(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from liberation.demo import run_demo
+    from liberation.demo import run_demo, run_import_demo
 
+    if args.source is not None:
+        return run_import_demo(Path(args.data_dir), Path(args.source), hub_port=args.hub_port)
     return run_demo(Path(args.data_dir), days=args.days, fresh=not args.keep)
 
 
@@ -407,6 +409,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data-dir", dest="data_dir", default="data/demo", metavar="DIR")
     demo.add_argument("--days", type=int, default=30, help="days of history (default 30)")
     demo.add_argument("--keep", action="store_true", help="keep an existing demo data dir instead of starting afresh")
+    demo.add_argument("--import", dest="source", metavar="DIR",
+                      help="a federation of your own history: one node per <community>.jsonl in DIR (node import's "
+                           "format), every closed window published and merged; no synthetic communities, no trickle")
+    demo.add_argument("--hub-port", dest="hub_port", type=int, default=8700,
+                      help="with --import: the hub's port (default 8700; 0 picks a free one)")
     demo.set_defaults(func=_demo)
     return parser
 

@@ -1,11 +1,15 @@
-"""`liberation demo`: a hub and three community nodes on loopback, a month of history, a live trickle.
+"""`liberation demo`: a hub and community nodes on loopback, from synthetic history or from your own files.
 
-The demo runs the real parts, as an operator would: it generates keys,
-imports synthetic history into each node through `node import`'s code path,
-starts `liberation hub serve` and three `liberation node serve` processes,
-enrolls the nodes through the hub's admin API, lets the nodes export and push
-their closed windows, keeps a trickle of live events going, and prints the
-dashboard's URL. Ctrl-C stops everything cleanly.
+The demo runs the real parts, as an operator would. By default it generates
+keys, imports synthetic history into three nodes through `node import`'s
+code path, starts `liberation hub serve` and three `liberation node serve`
+processes, enrolls the nodes through the hub's admin API, lets the nodes
+export and push their closed windows, keeps a trickle of live events going,
+and prints the dashboard's URL. With `--import DIR` it builds one node per
+`<community>.jsonl` in DIR (the format `node import` takes) and nothing
+else: each node imports its file and publishes every closed window, the hub
+enrolls them and takes their snapshots over HTTP, and serves the federation
+views of that history. Ctrl-C stops everything cleanly.
 """
 
 from __future__ import annotations
@@ -55,6 +59,115 @@ def _import_history(community: Community, data_dir: str, seed: int, days: int) -
     finally:
         close_node(node)
     return f"{community.name}: {summary.accepted:,} events imported"
+
+
+IMPORT_RETENTION_DAYS = 400
+"""How far back `--import` history may go: the hub's default window horizon."""
+
+
+def _publish_file(path: str, data_dir: str) -> tuple[str, str, list[bytes], str]:
+    """One community's file through a node of its own: import, export every closed window (run in a worker).
+
+    Returns the node's name, public key, envelopes and a summary line.
+    """
+    from node.app import close_node, open_node
+    from node.importer import import_lines
+    from node.settings import NodeSettings
+
+    name = Path(path).stem
+    node = open_node(NodeSettings(data_dir=Path(data_dir), retention_days=IMPORT_RETENTION_DAYS))
+    try:
+        with open(path, encoding="utf-8") as lines:
+            summary = import_lines(node, lines)
+        node.export_due()
+        envelopes = [e for w in sorted(node.windows.exported) if (e := node.publisher.stored(w)) is not None]
+        public = node.key.public.b64
+    finally:
+        close_node(node)
+    refused = sum(summary.rejected.values())
+    return name, public, envelopes, (
+        f"{name}: {summary.accepted:,} events imported"
+        + (f", {refused:,} refused" if refused else "") + f", {len(envelopes)} windows published"
+    )
+
+
+def _post_envelope(url: str, envelope: bytes) -> None:
+    request = urllib.request.Request(
+        url + "/v1/snapshots", data=envelope, headers={"Content-Type": "application/msgpack"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=30):  # noqa: S310 - loopback only
+        pass
+
+
+def run_import_demo(root: Path, source: Path, *, hub_port: int = 8700, out: TextIO = sys.stdout) -> int:
+    """A federation of the communities in `source` (one `<community>.jsonl` each), served by a hub until a signal."""
+    started = time.monotonic()
+    files = sorted(source.glob("*.jsonl"))
+    if not files:
+        print(f"liberation: no <community>.jsonl file in {source}", file=sys.stderr)
+        return 1
+    if root.exists():
+        shutil.rmtree(root)
+    make_private_dir(root)
+    token = secrets.token_urlsafe(32)
+    say = lambda text: print(text, file=out, flush=True)  # noqa: E731
+    say(f"Liberation Analytics demo: a hub and {len(files)} communities from {source}")
+    with ProcessPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+        jobs = [pool.submit(_publish_file, str(f), str(root / "nodes" / f.stem)) for f in files]
+        published = [job.result() for job in jobs]
+    for *_, line in published:
+        say("  " + line)
+    stop = _stop_on_signals()
+    hub = _start("hub", ["hub", "serve"], root / "hub.log", {
+        "LIBERATION_HUB_DATA_DIR": str(root / "hub"), "LIBERATION_HUB_PORT": str(hub_port),
+        "LIBERATION_HUB_METRICS_PORT": "0", "LIBERATION_HUB_ADMIN_TOKEN": token,
+        "LIBERATION_HUB_EXPORT_AFTER_SECONDS": "0",
+    })
+    try:
+        _wait_url(hub)
+        for name, public, envelopes, _ in published:
+            _request(hub.url + "/v1/admin/nodes", {"name": name, "public_key": public}, token)
+            for envelope in envelopes:
+                _post_envelope(hub.url, envelope)
+        windows = _request(hub.url + "/v1/windows")["windows"]
+        say(f"  hub: {len(windows)} windows merged from {len(published)} nodes "
+            f"({time.monotonic() - started:.0f} s after start)")
+        say("")
+        say(f"  dashboard:  {hub.url}/")
+        say(f"  views API:  {hub.url}/v1/views   (OpenAPI: {hub.url}/openapi.json)")
+        say(f"  logs and data: {root}")
+        say("")
+        say("Ctrl-C stops.")
+        while not stop[0] and hub.proc.poll() is None:
+            time.sleep(0.2)
+    finally:
+        _stop_services([hub], say)
+    return 0
+
+
+def _stop_on_signals() -> list[bool]:
+    """A flag set by SIGINT or SIGTERM."""
+    stop = [False]
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop[0] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    return stop
+
+
+def _stop_services(services: list[Service], say: Any) -> None:
+    say("stopping ...")
+    for service in reversed(services):
+        if service.proc.poll() is None:
+            service.proc.send_signal(signal.SIGTERM)
+    for service in services:
+        try:
+            service.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            service.proc.kill()
+    say("stopped.")
 
 
 def _start(name: str, args: list[str], log: Path, env: dict[str, str]) -> Service:
@@ -123,14 +236,7 @@ def run_demo(root: Path, *, days: int = HISTORY_DAYS, out: TextIO = sys.stdout, 
             say("  " + job.result())
 
     services: list[Service] = []
-    stop = False
-
-    def on_signal(signum: int, frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop = _stop_on_signals()
     try:
         hub = _start("hub", ["hub", "serve"], root / "hub.log", {
             "LIBERATION_HUB_DATA_DIR": str(root / "hub"), "LIBERATION_HUB_PORT": str(_free_port(8700)),
@@ -159,7 +265,7 @@ def run_demo(root: Path, *, days: int = HISTORY_DAYS, out: TextIO = sys.stdout, 
         for node in services[1:]:
             _wait_url(node)
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not stop:
+        while time.monotonic() < deadline and not stop[0]:
             windows = _request(hub.url + "/v1/windows")["windows"]
             if len(windows) >= days and all(w["nodes"] == len(COMMUNITIES) for w in windows[-days:]):
                 break
@@ -175,7 +281,7 @@ def run_demo(root: Path, *, days: int = HISTORY_DAYS, out: TextIO = sys.stdout, 
         say("")
         say("A live trickle of events keeps going; today's window is published after midnight UTC. Ctrl-C stops.")
         trickle = [Traffic(c, 9000 + i) for i, c in enumerate(COMMUNITIES)]
-        while not stop:
+        while not stop[0]:
             now = datetime.now(UTC)
             for node, traffic in zip(services[1:], trickle):
                 events = traffic.session(now - timedelta(minutes=1))
@@ -186,18 +292,9 @@ def run_demo(root: Path, *, days: int = HISTORY_DAYS, out: TextIO = sys.stdout, 
                 except (urllib.error.URLError, OSError):
                     pass  # a node restarting: the trickle simply goes on
             for _ in range(20):
-                if stop:
+                if stop[0]:
                     break
                 time.sleep(0.1)
     finally:
-        say("stopping ...")
-        for service in reversed(services):
-            if service.proc.poll() is None:
-                service.proc.send_signal(signal.SIGTERM)
-        for service in services:
-            try:
-                service.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                service.proc.kill()
-        say("stopped.")
+        _stop_services(services, say)
     return 0
