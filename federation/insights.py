@@ -315,29 +315,43 @@ def breakdown(catalog: Catalog, table: ReadTable, metric: str = "industry_runway
 
 
 def geography(catalog: Catalog, table: ReadTable, top: int | None = None) -> dict[str, Any]:
-    """Sessions per country over all tools (a session counts once per tool it used), ranked.
+    """Sessions per country, ranked: each session once (the default catalog), or once per tool (an older one).
 
     {"countries": [{"country", "sessions": Num}] (every country shown as present, or the
      top `top`; descending), "rest": Num (None when every country is listed),
-     "countries_with_data": int, "by_app": {app: {country: Num}}, "unattributed": {app: Num}}
-    `rest` sums the countries beyond the top; `unattributed` is each tool's
-    `other` (sessions of suppressed countries, whose countries are unknown).
+     "countries_with_data": int, "per": "session" | "session and tool",
+     "by_app": {app: {country: Num}} (a per-tool metric only), "unattributed": {app or "all": Num}}
+    `unattributed` is the `other` of sessions whose country could not be told apart from noise.
     """
-    spec = _metric(catalog, "geo_sessions", ("app", "country"))
+    spec, per = _geo_metric(catalog)
     countries, apps = catalog.domain("country"), catalog.app_names
     per_country: dict[str, CellSum] = {}
-    by_app: dict[str, dict[str, Num | None]] = {app: {} for app in apps}
+    by_app: dict[str, dict[str, Num | None]] = {app: {} for app in apps} if per == "session and tool" else {}
     for (a, c), cs in _grid_cells(table, spec, len(countries)):
         per_country[countries[c]] = fold_sums(per_country.get(countries[c]), cs)
-        by_app[apps[a]][countries[c]] = _num(cs)
+        if by_app:
+            by_app[apps[a]][countries[c]] = _num(cs)
     ranked = sorted(per_country.items(), key=lambda item: (-item[1].value, item[0]))
+    unattributed = (
+        {app: _num(_get(table, spec, "other", a)) for a, app in enumerate(apps)} if by_app
+        else {"all": _num(_get(table, spec, "other", 0))}
+    )
     return {
         "countries": [{"country": code, "sessions": _num(cs)} for code, cs in ranked[:top]],
         "rest": _num(total_sums(cs for _, cs in (ranked[top:] if top is not None else []))),
         "countries_with_data": len(ranked),
+        "per": per,
         "by_app": {app: dict(sorted(cells.items())) for app, cells in by_app.items()},
-        "unattributed": {app: _num(_get(table, spec, "other", a)) for a, app in enumerate(apps)},
+        "unattributed": unattributed,
     }
+
+
+def _geo_metric(catalog: Catalog) -> tuple[MetricSpec | None, str]:
+    """The catalog's geography metric: per session (country), or per session and tool (app x country)."""
+    spec = _metric(catalog, "geo_sessions", ("country",))
+    if spec is not None:
+        return spec, "session"
+    return _metric(catalog, "geo_sessions", ("app", "country")), "session and tool"
 
 
 PEAK_METRICS = ("peak_events",)
@@ -387,7 +401,8 @@ def trends(catalog: Catalog, tables_by_window: Mapping[int, ReadTable]) -> dict[
      "countries": [{"country", "series": [Num], "growth": Num}] (by total, descending)}
     A tool's series counts sessions that started it (completion's `started`):
     one cell per tool and window, where the per-country geo cells would sum
-    hundreds of noisy cells. A country's series sums geo_sessions over tools.
+    hundreds of noisy cells. A country's series is its geo_sessions (summed over tools
+    in an older per-tool catalog).
     growth = (sum of the second half) / (sum of the first) - 1 over the
     windows present, sd by the delta method; None with fewer than 2 windows
     or a first half <= 0.
@@ -405,7 +420,7 @@ def trends_of_cells(catalog: Catalog, layout: Layout, cells_by_window: Mapping[i
     for a, (app, app_spec) in enumerate(catalog.apps.items()):
         series = [_cell(layout, part, stages, a * len(STAGES) + STARTED) for part in parts]
         tools[app] = {"title": app_spec.title, "series": [_num(cs) for cs in series], "growth": _growth(series)}
-    geo = _metric(catalog, "geo_sessions", ("app", "country"))
+    geo, _ = _geo_metric(catalog)
     countries = catalog.domain("country")
     return {"windows": windows, "tools": tools, "countries": [] if geo is None else _country_series(layout, parts, geo, countries)}
 
@@ -478,7 +493,7 @@ def headline(catalog: Catalog, table: ReadTable, windows: int, nodes: int) -> di
     tools_spec = _metric(catalog, "session_tools", ("tool_count",))
     events_spec = _metric(catalog, "usage_events", ("app_action",))
     sessions_spec = _metric(catalog, "usage_sessions", ("app_action",))
-    geo = _metric(catalog, "geo_sessions", ("app", "country"))
+    geo, _ = _geo_metric(catalog)
     app_of = [label.split("/", 1)[0] for label in catalog.domain("app_action")]
     used = {
         app_of[index]

@@ -1,4 +1,4 @@
-"""The public country domain: ISO 3166-1 alpha-2 codes (249), plus `ZZ` for unknown."""
+"""The public country domain: inhabited ISO 3166-1 alpha-2 codes (243), plus `ZZ` for unknown."""
 
 from __future__ import annotations
 
@@ -25,7 +25,12 @@ ISO_CODES: tuple[str, ...] = (
 UNKNOWN_COUNTRY = "ZZ"
 """User-assigned code for "country unknown": no hint and no GeoIP answer."""
 
-ISO_COUNTRIES: frozenset[str] = frozenset(ISO_CODES)
+UNINHABITED: frozenset[str] = frozenset({"AQ", "BV", "GS", "HM", "TF", "UM"})
+"""Codes of territories without a permanent population: no visitor comes from them, so they are
+not in the domain (every cell of a domain is noised and can show as false presence)."""
 
-COUNTRY_DOMAIN: tuple[str, ...] = ISO_CODES + (UNKNOWN_COUNTRY,)
+ISO_COUNTRIES: frozenset[str] = frozenset(ISO_CODES) - UNINHABITED
+"""The codes a hint or a GeoIP answer may give a country; any other becomes unknown."""
+
+COUNTRY_DOMAIN: tuple[str, ...] = tuple(c for c in ISO_CODES if c not in UNINHABITED) + (UNKNOWN_COUNTRY,)
 """The ordered public domain of the `country` dimension."""

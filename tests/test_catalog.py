@@ -52,7 +52,7 @@ def test_default_catalog_covers_every_design_metric() -> None:
     dims = {m.name: m.dimensions for m in catalog.metrics}
     assert dims["usage_events"] == ("app_action",)
     assert dims["usage_sessions"] == ("app_action",)
-    assert dims["geo_sessions"] == ("app", "country")
+    assert dims["geo_sessions"] == ("country",)  # once per session: sensitivity 1
     assert dims["peak_events"] == ("app", "hour")
     assert dims["tool_pairs"] == ("app_pair",)
     assert dims["completion"] == ("app", "stage")
@@ -70,12 +70,14 @@ def test_domains_are_public_and_ordered() -> None:
     assert len(catalog.domain("hour")) == 24
     assert "runway-calculator>real-wage-calculator" in catalog.domain("app_pair")
     assert "runway-calculator>runway-calculator" not in catalog.domain("app_pair")
+    assert not set(COUNTRY_DOMAIN) & {"AQ", "BV", "GS", "HM", "TF", "UM"}  # uninhabited: never a visitor's
     geo = catalog.metric("geo_sessions")
-    assert catalog.shape(geo) == (3, 250)
-    assert catalog.prefix_size(geo) == 3
+    assert catalog.shape(geo) == (244,) and catalog.prefix_size(geo) == 1
+    peak = catalog.metric("peak_events")
+    assert catalog.shape(peak) == (3, 24)
     # Row-major, last dimension fastest.
-    assert catalog.cell_labels(geo, 0) == ("runway-calculator", COUNTRY_DOMAIN[0])
-    assert catalog.cell_labels(geo, 251) == ("real-wage-calculator", COUNTRY_DOMAIN[1])
+    assert catalog.cell_labels(peak, 0) == ("runway-calculator", "00")
+    assert catalog.cell_labels(peak, 25) == ("real-wage-calculator", "01")
 
 
 def test_money_is_banded_and_numbers_bucketed() -> None:

@@ -17,6 +17,7 @@ from federation.columns import Cells, Layout, sum_windows
 from federation.columns import apply_presence as apply_presence_cells
 from federation.insights import (
     STARTED,
+    _geo_metric,
     _get,
     _grid_cells,
     _growth,
@@ -88,7 +89,7 @@ def reference_trends(catalog: Catalog, tables_by_window: Mapping[int, ReadTable]
     for a, (app, app_spec) in enumerate(catalog.apps.items()):
         series = [_get(tables_by_window[w], stages, "cell", a * len(STAGES) + STARTED) for w in windows]
         tools[app] = {"title": app_spec.title, "series": [_num(cs) for cs in series], "growth": _growth(series)}
-    geo = _metric(catalog, "geo_sessions", ("app", "country"))
+    geo, _ = _geo_metric(catalog)
     countries = catalog.domain("country")
     per_window: list[dict[str, CellSum]] = []
     for w in windows:

@@ -144,6 +144,9 @@ async function loadViews() {
   state.envs = envs;
   fillToolSelect($("peaks-tool"), state.peaksTool);
   fillToolSelect($("geo-tool"), state.geoTool);
+  // One country per session: no per-tool split to choose from.
+  const geo = envs.geography && envs.geography.data;
+  $("geo-tool").closest("label").hidden = Boolean(geo && !Object.keys(geo.by_app).length);
   tidySections();
   document.querySelector("main").removeAttribute("aria-busy");
   const any = Object.values(envs)[0];

@@ -268,6 +268,11 @@ export function renderPeaks(env, ctx, tool = "") {
 
 export function countryTotals(d, tool) {
   const totals = new Map();
+  if (!Object.keys(d.by_app).length) {
+    // Each session once (no per-tool split): every country counted is in the list.
+    for (const c of d.countries) totals.set(c.country, c.sessions);
+    return totals;
+  }
   const apps = tool ? [tool] : Object.keys(d.by_app);
   for (const app of apps) {
     for (const [code, n] of Object.entries(d.by_app[app] || {})) {
@@ -311,7 +316,7 @@ export function renderGeography(env, ctx, world, tool = "") {
           h("span", {}, h("strong", { text: fmtInt(tool ? totals.size : d.countries_with_data) }), " countries whose sessions stand clear of the noise."),
           !tool && isNum(d.rest) ? h("span", {}, "Countries beyond the list, together: ", numEl(d.rest), ".") : null,
           h("span", {}, "Sessions whose country cannot be told apart from noise: ", numEl(unattributed), ".")))),
-    h("p", { class: "panel-note", text: "A session counts once for each tool it used. Countries come from the person's own hint or a one-time lookup of their connection; the address is discarded immediately." }),
+    h("p", { class: "panel-note", text: `${d.per === "session" ? "A session counts once, in the country of its first event." : "A session counts once for each tool it used."} Countries come from the person's own hint or a one-time lookup of their connection; the address is discarded immediately.` }),
     dataTable(`Sessions by country${tool ? ` (${title(ctx, tool)})` : ""}`, [{ label: "Country" }, { label: "Code" }, { label: "Sessions", numeric: true }, { label: "±", numeric: true }, { label: "Nodes", numeric: true }],
       [...totals.entries()].filter(([, n]) => isNum(n)).sort((a, b) => b[1].value - a[1].value)
         .map(([code, n]) => [countryName(code), code, ...numCells(n), String(n.nodes)])),
