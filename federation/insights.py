@@ -149,7 +149,9 @@ def _quantile_points(
 def _quantile_nums(
     edges: Sequence[float], cells: Sequence[CellSum | None], qs: Sequence[float] = (0.25, 0.5, 0.75)
 ) -> dict[str, Num | None]:
-    # Absent buckets count as 0 here: their mass sits in `other`, unplaceable.
+    # Views pass every bucket's sum, shown or not (`raw`): presence is for display, and a
+    # quantile read from the shown buckets alone would follow the bucket layout, not the data.
+    # An absent bucket (no snapshot in range) counts as 0.
     counts = [0 if c is None else c.value for c in cells]
     variances = [0.0 if c is None else c.variance for c in cells]
     nodes = max((c.nodes for c in cells if c is not None), default=0)
@@ -247,7 +249,7 @@ def tool_combinations(catalog: Catalog, table: ReadTable) -> dict[str, Any]:
     return {"pairs": pairs, "other": _num(_get(table, spec, "other", 0)), "sankey": sankey}
 
 
-def session_shape(catalog: Catalog, table: ReadTable) -> dict[str, Any]:
+def session_shape(catalog: Catalog, table: ReadTable, raw: ReadTable | None = None) -> dict[str, Any]:
     """Histograms of tools per session and of session duration, with duration quartiles.
 
     {"tool_count": Histogram, "duration": Histogram + {"edges", "quantiles": {"p25", "p50", "p75": Num}}}
@@ -258,11 +260,12 @@ def session_shape(catalog: Catalog, table: ReadTable) -> dict[str, Any]:
     duration = _histogram(catalog, table, spec, "duration")
     edges = catalog.session.duration_edges_minutes
     duration["edges"] = list(edges)
-    duration["quantiles"] = _quantile_nums(edges, [_get(table, spec, "cell", i) for i in range(len(edges))])
+    every = table if raw is None else raw
+    duration["quantiles"] = _quantile_nums(edges, [_get(every, spec, "cell", i) for i in range(len(edges))])
     return {"tool_count": tools, "duration": duration}
 
 
-def financial(catalog: Catalog, table: ReadTable) -> dict[str, Any]:
+def financial(catalog: Catalog, table: ReadTable, raw: ReadTable | None = None) -> dict[str, Any]:
     """Every single-attribute histogram metric: cells, shares and, for numeric attributes, quartiles.
 
     {metric: {"attribute", "kind", "description", "labels", "cells": [Num], "other": Num,
@@ -280,12 +283,15 @@ def financial(catalog: Catalog, table: ReadTable) -> dict[str, Any]:
         entry: dict[str, Any] = {"attribute": attribute, "kind": attr.kind.value, "description": spec.description}
         entry.update(_histogram(catalog, table, spec, spec.dimensions[0]))
         entry["share"] = _shares(cells)
-        entry["quantiles"] = None if attr.edges is None else _quantile_nums(attr.edges, cells)
+        every = cells if raw is None else [_get(raw, spec, "cell", i) for i in range(catalog.domain_size(spec))]
+        entry["quantiles"] = None if attr.edges is None else _quantile_nums(attr.edges, every)
         out[spec.name] = entry
     return out
 
 
-def breakdown(catalog: Catalog, table: ReadTable, metric: str = "industry_runway") -> dict[str, Any]:
+def breakdown(
+    catalog: Catalog, table: ReadTable, metric: str = "industry_runway", raw: ReadTable | None = None
+) -> dict[str, Any]:
     """A 2-D metric as a matrix, with per-row totals and, for a numeric second dimension, medians.
 
     {"metric", "rows_dimension", "columns_dimension", "rows": [str], "columns": [str],
@@ -310,7 +316,12 @@ def breakdown(catalog: Catalog, table: ReadTable, metric: str = "industry_runway
         "cells": [[_num(cs) for cs in row] for row in grid],
         "other": [_num(cs) for cs in others],
         "row_total": [_num(total_sums([*row, other])) for row, other in zip(grid, others)],
-        "median": None if edges is None else [_quantile_nums(edges, row, (0.5,))["p50"] for row in grid],
+        "median": None if edges is None else [
+            _quantile_nums(edges, row, (0.5,))["p50"]
+            for row in (grid if raw is None else [
+                [_get(raw, spec, "cell", r * len(cols) + c) for c in range(len(cols))] for r in range(len(rows))
+            ])
+        ],
     }
 
 

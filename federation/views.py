@@ -97,6 +97,14 @@ class RangeData:
         """The whole range summed, presence inferred over all of its snapshots."""
         return self._summed(list(self.per_window))
 
+    @property
+    def raw(self) -> Table:
+        """The whole range summed, every cell (no presence folding): what quantiles read, noise and all."""
+        windows = list(self.per_window)
+        if len(windows) == 1:
+            return self.per_window[windows[0]].cells.to_table(self.layout)
+        return sum_windows(self.layout, [self.per_window[w].cells for w in windows]).to_table(self.layout)
+
     def thresholded_windows(self) -> dict[int, Cells]:
         return {w: wc.thresholded() for w, wc in self.per_window.items()}
 
@@ -125,12 +133,12 @@ VIEWS: dict[str, tuple[str, View]] = {
     "tool-combinations": ("Ordered tool pairs: who used A before B (with a Sankey structure)",
                           lambda d: tool_combinations(d.catalog, d.combined)),
     "session-shape": ("Tools per session and session duration, with median and quartiles",
-                      lambda d: session_shape(d.catalog, d.combined)),
+                      lambda d: session_shape(d.catalog, d.combined, d.raw)),
     "peak-times": ("Hour-of-week heat map of events (UTC)", lambda d: peak_times(d.catalog, d.by_weekday(PEAK_METRICS))),
     "geography": ("Sessions per country, top countries and per tool", lambda d: geography(d.catalog, d.combined)),
     "financial": ("Runway, real-wage gap, savings, industries, salary, expenses, debt: histograms and quantiles",
-                  lambda d: financial(d.catalog, d.combined)),
-    "breakdown": ("Industry x runway months", lambda d: breakdown(d.catalog, d.combined)),
+                  lambda d: financial(d.catalog, d.combined, d.raw)),
+    "breakdown": ("Industry x runway months", lambda d: breakdown(d.catalog, d.combined, raw=d.raw)),
     "trends": ("Per-window series per tool and country, with growth rates",
                lambda d: trends_of_cells(d.catalog, d.layout, d.thresholded_windows())),
 }

@@ -644,3 +644,18 @@ def test_every_insight_is_json_without_nan_or_inf(windows: list[Table]) -> None:
     ]
     for output in outputs:
         assert json.loads(json.dumps(output, allow_nan=False)) == output
+
+
+def test_medians_read_every_bucket_not_only_the_shown_ones() -> None:
+    """A flat histogram of buckets each too small to show: its median is still the data's, not None or the layout's."""
+    spec = CATALOG.metric("runway_months")
+    one = CATALOG.variance(spec)
+    counts = [0, 40, 120, 130, 90, 30, 10, 0, 0, 0, 0, 0]  # every bucket under one snapshot's bound (144)
+    raw: Table = {cell("runway_months", i): CellSum(v, one, 1) for i, v in enumerate(counts)}
+    shown = apply_presence(CATALOG, raw)
+    assert [k for k in shown if k[1] == "cell"] == []  # nothing distinguishable bucket by bucket
+    result = financial(CATALOG, shown, raw)["runway_months"]
+    edges = CATALOG.attributes["runway_months"].edges
+    assert edges is not None
+    assert result["quantiles"]["p50"]["value"] == pytest.approx(quantiles(edges, counts)["p50"])
+    assert result["quantiles"]["p50"]["sd"] > 0

@@ -120,7 +120,8 @@ def reference_view(store: HubStore, name: str, start: int, end: int) -> Any:
     tables: dict[int, Table] = {w: {} for w in sorted(counts)}
     for w, metric, kind, idx, value, variance, nodes in rows:
         tables[w][(metric, kind, idx)] = CellSum(value, variance, nodes)
-    combined = apply_presence(CATALOG, combine_windows(tables.values()))
+    raw = combine_windows(tables.values())
+    combined = apply_presence(CATALOG, raw)
     groups: dict[int, list[int]] = {}
     for w in tables:
         groups.setdefault(weekday(w), []).append(w)
@@ -129,12 +130,12 @@ def reference_view(store: HubStore, name: str, start: int, end: int) -> Any:
         "usage": lambda: usage(CATALOG, combined),
         "completion": lambda: completion(CATALOG, combined),
         "tool-combinations": lambda: tool_combinations(CATALOG, combined),
-        "session-shape": lambda: session_shape(CATALOG, combined),
+        "session-shape": lambda: session_shape(CATALOG, combined, raw),
         "peak-times": lambda: peak_times(CATALOG, {
             ws[0]: apply_presence(CATALOG, combine_windows(tables[w] for w in ws)) for ws in groups.values()}),
         "geography": lambda: geography(CATALOG, combined),
-        "financial": lambda: financial(CATALOG, combined),
-        "breakdown": lambda: breakdown(CATALOG, combined),
+        "financial": lambda: financial(CATALOG, combined, raw),
+        "breakdown": lambda: breakdown(CATALOG, combined, raw=raw),
         "trends": lambda: reference_trends(CATALOG, {w: apply_presence(CATALOG, t) for w, t in tables.items()}),
     }
     return json.loads(json.dumps(views[name](), allow_nan=False))
