@@ -25,6 +25,7 @@ import numpy as np
 
 from federation.columns import INT64_SAFE, Array, Cells, Layout
 from federation.merge import CellSum, Kind, ReadTable, fold_sums, sd, total_sums
+from federation.significance import presence_threshold
 from protocol.catalog import ATTRIBUTE_DIMENSION_PREFIX, STAGES, Catalog, MetricSpec
 from protocol.windows import DAY
 
@@ -69,17 +70,23 @@ def _share(x: float, var_x: float, y: float, var_y: float, nodes: int) -> Num | 
     return {"value": min(1.0, max(0.0, r)), "sd": spread, "nodes": nodes, "clipped": not 0 <= r <= 1}
 
 
-def _growth(series: Sequence[CellSum | None]) -> Num | None:
+Significant = Callable[[CellSum], bool]
+"""Whether a sum stands clear of its noise (federation/significance.py); growth needs both of its ends to."""
+
+
+def _growth(series: Sequence[CellSum | None], significant: Significant | None = None) -> Num | None:
     """Sum of the second half over the first, minus 1 (an odd middle window belongs to neither)."""
     half = len(series) // 2
     if half == 0:
         return None
-    return _growth_of(total_sums(series[:half]), total_sums(series[len(series) - half :]))
+    return _growth_of(total_sums(series[:half]), total_sums(series[len(series) - half :]), significant)
 
 
-def _growth_of(first: CellSum | None, second: CellSum | None) -> Num | None:
+def _growth_of(first: CellSum | None, second: CellSum | None, significant: Significant | None = None) -> Num | None:
     if first is None or second is None or first.value <= 0:
         return None
+    if significant is not None and not (significant(first) and significant(second)):
+        return None  # a trend between ends that noise could have made up is not shown
     r = second.value / first.value
     spread = math.sqrt(second.variance + r * r * first.variance) / first.value
     return {"value": r - 1, "sd": spread, "nodes": max(first.nodes, second.nodes)}
@@ -405,7 +412,15 @@ def weekday(window_start: int) -> int:
     return (window_start // DAY + 3) % 7
 
 
-def trends(catalog: Catalog, tables_by_window: Mapping[int, ReadTable]) -> dict[str, Any]:
+def _significance(catalog: Catalog, spec: MetricSpec | None) -> Significant | None:
+    if spec is None:
+        return None
+    return lambda cs: cs.value >= presence_threshold(catalog, spec, cs.variance)
+
+
+def trends(
+    catalog: Catalog, tables_by_window: Mapping[int, ReadTable], raw_by_window: Mapping[int, ReadTable] | None = None
+) -> dict[str, Any]:
     """Per-window series per tool and per country, with growth from the first half of the range to the second.
 
     {"windows": [window_start], "tools": {app: {"title", "series": [Num], "growth": Num}},
@@ -414,29 +429,43 @@ def trends(catalog: Catalog, tables_by_window: Mapping[int, ReadTable]) -> dict[
     one cell per tool and window, where the per-country geo cells would sum
     hundreds of noisy cells. A country's series is its geo_sessions (summed over tools
     in an older per-tool catalog).
-    growth = (sum of the second half) / (sum of the first) - 1 over the
-    windows present, sd by the delta method; None with fewer than 2 windows
-    or a first half <= 0.
+    growth = (sum of the second half) / (sum of the first) - 1, sd by the
+    delta method; None with fewer than 2 windows, a first half <= 0, or
+    either half not clear of its noise. The halves sum every window's cell
+    (`raw_by_window`, all cells, when given), not only the windows shown.
     """
     layout = Layout.from_catalog(catalog)
-    return trends_of_cells(catalog, layout, {w: Cells.from_table(layout, t) for w, t in tables_by_window.items()})
+    raw = None if raw_by_window is None else {w: Cells.from_table(layout, t) for w, t in raw_by_window.items()}
+    return trends_of_cells(catalog, layout, {w: Cells.from_table(layout, t) for w, t in tables_by_window.items()}, raw)
 
 
-def trends_of_cells(catalog: Catalog, layout: Layout, cells_by_window: Mapping[int, Cells]) -> dict[str, Any]:
-    """`trends` over (re-thresholded) columnar tables: the country sums vectorized, same numbers bit for bit."""
+def trends_of_cells(
+    catalog: Catalog, layout: Layout, cells_by_window: Mapping[int, Cells], raw_by_window: Mapping[int, Cells] | None = None
+) -> dict[str, Any]:
+    """`trends` over columnar tables with presence inferred: the country sums vectorized, same numbers bit for bit."""
     windows = sorted(cells_by_window)
     parts = [cells_by_window[w] for w in windows]
+    raw_parts = parts if raw_by_window is None else [raw_by_window[w] for w in windows]
     stages = _metric(catalog, "completion", ("app", "stage"))
     tools: dict[str, Any] = {}
     for a, (app, app_spec) in enumerate(catalog.apps.items()):
         series = [_cell(layout, part, stages, a * len(STAGES) + STARTED) for part in parts]
-        tools[app] = {"title": app_spec.title, "series": [_num(cs) for cs in series], "growth": _growth(series)}
+        every = [_cell(layout, part, stages, a * len(STAGES) + STARTED) for part in raw_parts]
+        tools[app] = {"title": app_spec.title, "series": [_num(cs) for cs in series],
+                      "growth": _growth(every, _significance(catalog, stages))}
     geo, _ = _geo_metric(catalog)
     countries = catalog.domain("country")
-    return {"windows": windows, "tools": tools, "countries": [] if geo is None else _country_series(layout, parts, geo, countries)}
+    return {
+        "windows": windows,
+        "tools": tools,
+        "countries": [] if geo is None else _country_series(layout, parts, raw_parts, geo, countries, catalog),
+    }
 
 
-def _country_series(layout: Layout, parts: Sequence[Cells], geo: MetricSpec, countries: Sequence[str]) -> list[dict[str, Any]]:
+def _country_series(
+    layout: Layout, parts: Sequence[Cells], raw_parts: Sequence[Cells], geo: MetricSpec, countries: Sequence[str],
+    catalog: Catalog,
+) -> list[dict[str, Any]]:
     # Per window and country, geo_sessions cells summed over tools in the table's key order (fold_sums'
     # order, so floats add as the dict code adds them); then over windows in order.
     n, width = len(parts), len(countries)
@@ -445,27 +474,28 @@ def _country_series(layout: Layout, parts: Sequence[Cells], geo: MetricSpec, cou
     first, count = layout.offset[(geo.name, "cell")]
     rows = count // width
 
-    def grid(column: Callable[[Cells], Array]) -> Array:
-        return np.stack([column(p)[first : first + count] for p in parts]).reshape(n, rows, width)
+    def columns_of(ps: Sequence[Cells]) -> tuple[Array, Array, Array, Array]:
+        def grid(column: Callable[[Cells], Array]) -> Array:
+            return np.stack([column(p)[first : first + count] for p in ps]).reshape(n, rows, width)
 
-    rank = np.zeros((n, len(layout)), dtype=np.int64)
-    for i, part in enumerate(parts):
-        rank[i, part.order] = np.arange(len(part.order))
-    by_order = np.argsort(rank[:, first : first + count].reshape(n, rows, width), axis=1, kind="stable")
-    value, variance, nodes, present = (
-        np.take_along_axis(grid(column), by_order, axis=1)
-        for column in (lambda p: p.value, lambda p: p.variance, lambda p: p.nodes, lambda p: p.present)
-    )
-    if value.dtype != object and int(np.abs(value).max(initial=0)) * rows * n >= INT64_SAFE:
-        value = value.astype(object)
-    c_value, c_variance = value[:, 0].copy(), variance[:, 0].copy()
-    for r in range(1, rows):  # absent cells hold 0 and 0.0, which add nothing
-        c_value += value[:, r]
-        c_variance += variance[:, r]
-    c_nodes: Array = nodes.max(axis=1)
-    c_present: Array = present.any(axis=1)
+        rank = np.zeros((n, len(layout)), dtype=np.int64)
+        for i, part in enumerate(ps):
+            rank[i, part.order] = np.arange(len(part.order))
+        by_order = np.argsort(rank[:, first : first + count].reshape(n, rows, width), axis=1, kind="stable")
+        value, variance, nodes, present = (
+            np.take_along_axis(grid(column), by_order, axis=1)
+            for column in (lambda p: p.value, lambda p: p.variance, lambda p: p.nodes, lambda p: p.present)
+        )
+        if value.dtype != object and int(np.abs(value).max(initial=0)) * rows * n >= INT64_SAFE:
+            value = value.astype(object)
+        c_value, c_variance = value[:, 0].copy(), variance[:, 0].copy()
+        for r in range(1, rows):  # absent cells hold 0 and 0.0, which add nothing
+            c_value += value[:, r]
+            c_variance += variance[:, r]
+        return c_value, c_variance, nodes.max(axis=1), present.any(axis=1)
 
-    def over(windows: range) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+    def over(columns: tuple[Array, Array, Array, Array], windows: range) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+        c_value, c_variance, c_nodes, c_present = columns
         v, var = c_value[0] * 0, np.zeros(width)
         for w in windows:
             v = v + c_value[w]
@@ -473,12 +503,15 @@ def _country_series(layout: Layout, parts: Sequence[Cells], geo: MetricSpec, cou
         sel = slice(windows.start, windows.stop)
         return v.tolist(), var.tolist(), c_nodes[sel].max(axis=0, initial=0).tolist(), c_present[sel].any(axis=0).tolist()
 
-    totals = over(range(n))
+    shown = columns_of(parts)
+    every = shown if raw_parts is parts else columns_of(raw_parts)
+    totals = over(shown, range(n))
     half = n // 2
-    firsts, seconds = over(range(half)), over(range(n - half, n))
+    firsts, seconds = over(every, range(half)), over(every, range(n - half, n))
     ranked = sorted((c for c in range(width) if totals[3][c]), key=lambda c: (-totals[0][c], countries[c]))
-    columns: list[list[list[Any]]] = [a.T.tolist() for a in (c_value, np.sqrt(c_variance), c_nodes, c_present)]
+    columns: list[list[list[Any]]] = [a.T.tolist() for a in (shown[0], np.sqrt(shown[1]), shown[2], shown[3])]
     values, sds, counts, held = columns
+    significant = _significance(catalog, geo)
     out = []
     for c in ranked:
         series = [
@@ -487,7 +520,7 @@ def _country_series(layout: Layout, parts: Sequence[Cells], geo: MetricSpec, cou
         growth = None
         if half and firsts[3][c] and seconds[3][c]:
             growth = _growth_of(CellSum(firsts[0][c], firsts[1][c], firsts[2][c]),
-                                CellSum(seconds[0][c], seconds[1][c], seconds[2][c]))
+                                CellSum(seconds[0][c], seconds[1][c], seconds[2][c]), significant)
         out.append({"country": countries[c], "series": series, "growth": growth})
     return out
 

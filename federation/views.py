@@ -140,7 +140,8 @@ VIEWS: dict[str, tuple[str, View]] = {
                   lambda d: financial(d.catalog, d.combined, d.raw)),
     "breakdown": ("Industry x runway months", lambda d: breakdown(d.catalog, d.combined, raw=d.raw)),
     "trends": ("Per-window series per tool and country, with growth rates",
-               lambda d: trends_of_cells(d.catalog, d.layout, d.thresholded_windows())),
+               lambda d: trends_of_cells(d.catalog, d.layout, d.thresholded_windows(),
+                                         {w: wc.cells for w, wc in d.per_window.items()})),
 }
 
 

@@ -18,6 +18,7 @@ from federation.columns import apply_presence as apply_presence_cells
 from federation.insights import (
     STARTED,
     _geo_metric,
+    _significance,
     _get,
     _grid_cells,
     _growth,
@@ -81,22 +82,31 @@ def test_a_key_outside_the_catalog_is_refused() -> None:
 # ---- views over a hub store: the cached columnar path against the straightforward dict computation ----
 
 
-def reference_trends(catalog: Catalog, tables_by_window: Mapping[int, ReadTable]) -> dict[str, Any]:
+def reference_trends(
+    catalog: Catalog, tables_by_window: Mapping[int, ReadTable], raw_by_window: Mapping[int, ReadTable]
+) -> dict[str, Any]:
     """`insights.trends` as it was written over dict tables, before it went columnar: the oracle."""
     windows = sorted(tables_by_window)
     stages = _metric(catalog, "completion", ("app", "stage"))
     tools: dict[str, Any] = {}
     for a, (app, app_spec) in enumerate(catalog.apps.items()):
         series = [_get(tables_by_window[w], stages, "cell", a * len(STAGES) + STARTED) for w in windows]
-        tools[app] = {"title": app_spec.title, "series": [_num(cs) for cs in series], "growth": _growth(series)}
+        every = [_get(raw_by_window[w], stages, "cell", a * len(STAGES) + STARTED) for w in windows]
+        tools[app] = {"title": app_spec.title, "series": [_num(cs) for cs in series],
+                      "growth": _growth(every, _significance(catalog, stages))}
     geo, _ = _geo_metric(catalog)
     countries = catalog.domain("country")
-    per_window: list[dict[str, CellSum]] = []
-    for w in windows:
-        sums: dict[str, CellSum] = {}
-        for (_, c), cs in _grid_cells(tables_by_window[w], geo, len(countries)):
-            sums[countries[c]] = fold_sums(sums.get(countries[c]), cs)
-        per_window.append(sums)
+
+    def per_country(tables: Mapping[int, ReadTable]) -> list[dict[str, CellSum]]:
+        out: list[dict[str, CellSum]] = []
+        for w in windows:
+            sums: dict[str, CellSum] = {}
+            for (_, c), cs in _grid_cells(tables[w], geo, len(countries)):
+                sums[countries[c]] = fold_sums(sums.get(countries[c]), cs)
+            out.append(sums)
+        return out
+
+    per_window, per_window_raw = per_country(tables_by_window), per_country(raw_by_window)
     totals: dict[str, CellSum] = {}
     for sums in per_window:
         for code, cs in sums.items():
@@ -104,7 +114,8 @@ def reference_trends(catalog: Catalog, tables_by_window: Mapping[int, ReadTable]
     country_series = []
     for code in sorted(totals, key=lambda code: (-totals[code].value, code)):
         series = [sums.get(code) for sums in per_window]
-        country_series.append({"country": code, "series": [_num(cs) for cs in series], "growth": _growth(series)})
+        growth = _growth([sums.get(code) for sums in per_window_raw], _significance(catalog, geo))
+        country_series.append({"country": code, "series": [_num(cs) for cs in series], "growth": growth})
     return {"windows": windows, "tools": tools, "countries": country_series}
 
 
@@ -136,7 +147,7 @@ def reference_view(store: HubStore, name: str, start: int, end: int) -> Any:
         "geography": lambda: geography(CATALOG, combined),
         "financial": lambda: financial(CATALOG, combined, raw),
         "breakdown": lambda: breakdown(CATALOG, combined, raw=raw),
-        "trends": lambda: reference_trends(CATALOG, {w: apply_presence(CATALOG, t) for w, t in tables.items()}),
+        "trends": lambda: reference_trends(CATALOG, {w: apply_presence(CATALOG, t) for w, t in tables.items()}, tables),
     }
     return json.loads(json.dumps(views[name](), allow_nan=False))
 
