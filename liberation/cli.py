@@ -106,7 +106,7 @@ def _node_serve(args: argparse.Namespace) -> int:
 
     settings = _node_settings(args)
     configure_logging(settings.log_level)
-    run_app(create_app(settings), settings.host, settings.port, "node")
+    run_app(create_app(settings), settings.host, settings.port, "node", max_connections=settings.max_connections)
     return 0
 
 
@@ -200,7 +200,7 @@ def _hub_serve(args: argparse.Namespace) -> int:
 
     settings = _hub_settings(args)
     configure_logging(settings.log_level)
-    run_app(create_app(settings), settings.host, settings.port, "hub")
+    run_app(create_app(settings), settings.host, settings.port, "hub", max_connections=settings.max_connections)
     return 0
 
 
