@@ -44,7 +44,7 @@ def fit_open_files(wanted: int) -> tuple[int, int]:
 
 
 class _Refused(asyncio.Protocol):
-    """A connection over the cap while every other one is busy: closed as soon as it is made."""
+    """A connection over the cap with no idle one to close: closed as soon as it is made."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport.close()
@@ -115,7 +115,7 @@ class ConnectionCap:
         self._closed = Counter(
             "liberation_connections_closed",
             "Connections closed at the cap: the longest-open idle one, to make room (idle), "
-            "or a newcomer when every connection had a request in flight (busy)",
+            "or a newcomer when none was idle: every one busy, or arriving in the same burst (full)",
             ["reason"], registry=self.registry,
         )
         Gauge(
@@ -138,13 +138,13 @@ class ConnectionCap:
     def __call__(self) -> asyncio.BaseProtocol:
         assert self._server is not None, "bind() the cap to a server first"
         if self.count() >= self.limit and not self._make_room():
-            self._closed.labels("busy").inc()
+            self._closed.labels("full").inc()
             return _Refused()
         self._pending += 1
         return _Counted(self._server(), self)
 
     def _make_room(self) -> bool:
-        """Close the longest-open idle connection; False if every connection is busy."""
+        """Close the longest-open idle connection; False if there is none (all busy, or not yet made)."""
         for conn in self._open:
             if not conn.evicted and conn.idle():
                 conn.evict()

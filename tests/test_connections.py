@@ -55,6 +55,13 @@ async def until_open(proc: Process, at_most: int, timeout: float = 10.0) -> None
         await asyncio.sleep(0.05)
 
 
+async def until_closed_idle(proc: Process, at_least: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while metric(await metrics(proc), 'liberation_connections_closed_total{reason="idle"}') < at_least:
+        assert time.monotonic() < deadline, "the node did not take more connections than it has descriptors"
+        await asyncio.sleep(0.05)
+
+
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[Process]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -82,7 +89,9 @@ async def test_idle_sockets_past_the_open_file_limit_leave_requests_served(node:
         for _ in range(IDLE):
             _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, parts.port), 5)
             idle.append(writer)
-        await asyncio.sleep(0.5)  # the node accepts what the kernel queued
+        # Accepted more than its descriptors could hold (some of the 400 may still wait in the
+        # kernel's queue on a busy machine): each past the cap closed an idle one.
+        await until_closed_idle(node, OPEN_FILES - CAP)
         held = open_files(node.proc.pid)
         started = time.monotonic()
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
@@ -96,8 +105,7 @@ async def test_idle_sockets_past_the_open_file_limit_leave_requests_served(node:
     assert status == 202 and seconds < 1.0, (status, seconds)
     assert held <= before + CAP + 2, (before, held)  # never more sockets than the cap
     assert metric(text, "liberation_connections_max") == CAP
-    assert metric(text, 'liberation_connections_closed_total{reason="idle"}') >= IDLE - CAP
-    assert metric(text, 'liberation_connections_closed_total{reason="busy"}') == 0
+    assert metric(text, 'liberation_connections_closed_total{reason="idle"}') >= OPEN_FILES - CAP
     node.stop()
     lines = node.log_path.read_text().splitlines()
     assert len(lines) < 20, lines[:5]
@@ -133,7 +141,7 @@ async def test_at_the_cap_with_every_request_in_flight_a_newcomer_is_closed_at_o
             w.close()
     assert closed == b"" and seconds < 1.0, seconds
     assert not cut, "a request in flight was cut to make room"
-    assert metric(text, 'liberation_connections_closed_total{reason="busy"}') >= 1
+    assert metric(text, 'liberation_connections_closed_total{reason="full"}') >= 1
     assert metric(text, 'liberation_connections_closed_total{reason="idle"}') == 0
     await until_open(node, 0)  # the clients hung up: nothing stays counted
 
