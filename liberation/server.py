@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from protocol.logs import AccessTally
-from runtime.connections import CONNECTIONS, CappedSite, ConnectionCap, fit_open_files
+from runtime.connections import CONNECTIONS, AcceptErrorLog, CappedSite, ConnectionCap, fit_open_files
 
 log = logging.getLogger("liberation.server")
 
@@ -99,6 +99,8 @@ async def wait_for_signal() -> None:
 
 
 async def _serve(app: web.Application, host: str, port: int, name: str, max_connections: int) -> None:
+    # asyncio logs each failed accept() with a traceback: thousands of lines a second when out of files.
+    asyncio.get_running_loop().set_exception_handler(AcceptErrorLog(log))
     limit, open_files = fit_open_files(max_connections)
     if limit < max_connections:
         log.warning(

@@ -1,4 +1,4 @@
-"""Bounds on a public listener's connections: a cap below the open-file limit.
+"""Bounds on a public listener's connections: a cap below the open-file limit, and quiet accept errors.
 
 An idle socket costs a client nothing and the server one file descriptor. Past the process's
 open-file limit accept() fails: asyncio logs a traceback for every failure (the review measured
@@ -7,11 +7,14 @@ holds at most `limit` connections, a limit that fits under the open-file limit; 
 arriving at the cap closes the longest-open idle one (nginx drains its reusable connections the
 same way), or is itself closed at once if every connection has a request in flight. Refusing the
 newcomer instead would let `limit` idle sockets lock everyone out until the keep-alive timeout.
+If accept() fails all the same, `AcceptErrorLog` makes it one JSON line a minute with a count.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
 import resource
 from typing import Any
 
@@ -23,6 +26,8 @@ LISTEN_BACKLOG = 128
 RESERVED_FILES = 64 + LISTEN_BACKLOG
 """Descriptors kept free of client connections: the stores, stage files, listeners, outgoing pushes
 (a node has about a dozen open), and one accept burst, which asyncio takes before the cap sees it."""
+ACCEPT_ERROR = "socket.accept() out of system resource"
+"""The message of asyncio's exception-handler context when accept() fails with EMFILE, ENFILE, ENOBUFS, ENOMEM."""
 
 
 def fit_open_files(wanted: int) -> tuple[int, int]:
@@ -191,4 +196,47 @@ class CappedSite(web.BaseSite):
         self._cap.bind(server)
         self._server = await asyncio.get_running_loop().create_server(
             self._cap, self._host, self._port, backlog=LISTEN_BACKLOG, reuse_address=True
+        )
+
+
+class AcceptErrorLog:
+    """An event loop's exception handler: asyncio's accept failures become one line per period with a count.
+
+    asyncio logs each failure with a traceback and the listening socket's address, in plain
+    text; under a descriptor shortage that is thousands of lines a second. Every other context
+    goes to the loop's default handler.
+    """
+
+    def __init__(self, logger: logging.Logger, *, every_seconds: float = 60.0) -> None:
+        self._log = logger
+        self._every = every_seconds
+        self._count = 0
+        self._error = ""
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if context.get("message") != ACCEPT_ERROR:
+            loop.default_exception_handler(context)
+            return
+        exc = context.get("exception")
+        code = exc.errno if isinstance(exc, OSError) else None
+        self._error = errno.errorcode.get(code, "unknown") if code is not None else "unknown"
+        if self._timer is None:
+            self._emit(1)  # the first at once, then a count per period while they last
+            self._timer = loop.call_later(self._every, self._flush, loop)
+        else:
+            self._count += 1
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self._count:
+            self._timer = None
+            return
+        self._emit(self._count)
+        self._count = 0
+        self._timer = loop.call_later(self._every, self._flush, loop)
+
+    def _emit(self, count: int) -> None:
+        self._log.error(
+            "accept() failed: out of file descriptors or memory; new connections wait",
+            extra={"error": self._error, "count": count, "period_seconds": self._every},
         )

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import resource
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -145,3 +146,58 @@ async def test_at_the_cap_with_every_request_in_flight_a_newcomer_is_closed_at_o
     assert metric(text, 'liberation_connections_closed_total{reason="idle"}') == 0
     await until_open(node, 0)  # the clients hung up: nothing stays counted
 
+
+# ---- accept() failing all the same: one line a period, with a count --------------------------------
+
+ACCEPTOR = """
+import asyncio, logging, resource, sys
+from protocol.logs import configure_logging
+from runtime.connections import AcceptErrorLog
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))
+configure_logging("INFO")
+
+async def main() -> None:
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(AcceptErrorLog(logging.getLogger("liberation.server"), every_seconds=1.0))
+    held = []
+
+    class Hold(asyncio.Protocol):
+        def connection_made(self, transport):
+            held.append(transport)
+
+    server = await loop.create_server(Hold, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await asyncio.sleep(float(sys.argv[1]))
+
+asyncio.run(main())
+"""
+
+
+async def test_accept_errors_are_one_line_a_period_with_a_count() -> None:
+    """A bare asyncio server out of descriptors: asyncio's records become a JSON line a second."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", ACCEPTOR, "3.5",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    assert child.stdout is not None and child.stderr is not None
+    port = int(await asyncio.wait_for(child.stdout.readline(), 30))
+    sockets = []
+    try:
+        for _ in range(120):  # past its 48 descriptors; the rest wait in the listen queue
+            try:
+                sockets.append(await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1))
+            except TimeoutError:
+                break
+        err = (await asyncio.wait_for(child.stderr.read(), 30)).decode()
+    finally:
+        for _, writer in sockets:
+            writer.close()
+        await child.wait()
+    lines = err.splitlines()
+    records = [json.loads(line) for line in lines]  # every line JSON: no plain-text traceback
+    assert records and all(r["message"].startswith("accept() failed") for r in records), err[:2000]
+    assert records[0]["count"] == 1 and records[0]["error"] == "EMFILE"
+    assert len(records) <= 5  # the first at once, then one a second while they last (3.5 s)
+    assert sum(r["count"] for r in records) > len(records), "asyncio reported more failures than lines"
+    assert "127.0.0.1" not in err and "laddr" not in err
