@@ -21,6 +21,7 @@ from federation.openapi import openapi_document
 from federation.registry import KINDS, Registry
 from federation.settings import HubSettings
 from federation.store import HubStore
+from federation.translog import GENESIS, head_message
 from federation.upstream import UpstreamExporter
 from federation.views import (
     CACHE_CONTROL,
@@ -224,8 +225,8 @@ async def _log(request: web.Request) -> web.Response:
         for seq, node, ws, we, cat, digest, eps, acc, prev, h in rows
     ]
     head = hub.store.cursor().execute("SELECT seq, entry_hash FROM translog ORDER BY seq DESC LIMIT 1").fetchall()
-    head_seq, head_hash = (int(head[0][0]), str(head[0][1])) if head else (0, "0" * 64)
-    signature = hub.key.sign(f"liberation-log-head/v1\n{head_seq}\n{head_hash}".encode())
+    head_seq, head_hash = (int(head[0][0]), str(head[0][1])) if head else (0, GENESIS)
+    signature = hub.key.sign(head_message(head_seq, head_hash))
     return web.json_response(
         {
             "hub": hub.key.public.key_id,

@@ -28,6 +28,9 @@ class HubSettings(BaseModel):
     # The operator's listener for /metrics (never the public port); None = no metrics served.
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = Field(default=9700, ge=0, le=65535)
+    # Most client connections open at once on the public port; at the cap a newcomer closes the
+    # longest-open idle one (or is closed, if every one is busy). Fitted to the open-file limit.
+    max_connections: int = Field(default=4096, ge=1)
     # Catalog TOML files this hub merges, besides the built-in default catalog.
     catalogs: tuple[Path, ...] = ()
     # Bearer token of the admin API (enroll, revoke, list nodes, incidents). None = admin API off.

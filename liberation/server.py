@@ -1,4 +1,4 @@
-"""Run an aiohttp app until SIGINT/SIGTERM, logging the bound URL (so `--port 0` can be found)."""
+"""Run an aiohttp app behind a connection cap until SIGINT/SIGTERM, logging the bound URL (so `--port 0` can be found)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from protocol.logs import AccessTally
+from runtime.connections import CONNECTIONS, AcceptErrorLog, CappedSite, ConnectionCap, fit_open_files
 
 log = logging.getLogger("liberation.server")
 
@@ -97,14 +98,24 @@ async def wait_for_signal() -> None:
     await stop.wait()
 
 
-async def _serve(app: web.Application, host: str, port: int, name: str) -> None:
+async def _serve(app: web.Application, host: str, port: int, name: str, max_connections: int) -> None:
+    # asyncio logs each failed accept() with a traceback: thousands of lines a second when out of files.
+    asyncio.get_running_loop().set_exception_handler(AcceptErrorLog(log))
+    limit, open_files = fit_open_files(max_connections)
+    if limit < max_connections:
+        log.warning(
+            "max_connections lowered to fit the open-file limit: raise the limit (LimitNOFILE, ulimit -n)",
+            extra={"service": name, "max_connections": limit, "open_file_limit": open_files},
+        )
+    cap = ConnectionCap(limit)
+    app[CONNECTIONS] = cap
     runner = make_runner(app, name)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = CappedSite(runner, host, port, cap)
     await site.start()
     bound_host, bound_port = runner.addresses[0][:2]
     tune_gc()
-    log.info("listening", extra={"service": name, "url": base_url(bound_host, bound_port)})
+    log.info("listening", extra={"service": name, "url": base_url(bound_host, bound_port), "max_connections": limit})
     try:
         await wait_for_signal()
     finally:
@@ -112,6 +123,7 @@ async def _serve(app: web.Application, host: str, port: int, name: str) -> None:
         await runner.cleanup()
 
 
-def run_app(app: web.Application, host: str, port: int, name: str) -> None:
-    """Serve `app` on host:port (0 = any free port) until a signal asks to stop."""
-    asyncio.run(_serve(app, host, port, name))
+def run_app(app: web.Application, host: str, port: int, name: str, *, max_connections: int) -> None:
+    """Serve `app` on host:port (0 = any free port) until a signal asks to stop, with at most
+    `max_connections` client connections open (fewer if the open-file limit is lower)."""
+    asyncio.run(_serve(app, host, port, name, max_connections))

@@ -52,6 +52,9 @@ class NodeSettings(_Section):
     # The operator's listener for /metrics (never the public port); None = no metrics served.
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = Field(default=9701, ge=0, le=65535)
+    # Most client connections open at once on the public port; at the cap a newcomer closes the
+    # longest-open idle one (or is closed, if every one is busy). Fitted to the open-file limit.
+    max_connections: int = Field(default=4096, ge=1)
     catalog: Path | None = None  # a catalog TOML; None = the built-in default catalog
     geoip_database: Path | None = None  # a MaxMind-format country .mmdb; None = country ZZ
     trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-For is believed

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from runtime.connections import CONNECTIONS
+
 log = logging.getLogger("liberation.metrics")
 
 CONTENT_TYPE = "text/plain"
@@ -54,7 +56,8 @@ def add_metrics_listener(
     port: int | None,
     render: Callable[[web.Application], Callable[[], bytes]],
 ) -> None:
-    """Serve `render(app)` on host:port while `app` runs (after the contexts added before this one).
+    """Serve `render(app)` on host:port while `app` runs (after the contexts added before this one),
+    followed by the metrics of the app's connection cap if it has one.
 
     `port` 0 picks a free port; None leaves metrics unserved. The bound URL is logged as
     `metrics_url` and kept in `app[METRICS_LISTENER]`.
@@ -65,7 +68,13 @@ def add_metrics_listener(
             app[METRICS_LISTENER] = MetricsListener(None)
             yield
             return
-        runner = web.AppRunner(metrics_app(render(app)), access_log=None, handle_signals=False)
+        service_metrics = render(app)
+        cap = app.get(CONNECTIONS)  # the public listener's cap, when served by liberation.server
+
+        def everything() -> bytes:
+            return service_metrics() + (cap.render() if cap is not None else b"")
+
+        runner = web.AppRunner(metrics_app(everything), access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_address=True)
         await site.start()

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,8 +82,17 @@ async def run_node(settings: NodeSettings, *, clock: Clock = utc_now) -> AsyncIt
 class Process:
     """A `liberation ...` subprocess whose JSON logs are captured to a file."""
 
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None, *, umask: int = -1) -> None:
-        """`umask`: the process's umask at start (-1: this one's)."""
+    def __init__(
+        self,
+        args: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        *,
+        umask: int = -1,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
+        """`umask`: the process's umask at start (-1: this one's); `preexec_fn`: run in the child
+        before it starts (resource limits of the child alone)."""
         self.log_path = log_path
         self._log = open(log_path, "ab")
         full_env = dict(os.environ)
@@ -95,6 +104,7 @@ class Process:
             stderr=self._log,
             env=full_env,
             umask=umask,
+            preexec_fn=preexec_fn,
         )
         self.url = self._wait_for_url()
 

@@ -530,6 +530,9 @@ async def test_transparency_lists_the_catalog(dashboard: Dashboard, loaded: tupl
     assert "ε = 1.0" in section
     head = await page.text_content("#log-head") or ""
     assert "63" in head  # 3 nodes x 21 windows
+    # The chain alone is no proof against a rewrite (review M1): the page says what is.
+    note = await page.text_content("#translog .panel-note") or ""
+    assert "agrees with itself" in note and "pinned the hub's key" in note
 
 
 # ---- interaction ---------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ def test_systemd_units_verify(unit: str, tmp_path: Path) -> None:
     command = Path(sys.executable).parent / "liberation"
     assert command.exists(), "the liberation console script is not installed next to this Python"
     text = (DEPLOY / "systemd" / unit).read_text()
-    for setting in ("DynamicUser=yes", "ProtectSystem=strict", "NoNewPrivileges=yes", "PrivateTmp=yes"):
+    for setting in ("DynamicUser=yes", "ProtectSystem=strict", "NoNewPrivileges=yes", "PrivateTmp=yes", "LimitNOFILE=65536"):
         assert setting in text, setting
     local = tmp_path / unit
     local.write_text(text.replace("/opt/liberation/bin/liberation", str(command)))

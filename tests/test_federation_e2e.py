@@ -172,9 +172,13 @@ async def test_three_nodes_and_a_hub(tmp_path: Path) -> None:
                 assert f'liberation_hub_snapshots_rejected_total{{reason="{reason}"}} 1.0' in text, reason
             async with http.get(hub.url + "/v1/admin/incidents", headers=auth) as resp:
                 assert len((await resp.json())["incidents"]) == 1
-        # The transparency log verifies from the outside.
-        verified = liberation("hub", "log", "verify", hub.url)
-        assert f"{3 * DAYS} entries" in verified
+        # The transparency log verifies from the outside, against the hub's key and each node's ledger.
+        audit = ["hub", "log", "verify", hub.url, "--key", str(tmp_path / "hub" / "keys" / "signing.pub"),
+                 "--state", str(tmp_path / "log-state.json"), *(a for node in nodes for a in ("--node", node.url))]
+        verified = liberation(*audit)
+        assert f"{3 * DAYS} entries" in verified and "first check of this hub key" in verified
+        assert verified.count(f"{DAYS} snapshot(s), each in the log once") == 3
+        assert "it extends the head verified before" in liberation(*audit)
     finally:
         for node in nodes:
             node.stop()

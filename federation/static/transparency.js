@@ -107,7 +107,8 @@ export function renderLog(log, recent) {
   const short = (x) => (x ? `${String(x).slice(0, 12)}…` : "—");
   fill(
     body,
-    h("p", { class: "panel-note", text: "Every snapshot the hub accepts is appended to a hash-chained log whose head the hub signs. Anyone can fetch it and check that no snapshot was swapped, added or dropped after the fact." }),
+    // The chain alone proves only that the log agrees with itself (a rewrite recomputes it): say what catches one.
+    h("p", { class: "panel-note", text: "Every snapshot the hub accepts is appended to a hash-chained log whose head the hub signs. The chain alone shows only that the log agrees with itself. A later rewrite is caught by anyone who pinned the hub's key (from its operator, not from this page) and kept a head they checked before, and each community can check that every one of its snapshots is in the log once, with the ε it recorded: liberation hub log verify." }),
     h("dl", { class: "kv", id: "log-head" },
       h("dt", { text: "Entries" }), h("dd", { text: fmtInt(head.seq || 0) }),
       h("dt", { text: "Head hash" }), h("dd", {}, h("code", { text: short(head.entry_hash) })),
