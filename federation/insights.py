@@ -492,7 +492,7 @@ def _country_series(
         for r in range(1, rows):  # absent cells hold 0 and 0.0, which add nothing
             c_value += value[:, r]
             c_variance += variance[:, r]
-        return c_value, c_variance, nodes.max(axis=1), present.any(axis=1)
+        return c_value, c_variance, np.asarray(nodes.max(axis=1)), np.asarray(present.any(axis=1))
 
     def over(columns: tuple[Array, Array, Array, Array], windows: range) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
         c_value, c_variance, c_nodes, c_present = columns
@@ -501,7 +501,8 @@ def _country_series(
             v = v + c_value[w]
             var = var + c_variance[w]
         sel = slice(windows.start, windows.stop)
-        return v.tolist(), var.tolist(), c_nodes[sel].max(axis=0, initial=0).tolist(), c_present[sel].any(axis=0).tolist()
+        present_any: Array = np.asarray(c_present[sel].any(axis=0))
+        return v.tolist(), var.tolist(), c_nodes[sel].max(axis=0, initial=0).tolist(), present_any.tolist()
 
     shown = columns_of(parts)
     every = shown if raw_parts is parts else columns_of(raw_parts)

@@ -26,7 +26,7 @@ RANGE = [
     _query("to", "last day, inclusive (default: the latest window with data)", format="date"),
     CATALOG_PARAM,
 ]
-ADMIN = [{"bearer": []}]
+ADMIN: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
 def openapi_document() -> dict[str, Any]:

@@ -472,7 +472,7 @@ def merged_document(store: Any, catalog: Catalog, window: int) -> dict[str, Any]
         raise NotFound("no merged data for that window", slug="no-window")
     metrics: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for metric, kind, idx, value, variance, nodes in rows:
-        entry = {"index": int(idx), "value": int(value), "sd": math.sqrt(float(variance)), "nodes": int(nodes)}
+        entry: dict[str, Any] = {"index": int(idx), "value": int(value), "sd": math.sqrt(float(variance)), "nodes": int(nodes)}
         try:
             spec = catalog.metric(metric)
             if kind == "cell":

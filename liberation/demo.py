@@ -25,6 +25,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -110,7 +111,7 @@ def run_import_demo(root: Path, source: Path, *, hub_port: int = 8700, out: Text
         shutil.rmtree(root)
     make_private_dir(root)
     token = secrets.token_urlsafe(32)
-    say = lambda text: print(text, file=out, flush=True)  # noqa: E731
+    say = _sayer(out)
     say(f"Liberation Analytics demo: a hub and {len(files)} communities from {source}")
     with ProcessPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
         jobs = [pool.submit(_publish_file, str(f), str(root / "nodes" / f.stem)) for f in files]
@@ -145,6 +146,15 @@ def run_import_demo(root: Path, source: Path, *, hub_port: int = 8700, out: Text
     return 0
 
 
+def _sayer(out: TextIO) -> Callable[[str], None]:
+    """A line printer for the demo's progress, flushed at once."""
+
+    def say(text: str) -> None:
+        print(text, file=out, flush=True)
+
+    return say
+
+
 def _stop_on_signals() -> list[bool]:
     """A flag set by SIGINT or SIGTERM."""
     stop = [False]
@@ -157,7 +167,7 @@ def _stop_on_signals() -> list[bool]:
     return stop
 
 
-def _stop_services(services: list[Service], say: Any) -> None:
+def _stop_services(services: list[Service], say: Callable[[str], None]) -> None:
     say("stopping ...")
     for service in reversed(services):
         if service.proc.poll() is None:
@@ -225,7 +235,7 @@ def run_demo(root: Path, *, days: int = HISTORY_DAYS, out: TextIO = sys.stdout, 
         shutil.rmtree(root)
     make_private_dir(root)
     token = secrets.token_urlsafe(32)  # 32 random bytes: the hub refuses weaker admin tokens
-    say = lambda text: print(text, file=out, flush=True)  # noqa: E731
+    say = _sayer(out)
 
     say(f"Liberation Analytics demo: a hub and {len(COMMUNITIES)} communities, {days} days of history")
     with ProcessPoolExecutor(max_workers=min(3, os.cpu_count() or 1)) as pool:

@@ -9,6 +9,7 @@ import signal
 import traceback
 
 from aiohttp import web
+from aiohttp.web_log import AccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 
 from protocol.logs import AccessTally
@@ -64,7 +65,7 @@ def make_runner(app: web.Application, name: str, *, access_log: bool = True) -> 
         app.on_cleanup.append(flush_tally)
     return web.AppRunner(
         app,
-        access_log_class=tally.logger_class() if tally is not None else web.AccessLogger,
+        access_log_class=tally.logger_class() if tally is not None else AccessLogger,
         access_log=tally.logger if tally is not None else None,
         logger=_server_logger(name),
         handle_signals=False,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from federation.dashboard import add_dashboard_routes
 from federation.views import (
@@ -188,7 +189,7 @@ def _cors_allowed(settings: NodeSettings, origin: str) -> bool:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def cors_middleware(settings: NodeSettings) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def cors_middleware(settings: NodeSettings) -> Middleware:
     """Answer preflights and tag responses for configured origins; refuse events from others."""
 
     @web.middleware

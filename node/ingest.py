@@ -78,7 +78,7 @@ def _field_errors(exc: ValidationError, *, offset: int = 0, prefix: int = 0) -> 
         loc = list(err["loc"])[prefix:]
         index = offset
         if loc and isinstance(loc[0], int):
-            index = offset + loc.pop(0)
+            index = offset + int(loc.pop(0))
         field = ".".join(str(p) for p in loc) or "event"
         out.append(FieldError(index, field, "invalid-" + field.split(".")[0], err["msg"]))
     return out

@@ -32,7 +32,7 @@ def backoff(attempts: int, minimum: float, maximum: float) -> float:
     """Full-jitter exponential backoff: uniform in [0, min(max, min * 2^attempts)]."""
     ceiling = min(maximum, minimum * 2 ** min(attempts, 32))
     # Jitter only spreads retries in time; it is not privacy noise.
-    return max(minimum / 2, ceiling * secrets.randbelow(1_000_001) / 1_000_000)
+    return float(max(minimum / 2, ceiling * secrets.randbelow(1_000_001) / 1_000_000))
 
 
 def _redirect_reason(status: int, location: str | None) -> str:

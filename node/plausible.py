@@ -104,7 +104,7 @@ async def post_plausible_event(request: web.Request, ingestor: Ingestor, catalog
             app=app,
             action=action,
             attributes={k: _coerce(catalog, k, v) for k, v in props.items()},
-            timestamp=now.isoformat(),  # type: ignore[arg-type]  # validated from text
+            timestamp=now.isoformat(),  # validated from text
             session_id="plausible",  # placeholder: the filter uses session_key instead
         )
     except ValidationError:

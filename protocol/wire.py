@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-import msgpack  # type: ignore[import-untyped]  # ships no type information
+import msgpack  # ships no type information: Any (pyproject's mypy overrides)
 
 from protocol.errors import LiberationError
 from protocol.keys import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, KeyFormatError, PublicKey, SigningKey
