@@ -109,20 +109,20 @@ def metric_query(catalog: Catalog, metric: MetricSpec) -> MetricQuery:
         )
         # Each (session, app) yields [], ['started'] or ['started', 'completed']. A tool's
         # stages are kept or cut together (a completion never counts without its start):
-        # tools in order of first use while their cells add up to at most k.
+        # the first k // 2 tools a session started, by first use. The cut depends on order
+        # only, never on whether a tool was completed, so it biases no completion rate.
         cells = f"""
             SELECT session, app AS d0, unnest(stages) AS d1, 1 AS v FROM (
                 SELECT session, app, stages,
-                       sum(len(stages)) OVER (PARTITION BY session ORDER BY first_seq, app
-                                              ROWS UNBOUNDED PRECEDING) AS used
+                       row_number() OVER (PARTITION BY session ORDER BY first_seq, app) AS tool_rank
                 FROM (
                     SELECT session, app, min(first_seq) AS first_seq,
                            CASE WHEN NOT bool_or(action = (CASE app {start or "WHEN NULL THEN NULL"} END)) THEN []
                                 WHEN bool_or(action = (CASE app {done or "WHEN NULL THEN NULL"} END))
                                 THEN ['started', 'completed'] ELSE ['started'] END AS stages
                     FROM session_actions GROUP BY session, app
-                )
-            ) WHERE used <= {k}
+                ) WHERE len(stages) > 0
+            ) WHERE tool_rank <= {k // 2}
         """
         return MetricQuery(metric, _bounded_tail(cells, 2, k, "", already_bounded=True), (1, 1))
     if dims == ("app_pair",):

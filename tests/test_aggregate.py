@@ -207,7 +207,11 @@ def test_completion_keeps_or_cuts_a_tools_stages_together(tmp_path: Path) -> Non
         assert t[cell("completion", app, "completed")] <= t[cell("completion", app, "started")], app
     assert t[cell("completion", "runway-calculator", "started")] == t[cell("completion", "runway-calculator", "completed")] == 1
     assert t[cell("completion", "real-wage-calculator", "started")] == 1
-    # The third tool's two stages would make five cells: both are cut.
+    # Two tools fit k = 4 cells: the third is cut, whether or not it was completed.
     assert t[cell("completion", "cognitive-debt-assessment", "started")] == 0
     assert t[cell("completion", "cognitive-debt-assessment", "completed")] == 0
     assert sum(t) <= CATALOG.metric("completion").max_cells
+    # The same session with the third tool only started: cut all the same (the cut ignores outcomes).
+    started_only = [e for e in raw if not (e["app"] == "cognitive-debt-assessment" and e["action"] == "complete")]
+    t2 = true_tables(store_with(tmp_path / "b", started_only).cursor(), CATALOG, W)["completion"]
+    assert t2[cell("completion", "cognitive-debt-assessment", "started")] == 0
