@@ -1,0 +1,500 @@
+"""How true are the numbers the product shows? Ground-truth federations through the real node and hub code.
+
+Three federations (the demo's three communities, 20 x 200 and 100 x 30 sessions a
+day; bench/utility_truth.py) are generated once through real nodes, which gives
+each node's bounded true tables per daily window and the raw truth. Each design
+then turns those tables into what the hub shows, with fresh OpenDP noise per run,
+and the hub's own view functions render it (bench/utility_product.py). A design
+is one function from a federation's truth to the views' input: add one to DESIGNS.
+
+Targets (the utility issue): in every federation at most 1 false country on
+average and no false tool; headline sessions within +-3 %; completion rates
+within 5 pp (demo and >= 200 sessions/day) or honest, |z| <= 3 (smaller
+communities); RMS z of the shown cells in [0.7, 1.5]; the demo shows at least
+12 of its 16 true countries. A target that fails is printed as FAIL; it does not
+fail the bench. `python -m bench utility --help` lists the options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import utility_product as product
+from bench.utility_truth import MEDIAN_ATTRIBUTES, REPO, FederationSpec, FederationTruth, RawTruth, cache_stem, generate
+from protocol.catalog import Catalog
+
+FEDERATIONS = ("demo", "20x200", "100x30")
+DAYS = 28
+RUNS = {"demo": 20, "20x200": 8, "100x30": 4}  # OpenDP draws ~15 us each: 100 x 30 is ~3M draws a run
+OTHER_RUNS = 4
+VIEW_NAMES = ("headline", "usage", "completion", "geography", "financial")
+HUB_Z = 3.0  # the central-DP reference's hub threshold, in sd of the range sum
+NAN = float("nan")
+
+
+# ---- designs: a federation's truth -> what the views read -------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A federation's truth as the designs and the measures read it (loaded once per process)."""
+
+    truth: FederationTruth
+    catalog: Catalog
+    window_sums: dict[str, np.ndarray]  # metric -> (windows x cells), summed over nodes
+    range_true: dict[str, np.ndarray]  # metric -> cells, summed over nodes and windows
+
+
+def current(fed: Prepared) -> product.ViewInput:
+    """The product as it is: every node exports every window (noise, thresholds, folds), the hub merges and sums."""
+    truth, catalog = fed.truth, fed.catalog
+    merged = {
+        w: product.publish_window(catalog, truth.window_tables(i), window_start=w, seq=i + 1)
+        for i, w in enumerate(truth.windows)
+    }
+    return product.hub_range(catalog, merged, len(truth.nodes))
+
+
+def central_dp(fed: Prepared) -> product.ViewInput:
+    """Reference: one OpenDP draw per cell and window on the federation-wide sum; a hub threshold at z = 3."""
+    catalog, nodes = fed.catalog, len(fed.truth.nodes)
+    per_window = []
+    for i in range(len(fed.truth.windows)):
+        table: product.Table = {}
+        for metric in catalog.metrics:
+            scale = catalog.scale(metric)
+            variance = product.noise_variance(scale)
+            noisy = product.laplace(fed.window_sums[metric.name][i].tolist(), scale)
+            for index, value in enumerate(noisy):
+                table[(metric.name, "cell", index)] = product.CellSum(int(value), variance, nodes)
+        per_window.append(table)
+    return product.Shown(catalog, hub_threshold(catalog, product.combine_windows(per_window), HUB_Z),
+                         fed.truth.windows, nodes)
+
+
+def bounded_truth(fed: Prepared) -> product.ViewInput:
+    """Reference: the exact bounded tables, no noise: what is left is bounding and bucketing error."""
+    table = {
+        (name, "cell", index): product.CellSum(int(value), 0.0, len(fed.truth.nodes))
+        for name, counts in fed.range_true.items()
+        for index, value in enumerate(counts)
+    }
+    return product.Shown(fed.catalog, table, fed.truth.windows, len(fed.truth.nodes))
+
+
+def hub_threshold(catalog: Catalog, table: product.ReadTable, z: float) -> product.Table:
+    """Fold every cell below max(k_min, z sd) into its prefix's `other`; `other`s are always shown (unbiased sums)."""
+    out: product.Table = {}
+    for (name, kind, index), cs in table.items():
+        if kind == "cell" and cs.value < max(catalog.k_min, z * math.sqrt(cs.variance)):
+            key = (name, "other", index // catalog.shape(catalog.metric(name))[-1])
+            out[key] = product.fold_sums(out.get(key), cs)
+        elif kind == "cell":
+            out[(name, kind, index)] = cs
+        else:
+            out[(name, kind, index)] = product.fold_sums(out.get((name, kind, index)), cs)
+    return out
+
+
+@dataclass(frozen=True)
+class Design:
+    """One way from a federation's true tables to what the hub's views read."""
+
+    name: str  # as the tables print it
+    key: str  # as --designs names it
+    build: Callable[[Prepared], product.ViewInput]
+    targets: bool = True  # checked against the issue's targets
+    deterministic: bool = False  # one run is enough
+
+
+DESIGNS = (
+    Design("current", "current", current),
+    Design("central DP ideal", "central", central_dp),
+    Design("bounded truth (no noise)", "exact", bounded_truth, targets=False, deterministic=True),
+)
+
+
+# ---- measures ------------------------------------------------------------------------------------
+
+
+def _value(num: dict[str, Any] | None) -> float | None:
+    return None if num is None else float(num["value"])
+
+
+def measure(fed: Prepared, views: dict[str, Any], table: product.ReadTable) -> dict[str, float]:
+    """One run's figures: what the views show against the raw truth, and every shown cell's z."""
+    raw, out = fed.truth.raw, {}
+    head, geo, fin = views["headline"], views["geography"], views["financial"]
+    true_countries = {c for c, n in raw.country_tool_sessions.items() if n > 0}
+    shown = {c for cells in geo["by_app"].values() for c, num in cells.items() if num and num["value"] > 0}
+    out["countries_shown"] = head["countries"]
+    out["countries_false"] = len(shown - true_countries)
+    out["countries_true_shown"] = len(shown & true_countries)
+    used = {
+        app for app, entry in views["usage"]["apps"].items()
+        if any((_value(a["events"]) or 0) > 0 or (_value(a["sessions"]) or 0) > 0 for a in entry["actions"].values())
+    }
+    out["tools_shown"] = head["tools"]
+    out["tools_false"] = len(used - {a for a, n in raw.tool_sessions.items() if n > 0})
+    sessions = head["sessions"]
+    value = _value(sessions)
+    out["sessions_err_pct"] = NAN if value is None else 100 * (value - raw.sessions) / raw.sessions
+    out["sessions_z"] = NAN if value is None or not sessions["sd"] else (value - raw.sessions) / sessions["sd"]
+    for app, entry in views["completion"].items():
+        # A tool with data whose `started` is not shown at all has lost all of it: -100 %.
+        started, true_started = _value(entry["started"]) or 0.0, raw.started[app]
+        out[f"started_err_pct/{app}"] = 100 * (started - true_started) / true_started if true_started else NAN
+        rate, true_rate = entry["rate"], raw.completed[app] / true_started if true_started else NAN
+        out[f"rate_err_pp/{app}"] = NAN if rate is None else 100 * (rate["value"] - true_rate)
+        out[f"rate_z/{app}"] = NAN if rate is None or not rate["sd"] else (rate["value"] - true_rate) / rate["sd"]
+    apps = list(views["completion"])
+    out["started_abs_err_pct"] = _nanmean([abs(out[f"started_err_pct/{a}"]) for a in apps])
+    out["rate_abs_err_pp"] = _nanmean([abs(out[f"rate_err_pp/{a}"]) for a in apps])
+    true_top = [c for c, _ in sorted(raw.country_tool_sessions.items(), key=lambda kv: (-kv[1], kv[0]))[:5]]
+    out["top5_overlap"] = len(set(true_top) & {row["country"] for row in geo["countries"][:5]})
+    tvds = []
+    for entry in fin.values():
+        attribute = entry["attribute"]
+        if attribute in MEDIAN_ATTRIBUTES:
+            p50, truth = (entry["quantiles"] or {}).get("p50"), raw.median(attribute)
+            out[f"median_err/{attribute}"] = NAN if p50 is None or truth is None else abs(p50["value"] - truth)
+        counts = raw.histograms.get(attribute, {})
+        shown_mass = [max(0.0, _value(c) or 0.0) for c in entry["cells"]]
+        tvds.append(_tvd(shown_mass, [counts.get(label, 0) for label in entry["labels"]]))
+    out["hist_tvd"] = _nanmean(tvds)
+    zs = cell_z(fed, table)
+    out["rms_z"] = math.sqrt(sum(z * z for z in zs) / len(zs)) if zs else NAN
+    return out
+
+
+def cell_z(fed: Prepared, table: product.ReadTable) -> list[float]:
+    """(shown - truth) / sd of every shown cell; an `other`'s truth is its prefix's cells that are not shown."""
+    present: dict[str, set[int]] = defaultdict(set)
+    for name, kind, index in table:
+        if kind == "cell":
+            present[name].add(index)
+    zs = []
+    for (name, kind, index), cs in table.items():
+        if cs.variance <= 0:
+            continue
+        counts = fed.range_true[name]
+        if kind == "cell":
+            truth = int(counts[index])
+        else:
+            last = fed.catalog.shape(fed.catalog.metric(name))[-1]
+            truth = sum(int(counts[i]) for i in range(index * last, (index + 1) * last) if i not in present[name])
+        zs.append((cs.value - truth) / math.sqrt(cs.variance))
+    return zs
+
+
+def _tvd(shown: Sequence[float], truth: Sequence[float]) -> float:
+    s, t = sum(shown), sum(truth)
+    if t <= 0:
+        return NAN
+    if s <= 0:
+        return 1.0
+    return 0.5 * sum(abs(a / s - b / t) for a, b in zip(shown, truth))
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return statistics.fmean(kept) if kept else NAN
+
+
+# ---- running -------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=2)
+def prepared(federation: str, days: int, cache: str) -> Prepared:
+    truth = FederationTruth.load(FederationSpec.parse(federation), days, Path(cache))
+    catalog = product.catalog()
+    if catalog.hash != truth.catalog_hash:
+        raise ValueError("the nodes' catalog is not the default catalog")
+    sums = truth.federation_sum()
+    return Prepared(truth, catalog, sums, {name: counts.sum(axis=0) for name, counts in sums.items()})
+
+
+def run_once(federation: str, days: int, cache: str, design: str) -> dict[str, float]:
+    """One run of one design on one federation (a pool task): build, render the hub's views, measure."""
+    fed = prepared(federation, days, cache)
+    build = next(d for d in DESIGNS if d.name == design).build
+    data = build(fed)
+    return measure(fed, product.render(data, VIEW_NAMES), data.combined)
+
+
+def _pool(jobs: int) -> ProcessPoolExecutor | None:
+    return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) if jobs > 1 else None
+
+
+def ensure_truth(specs: Sequence[FederationSpec], days: int, cache: Path, jobs: int) -> float:
+    """Generate (through real nodes) every community not cached yet; the seconds it took."""
+    started = time.perf_counter()
+    todo = {c.name: (c, seed) for spec in specs for c, seed in spec.communities
+            if not cache_stem(cache, c, seed, days).with_suffix(".json").exists()}
+    if not todo:
+        return 0.0
+    per_day = sum(c.sessions_per_day for c, _ in todo.values())
+    print(f"generating {len(todo)} communities ({per_day:,} sessions/day x {days} days) through real nodes ...",
+          flush=True)
+    ordered = sorted(todo.values(), key=lambda cs: -cs[0].sessions_per_day)  # the biggest first
+    pool = _pool(jobs)
+    if pool is None:
+        for community, seed in ordered:
+            generate(community, seed, days, str(cache))
+    else:
+        with pool:
+            list(pool.map(generate, *zip(*[(c, s, days, str(cache)) for c, s in ordered])))
+    return time.perf_counter() - started
+
+
+def run_all(federations: Sequence[str], days: int, cache: Path, runs: dict[str, int], designs: Sequence[Design],
+            jobs: int) -> dict[tuple[str, str], list[dict[str, float]]]:
+    """Every (federation, design, run), the costliest first so the pool ends together."""
+    tasks = [(f, d.name) for f in federations for d in designs for _ in range(1 if d.deterministic else runs[f])]
+    sizes = {f: len(FederationSpec.parse(f).communities) for f in federations}
+    tasks.sort(key=lambda t: -(sizes[t[0]] if t[1] == "current" else 1))
+    results: dict[tuple[str, str], list[dict[str, float]]] = defaultdict(list)
+    pool = _pool(jobs)
+    if pool is None:
+        for f, d in tasks:
+            results[(f, d)].append(run_once(f, days, str(cache), d))
+        return results
+    with pool:
+        futures = [(task, pool.submit(run_once, task[0], days, str(cache), task[1])) for task in tasks]
+        for task, future in futures:
+            results[task].append(future.result())
+    return results
+
+
+# ---- report --------------------------------------------------------------------------------------
+
+
+def summarize(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    out = {}
+    for key in runs[0]:
+        values = [r[key] for r in runs if not math.isnan(r[key])]
+        out[key] = {
+            "mean": statistics.fmean(values) if values else NAN,
+            "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values, default=NAN), "max": max(values, default=NAN),
+            "rms": math.sqrt(statistics.fmean(v * v for v in values)) if values else NAN,
+            "missing": len(runs) - len(values),  # runs where the view did not show it
+        }
+    return out
+
+
+def _f(stats: dict[str, float], digits: int = 1, sd: bool = False, sign: bool = False) -> str:
+    mean = stats["mean"]
+    if math.isnan(mean):
+        return "n/a"
+    text = f"{mean:+.{digits}f}" if sign else f"{mean:.{digits}f}"
+    if sd and stats["sd"]:
+        text += f" ±{stats['sd']:.{digits}f}"
+    return text.replace("-", "−")
+
+
+def truth_line(fed: Prepared) -> str:
+    raw = fed.truth.raw
+    top = sorted(raw.country_tool_sessions.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
+    rates = " / ".join(f"{100 * raw.completed[a] / raw.started[a]:.1f}" for a in fed.catalog.apps if raw.started[a])
+    medians = ", ".join(f"median {a} {raw.median(a):.2f}" for a in MEDIAN_ATTRIBUTES if raw.median(a) is not None)
+    countries = sum(1 for n in raw.country_tool_sessions.values() if n)
+    return (f"truth: {len(fed.truth.nodes)} nodes, {len(fed.truth.windows)} daily windows, {raw.sessions:,} sessions "
+            f"(session-days), {countries} countries; top 5 (session-tools) "
+            + ", ".join(f"{c} {n:,}" for c, n in top) + f"; completion rates {rates} %; {medians}")
+
+
+def tables(fed: Prepared, summaries: dict[str, dict[str, dict[str, float]]], runs: dict[str, int]) -> str:
+    """The markdown tables of one federation: headline figures, then per tool."""
+    raw, apps = fed.truth.raw, list(fed.catalog.apps)
+    true_countries = sum(1 for n in raw.country_tool_sessions.values() if n)
+    lines = [
+        f"| design | runs | countries shown (true {true_countries}) | false | true shown | tools shown / false "
+        "| sessions err % | sessions z | started err % (mean abs) | rate err pp (mean abs) | top-5 overlap "
+        "| median runway err (mo) | median gap err (pp) | hist TVD | RMS z shown cells |",
+        "|---" * 15 + "|",
+    ]
+    for design, s in summaries.items():
+        lines.append(
+            f"| {design} | {runs[design]} | {_f(s['countries_shown'], sd=True)} | {_f(s['countries_false'])} "
+            f"| {_f(s['countries_true_shown'])} | {_f(s['tools_shown'])} / {_f(s['tools_false'])} "
+            f"| {_f(s['sessions_err_pct'], 2, sd=True, sign=True)} | {_f(s['sessions_z'], sd=True, sign=True)} "
+            f"| {_f(s['started_abs_err_pct'])} | {_f(s['rate_abs_err_pp'])} | {_f(s['top5_overlap'])} "
+            f"| {_f(s['median_err/runway_months'], 2)} | {_f(s['median_err/real_wage_gap_pct'], 2)} "
+            f"| {_f(s['hist_tvd'], 3)} | {_f(s['rms_z'], 2)} |"
+        )
+    titles = [fed.catalog.apps[a].title.split()[0].lower() for a in apps]
+    lines += [
+        "",
+        "| design | " + " | ".join(f"started err % {t}" for t in titles) + " | "
+        + " | ".join(f"rate err pp {t}" for t in titles) + " | " + " | ".join(f"rate z {t}" for t in titles) + " |",
+        "|---" * (1 + 3 * len(apps)) + "|",
+    ]
+    for design, s in summaries.items():
+        lines.append(
+            f"| {design} | " + " | ".join(_f(s[f"started_err_pct/{a}"], sd=True, sign=True) for a in apps) + " | "
+            + " | ".join(_f(s[f"rate_err_pp/{a}"], sd=True, sign=True) for a in apps) + " | "
+            + " | ".join(_f(s[f"rate_z/{a}"], sd=True, sign=True) for a in apps) + " |"
+        )
+    return "\n".join(lines)
+
+
+def targets(fed: Prepared, design: str, s: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    """The issue's targets for one design on one federation: (target, measured, pass)."""
+    raw, apps, name = fed.truth.raw, list(fed.catalog.apps), fed.truth.spec.name
+    every_tool_used = all(raw.tool_sessions[a] > 0 for a in apps)
+    out = [
+        ("false countries <= 1 on average", _f(s["countries_false"], 2), s["countries_false"]["mean"] <= 1),
+        ("no false tool" + (" (vacuous: every tool has data here)" if every_tool_used else ""),
+         f"{s['tools_false']['max']:.0f} at most", s["tools_false"]["max"] == 0),
+        ("headline sessions within ±3 % in every run",
+         f"{s['sessions_err_pct']['min']:+.2f} … {s['sessions_err_pct']['max']:+.2f} %",
+         max(abs(s["sessions_err_pct"]["min"]), abs(s["sessions_err_pct"]["max"])) <= 3),
+    ]
+    # A rate not shown (in any run) fails: it is neither within 5 pp nor honest about its spread.
+    if name == "demo" or fed.truth.spec.sessions_per_day >= 200:
+        worst = _worst([s[f"rate_err_pp/{a}"] for a in apps], "mean")
+        out.append(("completion rates within 5 pp (worst tool, mean over runs)", _shown(worst, " pp"), worst <= 5))
+    else:
+        worst = _worst([s[f"rate_z/{a}"] for a in apps], "rms")
+        out.append(("completion rates honest: RMS z <= 3 (worst tool)", _shown(worst), worst <= 3))
+    rms = s["rms_z"]["mean"]
+    out.append(("RMS z of shown cells in [0.7, 1.5]", f"{rms:.2f}", 0.7 <= rms <= 1.5))
+    if name == "demo":
+        true_countries = sum(1 for n in raw.country_tool_sessions.values() if n)
+        shown = s["countries_true_shown"]["mean"]
+        out.append((f"shows >= 12 of its {true_countries} true countries", f"{shown:.1f}", shown >= 12))
+    return [{"design": design, "target": t, "measured": m, "pass": bool(p)} for t, m, p in out]
+
+
+def _worst(stats: Sequence[dict[str, float]], field: str) -> float:
+    """The largest |field| over the figures; infinite when one was not shown in some run."""
+    if any(st["missing"] or math.isnan(st[field]) for st in stats):
+        return math.inf
+    return max(abs(st[field]) for st in stats)
+
+
+def _shown(value: float, unit: str = "") -> str:
+    return "a rate not shown in some run" if math.isinf(value) else f"{value:.1f}{unit}"
+
+
+def _commit() -> str:
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        return git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench utility", description=__doc__.split("\n")[0])
+    parser.add_argument("--federations", default=",".join(FEDERATIONS),
+                        help="comma-separated: demo, or NxS for N communities of S sessions a day "
+                        "(default: %(default)s)")
+    parser.add_argument("--days", type=int, default=DAYS, help="daily windows of history (default: %(default)s)")
+    parser.add_argument("--runs", type=int, default=None,
+                        help="noise runs per design and federation (default: demo 20, 20x200 8, others 4)")
+    parser.add_argument("--designs", default=",".join(d.key for d in DESIGNS),
+                        help="comma-separated, of: %(default)s")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "liberation-utility-cache",
+                        help="where generated communities are kept between runs (default: %(default)s)")
+    parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "utility.json",
+                        help="where the results are written as JSON (default: %(default)s)")
+    args = parser.parse_args(list(argv))
+    args.federations = [f.strip() for f in args.federations.split(",") if f.strip()]
+    names = {d.key for d in DESIGNS}
+    args.designs = [d.strip() for d in args.designs.split(",") if d.strip()]
+    unknown = set(args.designs) - names
+    if unknown:
+        parser.error(f"unknown designs {sorted(unknown)}; known: {sorted(names)}")
+    return args
+
+
+def main(argv: Sequence[str] = ()) -> dict[str, Any]:
+    """Run the bench; print the tables and target lines; write and return the JSON results."""
+    args = parse_args(argv)
+    started = time.perf_counter()
+    specs = [FederationSpec.parse(f) for f in args.federations]
+    designs = [d for d in DESIGNS if d.key in args.designs]
+    runs = {f: args.runs or RUNS.get(f, OTHER_RUNS) for f in args.federations}
+    args.cache.mkdir(parents=True, exist_ok=True)
+    generated = ensure_truth(specs, args.days, args.cache, args.jobs)
+    print(f"ground truth ready ({'cached' if not generated else f'{generated:.0f} s'}; cache {args.cache})", flush=True)
+    measured = time.perf_counter()
+    results = run_all(args.federations, args.days, args.cache, runs, designs, args.jobs)
+    report: dict[str, Any] = {
+        "bench": "utility", "commit": _commit(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "params": {"federations": args.federations, "days": args.days, "runs": runs, "jobs": args.jobs,
+                   "designs": [d.name for d in designs], "hub_z": HUB_Z},
+        "federations": {},
+    }
+    for spec in specs:
+        fed = prepared(spec.name, args.days, str(args.cache))
+        summaries = {d.name: summarize(results[(spec.name, d.name)]) for d in designs}
+        design_runs = {d.name: len(results[(spec.name, d.name)]) for d in designs}
+        checks = [t for d in designs if d.targets for t in targets(fed, d.name, summaries[d.name])]
+        print(f"\n### {spec.name}\n\n{truth_line(fed)}\n\n{tables(fed, summaries, design_runs)}\n")
+        for check in checks:
+            print(f"TARGET {'PASS' if check['pass'] else 'FAIL'}  {spec.name} / {check['design']}: "
+                  f"{check['target']}: {check['measured']}")
+        report["federations"][spec.name] = {
+            "truth": _truth_json(fed.truth.raw, fed),
+            "designs": {d.name: {"runs": design_runs[d.name], "summary": summaries[d.name],
+                                 "values": results[(spec.name, d.name)]} for d in designs},
+            "targets": checks,
+        }
+    report["seconds"] = {"generation": round(generated, 1), "runs": round(time.perf_counter() - measured, 1),
+                         "total": round(time.perf_counter() - started, 1)}
+    report = _finite(report)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
+    print(f"\nresults: {args.json} (ground truth {generated:.0f} s, runs {report['seconds']['runs']:.0f} s)")
+    return report
+
+
+def _finite(node: Any) -> Any:
+    """The report with every NaN or infinity (a figure not shown) as null: strict JSON."""
+    if isinstance(node, dict):
+        return {key: _finite(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_finite(value) for value in node]
+    return None if isinstance(node, float) and not math.isfinite(node) else node
+
+
+def _truth_json(raw: RawTruth, fed: Prepared) -> dict[str, Any]:
+    return {
+        "nodes": len(fed.truth.nodes), "windows": len(fed.truth.windows), "sessions": raw.sessions,
+        "countries": sorted(c for c, n in raw.country_tool_sessions.items() if n),
+        "country_tool_sessions": dict(raw.country_tool_sessions.most_common()),
+        "started": dict(raw.started), "completed": dict(raw.completed),
+        "medians": {a: raw.median(a) for a in MEDIAN_ATTRIBUTES},
+    }
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

@@ -1,0 +1,113 @@
+"""The utility bench's one door into the product: node import, true tables, export, hub merge and views.
+
+Every step that decides a published or shown number is the product's own public
+function, called here and nowhere else in the bench, so a change to node/export.py,
+node/windows.py, federation/intake.py or the release semantics touches this file only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from federation.columns import Layout
+from federation.merge import CellSum, ReadTable, Table, combine_windows, fold_sums, merge_tables, snapshot_table
+from federation.views import VIEWS, RangeData
+from node.dp import laplace_variance, opendp_laplace
+from node.export import build_snapshot
+from protocol.catalog import Catalog, load_catalog
+from protocol.windows import DAY
+
+__all__ = [
+    "CellSum", "ReadTable", "Table", "combine_windows", "fold_sums", "laplace", "noise_variance",
+    "catalog", "import_history", "node_id", "publish_window", "hub_range", "render", "Shown",
+]
+
+laplace = opendp_laplace
+"""The product's only noise sampler (OpenDP discrete Laplace): the bench draws every noise value with it."""
+
+noise_variance = laplace_variance
+
+
+def catalog() -> Catalog:
+    """The catalog a node with default settings uses."""
+    return load_catalog()
+
+
+def node_id(name: str) -> str:
+    """A stable 32-hex node key id for a community (the id is a label here, no key is needed)."""
+    return hashlib.sha256(name.encode()).hexdigest()[:32]
+
+
+def import_history(
+    lines: Iterable[str], data_dir: Path, *, windows: Sequence[int], today: datetime
+) -> tuple[str, dict[int, dict[str, list[int]]]]:
+    """JSONL events through a fresh node's import path (filter, store, session fold); its true tables per window.
+
+    As `liberation demo` imports history (`node import`'s code path), with the node's clock
+    fixed an hour into `today`; `true_tables` is what `Publisher.export` noises. Returns the
+    node's catalog hash and, per window start, every metric's bounded true counts.
+    """
+    from node.aggregate import true_tables
+    from node.app import close_node, open_node
+    from node.importer import import_lines
+    from node.settings import NodeSettings
+
+    days = (int(today.timestamp()) - min(windows)) // DAY
+    node = open_node(
+        NodeSettings(data_dir=data_dir, retention_days=days + 1), clock=lambda: today + timedelta(hours=1)
+    )
+    try:
+        import_lines(node, lines)
+        con = node.store.cursor()
+        tables = {w: true_tables(con, node.catalog, w) for w in windows}
+        return node.catalog.hash, tables
+    finally:
+        close_node(node)
+
+
+def publish_window(
+    catalog: Catalog, tables_by_node: Mapping[str, dict[str, list[int]]], *, window_start: int, seq: int
+) -> Table:
+    """Every node's snapshot of one window (OpenDP noise, node thresholds and folds), merged as the hub merges."""
+    snapshots = [
+        build_snapshot(
+            catalog, tables, node=node, window_start=window_start, window_end=window_start + DAY,
+            seq=seq, created=window_start + DAY,
+        )
+        for node, tables in tables_by_node.items()
+    ]
+    return merge_tables(snapshot_table(snapshot, catalog) for snapshot in snapshots)
+
+
+def hub_range(catalog: Catalog, merged_by_window: Mapping[int, ReadTable], nodes: int) -> RangeData:
+    """The hub's view input over the windows given: window sums re-thresholded at k_min, as the views read them."""
+    start, end = min(merged_by_window), max(merged_by_window) + DAY
+    return RangeData.from_tables(catalog, Layout.from_catalog(catalog), start, end, dict(merged_by_window), nodes)
+
+
+class ViewInput(Protocol):
+    """What the combined-table views read: `RangeData`, or a design's own range sum (`Shown`)."""
+
+    catalog: Catalog
+
+    @property
+    def combined(self) -> Table: ...
+
+
+class Shown:
+    """A range sum that a design outside the product builds itself, in the shape the views read."""
+
+    def __init__(self, catalog: Catalog, combined: Table, windows: Sequence[int], nodes: int) -> None:
+        self.catalog = catalog
+        self.combined = combined
+        self.per_window = {w: None for w in windows}
+        self.nodes = nodes
+
+
+def render(data: ViewInput, names: Sequence[str]) -> dict[str, Any]:
+    """The hub's views (the functions `GET /v1/views/{name}` runs) over a range."""
+    return {name: VIEWS[name][1](data) for name in names}  # type: ignore[arg-type]
