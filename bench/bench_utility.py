@@ -86,8 +86,8 @@ def central_dp(fed: Prepared) -> product.ViewInput:
             for index, value in enumerate(noisy):
                 table[(metric.name, "cell", index)] = product.CellSum(int(value), variance, nodes)
         per_window.append(table)
-    return product.Shown(catalog, hub_threshold(catalog, product.combine_windows(per_window), HUB_Z),
-                         fed.truth.windows, nodes)
+    summed = product.combine_windows(per_window)
+    return product.Shown(catalog, hub_threshold(catalog, summed, HUB_Z), fed.truth.windows, nodes, raw=summed)
 
 
 def bounded_truth(fed: Prepared) -> product.ViewInput:
@@ -144,7 +144,8 @@ def measure(fed: Prepared, views: dict[str, Any], table: product.ReadTable) -> d
     raw, out = fed.truth.raw, {}
     head, geo, fin = views["headline"], views["geography"], views["financial"]
     true_countries = {c for c, n in raw.country_tool_sessions.items() if n > 0}
-    shown = {c for cells in geo["by_app"].values() for c, num in cells.items() if num and num["value"] > 0}
+    # The view lists every country it counts (each session once, in the default catalog).
+    shown = {row["country"] for row in geo["countries"] if row["sessions"] and row["sessions"]["value"] > 0}
     out["countries_shown"] = head["countries"]
     out["countries_false"] = len(shown - true_countries)
     out["countries_true_shown"] = len(shown & true_countries)
@@ -168,7 +169,7 @@ def measure(fed: Prepared, views: dict[str, Any], table: product.ReadTable) -> d
     apps = list(views["completion"])
     out["started_abs_err_pct"] = _nanmean([abs(out[f"started_err_pct/{a}"]) for a in apps])
     out["rate_abs_err_pp"] = _nanmean([abs(out[f"rate_err_pp/{a}"]) for a in apps])
-    true_top = [c for c, _ in sorted(raw.country_tool_sessions.items(), key=lambda kv: (-kv[1], kv[0]))[:5]]
+    true_top = [c for c, _ in sorted(raw.country_sessions.items(), key=lambda kv: (-kv[1], kv[0]))[:5]]
     out["top5_overlap"] = len(set(true_top) & {row["country"] for row in geo["countries"][:5]})
     tvds = []
     for entry in fin.values():
@@ -313,12 +314,12 @@ def _f(stats: dict[str, float], digits: int = 1, sd: bool = False, sign: bool = 
 
 def truth_line(fed: Prepared) -> str:
     raw = fed.truth.raw
-    top = sorted(raw.country_tool_sessions.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
+    top = sorted(raw.country_sessions.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
     rates = " / ".join(f"{100 * raw.completed[a] / raw.started[a]:.1f}" for a in fed.catalog.apps if raw.started[a])
     medians = ", ".join(f"median {a} {raw.median(a):.2f}" for a in MEDIAN_ATTRIBUTES if raw.median(a) is not None)
     countries = sum(1 for n in raw.country_tool_sessions.values() if n)
     return (f"truth: {len(fed.truth.nodes)} nodes, {len(fed.truth.windows)} daily windows, {raw.sessions:,} sessions "
-            f"(session-days), {countries} countries; top 5 (session-tools) "
+            f"(session-days), {countries} countries; top 5 (sessions) "
             + ", ".join(f"{c} {n:,}" for c, n in top) + f"; completion rates {rates} %; {medians}")
 
 
@@ -488,6 +489,7 @@ def _truth_json(raw: RawTruth, fed: Prepared) -> dict[str, Any]:
     return {
         "nodes": len(fed.truth.nodes), "windows": len(fed.truth.windows), "sessions": raw.sessions,
         "countries": sorted(c for c, n in raw.country_tool_sessions.items() if n),
+        "country_sessions": dict(raw.country_sessions.most_common()),
         "country_tool_sessions": dict(raw.country_tool_sessions.most_common()),
         "started": dict(raw.started), "completed": dict(raw.completed),
         "medians": {a: raw.median(a) for a in MEDIAN_ATTRIBUTES},

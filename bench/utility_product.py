@@ -16,9 +16,10 @@ from typing import Any, Protocol
 from federation.columns import Layout
 from federation.merge import CellSum, ReadTable, Table, combine_windows, fold_sums, merge_tables, snapshot_table
 from federation.views import VIEWS, RangeData
-from node.dp import laplace_variance, opendp_laplace
+from node.dp import opendp_laplace
 from node.export import build_snapshot
 from protocol.catalog import Catalog, load_catalog
+from protocol.noise import laplace_variance
 from protocol.windows import DAY
 
 __all__ = [
@@ -72,7 +73,7 @@ def import_history(
 def publish_window(
     catalog: Catalog, tables_by_node: Mapping[str, dict[str, list[int]]], *, window_start: int, seq: int
 ) -> Table:
-    """Every node's snapshot of one window (OpenDP noise, node thresholds and folds), merged as the hub merges."""
+    """Every node's snapshot of one window (OpenDP noise on every cell, all published), merged as the hub merges."""
     snapshots = [
         build_snapshot(
             catalog, tables, node=node, window_start=window_start, window_end=window_start + DAY,
@@ -84,7 +85,7 @@ def publish_window(
 
 
 def hub_range(catalog: Catalog, merged_by_window: Mapping[int, ReadTable], nodes: int) -> RangeData:
-    """The hub's view input over the windows given: window sums re-thresholded at k_min, as the views read them."""
+    """The hub's view input over the windows given: window sums, presence inferred, as the views read them."""
     start, end = min(merged_by_window), max(merged_by_window) + DAY
     return RangeData.from_tables(catalog, Layout.from_catalog(catalog), start, end, dict(merged_by_window), nodes)
 
@@ -101,9 +102,12 @@ class ViewInput(Protocol):
 class Shown:
     """A range sum that a design outside the product builds itself, in the shape the views read."""
 
-    def __init__(self, catalog: Catalog, combined: Table, windows: Sequence[int], nodes: int) -> None:
+    def __init__(
+        self, catalog: Catalog, combined: Table, windows: Sequence[int], nodes: int, raw: Table | None = None
+    ) -> None:
         self.catalog = catalog
         self.combined = combined
+        self.raw = combined if raw is None else raw  # every cell's sum, for quantiles
         self.per_window = {w: None for w in windows}
         self.nodes = nodes
 
