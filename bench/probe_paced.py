@@ -6,8 +6,8 @@ then paces RATE events a second over wrk (or the Python client) on 127.0.0.1
 and prints the latency, the node's CPU, and
 the commits the writer made (from `/metrics`). RATE 0 means unpaced (closed
 loop); PROBE_CONNECTIONS sets the connections (64 for batches, 256 for
-single events by default). docs/benchmarks.md quotes it for the half-maximum
-points.
+single events by default). The runs in docs/benchmarks.md's history
+(`git log -p docs/benchmarks.md`) quote it for the half-maximum points.
 """
 
 from __future__ import annotations

@@ -79,7 +79,8 @@ def tune_gc() -> None:
 
     A request's objects (events, filtered rows, dicts) live until its answer, so
     default thresholds run collections that walk the whole heap again and again:
-    about 20% of the event loop's time under load (docs/benchmarks.md).
+    about 20% of the event loop's time under load (docs/benchmarks.md at
+    d557699).
     """
     gc.collect()
     gc.freeze()

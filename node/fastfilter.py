@@ -3,8 +3,8 @@
 The exact path validates each decoded item into a pydantic `Event`, filters
 it into a `FilteredEvent` (node/privacy.py) and turns those into Arrow rows
 (node/rows.py): three Python objects per event, about 17 µs of CPU each
-(docs/benchmarks.md). This pass reads the decoded JSON or msgpack items
-once and writes the row tuples (a `RowBlock`) directly.
+(docs/benchmarks.md at d566db5). This pass reads the decoded JSON or msgpack
+items once and writes the row tuples (a `RowBlock`) directly.
 
 It answers None whenever it is not certain that the exact path would accept
 every event of the batch: a shape it does not know, any fault, a timestamp

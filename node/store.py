@@ -210,8 +210,8 @@ paced drain leaves the cores to requests between slices. Bursts of 100 ms
 of CPU, not their total, are what put requests over 50 ms at half the
 maximum rate: beside a node with drains held off, a CPU hog doing 150 ms
 every 1.25 s raised the p99 from 10-19 to 27-58 ms (31-39 at nice 19), the
-same CPU in 15 ms slices to 13-17 ms (docs/benchmarks.md). The cost: about
-30% more CPU for a drain's inserts, and a file about 20% bigger.
+same CPU in 15 ms slices to 13-17 ms (docs/benchmarks.md at 21733bb). The
+cost: about 30% more CPU for a drain's inserts, and a file about 20% bigger.
 """
 STORE_CATALOG = "node_store"
 PACE = 2.0
@@ -221,9 +221,9 @@ FOLD_STEP_ROWS = 262_144
 
 In one statement, the fold of a minute's log at 93,000 events/s (5.6 M rows,
 1.1 M new sessions) took 1.1-1.7 s on a live node, on both cores, and
-requests waited behind it (docs/benchmarks.md). Each step scans the whole
-log for its range (about 8 ms per 5.6 M rows) and groups and merges its
-share: 32 steps of such a log cost 33-42 ms of one core each in a scratch
+requests waited behind it (docs/benchmarks.md at 09b27bc). Each step scans
+the whole log for its range (about 8 ms per 5.6 M rows) and groups and merges
+its share: 32 steps of such a log cost 33-42 ms of one core each in a scratch
 database, 1.2 s in all, against 0.7 s in one statement.
 """
 

@@ -14,9 +14,10 @@ _POSITION = re.compile(r" at line (\d+) column (\d+)$")
 def loads(text: str | bytes) -> Any:
     """Parse JSON with pydantic-core's parser; any fault is a JSONDecodeError giving a position, never the input.
 
-    A third faster than `json.loads` on event batches (docs/benchmarks.md), with
-    the same values (NaN, Infinity and big integers included). Nesting is capped
-    at 200 levels, so no body can exhaust the interpreter's recursion limit.
+    A third faster than `json.loads` on event batches (docs/benchmarks.md at
+    d566db5), with the same values (NaN, Infinity and big integers included).
+    Nesting is capped at 200 levels, so no body can exhaust the interpreter's
+    recursion limit.
     """
     try:
         return pydantic_core.from_json(text)
