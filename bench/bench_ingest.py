@@ -59,9 +59,8 @@ PACED_SINGLE_CONNECTIONS = 256  # single events at half the max: thousands a sec
 DUCKDB_ROWS_PER_COMMIT = 1_000
 DUCKDB_SECONDS = 2.0
 
-# Targets (issue: ingest benchmark)
-BATCH_RATIO_TARGET = 0.70
-BATCH_FLOOR = 100_000.0
+# Floors (simplification issue: one process, same-run baselines)
+BATCH_RATIO_TARGET = 0.75
 SINGLE_RATIO_TARGET = 0.60
 HALF_RATE_P99_MS = 50.0
 
@@ -429,8 +428,7 @@ def main() -> None:
 
     rows = [
         Row("node batched events/s", f"{batch_rate:,.0f}", f"{val_rate:,.0f} validate+HMAC",
-            f"{batch_ratio:.0%}", ">= 70%, >= 100,000",
-            verdict(batch_ratio >= BATCH_RATIO_TARGET and batch_rate >= BATCH_FLOOR)),
+            f"{batch_ratio:.0%}", ">= 75%", verdict(batch_ratio >= BATCH_RATIO_TARGET)),
         Row("node batched p50 / p99", f"{node_batch.load.p50_ms:.1f} / {node_batch.load.p99_ms:.1f} ms (c={node_batch.load.connections})",
             f"{val_batch.load.p50_ms:.1f} / {val_batch.load.p99_ms:.1f} ms (c={val_batch.load.connections})"),
         Row("server CPU per batched event", f"{node_batch.cpu_us_per_item(BATCH):.1f} µs",
