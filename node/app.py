@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
+import duckdb
 from aiohttp import web
 
 from federation.dashboard import add_dashboard_routes
@@ -107,10 +108,22 @@ class Node:
                 self.metrics.exports_refused.labels("expired").inc()
                 log.error("window expired unexported: its rows and state are deleted, it is never published",
                           extra={"window_start": _iso(window)})
+            if self.store.erase_pending():
+                self._compact()
             # Here, between exports (the only big queries): ingest's cached table blocks are dropped
             # so the node's memory stays flat instead of growing toward memory_limit.
             self.store.trim_cache()
             return done
+
+    def _compact(self) -> None:
+        """Rewrite the store so the rows and state this pass deleted leave the file; a failure is retried next pass."""
+        try:
+            with self.metrics.compact_seconds.time():
+                self.store.compact()
+        except (duckdb.Error, OSError, RuntimeError) as exc:
+            self.metrics.compact_failures.inc()
+            log.error("rewrite of the store failed; deleted rows stay in its free blocks until a pass succeeds: %s",
+                      type(exc).__name__)
 
 
 NODE = web.AppKey("node", Node)

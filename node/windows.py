@@ -177,7 +177,7 @@ class Windows:
             if w not in self.exported and w not in self.abandoned
         ] if first <= horizon else []
         with self._lock, self.store.transaction() as tx:
-            tx.execute("DELETE FROM events WHERE window_start <= ?", [horizon])
+            self.store.delete_rows(tx, until=horizon)
             for window in stale:
                 self.store.drop_session_state(tx, window)
             for window in unexported:
