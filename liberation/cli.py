@@ -170,6 +170,7 @@ def _node_budget(args: argparse.Namespace) -> int:
     node = open_node(_node_settings(args))
     try:
         entries = node.publisher.ledger()
+        missing = node.publisher.missing()
         cap = node.publisher.cap
     finally:
         close_node(node)
@@ -177,10 +178,15 @@ def _node_budget(args: argparse.Namespace) -> int:
     per_window: dict[int, float] = {}
     for entry in entries:
         per_window[entry.window_start] = per_window.get(entry.window_start, 0.0) + entry.epsilon
+    notes = {}
+    for lost in missing:  # published, the store lost the copy and its ledger rows: spent all the same
+        if lost.window_start not in per_window:
+            per_window[lost.window_start] = lost.epsilon
+            notes[lost.window_start] = "  (copy missing)"
     if not per_window:
         print("no window exported yet: nothing spent")
     for window, spent in sorted(per_window.items()):
-        print(f"  {datetime.fromtimestamp(window, UTC):%Y-%m-%d %H:%M}Z  epsilon {spent:.4f}")
+        print(f"  {datetime.fromtimestamp(window, UTC):%Y-%m-%d %H:%M}Z  epsilon {spent:.4f}{notes.get(window, '')}")
     if args.verbose:
         for entry in entries:
             print(f"    {entry.metric:20s} epsilon {entry.epsilon:.4f}  scale {entry.scale:8.2f}  threshold {entry.threshold}")

@@ -31,6 +31,7 @@ from node.metrics import NodeMetrics
 from node.openapi import serve_openapi
 from node.outbox import Outbox
 from node.privacy import PrivacyFilter
+from node.published import PublishedLog
 from node.ratelimit import RateLimiter
 from node.routes import INGEST, IngestTarget, add_ingest_routes
 from node.salts import SaltKeeper
@@ -72,6 +73,8 @@ class Node:
     views: ViewService = field(init=False)
     # Export passes never overlap (the periodic task, and a call from a test or tool).
     _exporting: threading.Lock = field(init=False, default_factory=threading.Lock)
+    # Published windows whose lost copy was reported (once a process: the record keeps them for good).
+    _reported_missing: set[int] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
         # The data version of the views cache: one more exported window, new data.
@@ -94,6 +97,7 @@ class Node:
             self.store.drain(pace_below=DRAIN_ROWS)
             with self.metrics.fold_seconds.time():
                 self.metrics.fold_rows.inc(self.store.fold_sessions(pace=True))
+            self._report_missing()
             done = []
             for window in self.windows.due():
                 try:
@@ -115,6 +119,20 @@ class Node:
             self.store.trim_cache()
             return done
 
+    def _report_missing(self) -> None:
+        """Skip, count and log each published window the store has no copy of; drop its state as its export did."""
+        for entry in self.publisher.missing():
+            if entry.window_start in self._reported_missing:
+                continue
+            self._reported_missing.add(entry.window_start)
+            self.publisher.drop_state(entry.window_start)
+            self.metrics.exports_refused.labels("published-copy-missing").inc()
+            log.error(
+                "window published but its copy is missing from the store (a backup from before its export?): "
+                "never exported again (docs/operations.md, restore)",
+                extra={"window_start": _iso(entry.window_start), "digest": entry.digest},
+            )
+
     def _compact(self) -> None:
         """Rewrite the store so the rows and state this pass deleted leave the file; a failure is retried next pass."""
         try:
@@ -135,6 +153,8 @@ def data_paths(settings: NodeSettings) -> dict[str, Path]:
     return {
         "db": root / "node.duckdb",
         "key": root / "keys" / "signing.key",
+        # Beside the key, outside the database a restore puts back (node/published.py).
+        "published": root / "keys" / "published.log",
         "salts": root / "salts",
     }
 
@@ -145,6 +165,7 @@ def open_node(settings: NodeSettings, *, clock: Clock = utc_now) -> Node:
     paths = data_paths(settings)
     make_private_dir(settings.data_dir)  # 0700 whatever the umask: raw rows, salts, keys
     key = load_or_create(paths["key"])
+    record = PublishedLog(paths["published"])
     store = Store(paths["db"], catalog, memory_limit=settings.memory_limit)
     retention_days = catalog.retention_days if settings.retention_days is None else settings.retention_days
     windows = Windows(
@@ -154,6 +175,7 @@ def open_node(settings: NodeSettings, *, clock: Clock = utc_now) -> Node:
         grace_seconds=settings.export_grace_seconds,
         retention_seconds=retention_days * DAY,
         clock=clock,
+        published=[entry.window_start for entry in record.entries()],
     )
     metrics = NodeMetrics(rows=store.row_count, db_bytes=store.size_bytes, db_memory=store.memory_bytes)
     writer = Writer(store, windows, max_rows=settings.commit_max_rows, observe=metrics.observe_commit)
@@ -165,6 +187,7 @@ def open_node(settings: NodeSettings, *, clock: Clock = utc_now) -> Node:
         windows=windows,
         epsilon_cap_per_day=settings.epsilon_cap_per_day
         or epsilon_cap_default(catalog, settings.window_seconds),
+        record=record,
     )
     outbox = Outbox(
         store,
