@@ -24,7 +24,7 @@ from federation.views import (
     view_handler,
     views_index,
 )
-from node.export import BudgetExceeded, Publisher, epsilon_cap_default
+from node.export import AdoptionRefused, BudgetExceeded, Publisher, epsilon_cap_default
 from node.geo import GeoLocator
 from node.ingest import Clock, Ingestor, utc_now
 from node.metrics import NodeMetrics
@@ -119,6 +119,15 @@ class Node:
             self.store.trim_cache()
             return done
 
+    def adopt(self, envelope: bytes) -> int:
+        """Store the lost copy of a published window (node/export.py `Publisher.adopt`); its window."""
+        with self._exporting:
+            window = self.publisher.adopt(envelope)
+        self.metrics.snapshots_adopted.inc()
+        log.info("adopted the lost copy of a published window: the same bytes, no new noise",
+                 extra={"window_start": _iso(window)})
+        return window
+
     def _report_missing(self) -> None:
         """Skip, count and log each published window the store has no copy of; drop its state as its export did."""
         for entry in self.publisher.missing():
@@ -129,7 +138,7 @@ class Node:
             self.metrics.exports_refused.labels("published-copy-missing").inc()
             log.error(
                 "window published but its copy is missing from the store (a backup from before its export?): "
-                "never exported again (docs/operations.md, restore)",
+                "never exported again; adopt its copy (hub, or `liberation node adopt`, docs/operations.md)",
                 extra={"window_start": _iso(entry.window_start), "digest": entry.digest},
             )
 
@@ -372,9 +381,30 @@ async def _windows(request: web.Request) -> web.Response:
     return web.json_response(body, headers={"Cache-Control": CACHE_CONTROL})
 
 
-async def _export_step(node: Node) -> None:
+async def _export_step(node: Node, session: aiohttp.ClientSession) -> None:
+    await _adopt_hub_copies(node, session)
     for window in await asyncio.to_thread(node.export_due):
         log.info("exported", extra={"window_start": _iso(window)})
+
+
+async def _adopt_hub_copies(node: Node, session: aiohttp.ClientSession) -> None:
+    """Fetch from the hub the copies of published windows the store lost, and adopt those that are the recorded ones."""
+    if not node.settings.push.hub_url:
+        return
+    for entry in await asyncio.to_thread(node.publisher.missing):
+        envelope = await node.outbox.fetch_copy(session, entry.key_id, entry.window_start)
+        if envelope is None:
+            continue
+        try:
+            await asyncio.to_thread(node.adopt, envelope)
+        except AdoptionRefused as exc:
+            log.error("the hub's copy of a published window was refused: %s", exc,
+                      extra={"window_start": _iso(entry.window_start)})
+
+
+async def _export_loop(node: Node, stop: asyncio.Event) -> None:
+    async with aiohttp.ClientSession() as session:
+        await _every(node.settings.export_interval_seconds, stop, "export", lambda: _export_step(node, session))
 
 
 async def _push_loop(node: Node, stop: asyncio.Event) -> None:
@@ -395,12 +425,7 @@ def create_app(settings: NodeSettings, *, clock: Clock = utc_now) -> web.Applica
         app[INGEST] = IngestTarget(node.ingestor, node.catalog)
         await node.writer.start()
         stop = asyncio.Event()
-        tasks = [
-            asyncio.create_task(
-                _every(settings.export_interval_seconds, stop, "export", lambda: _export_step(node)),
-                name="export",
-            )
-        ]
+        tasks = [asyncio.create_task(_export_loop(node, stop), name="export")]
         if settings.push.hub_url:
             tasks.append(asyncio.create_task(_push_loop(node, stop), name="push"))
         log.info("node ready", extra={"key_id": node.key.public.key_id, "catalog": node.catalog.hash})

@@ -7,8 +7,9 @@ away). After export the window's per-session state and, once its day is
 fully exported, the day's salt are destroyed (node/windows.py); raw rows follow retention.
 
 The commitment also holds across a restore of the store: each export is recorded
-outside it (node/published.py) before it commits, and a window recorded but not
-stored is never noised again.
+outside it (node/published.py) before it commits, a window recorded but not stored
+is never noised again, and its lost copy can be adopted back byte for byte
+(`Publisher.adopt`, from the hub or a file).
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ class BudgetExceeded(ExportError):
 
 class PublishedCopyMissing(ExportError):
     """The record says the window was published, the store has no copy: noising it again would be a second release."""
+
+
+class AdoptionRefused(ExportError):
+    """An envelope offered as the lost copy of a published window is not the one the node recorded."""
 
 
 def build_snapshot(
@@ -199,6 +204,63 @@ class Publisher:
             self.store.drop_session_state(tx, window_start)
         self.windows.destroy_salts()
 
+    def adopt(self, envelope: bytes) -> int:
+        """Store the lost copy of a published window (from the hub, or a file) as its committed snapshot; its window.
+
+        A recorded window takes only the envelope the record names: signed by the
+        recorded key, with the recorded body digest (so, as Ed25519 is
+        deterministic, the same bytes). A window the record lacks (the record
+        itself was lost or rolled back) takes an envelope signed by the node's
+        own key, and is recorded. Ledger rows come from the envelope's own
+        metrics; its outbox entry is marked sent (a hub has it, or the operator carried it).
+        """
+        try:
+            verified = verify_envelope(envelope)
+        except EnvelopeError as exc:
+            raise AdoptionRefused(f"the envelope does not verify: {exc.reason}") from None
+        snapshot, window, key_id = verified.snapshot, verified.snapshot.window_start, verified.public_key.key_id
+        entry, unrecorded = self.record.get(window), None
+        if entry is None:
+            if key_id != self.key.public.key_id:
+                raise AdoptionRefused("this node has no record of that window, and the envelope is not signed by its key")
+            if snapshot.window_end - window != self.windows.seconds or not self.windows.is_closed(window):
+                raise AdoptionRefused("the envelope is not of a closed window of this node's length")
+            epsilon = math.fsum(cells.epsilon for cells in snapshot.metrics.values())
+            unrecorded = Publication(window, snapshot.seq, verified.digest, key_id, epsilon)
+        elif key_id != entry.key_id or verified.digest != entry.digest:
+            raise AdoptionRefused("the envelope is not the one this node recorded for that window (key or digest differ)")
+        stored = self.stored(window)
+        if stored is not None:
+            if stored != verified.envelope:
+                raise AdoptionRefused("the store already holds another snapshot of that window")
+            return window
+        now = self.windows.now()
+        with self.store.transaction() as tx:
+            taken = tx.execute(
+                "SELECT (SELECT count(*) FROM snapshots WHERE seq = $1) + (SELECT count(*) FROM outbox WHERE seq = $1)",
+                [snapshot.seq],
+            ).fetchall()[0][0]
+            if taken:
+                raise AdoptionRefused(f"sequence number {snapshot.seq} is another window's in the store")
+            tx.execute(
+                "INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [window, snapshot.window_end, snapshot.seq, snapshot.catalog, verified.digest, verified.envelope,
+                 snapshot.created],
+            )
+            if not tx.execute("SELECT count(*) FROM ledger WHERE window_start = ?", [window]).fetchall()[0][0]:
+                tx.executemany(
+                    "INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [[window, name, cells.epsilon, cells.scale, cells.threshold, snapshot.catalog, verified.digest, now]
+                     for name, cells in snapshot.metrics.items()],
+                )
+            tx.execute("INSERT INTO outbox VALUES (?, ?, 'sent', 0, 0, NULL, NULL)", [snapshot.seq, window])
+            self.store.drop_session_state(tx, window)
+            if unrecorded is not None:
+                self.record.append([unrecorded])  # before the commit, as an export's line
+        self.windows.mark_exported(window)
+        self.windows.destroy_salts()
+        return window
+
     def export(self, window_start: int) -> bytes:
         """The signed envelope of a window: built and committed once, then the same bytes forever."""
         windows = self.windows
@@ -211,7 +273,8 @@ class Publisher:
             # Checked before anything is noised: new noise for a window that went out once is a second release.
             raise PublishedCopyMissing(
                 "the window was published, but the store has no copy of it (restored from a backup taken "
-                "before its export?): it is never noised again (docs/operations.md, restore)"
+                "before its export?): it is never noised again; its copy comes back with `liberation node "
+                "adopt` or from the hub (docs/operations.md, restore)"
             )
         if not windows.is_closed(window_start):
             raise WindowNotClosed("the window is still open (or in its grace period)")

@@ -67,6 +67,11 @@ class NodeMetrics:
         self.snapshots_exported = Counter(
             "liberation_snapshots_exported", "Windows exported (noise committed)", registry=r
         )
+        self.snapshots_adopted = Counter(
+            "liberation_snapshots_adopted",
+            "Lost copies of published windows stored again, byte for byte (from the hub or a file)",
+            registry=r,
+        )
         self.exports_refused = Counter(
             "liberation_exports_refused", "Exports refused, by reason", ["reason"], registry=r
         )

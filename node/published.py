@@ -11,7 +11,7 @@ transaction, before the COMMIT, and an envelope is served or pushed only
 after the commit. So every snapshot that could have left the node has its
 line. A crash (or a failed commit) between the two leaves a line without a
 snapshot: that window counts as published with its copy missing, and is
-never noised again.
+never noised again (its copy comes back from the hub or a file, or it stays unpublished).
 
 A line, JSON with sorted keys:
 

@@ -7,6 +7,7 @@ time with fresh noise: 2 epsilon.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -19,17 +20,20 @@ import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aiohttp
 import duckdb
 import pytest
 
+from federation.settings import HubSettings
 from node.app import close_node, open_node
-from node.export import PublishedCopyMissing
+from node.export import AdoptionRefused, PublishedCopyMissing
 from node.importer import import_lines
 from node.published import Publication, PublishedLog, PublishedLogDamaged
 from node.store import session_tables
-from protocol.wire import verify_envelope
+from protocol.keys import PublicKey, SigningKey
+from protocol.wire import sign_snapshot, verify_envelope
 from tests.factories import W_DAY, ev, store_with
-from tests.servers import Process, node_settings
+from tests.servers import Process, admin_token, node_settings, run_hub, run_node
 from tests.test_export import CATALOG, busy_window, publisher
 
 DAY = 86_400
@@ -134,6 +138,70 @@ def test_a_database_restored_from_before_an_export_never_publishes_the_window_ag
     export = liberation("node", "export", "--window", label, "--data-dir", str(data_dir), "--out", str(tmp_path / "x"))
     assert export.returncode == 1 and "never noised again" in export.stderr
 
+    # The operator's recovery with a copy at hand (here the node's own first answer).
+    (tmp_path / "copy.msgpack").write_bytes(first)
+    adopted = liberation("node", "adopt", str(tmp_path / "copy.msgpack"), "--data-dir", str(data_dir))
+    assert adopted.returncode == 0, adopted.stderr
+    con = duckdb.connect(str(data_dir / "node.duckdb"), read_only=True)
+    try:
+        assert bytes(con.execute("SELECT envelope FROM snapshots").fetchall()[0][0]) == first
+        assert con.execute("SELECT state FROM outbox").fetchall() == [("sent",)]
+        assert con.execute("SELECT sum(epsilon), count(DISTINCT digest) FROM ledger").fetchall() == [(pytest.approx(1.0), 1)]
+    finally:
+        con.close()
+
+
+async def test_a_restored_node_adopts_the_hubs_copy_byte_identical(tmp_path: Path) -> None:
+    day = yesterday()
+    settings = node_settings(tmp_path / "node", export_grace_seconds=0)
+    node = open_node(settings)
+    try:
+        import_lines(node, history(day))
+        key = node.key.public
+    finally:
+        close_node(node)
+    back_up(settings.data_dir, tmp_path / "backup")
+    hub_settings = HubSettings(data_dir=tmp_path / "hub", port=0, metrics_port=0, admin_token=admin_token())  # type: ignore[arg-type]
+    pushing = node_settings(tmp_path / "node", export_grace_seconds=0,
+                            push={"hub_url": "", "interval_seconds": 0.2, "min_backoff_seconds": 0.1})
+    async with run_hub(hub_settings) as hub, aiohttp.ClientSession() as http:
+        hub.hub.registry.enroll("restored", PublicKey.from_b64(key.b64))
+        pushing = pushing.model_copy(update={"push": pushing.push.model_copy(update={"hub_url": hub.url})})
+        copy_url = f"{hub.url}/v1/snapshots/{key.key_id}/{int(day.timestamp())}"
+
+        async def fetch(url: str) -> tuple[int, bytes]:
+            async with http.get(url) as resp:
+                return resp.status, await resp.read()
+
+        def held() -> list[tuple[bytes]]:
+            return hub.hub.store.cursor().execute(  # type: ignore[no-any-return]
+                "SELECT envelope FROM envelopes WHERE key_id = ?", [key.key_id]).fetchall()
+
+        async with run_node(pushing):
+            deadline = time.monotonic() + 60
+            while not held():
+                assert time.monotonic() < deadline, "the hub did not get yesterday's snapshot"
+                await asyncio.sleep(0.1)
+            first = bytes(held()[0][0])
+
+        restore(tmp_path / "backup", settings.data_dir)
+        async with run_node(pushing) as running:
+            deadline = time.monotonic() + 60
+            while (answer := await fetch(f"{running.url}/v1/snapshots/{day:%Y-%m-%d}"))[0] != 200:
+                assert time.monotonic() < deadline, "the node did not adopt the hub's copy"
+                await asyncio.sleep(0.1)
+            assert answer[1] == first, "published again with new noise instead of adopting the hub's copy"
+            node = running.node
+            assert [e.state for e in node.outbox.entries()] == ["sent"]  # the hub has it: never pushed again
+            ledger = node.publisher.ledger()
+            assert {e.digest for e in ledger} == {verify_envelope(first).digest}
+            assert sum(e.epsilon for e in ledger) == pytest.approx(1.0)
+            assert node.metrics.snapshots_adopted._value.get() == 1
+            assert node.metrics.exports_refused.labels("published-copy-missing")._value.get() == 0
+        assert hub.hub.store.cursor().execute("SELECT count(*) FROM incidents").fetchall() == [(0,)]
+        assert await fetch(copy_url) == (200, first)
+    record = (settings.data_dir / "keys" / "published.log").read_bytes().splitlines()
+    assert len(record) == 1
 
 
 def test_a_crash_between_the_record_and_the_commit_never_noises_the_window_again(tmp_path: Path) -> None:
@@ -176,10 +244,12 @@ open_node(node_settings(Path({str(settings.data_dir)!r}), export_grace_seconds=0
         close_node(node)
 
 
-def test_lost_copies_keep_their_numbers_and_budget_and_are_never_noised_again(tmp_path: Path) -> None:
+def test_lost_copies_keep_their_numbers_budget_and_are_adopted_only_as_recorded(tmp_path: Path) -> None:
     store = store_with(tmp_path, busy_window() + [ev("next", "runway-calculator", "start", 1440 + 5)])
     pub = publisher(store, tmp_path, clock=lambda: datetime.fromtimestamp(W_DAY + 3 * DAY, UTC))
-    pub.export(W_DAY)
+    first = pub.export(W_DAY)
+    # Another envelope of the window under the node's key (as new noise would be): never the recorded one.
+    other = sign_snapshot(verify_envelope(first).snapshot.model_copy(update={"created": 0}), pub.key)
     # The store loses the window (an older copy of it), the record keeps it.
     with store.transaction() as tx:
         for table in ("snapshots", "ledger", "outbox"):
@@ -191,6 +261,36 @@ def test_lost_copies_keep_their_numbers_and_budget_and_are_never_noised_again(tm
         pub.export(W_DAY)
     assert pub.spent(W_DAY) == pytest.approx(CATALOG.epsilon_per_window)  # spent, though the ledger lost it
     assert verify_envelope(pub.export(W_DAY + DAY)).snapshot.seq == 2  # after the lost one's number
+    with pytest.raises(AdoptionRefused, match="not the one this node recorded"):
+        pub.adopt(other)
+    with pytest.raises(AdoptionRefused, match="does not verify"):
+        pub.adopt(first[:-1] + bytes([first[-1] ^ 1]))
+    assert pub.adopt(first) == W_DAY and pub.stored(W_DAY) == first
+    assert pub.adopt(first) == W_DAY  # idempotent
+    assert pub.missing() == [] and pub.spent(W_DAY) == pytest.approx(CATALOG.epsilon_per_window)
+    assert [(e.window_start, e.state) for e in _outbox(store)] == [(W_DAY, "sent"), (W_DAY + DAY, "pending")]
+    # The record lost as well (a whole data dir restored): the node's own envelope is taken, and recorded again.
+    with store.transaction() as tx:
+        for table in ("snapshots", "ledger", "outbox"):
+            tx.execute(f"DELETE FROM {table} WHERE window_start = ?", [W_DAY])
+    (tmp_path / "keys" / "published.log").unlink()
+    pub = publisher(store, tmp_path, clock=lambda: datetime.fromtimestamp(W_DAY + 3 * DAY, UTC))
+    assert pub.record.get(W_DAY) is None and W_DAY in pub.windows.due()
+    stranger = sign_snapshot(verify_envelope(first).snapshot.model_copy(update={"node": SigningKey.from_seed(b"s" * 32).public.key_id}),
+                             SigningKey.from_seed(b"s" * 32))
+    with pytest.raises(AdoptionRefused, match="not signed by its key"):
+        pub.adopt(stranger)
+    assert pub.adopt(first) == W_DAY and pub.stored(W_DAY) == first
+    assert pub.record.get(W_DAY) == Publication(W_DAY, 1, verify_envelope(first).digest, pub.key.public.key_id,
+                                                pytest.approx(CATALOG.epsilon_per_window))  # type: ignore[arg-type]
+    assert W_DAY not in pub.windows.due()
+
+
+def _outbox(store: object) -> list[tuple[int, str]]:
+    from node.outbox import Outbox
+    from node.settings import PushSettings
+
+    return Outbox(store, PushSettings()).entries()  # type: ignore[arg-type,return-value]
 
 
 def test_the_record_is_rebuilt_from_the_store_and_survives_a_torn_line(tmp_path: Path) -> None:
