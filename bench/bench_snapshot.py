@@ -78,6 +78,7 @@ def generate(db: Path, events: int) -> None:
 def export(db: Path) -> None:
     """Open the store and export the window: aggregate, noise, sign, commit."""
     from node.export import Publisher
+    from node.published import PublishedLog
     from node.salts import SaltKeeper
     from node.store import Store
     from node.windows import Windows
@@ -90,7 +91,8 @@ def export(db: Path) -> None:
         store, SaltKeeper(db.parent / "salts"), window_seconds=86_400, grace_seconds=3600,
         retention_seconds=7 * 86_400, clock=lambda: WINDOW + timedelta(days=2),
     )
-    publisher = Publisher(store=store, catalog=catalog, key=SigningKey.generate(), windows=windows, epsilon_cap_per_day=1.0)
+    publisher = Publisher(store=store, catalog=catalog, key=SigningKey.generate(), windows=windows, epsilon_cap_per_day=1.0,
+                          record=PublishedLog(db.parent / "keys" / "published.log"))
     started = time.perf_counter()
     envelope = publisher.export(int(WINDOW.timestamp()))
     print(json.dumps({"seconds": time.perf_counter() - started, "bytes": len(envelope)}))

@@ -6,6 +6,7 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -145,6 +146,25 @@ async def _post_snapshot(request: web.Request) -> web.Response:
     if result.log_seq is not None:
         body["log_seq"] = result.log_seq
     return web.json_response(body, status=202 if result.status == "accepted" else 200)
+
+
+KEY_ID = re.compile(r"[0-9a-f]{32}")
+
+
+async def _stored_snapshot(request: web.Request) -> web.Response:
+    """A stored envelope by key id and window: how a node whose own copy was lost gets its committed noise back."""
+    hub = request.app[HUB]
+    key_id = request.match_info["key_id"]
+    if not KEY_ID.fullmatch(key_id):
+        raise BadRequest("a key id is 32 lowercase hexadecimal characters", slug="invalid-key")
+    window = parse_window(request.match_info["window"])
+    envelope = await asyncio.to_thread(hub.store.envelope, key_id, window)
+    if envelope is None:
+        raise NotFound("this hub holds no snapshot of that key for that window", slug="no-snapshot")
+    # Accepted bytes never change for a (key, window): a different envelope is refused as equivocation.
+    return web.Response(
+        body=envelope, content_type="application/msgpack", headers={"Cache-Control": "public, max-age=86400, immutable"}
+    )
 
 
 # ---- admin API ----------------------------------------------------------------
@@ -310,6 +330,7 @@ def create_app(settings: HubSettings, *, now: Now = time.time) -> web.Applicatio
     )
     routes: list[Route] = [
         ("POST", "/v1/snapshots", _post_snapshot),
+        ("GET", "/v1/snapshots/{key_id}/{window}", _stored_snapshot),
         ("GET", "/v1/admin/nodes", _admin_nodes),
         ("POST", "/v1/admin/nodes", _admin_enroll),
         ("DELETE", "/v1/admin/nodes/{node}", _admin_revoke),

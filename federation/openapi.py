@@ -50,6 +50,13 @@ def openapi_document() -> dict[str, Any]:
                     **{str(c): PROBLEM for c in (400, 403, 409, 413, 415, 422, 503)},
                 },
             }},
+            "/v1/snapshots/{key_id}/{window}": {"get": {
+                "summary": "A stored envelope exactly as accepted, by node key id and window (public, as snapshots are)",
+                "parameters": [_path("key_id", "the node's key id", pattern="^[0-9a-f]{32}$"),
+                               _path("window", "2026-11-23, 2026-11-23T05 or unix seconds")],
+                "responses": {"200": {"description": "the envelope", "content": {"application/msgpack": {"schema": {"type": "string", "format": "binary"}}}},
+                              **errors},
+            }},
             "/v1/merged/{window}": {"get": {
                 "summary": "One window's merged cells before re-thresholding (for audits)",
                 "parameters": [_path("window", "2026-11-23, 2026-11-23T05 or unix seconds"), CATALOG_PARAM],

@@ -143,3 +143,10 @@ class HubStore(Database):
         # DuckDB made the file and its WAL with the umask's mode (a WAL made again after a
         # checkpoint too: the services run under umask 077).
         make_private_files(path, path.with_name(path.name + ".wal"))
+
+    def envelope(self, key_id: str, window_start: int) -> bytes | None:
+        """The envelope a key published for a window, exactly as accepted, if this hub holds one."""
+        rows = self.cursor().execute(
+            "SELECT envelope FROM envelopes WHERE key_id = ? AND window_start = ?", [key_id, window_start]
+        ).fetchall()
+        return bytes(rows[0][0]) if rows else None

@@ -162,6 +162,21 @@ def _node_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _node_adopt(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from node.app import close_node, open_node
+
+    envelope = Path(args.file).read_bytes()
+    node = open_node(_node_settings(args))
+    try:
+        window = node.adopt(envelope)
+    finally:
+        close_node(node)
+    print(f"adopted the published snapshot of {datetime.fromtimestamp(window, UTC):%Y-%m-%d %H:%M}Z: the same bytes, no new noise")
+    return 0
+
+
 def _node_budget(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
@@ -170,6 +185,7 @@ def _node_budget(args: argparse.Namespace) -> int:
     node = open_node(_node_settings(args))
     try:
         entries = node.publisher.ledger()
+        missing = node.publisher.missing()
         cap = node.publisher.cap
     finally:
         close_node(node)
@@ -177,10 +193,15 @@ def _node_budget(args: argparse.Namespace) -> int:
     per_window: dict[int, float] = {}
     for entry in entries:
         per_window[entry.window_start] = per_window.get(entry.window_start, 0.0) + entry.epsilon
+    notes = {}
+    for lost in missing:  # published, the store lost the copy and its ledger rows: spent all the same
+        if lost.window_start not in per_window:
+            per_window[lost.window_start] = lost.epsilon
+            notes[lost.window_start] = "  (copy missing: `liberation node adopt`)"
     if not per_window:
         print("no window exported yet: nothing spent")
     for window, spent in sorted(per_window.items()):
-        print(f"  {datetime.fromtimestamp(window, UTC):%Y-%m-%d %H:%M}Z  epsilon {spent:.4f}")
+        print(f"  {datetime.fromtimestamp(window, UTC):%Y-%m-%d %H:%M}Z  epsilon {spent:.4f}{notes.get(window, '')}")
     if args.verbose:
         for entry in entries:
             print(f"    {entry.metric:20s} epsilon {entry.epsilon:.4f}  scale {entry.scale:8.2f}  threshold {entry.threshold}")
@@ -350,6 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
     nexport.add_argument("--window", required=True, help="2026-11-23 (or 2026-11-23T05 with hourly windows)")
     nexport.add_argument("--out", metavar="FILE", help="write the envelope here (default: stdout)")
     nexport.set_defaults(func=_node_export)
+    nadopt = node.add_parser(
+        "adopt", help="store again the lost copy of a window this node published (an envelope file it signed)"
+    )
+    _node_options(nadopt)
+    nadopt.add_argument("file", metavar="FILE", help="the envelope, as `node export` or a hub's /v1/snapshots/KEY/WINDOW gave it")
+    nadopt.set_defaults(func=_node_adopt)
     nbudget = node.add_parser("budget", help="print the privacy ledger: epsilon spent per window")
     _node_options(nbudget)
     nbudget.add_argument("--verbose", "-v", action="store_true", help="one line per metric")

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
+import duckdb
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
@@ -24,13 +25,14 @@ from federation.views import (
     view_handler,
     views_index,
 )
-from node.export import BudgetExceeded, Publisher, epsilon_cap_default
+from node.export import AdoptionRefused, BudgetExceeded, Publisher, epsilon_cap_default
 from node.geo import GeoLocator
 from node.ingest import Clock, Ingestor, utc_now
 from node.metrics import NodeMetrics
 from node.openapi import serve_openapi
 from node.outbox import Outbox
 from node.privacy import PrivacyFilter
+from node.published import PublishedLog
 from node.ratelimit import RateLimiter
 from node.routes import INGEST, IngestTarget, add_ingest_routes
 from node.salts import SaltKeeper
@@ -72,6 +74,8 @@ class Node:
     views: ViewService = field(init=False)
     # Export passes never overlap (the periodic task, and a call from a test or tool).
     _exporting: threading.Lock = field(init=False, default_factory=threading.Lock)
+    # Published windows whose lost copy was reported (once a process: the record keeps them for good).
+    _reported_missing: set[int] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
         # The data version of the views cache: one more exported window, new data.
@@ -94,6 +98,7 @@ class Node:
             self.store.drain(pace_below=DRAIN_ROWS)
             with self.metrics.fold_seconds.time():
                 self.metrics.fold_rows.inc(self.store.fold_sessions(pace=True))
+            self._report_missing()
             done = []
             for window in self.windows.due():
                 try:
@@ -108,10 +113,45 @@ class Node:
                 self.metrics.exports_refused.labels("expired").inc()
                 log.error("window expired unexported: its rows and state are deleted, it is never published",
                           extra={"window_start": _iso(window)})
+            if self.store.erase_pending():
+                self._compact()
             # Here, between exports (the only big queries): ingest's cached table blocks are dropped
             # so the node's memory stays flat instead of growing toward memory_limit.
             self.store.trim_cache()
             return done
+
+    def adopt(self, envelope: bytes) -> int:
+        """Store the lost copy of a published window (node/export.py `Publisher.adopt`); its window."""
+        with self._exporting:
+            window = self.publisher.adopt(envelope)
+        self.metrics.snapshots_adopted.inc()
+        log.info("adopted the lost copy of a published window: the same bytes, no new noise",
+                 extra={"window_start": _iso(window)})
+        return window
+
+    def _report_missing(self) -> None:
+        """Skip, count and log each published window the store has no copy of; drop its state as its export did."""
+        for entry in self.publisher.missing():
+            if entry.window_start in self._reported_missing:
+                continue
+            self._reported_missing.add(entry.window_start)
+            self.publisher.drop_state(entry.window_start)
+            self.metrics.exports_refused.labels("published-copy-missing").inc()
+            log.error(
+                "window published but its copy is missing from the store (a backup from before its export?): "
+                "never exported again; adopt its copy (hub, or `liberation node adopt`, docs/operations.md)",
+                extra={"window_start": _iso(entry.window_start), "digest": entry.digest},
+            )
+
+    def _compact(self) -> None:
+        """Rewrite the store so the rows and state this pass deleted leave the file; a failure is retried next pass."""
+        try:
+            with self.metrics.compact_seconds.time():
+                self.store.compact()
+        except (duckdb.Error, OSError, RuntimeError) as exc:
+            self.metrics.compact_failures.inc()
+            log.error("rewrite of the store failed; deleted rows stay in its free blocks until a pass succeeds: %s",
+                      type(exc).__name__)
 
 
 NODE = web.AppKey("node", Node)
@@ -123,6 +163,8 @@ def data_paths(settings: NodeSettings) -> dict[str, Path]:
     return {
         "db": root / "node.duckdb",
         "key": root / "keys" / "signing.key",
+        # Beside the key, outside the database a restore puts back (node/published.py).
+        "published": root / "keys" / "published.log",
         "salts": root / "salts",
     }
 
@@ -133,6 +175,7 @@ def open_node(settings: NodeSettings, *, clock: Clock = utc_now) -> Node:
     paths = data_paths(settings)
     make_private_dir(settings.data_dir)  # 0700 whatever the umask: raw rows, salts, keys
     key = load_or_create(paths["key"])
+    record = PublishedLog(paths["published"])
     store = Store(paths["db"], catalog, memory_limit=settings.memory_limit)
     retention_days = catalog.retention_days if settings.retention_days is None else settings.retention_days
     windows = Windows(
@@ -142,6 +185,7 @@ def open_node(settings: NodeSettings, *, clock: Clock = utc_now) -> Node:
         grace_seconds=settings.export_grace_seconds,
         retention_seconds=retention_days * DAY,
         clock=clock,
+        published=[entry.window_start for entry in record.entries()],
     )
     metrics = NodeMetrics(rows=store.row_count, db_bytes=store.size_bytes, db_memory=store.memory_bytes)
     writer = Writer(store, windows, max_rows=settings.commit_max_rows, observe=metrics.observe_commit)
@@ -153,6 +197,7 @@ def open_node(settings: NodeSettings, *, clock: Clock = utc_now) -> Node:
         windows=windows,
         epsilon_cap_per_day=settings.epsilon_cap_per_day
         or epsilon_cap_default(catalog, settings.window_seconds),
+        record=record,
     )
     outbox = Outbox(
         store,
@@ -337,9 +382,30 @@ async def _windows(request: web.Request) -> web.Response:
     return web.json_response(body, headers={"Cache-Control": CACHE_CONTROL})
 
 
-async def _export_step(node: Node) -> None:
+async def _export_step(node: Node, session: aiohttp.ClientSession) -> None:
+    await _adopt_hub_copies(node, session)
     for window in await asyncio.to_thread(node.export_due):
         log.info("exported", extra={"window_start": _iso(window)})
+
+
+async def _adopt_hub_copies(node: Node, session: aiohttp.ClientSession) -> None:
+    """Fetch from the hub the copies of published windows the store lost, and adopt those that are the recorded ones."""
+    if not node.settings.push.hub_url:
+        return
+    for entry in await asyncio.to_thread(node.publisher.missing):
+        envelope = await node.outbox.fetch_copy(session, entry.key_id, entry.window_start)
+        if envelope is None:
+            continue
+        try:
+            await asyncio.to_thread(node.adopt, envelope)
+        except AdoptionRefused as exc:
+            log.error("the hub's copy of a published window was refused: %s", exc,
+                      extra={"window_start": _iso(entry.window_start)})
+
+
+async def _export_loop(node: Node, stop: asyncio.Event) -> None:
+    async with aiohttp.ClientSession() as session:
+        await _every(node.settings.export_interval_seconds, stop, "export", lambda: _export_step(node, session))
 
 
 async def _push_loop(node: Node, stop: asyncio.Event) -> None:
@@ -360,12 +426,7 @@ def create_app(settings: NodeSettings, *, clock: Clock = utc_now) -> web.Applica
         app[INGEST] = IngestTarget(node.ingestor, node.catalog)
         await node.writer.start()
         stop = asyncio.Event()
-        tasks = [
-            asyncio.create_task(
-                _every(settings.export_interval_seconds, stop, "export", lambda: _export_step(node)),
-                name="export",
-            )
-        ]
+        tasks = [asyncio.create_task(_export_loop(node, stop), name="export")]
         if settings.push.hub_url:
             tasks.append(asyncio.create_task(_push_loop(node, stop), name="push"))
         log.info("node ready", extra={"key_id": node.key.public.key_id, "catalog": node.catalog.hash})

@@ -5,16 +5,23 @@ and outbox entry in one transaction, and every later export of the window
 returns those same bytes (fresh noise for the same data could be averaged
 away). After export the window's per-session state and, once its day is
 fully exported, the day's salt are destroyed (node/windows.py); raw rows follow retention.
+
+The commitment also holds across a restore of the store: each export is recorded
+outside it (node/published.py) before it commits, a window recorded but not stored
+is never noised again, and its lost copy can be adopted back byte for byte
+(`Publisher.adopt`, from the hub or a file).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from node.aggregate import true_tables
 from node.dp import NoiseSampler, opendp_laplace, privacy_loss
+from node.published import Publication, PublishedLog
 from node.store import Store
 from node.windows import Windows
 from protocol.catalog import Catalog
@@ -22,7 +29,9 @@ from protocol.errors import LiberationError
 from protocol.keys import SigningKey
 from protocol.snapshot import FORMAT, MetricCells, Snapshot
 from protocol.windows import DAY
-from protocol.wire import EnvelopeError, sign_snapshot, verify_envelope
+from protocol.wire import Envelope, EnvelopeError, sign_snapshot, verify_envelope
+
+log = logging.getLogger("liberation.node.export")
 
 
 class ExportError(LiberationError):
@@ -35,6 +44,14 @@ class WindowNotClosed(ExportError):
 
 class BudgetExceeded(ExportError):
     """The export would spend more epsilon in its day than the configured cap."""
+
+
+class PublishedCopyMissing(ExportError):
+    """The record says the window was published, the store has no copy: noising it again would be a second release."""
+
+
+class AdoptionRefused(ExportError):
+    """An envelope offered as the lost copy of a published window is not the one the node recorded."""
 
 
 def build_snapshot(
@@ -108,13 +125,16 @@ class Publisher:
         key: SigningKey,
         windows: Windows,
         epsilon_cap_per_day: float,
+        record: PublishedLog,
         sampler: NoiseSampler = opendp_laplace,
     ) -> None:
+        """`record`: the node's record of published windows (node/published.py); `windows` must know its windows."""
         self.store = store
         self.catalog = catalog
         self.key = key
         self.windows = windows
         self.cap = epsilon_cap_per_day
+        self.record = record
         self._sampler = sampler
         self._check_certified_epsilon()
         if epsilon_cap_per_day < catalog.epsilon_per_window * (1 - 1e-9):
@@ -122,6 +142,30 @@ class Publisher:
                 f"epsilon_cap_per_day {epsilon_cap_per_day:g} is below one window's epsilon "
                 f"({catalog.epsilon_per_window:g}): no window could ever be exported"
             )
+        self._record_stored()
+
+    def _record_stored(self) -> None:
+        """Record every stored snapshot the record lacks: a store from before the record, or a record restored older."""
+        con = self.store.cursor()
+        rows = con.execute("SELECT window_start, seq, digest FROM snapshots ORDER BY window_start").fetchall()
+        missing = []
+        for window, seq, digest in rows:
+            held = self.record.get(int(window))
+            if held is None:
+                envelope, epsilons = con.execute(
+                    "SELECT envelope, (SELECT coalesce(list(epsilon), []) FROM ledger WHERE window_start = $1) "
+                    "FROM snapshots WHERE window_start = $1", [window]
+                ).fetchall()[0]
+                try:  # the key that signed it (an older one after a rotation), from the headers only
+                    key_id = Envelope.from_bytes(bytes(envelope)).public_key.key_id
+                except EnvelopeError:
+                    key_id = self.key.public.key_id
+                # Summed as the export sums it, so the line is the one the export would have written.
+                missing.append(Publication(int(window), int(seq), str(digest), key_id, math.fsum(epsilons)))
+            elif held.digest != digest:
+                log.error("the store holds another snapshot of a window than the record: both may be out",
+                          extra={"window_start": int(window), "stored": digest, "recorded": held.digest})
+        self.record.append(missing)
 
     def _check_certified_epsilon(self) -> None:
         # OpenDP's own privacy map must agree with the catalog: epsilon_j = k_j c_j / b_j.
@@ -138,12 +182,84 @@ class Publisher:
         return bytes(rows[0][0]) if rows else None
 
     def spent(self, day_start: int) -> float:
-        """Epsilon recorded in the ledger for the windows of one UTC day."""
-        rows = self.store.cursor().execute(
-            "SELECT coalesce(sum(epsilon), 0) FROM ledger WHERE window_start >= ? AND window_start < ?",
+        """Epsilon spent on the windows of one UTC day: the ledger's, and the record's for published windows the ledger lost."""
+        con = self.store.cursor()
+        rows = con.execute(
+            "SELECT window_start, sum(epsilon) FROM ledger WHERE window_start >= ? AND window_start < ? GROUP BY 1",
             [day_start, day_start + DAY],
         ).fetchall()
-        return float(rows[0][0])
+        ledger = {int(w): float(e) for w, e in rows}
+        lost = sum(e.epsilon for e in self.record.entries()
+                   if day_start <= e.window_start < day_start + DAY and e.window_start not in ledger)
+        return sum(ledger.values()) + lost
+
+    def missing(self) -> list[Publication]:
+        """Published windows whose snapshot the store does not hold (a backup restored from before their export)."""
+        held = {int(w) for (w,) in self.store.cursor().execute("SELECT window_start FROM snapshots").fetchall()}
+        return [e for e in self.record.entries() if e.window_start not in held]
+
+    def drop_state(self, window_start: int) -> None:
+        """Drop a published window's per-session state (a restored store has it again), as its export did."""
+        with self.store.transaction() as tx:
+            self.store.drop_session_state(tx, window_start)
+        self.windows.destroy_salts()
+
+    def adopt(self, envelope: bytes) -> int:
+        """Store the lost copy of a published window (from the hub, or a file) as its committed snapshot; its window.
+
+        A recorded window takes only the envelope the record names: signed by the
+        recorded key, with the recorded body digest (so, as Ed25519 is
+        deterministic, the same bytes). A window the record lacks (the record
+        itself was lost or rolled back) takes an envelope signed by the node's
+        own key, and is recorded. Ledger rows come from the envelope's own
+        metrics; its outbox entry is marked sent (a hub has it, or the operator carried it).
+        """
+        try:
+            verified = verify_envelope(envelope)
+        except EnvelopeError as exc:
+            raise AdoptionRefused(f"the envelope does not verify: {exc.reason}") from None
+        snapshot, window, key_id = verified.snapshot, verified.snapshot.window_start, verified.public_key.key_id
+        entry, unrecorded = self.record.get(window), None
+        if entry is None:
+            if key_id != self.key.public.key_id:
+                raise AdoptionRefused("this node has no record of that window, and the envelope is not signed by its key")
+            if snapshot.window_end - window != self.windows.seconds or not self.windows.is_closed(window):
+                raise AdoptionRefused("the envelope is not of a closed window of this node's length")
+            epsilon = math.fsum(cells.epsilon for cells in snapshot.metrics.values())
+            unrecorded = Publication(window, snapshot.seq, verified.digest, key_id, epsilon)
+        elif key_id != entry.key_id or verified.digest != entry.digest:
+            raise AdoptionRefused("the envelope is not the one this node recorded for that window (key or digest differ)")
+        stored = self.stored(window)
+        if stored is not None:
+            if stored != verified.envelope:
+                raise AdoptionRefused("the store already holds another snapshot of that window")
+            return window
+        now = self.windows.now()
+        with self.store.transaction() as tx:
+            taken = tx.execute(
+                "SELECT (SELECT count(*) FROM snapshots WHERE seq = $1) + (SELECT count(*) FROM outbox WHERE seq = $1)",
+                [snapshot.seq],
+            ).fetchall()[0][0]
+            if taken:
+                raise AdoptionRefused(f"sequence number {snapshot.seq} is another window's in the store")
+            tx.execute(
+                "INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [window, snapshot.window_end, snapshot.seq, snapshot.catalog, verified.digest, verified.envelope,
+                 snapshot.created],
+            )
+            if not tx.execute("SELECT count(*) FROM ledger WHERE window_start = ?", [window]).fetchall()[0][0]:
+                tx.executemany(
+                    "INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [[window, name, cells.epsilon, cells.scale, cells.threshold, snapshot.catalog, verified.digest, now]
+                     for name, cells in snapshot.metrics.items()],
+                )
+            tx.execute("INSERT INTO outbox VALUES (?, ?, 'sent', 0, 0, NULL, NULL)", [snapshot.seq, window])
+            self.store.drop_session_state(tx, window)
+            if unrecorded is not None:
+                self.record.append([unrecorded])  # before the commit, as an export's line
+        self.windows.mark_exported(window)
+        self.windows.destroy_salts()
+        return window
 
     def export(self, window_start: int) -> bytes:
         """The signed envelope of a window: built and committed once, then the same bytes forever."""
@@ -153,6 +269,13 @@ class Publisher:
         existing = self.stored(window_start)
         if existing is not None:
             return existing
+        if self.record.get(window_start) is not None:
+            # Checked before anything is noised: new noise for a window that went out once is a second release.
+            raise PublishedCopyMissing(
+                "the window was published, but the store has no copy of it (restored from a backup taken "
+                "before its export?): it is never noised again; its copy comes back with `liberation node "
+                "adopt` or from the hub (docs/operations.md, restore)"
+            )
         if not windows.is_closed(window_start):
             raise WindowNotClosed("the window is still open (or in its grace period)")
         if window_start in windows.abandoned:
@@ -169,7 +292,9 @@ class Publisher:
         self.store.drain()
         tables = true_tables(self.store.cursor(), self.catalog, window_start)
         with self.store.transaction() as tx:
-            seq = int(tx.execute("SELECT coalesce(max(seq), 0) + 1 FROM snapshots").fetchall()[0][0])
+            # After the highest ever published, not only the highest stored: a lost copy keeps its number.
+            stored_seq = int(tx.execute("SELECT coalesce(max(seq), 0) FROM snapshots").fetchall()[0][0])
+            seq = max(stored_seq, self.record.max_seq()) + 1
             now = windows.now()
             snapshot = build_snapshot(
                 self.catalog,
@@ -197,6 +322,10 @@ class Publisher:
             tx.execute("INSERT INTO outbox VALUES (?, ?, 'pending', 0, 0, NULL, NULL)", [seq, window_start])
             # The per-session minutes and app order live only until export.
             self.store.drop_session_state(tx, window_start)
+            # Last, before the commit: synced before the envelope can be served or pushed (which
+            # follow the commit), so no copy ever leaves without its line outside the store.
+            epsilon = math.fsum(cells.epsilon for cells in snapshot.metrics.values())
+            self.record.append([Publication(window_start, seq, digest, self.key.public.key_id, epsilon)])
         windows.mark_exported(window_start)
         windows.destroy_salts()
         return envelope

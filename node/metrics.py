@@ -53,8 +53,24 @@ class NodeMetrics:
         self.fold_rows = Counter(
             "liberation_session_fold_rows", "Session log rows folded into per-session state", registry=r
         )
+        self.compact_seconds = Histogram(
+            "liberation_store_compact_seconds",
+            "Duration of one rewrite of node.duckdb after deletions (drains wait meanwhile, acks do not)",
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120),
+            registry=r,
+        )
+        self.compact_failures = Counter(
+            "liberation_store_compact_failures",
+            "ALARM: rewrites of node.duckdb that failed (deleted rows stay in its free blocks until one succeeds)",
+            registry=r,
+        )
         self.snapshots_exported = Counter(
             "liberation_snapshots_exported", "Windows exported (noise committed)", registry=r
+        )
+        self.snapshots_adopted = Counter(
+            "liberation_snapshots_adopted",
+            "Lost copies of published windows stored again, byte for byte (from the hub or a file)",
+            registry=r,
         )
         self.exports_refused = Counter(
             "liberation_exports_refused", "Exports refused, by reason", ["reason"], registry=r

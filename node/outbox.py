@@ -6,7 +6,8 @@ not retried: the hub has said no, retrying would not change its mind. A 5xx,
 seconds, capped, with full jitter. Redirects are never followed: a 3xx (from a
 moved hub or a man in the middle) must not divert the envelope to another URL
 and count as sent. An envelope that no longer verifies is never sent: it is
-marked `corrupt` and raised as an alarm in logs and metrics.
+marked `corrupt` and raised as an alarm in logs and metrics. `fetch_copy` asks the
+hub back for an envelope it holds (a published window whose copy the store lost).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import aiohttp
 
 from node.settings import PushSettings
 from node.store import Store
-from protocol.wire import EnvelopeError, verify_envelope
+from protocol.wire import MAX_ENVELOPE_SIZE, EnvelopeError, verify_envelope
 
 log = logging.getLogger("liberation.node.outbox")
 
@@ -93,6 +94,36 @@ class Outbox:
 
     def _attempts(self, seq: int) -> int:
         return int(self.store.cursor().execute("SELECT attempts FROM outbox WHERE seq = ?", [seq]).fetchall()[0][0])
+
+    async def fetch_copy(self, session: aiohttp.ClientSession, key_id: str, window_start: int) -> bytes | None:
+        """The hub's stored envelope of a key and window (GET /v1/snapshots/{key_id}/{window}), or None.
+
+        For a published window whose copy the store lost: the caller checks it is
+        the recorded one before it keeps it. Redirects are not followed, as for pushes.
+        """
+        if not self.settings.hub_url:
+            return None
+        url = f"{self.settings.hub_url.rstrip('/')}/v1/snapshots/{key_id}/{window_start}"
+        try:
+            async with session.get(
+                url, timeout=aiohttp.ClientTimeout(total=self.settings.timeout_seconds), allow_redirects=False
+            ) as resp:
+                if resp.status != 200:
+                    log.warning("no copy of a published window at the hub",
+                                extra={"window": window_start, "status": resp.status})
+                    return None
+                body = bytearray()
+                async for chunk in resp.content.iter_chunked(65_536):
+                    body += chunk
+                    if len(body) > MAX_ENVELOPE_SIZE:
+                        log.warning("the hub's copy of a published window is too large",
+                                    extra={"window": window_start})
+                        return None
+                return bytes(body)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("could not ask the hub for a published window's copy",
+                        extra={"window": window_start, "reason": type(exc).__name__})
+            return None
 
     async def push_due(self, session: aiohttp.ClientSession) -> int:
         """Send every due entry once; returns how many were accepted by the hub."""

@@ -19,6 +19,9 @@ per-session minutes, which live only until the window is exported):
     snapshots, ledger, outbox, node_state   see node/export.py and node/outbox.py
 Only the writer task stages rows, and it never touches DuckDB; drains and the
 export pass take the store's write lock; readers use their own cursor.
+Deleting a row or dropping a table frees its blocks without overwriting them:
+after a retention delete or a drop of session state the export pass rewrites
+the file (`compact`, node/compaction.py), so what was deleted leaves the disk's file.
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext, suppress
 from itertools import chain
 from pathlib import Path
+from typing import Any, cast
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from node.compaction import GatedCursor, ReaderGate, remove_leftovers, rewrite
 from node.dimensions import dimension_domains, fit_dimensions
 from node.privacy import FilteredEvent
 from node.rows import RowLayout, attribute_field
@@ -180,6 +185,15 @@ def _tables_of(con: duckdb.DuckDBPyConnection, window_start: int) -> list[str]:
     return [table for kind in _SESSION_TABLE_KINDS if (table := kind(window_start)) in names]
 
 
+ERASE_PENDING = "erase_pending"
+"""The `node_state` mark of rows deleted (or session state dropped) that the file still holds in freed blocks."""
+
+
+def _erase_pending(tx: duckdb.DuckDBPyConnection) -> None:
+    # In the deleting transaction: a crash before the rewrite leaves the mark, and the next pass rewrites.
+    tx.execute(f"INSERT INTO node_state VALUES ('{ERASE_PENDING}', 1) ON CONFLICT (name) DO UPDATE SET value = 1")
+
+
 def session_state(con: duckdb.DuckDBPyConnection, window_start: int) -> str:
     """SQL of one window's session state, one row per (session, app): folded rows plus unfolded events.
 
@@ -236,15 +250,21 @@ def fold_steps(rows: int, step_rows: int = FOLD_STEP_ROWS) -> int:
     return steps
 
 
+def attach_store(con: duckdb.DuckDBPyConnection, path: Path, name: str) -> None:
+    """Attach a store file as `name`, with the store's row group size (DuckDB does not keep it in the file)."""
+    quoted = str(path).replace("'", "''")
+    con.execute(f"ATTACH '{quoted}' AS {name} (ROW_GROUP_SIZE {ROW_GROUP_ROWS})")
+
+
 def connect_store(path: Path) -> duckdb.DuckDBPyConnection:
-    """A connection to the store file, attached with the store's row group size (DuckDB does not keep it in the file)."""
+    """A connection to the store file, attached as `STORE_CATALOG` and in use."""
     con = duckdb.connect()
     quoted = str(path).replace("'", "''")
     # Where a file database of its own would spill. Made here, 0700: spilled rows are raw rows, and
     # DuckDB would create it with the umask's mode (it leaves a directory it did not create in place).
     make_private_dir(temp_directory(path))
     con.execute(f"SET temp_directory = '{quoted}.tmp'")  # temp_directory(path)
-    con.execute(f"ATTACH '{quoted}' AS {STORE_CATALOG} (ROW_GROUP_SIZE {ROW_GROUP_ROWS})")
+    attach_store(con, path, STORE_CATALOG)
     con.execute(f"USE {STORE_CATALOG}")
     # Each full row group of a big insert goes to the file as it fills, within its slice,
     # instead of five at a time (DuckDB's default), which would land in one burst.
@@ -283,6 +303,8 @@ class Store(Database):
         self.path = path
         self.catalog = catalog
         make_private_dir(path.parent)
+        remove_leftovers(path)  # a rewrite a crash interrupted: the store itself is whole
+        self._gate = ReaderGate()
         super().__init__(connect_store(path), MIGRATIONS, memory_limit=memory_limit, catalog=STORE_CATALOG)
         # DuckDB made the file (and its WAL) with the umask's mode; they hold raw rows. (A WAL it
         # makes again after a checkpoint gets the umask's mode: the services run under umask 077.)
@@ -500,8 +522,35 @@ class Store(Database):
 
     def drop_session_state(self, tx: duckdb.DuckDBPyConnection, window_start: int) -> None:
         """Drop a window's session state, folded and logged, inside the caller's transaction (export)."""
-        for kind in _SESSION_TABLE_KINDS:
-            tx.execute(f"DROP TABLE IF EXISTS {kind(window_start)}")
+        tables = _tables_of(tx, window_start)
+        for table in tables:
+            tx.execute(f"DROP TABLE {table}")
+        if tables:
+            _erase_pending(tx)
+
+    def delete_rows(self, tx: duckdb.DuckDBPyConnection, *, until: int) -> int:
+        """Delete the raw rows of every window starting at or before `until`, inside the caller's transaction (retention)."""
+        deleted = int(tx.execute("DELETE FROM events WHERE window_start <= ?", [until]).fetchall()[0][0])
+        if deleted:
+            _erase_pending(tx)
+        return deleted
+
+    def erase_pending(self) -> bool:
+        """Whether rows were deleted or session state dropped since the file was last rewritten (`compact`)."""
+        rows = self.cursor().execute(f"SELECT value FROM node_state WHERE name = '{ERASE_PENDING}'").fetchall()
+        return bool(rows and rows[0][0])
+
+    def compact(self) -> None:
+        """Rewrite the file with live rows only, so deleted rows and dropped state leave the disk (node/compaction.py).
+
+        Drains and writes wait meanwhile (acks do not: they wait on the stage
+        files); readers go on until the swap, then wait for it. DuckDB runs it
+        on one thread, so the other core stays with requests (`_one_thread`).
+        """
+        with self._one_thread(), self._drain_lock, self._lock:
+            con = cast(duckdb.DuckDBPyConnection, self._con)
+            rewrite(con, self.path, catalog=STORE_CATALOG, attach=attach_store, gate=self._gate, forget=ERASE_PENDING)
+        make_private_files(self.path)
 
     def fold_sessions(self, *, pace: bool = False, step_rows: int = FOLD_STEP_ROWS) -> int:
         """Fold every window's logged session rows into its per-session state; return the rows folded.
@@ -608,6 +657,11 @@ class Store(Database):
         super().close()
 
     # ---- reads -----------------------------------------------------------------
+
+    def cursor(self) -> Any:
+        """A reader cursor whose queries wait while `compact` swaps the file (between them, never during one)."""
+        with self._gate.reading():
+            return GatedCursor(super().cursor(), self._gate)
 
     def row_count(self) -> int:
         """Events stored, staged ones included (each once, also while a drain is between its two steps)."""

@@ -8,12 +8,15 @@ expires `retention` after it closed: its raw rows, session state and, once its d
 window left, the day's salt go, exported or not, so an export that stalls (a ledger refusal, a
 bug) never keeps linkable state forever. An expired window that was never exported is
 abandoned: recorded, never published (its rows are gone; a release would show false zeros).
+A window the record of published windows lists (node/published.py) is done like an exported one
+even when the store lost its snapshot (a backup restored from before its export): it takes no
+rows and is never due again, so it is never noised twice.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 
 from node.rows import RowBlock
@@ -45,7 +48,9 @@ class Windows:
         grace_seconds: int,
         retention_seconds: int,
         clock: Clock,
+        published: Iterable[int] = (),
     ) -> None:
+        """`published`: windows the node's record says were published (node/published.py), copy held or not."""
         if DAY % window_seconds:
             raise ValueError("a window length divides a day")
         self.store = store
@@ -56,7 +61,10 @@ class Windows:
         self.clock = clock
         self._check_length()
         con = store.cursor()
+        # exported: a committed snapshot is in the store. published: also those whose copy the store lost
+        # (a restored backup): never noised again, so they take no rows and count as done like exported ones.
         self.exported: set[int] = {int(w) for (w,) in con.execute("SELECT window_start FROM snapshots").fetchall()}
+        self.published: set[int] = self.exported | {int(w) for w in published}
         self.abandoned: set[int] = {
             int(name.removeprefix("abandoned:"))
             for (name,) in con.execute("SELECT name FROM node_state WHERE name LIKE 'abandoned:%'").fetchall()
@@ -97,7 +105,7 @@ class Windows:
     def accepts(self, window_start: int) -> bool:
         """Whether rows of the window may still be stored: open (or importable), not closing, exported or expired."""
         return (
-            window_start not in self.exported
+            window_start not in self.published
             and window_start not in self._closing
             and window_start not in self.abandoned
             and not self.is_expired(window_start)
@@ -132,8 +140,10 @@ class Windows:
             self._closing.add(window_start)
 
     def mark_exported(self, window_start: int) -> None:
+        """The window's snapshot is committed in the store (exported, or a lost copy adopted back)."""
         with self._lock:
             self.exported.add(window_start)
+            self.published.add(window_start)
             self._closing.discard(window_start)
 
     def first_window(self) -> int:
@@ -151,7 +161,7 @@ class Windows:
         return int(min(created[0][0], earliest if earliest is not None else created[0][0]))
 
     def due(self) -> list[int]:
-        """Every closed window since the first that is neither exported nor abandoned, oldest first.
+        """Every closed window since the first that is neither published nor abandoned, oldest first.
 
         Every window is exported, with data or without: skipping empty ones
         would publish whether anybody came, outside the DP guarantee.
@@ -160,7 +170,7 @@ class Windows:
         return [
             w
             for w in range(first, now_window, self.seconds)
-            if w not in self.exported and w not in self.abandoned and self.is_closed(w)
+            if w not in self.published and w not in self.abandoned and self.is_closed(w)
         ]
 
     def expire(self) -> list[int]:
@@ -174,10 +184,10 @@ class Windows:
         stale = [w for w in session_tables(self.store.cursor()) if w <= horizon]
         unexported = [
             w for w in range(first, horizon + 1, self.seconds)
-            if w not in self.exported and w not in self.abandoned
+            if w not in self.published and w not in self.abandoned
         ] if first <= horizon else []
         with self._lock, self.store.transaction() as tx:
-            tx.execute("DELETE FROM events WHERE window_start <= ?", [horizon])
+            self.store.delete_rows(tx, until=horizon)
             for window in stale:
                 self.store.drop_session_state(tx, window)
             for window in unexported:
@@ -192,7 +202,7 @@ class Windows:
         for day in self.salts.days():
             start = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp())
             windows = range(start, start + DAY, self.seconds)
-            if all(w in self.exported or w in self.abandoned or w < first or self.is_expired(w) for w in windows):
+            if all(w in self.published or w in self.abandoned or w < first or self.is_expired(w) for w in windows):
                 self.salts.destroy(datetime.fromtimestamp(start, UTC))
                 destroyed += 1
         return destroyed

@@ -11,6 +11,7 @@ import pytest
 
 from node.dp import opendp_laplace
 from node.export import BudgetExceeded, ExportError, Publisher, WindowNotClosed, build_snapshot
+from node.published import PublishedLog
 from node.salts import SaltKeeper
 from node.store import Store, session_log_table, session_table, session_tables
 from node.windows import Windows
@@ -39,11 +40,13 @@ def busy_window() -> list[dict[str, object]]:
 
 def publisher(store: Store, tmp: Path, *, cap: float = 1.0, clock: Callable[[], datetime] = lambda: NOW,
               seed: int | None = 7, key: SigningKey | None = None, retention_days: int = 7) -> Publisher:
+    record = PublishedLog(tmp / "keys" / "published.log")
     windows = Windows(store, SaltKeeper(tmp / "salts"), window_seconds=DAY, grace_seconds=3600,
-                      retention_seconds=retention_days * DAY, clock=clock)
+                      retention_seconds=retention_days * DAY, clock=clock,
+                      published=[entry.window_start for entry in record.entries()])
     return Publisher(
         store=store, catalog=CATALOG, key=key or SigningKey.from_seed(bytes(32)), windows=windows,
-        epsilon_cap_per_day=cap, sampler=SeededLaplace(seed) if seed is not None else opendp_laplace,
+        epsilon_cap_per_day=cap, sampler=SeededLaplace(seed) if seed is not None else opendp_laplace, record=record,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -169,3 +170,25 @@ async def test_hub_of_hubs(hub: RunningHub, tmp_path: Path) -> None:
         assert snapshot_table(verified.snapshot, CATALOG)  # the parent's view of the child is a normal table
     status, _, _ = await get(hub.url + "/v1/export?window=2001-01-01")
     assert status == 404
+
+
+async def test_a_stored_envelope_is_served_as_accepted(hub: RunningHub) -> None:
+    """What a node whose database was restored from before an export adopts instead of noising again."""
+    key = SigningKey.generate()
+    await enroll(hub.url, "restored", key.public.b64)
+    sent = envelope(key, WINDOWS[0], seed=77)
+    assert await push(hub.url, sent) == 202
+    day = datetime.fromtimestamp(WINDOWS[0], UTC).strftime("%Y-%m-%d")
+    for window in (day, str(WINDOWS[0])):
+        status, body, headers = await get(hub.url + f"/v1/snapshots/{key.public.key_id}/{window}")
+        assert (status, body, headers["Content-Type"]) == (200, sent, "application/msgpack")
+        assert "immutable" in headers["Cache-Control"]
+    for path, status, slug in (
+        (f"/v1/snapshots/{key.public.key_id}/{datetime.fromtimestamp(WINDOWS[1], UTC):%Y-%m-%d}", 404, "no-snapshot"),
+        (f"/v1/snapshots/{SigningKey.generate().public.key_id}/{day}", 404, "no-snapshot"),
+        (f"/v1/snapshots/{key.public.key_id.upper()}/{day}", 400, "invalid-key"),
+        (f"/v1/snapshots/{key.public.key_id}/yesterday", 400, "invalid-window"),
+    ):
+        answer, body, headers = await get(hub.url + path)
+        assert answer == status and headers["Content-Type"].startswith("application/problem+json"), path
+        assert json.loads(body)["type"].endswith("/" + slug)
