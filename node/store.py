@@ -143,11 +143,6 @@ def stage_path(path: Path, index: int) -> Path:
     return path.with_name(f"{path.stem}.stage{index}.log")
 
 
-def _legacy_stage_path(path: Path, index: int) -> Path:
-    # Before stage files, the stages were DuckDB databases.
-    return path.with_name(f"{path.stem}.stage{index}{path.suffix}")
-
-
 def session_table(window_start: int) -> str:
     """The folded per-session state of one window lives in its own table, dropped whole at export.
 
@@ -328,8 +323,7 @@ class Store(Database):
         self._con.execute(
             "INSERT INTO node_state VALUES ('drained_seq', ?) ON CONFLICT (name) DO NOTHING", [self._drained_seq()]
         )
-        # Rows left staged by a crash (or by a store from before stage files) move first.
-        self._move_legacy_stages()
+        # Rows left staged by a crash move first.
         self._move([0, 1])
         for index in range(len(self._stages)):
             self._clear(index)
@@ -494,25 +488,7 @@ class Store(Database):
                 if ahead and offset + ROW_GROUP_ROWS < moving.num_rows:
                     time.sleep(PACE * (time.perf_counter() - started))
             tx.execute(f"UPDATE node_state SET value = {top} WHERE name = 'drained_seq'")
-        return moving.num_rows
-
-    def _move_legacy_stages(self) -> None:
-        """Move and delete the staging databases of a store from before stage files (rows left by a crash)."""
-        for index in range(len(self._stages)):
-            legacy = _legacy_stage_path(self.path, index)
-            if not legacy.exists():
-                continue
-            self._con.execute(f"ATTACH '{legacy}' AS liberation_legacy_stage")
-            try:
-                staged = self._con.sql("SELECT * FROM liberation_legacy_stage.staged").to_arrow_table()
-            except duckdb.CatalogException:
-                staged = None  # created, and killed before its table was
-            finally:
-                self._con.execute("DETACH liberation_legacy_stage")
-            if staged is not None and staged.num_rows:
-                self._move_rows(staged)
-            legacy.unlink()
-            legacy.with_name(legacy.name + ".wal").unlink(missing_ok=True)
+        return int(moving.num_rows)
 
     def _clear(self, index: int) -> None:
         """Empty a drained stage file, off the ack path."""

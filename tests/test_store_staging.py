@@ -187,27 +187,6 @@ def test_a_failed_append_leaves_nothing_behind_it(tmp_path: Path) -> None:
         reopened.close()
 
 
-def test_rows_left_in_a_staging_database_of_an_older_node_move_at_open(tmp_path: Path) -> None:
-    path = tmp_path / "node.duckdb"
-    Store(path, load_catalog()).close()
-    legacy = tmp_path / "node.stage1.duckdb"
-    con = duckdb.connect(str(legacy))
-    con.execute(
-        "CREATE TABLE staged (seq BIGINT, window_start BIGINT, hour BIGINT, session BIGINT, app VARCHAR, "
-        "action VARCHAR, country VARCHAR, minute SMALLINT, a_industry VARCHAR, a_gone VARCHAR)"
-    )
-    con.execute(f"INSERT INTO staged VALUES (1, {W}, {W}, 7, 'runway-calculator', 'start', 'DE', 3, 'other', 'x')")
-    con.close()
-    reopened = Store(path, load_catalog())
-    try:
-        assert stored(reopened) == [(1, 7)]
-        assert not legacy.exists()
-        log = reopened.cursor().execute(f"SELECT session, minute FROM {session_log_table(W)}").fetchall()
-        assert log == [(7, 3)]
-    finally:
-        reopened.close()
-
-
 def test_a_stage_file_holds_exactly_its_acked_records_in_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A drain takes the rows from memory only when they are the file's: same rows, same order; else it reads the file."""
     path = tmp_path / "node.duckdb"
