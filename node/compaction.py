@@ -96,6 +96,24 @@ class GatedCursor:
         return getattr(self._cursor, name)
 
 
+CHECKPOINT_TRIES = 200
+"""A checkpoint refused while a reader still holds its transaction is tried again, 10 ms apart."""
+
+
+def _checkpoint(con: duckdb.DuckDBPyConnection, catalog: str, gate: ReaderGate) -> None:
+    """CHECKPOINT `catalog` with no reader inside; a reader still fetching its last result keeps its
+    transaction open after the gate let it out, and DuckDB refuses a checkpoint beside it: retry."""
+    for attempt in range(CHECKPOINT_TRIES):
+        with gate.alone():
+            try:
+                con.execute(f"CHECKPOINT {catalog}")
+                return
+            except duckdb.TransactionException:
+                if attempt + 1 == CHECKPOINT_TRIES:
+                    raise
+        time.sleep(0.01)
+
+
 def rewrite(
     con: duckdb.DuckDBPyConnection,
     path: Path,
@@ -116,8 +134,7 @@ def rewrite(
     """
     target = compact_path(path)
     remove_leftovers(path)
-    with gate.alone():  # a checkpoint refuses to run beside other transactions, reads included
-        con.execute(f"CHECKPOINT {catalog}")
+    _checkpoint(con, catalog, gate)
     try:
         attach(con, target, COMPACT_CATALOG)
         # DuckDB made it with the umask's mode, before a row is in it; it will hold raw rows.
@@ -125,7 +142,7 @@ def rewrite(
         try:
             con.execute(f"COPY FROM DATABASE {catalog} TO {COMPACT_CATALOG}")
             con.execute(f"DELETE FROM {COMPACT_CATALOG}.node_state WHERE name = ?", [forget])
-            con.execute(f"CHECKPOINT {COMPACT_CATALOG}")
+            _checkpoint(con, COMPACT_CATALOG, gate)
         finally:
             con.execute(f"DETACH {COMPACT_CATALOG}")
         fd = os.open(target, os.O_RDONLY)
