@@ -17,7 +17,6 @@ import http.client
 import json
 import os
 import re
-import secrets
 import socket
 import ssl
 import urllib.error
@@ -32,6 +31,7 @@ from typing import IO, Any
 from federation.translog import GENESIS, ChainError, head_message, verify_chain
 from protocol.errors import LiberationError
 from protocol.keys import KeyFormatError, PublicKey
+from protocol.storage import fsync_directory, write_file_then
 
 PAGE_SIZE = 1000
 """Entries asked for per request (the hub answers at most 10,000)."""
@@ -279,30 +279,13 @@ def save_state(path: Path, state: dict[str, Any], key: PublicKey, head: Head) ->
         "verified": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     data = (json.dumps(state, indent=2, sort_keys=True) + "\n").encode()
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-        fd = os.open(tmp, flags, 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # whatever the umask
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)  # atomic: the old state or the new one, never half of either
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        # Atomic: the old state or the new one, never half of either.
+        write_file_then(path, data, 0o600, os.replace)
+        fsync_directory(path.parent)
     except OSError as exc:
         raise LogAuditError(f"cannot write the state file {path}: {exc.strerror or exc}") from None
-    finally:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
 
 
 # ---- nodes: what they say they published -----------------------------------------------------

@@ -16,9 +16,7 @@ import base64
 import binascii
 import hashlib
 import os
-import secrets
 import stat
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from protocol.errors import LiberationError
+from protocol.storage import write_file_then
 
 KEY_ID_PREFIX = b"liberation-key-id/v1\x00"
 """Domain-separation prefix hashed before the raw public key to derive a key id."""
@@ -237,8 +236,8 @@ class SigningKey:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             # link() publishes the complete temporary file under its name, or
             # fails with FileExistsError: atomic, and never an overwrite.
-            _write_then(path, pem, PRIVATE_KEY_MODE, os.link)
-            _write_then(public_key_path(path), (self.public.b64 + "\n").encode(), PUBLIC_KEY_MODE, os.replace)
+            write_file_then(path, pem, PRIVATE_KEY_MODE, os.link)
+            write_file_then(public_key_path(path), (self.public.b64 + "\n").encode(), PUBLIC_KEY_MODE, os.replace)
         except FileExistsError:
             raise
         except OSError as exc:
@@ -306,23 +305,3 @@ def _parse_private_pem(data: bytes, name: str) -> Ed25519PrivateKey:
     if not isinstance(key, Ed25519PrivateKey):
         raise KeyFileError(f"key file {name} holds a key that is not Ed25519")
     return key
-
-
-def _write_then(path: Path, data: bytes, mode: int, publish: Callable[[Path, Path], None]) -> None:
-    """Write `data` to a fresh temporary file of `mode` beside `path`, then `publish(tmp, path)`."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(tmp, flags, mode)
-    try:
-        try:
-            os.fchmod(fd, mode)  # exactly `mode`, whatever the umask took away
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        publish(tmp, path)
-    finally:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)

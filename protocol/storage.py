@@ -7,6 +7,7 @@ Typed against a small `Connection` protocol rather than duckdb itself, so
 from __future__ import annotations
 
 import os
+import secrets
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -54,6 +55,29 @@ def make_private_files(*paths: os.PathLike[str] | str) -> None:
             os.chmod(path, PRIVATE_FILE_MODE)
         except FileNotFoundError:
             pass
+
+
+def write_file_then(path: Path, data: bytes, mode: int, publish: Callable[[Path, Path], None]) -> None:
+    """Write `data` to a fresh temporary file of `mode` beside `path`, synced, then `publish(tmp, path)`.
+
+    `os.replace` for a file replaced whole, `os.link` for one that must not exist yet.
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(tmp, flags, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)  # exactly `mode`, whatever the umask took away
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        publish(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
 
 
 def fsync_directory(path: os.PathLike[str] | str) -> None:
