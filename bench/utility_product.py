@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from federation.columns import Layout
 from federation.merge import CellSum, ReadTable, Table, combine_windows, fold_sums, merge_tables, snapshot_table
 from federation.views import VIEWS, RangeData
-from node.dp import opendp_laplace
+from runtime.dp import opendp_laplace
 from node.export import build_snapshot
 from protocol.catalog import Catalog, load_catalog
 from protocol.noise import laplace_variance

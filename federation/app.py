@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
+import contextlib
 import json
 import logging
 import re
@@ -12,20 +12,25 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 
 from federation.archive import Archive
 from federation.dashboard import add_dashboard_routes
+from federation.contributions import ContributionIntake
 from federation.intake import Intake, size_limit
+from federation.keepers import Keepers, fetch_statement
+from federation.logwriter import LogWriter
 from federation.metrics import HubMetrics
 from federation.openapi import openapi_document
-from federation.registry import KINDS, Registry
+from federation.rounds import Rounds
 from federation.settings import HubSettings
 from federation.store import HubStore
 from federation.translog import GENESIS, head_message
 from federation.upstream import UpstreamExporter
 from federation.views import (
     CACHE_CONTROL,
+    RoundRanges,
     StoreRanges,
     ViewService,
     catalog_document,
@@ -38,15 +43,16 @@ from protocol.catalog import Catalog, load_catalog
 from protocol.errors import (
     BadRequest,
     NotFound,
-    Unauthorized,
     UnsupportedMediaType,
     problem_middleware,
 )
 from protocol.keys import PublicKey, SigningKey, load_or_create
-from protocol.storage import make_private_dir
 from protocol.snapshot import max_envelope_size
+from protocol.storage import make_private_dir
 from protocol.windows import parse_window
+from runtime.admin import require_bearer
 from runtime.metrics_listener import add_metrics_listener
+from runtime.registry import KINDS, Registry
 
 log = logging.getLogger("liberation.hub")
 
@@ -67,8 +73,11 @@ class Hub:
     key: SigningKey
     views: ViewService
     upstream: UpstreamExporter
+    keepers: Keepers
+    contributions: ContributionIntake
+    rounds: Rounds
     now: Now
-    version: list[int] = field(default_factory=lambda: [0])  # bumped on every accepted snapshot
+    version: list[int] = field(default_factory=lambda: [0])  # bumped on every accepted snapshot and published round
 
     @property
     def default_catalog(self) -> Catalog:
@@ -108,11 +117,22 @@ def open_hub(settings: HubSettings, *, now: Now = time.time) -> Hub:
     archive = Archive(paths["archive"])
     archive.reconcile(store, catalogs)  # files a crash left unwritten after their commit
     metrics = HubMetrics()
-    version = [int(store.cursor().execute("SELECT count(*) FROM envelopes").fetchall()[0][0])]
+    version = [int(store.cursor().execute(
+        "SELECT (SELECT count(*) FROM envelopes) + (SELECT count(*) FROM rounds WHERE state = 'published')"
+    ).fetchall()[0][0])]
 
     def bump() -> None:
         version[0] += 1
 
+    log_writer = LogWriter(store)
+    keepers = Keepers(store, registry)
+    rounds = Rounds(store=store, log=log_writer, keepers=keepers, catalogs=catalogs, key=key, metrics=metrics,
+                    settings=settings.rounds, now=now, on_publish=bump)
+    contributions = ContributionIntake(
+        store=store, registry=registry, keepers=keepers, catalogs=catalogs, log=log_writer, metrics=metrics,
+        horizon_seconds=settings.window_horizon_days * 86_400, skew_seconds=settings.clock_skew_seconds,
+        deadline=rounds.deadline, now=now,
+    )
     intake = Intake(
         store=store,
         registry=registry,
@@ -122,12 +142,14 @@ def open_hub(settings: HubSettings, *, now: Now = time.time) -> Hub:
         max_bytes=max_bytes,
         horizon_seconds=settings.window_horizon_days * 86_400,
         skew_seconds=settings.clock_skew_seconds,
+        log=log_writer,
         now=now,
         on_accept=bump,
     )
-    views = ViewService(StoreRanges(store), catalogs, lambda: version[0], now=now)
+    views = ViewService(RoundRanges(StoreRanges(store), rounds), catalogs, lambda: version[0], now=now)
     upstream = UpstreamExporter(store, key, export_after=settings.export_after_seconds, now=now)
-    return Hub(settings, store, registry, catalogs, archive, intake, metrics, key, views, upstream, now, version)
+    return Hub(settings, store, registry, catalogs, archive, intake, metrics, key, views, upstream,
+               keepers, contributions, rounds, now, version)
 
 
 # ---- intake -------------------------------------------------------------------
@@ -167,20 +189,65 @@ async def _stored_snapshot(request: web.Request) -> web.Response:
     )
 
 
+async def _post_contribution(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    if request.content_type not in MSGPACK_TYPES:
+        hub.metrics.contributions_rejected.labels("unsupported-media-type").inc()
+        raise UnsupportedMediaType("send the envelope as application/msgpack", slug="unsupported-media-type")
+    data = await request.read()
+    result = await asyncio.to_thread(hub.contributions.accept, data)  # answered after its commit
+    body: dict[str, object] = {"status": result.status, "node": result.node, "window_start": result.window_start,
+                               "digest": result.digest}
+    if result.log_seq is not None:
+        body["log_seq"] = result.log_seq
+    return web.json_response(body, status=202 if result.status == "accepted" else 200)
+
+
+async def _keepers(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    return web.json_response(await asyncio.to_thread(hub.keepers.listing), headers={"Cache-Control": CACHE_CONTROL})
+
+
+async def _rounds(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    rows = await asyncio.to_thread(hub.rounds.rounds)
+    return web.json_response({"rounds": [
+        {"catalog": r.catalog, "window_start": r.window_start, "window_end": r.window_end, "state": r.state,
+         "deadline": r.deadline, "keepers": list(r.keepers),
+         "nodes": len(r.participants) if r.participants is not None else None, "published": r.published,
+         "note": r.note, "url": f"/v1/rounds/{r.window_start}?catalog={r.catalog}"}
+        for r in rows
+    ]})
+
+
+async def _round(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    catalog = hub.views.catalog(request.query.get("catalog"))
+    window = parse_window(request.match_info["window"])
+    rnd = await asyncio.to_thread(hub.rounds.get, catalog.hash, window)
+    if rnd is None:
+        raise NotFound("no round of that catalog for that window", slug="no-round")
+    return web.json_response(await asyncio.to_thread(hub.rounds.document, rnd))
+
+
+async def _round_loop(hub: Hub, stop: asyncio.Event) -> None:
+    """Move rounds through their states every `rounds.interval_seconds` until `stop`."""
+    async with aiohttp.ClientSession() as session:
+        while not stop.is_set():
+            try:
+                await hub.rounds.step(session)
+            except Exception as exc:  # noqa: BLE001 - keep the loop alive, say why
+                log.error("rounds pass failed: %s", type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=hub.settings.rounds.interval_seconds)
+
+
 # ---- admin API ----------------------------------------------------------------
 
 
 def _require_admin(request: web.Request) -> Hub:
     hub = request.app[HUB]
-    token = hub.settings.admin_token
-    if token is None:
-        raise NotFound("the admin API is off (no admin_token configured)", slug="admin-off")
-    given = request.headers.get("Authorization", "")
-    expected = "Bearer " + token.get_secret_value()
-    # Header bytes that are not UTF-8 arrive as lone surrogates, which cannot be encoded; the
-    # token is ASCII (settings), so a non-ASCII header is simply not it.
-    if not given.isascii() or not hmac.compare_digest(given.encode("ascii"), expected.encode("ascii")):
-        raise Unauthorized("a valid bearer token is required", slug="unauthorized")
+    require_bearer(request, hub.settings.admin_token)
     return hub
 
 
@@ -199,11 +266,19 @@ async def _admin_enroll(request: web.Request) -> web.Response:
         raise BadRequest("`name` and `public_key` (base64 or PEM) are required", slug="invalid-enrollment")
     kind = data.get("kind", "node")
     if kind not in KINDS:
-        raise BadRequest("`kind` is \"node\" (the default) or \"hub\" (a child hub)", slug="invalid-enrollment")
+        raise BadRequest("`kind` is \"node\" (the default), \"hub\" (a child hub) or \"keeper\"", slug="invalid-enrollment")
     try:
         public_key = PublicKey.parse(data["public_key"])
     except ValueError:
         raise BadRequest("`public_key` is not an Ed25519 public key (base64 or PEM)", slug="invalid-key") from None
+    if kind == "keeper":
+        url = data.get("url")
+        if not isinstance(url, str):
+            raise BadRequest("a keeper is enrolled with the `url` it answers on", slug="invalid-enrollment")
+        statement = await asyncio.to_thread(fetch_statement, url)
+        record = await asyncio.to_thread(hub.keepers.enroll, data["name"], public_key, url, statement)
+        log.info("keeper enrolled", extra={"node": record.key_id, "node_name": record.name})
+        return web.json_response(record.to_dict(), status=201)
     known = any(r.key_id == public_key.key_id for r in hub.registry.nodes())
     record = await asyncio.to_thread(hub.registry.enroll, data["name"], public_key, kind)
     log.info("kind changed" if known else "enrolled", extra={"node": record.key_id, "node_name": record.name, "kind": record.kind})
@@ -235,14 +310,16 @@ async def _log(request: web.Request) -> web.Response:
     except ValueError:
         raise BadRequest("`after` and `limit` are integers", slug="invalid-query") from None
     rows = hub.store.cursor().execute(
-        "SELECT * FROM translog WHERE seq > ? ORDER BY seq LIMIT ?", [after, max(1, limit)]
+        "SELECT seq, key_id, window_start, window_end, catalog, digest, epsilon, accepted, prev_hash, entry_hash, "
+        "coalesce(kind, 'snapshot') FROM translog WHERE seq > ? ORDER BY seq LIMIT ?", [after, max(1, limit)]
     ).fetchall()
     entries = [
         {
-            "seq": int(seq), "node": node, "window_start": int(ws), "window_end": int(we), "catalog": cat,
-            "digest": digest, "epsilon": json.loads(eps), "accepted": int(acc), "prev_hash": prev, "entry_hash": h,
+            "seq": int(seq), "kind": kind, "node": node, "window_start": int(ws), "window_end": int(we),
+            "catalog": cat, "digest": digest, "epsilon": json.loads(eps), "accepted": int(acc), "prev_hash": prev,
+            "entry_hash": h,
         }
-        for seq, node, ws, we, cat, digest, eps, acc, prev, h in rows
+        for seq, node, ws, we, cat, digest, eps, acc, prev, h, kind in rows
     ]
     head = hub.store.cursor().execute("SELECT seq, entry_hash FROM translog ORDER BY seq DESC LIMIT 1").fetchall()
     head_seq, head_hash = (int(head[0][0]), str(head[0][1])) if head else (0, GENESIS)
@@ -320,7 +397,11 @@ def create_app(settings: HubSettings, *, now: Now = time.time) -> web.Applicatio
             "key_id": hub.key.public.key_id, "admin_api": settings.admin_token is not None,
             "max_snapshot_bytes": hub.intake.max_bytes,
         })
+        stop = asyncio.Event()
+        rounds = asyncio.create_task(_round_loop(hub, stop), name="rounds")
         yield
+        stop.set()
+        await rounds
         hub.store.close()
 
     app.cleanup_ctx.append(lifecycle)
@@ -331,6 +412,10 @@ def create_app(settings: HubSettings, *, now: Now = time.time) -> web.Applicatio
     routes: list[Route] = [
         ("POST", "/v1/snapshots", _post_snapshot),
         ("GET", "/v1/snapshots/{key_id}/{window}", _stored_snapshot),
+        ("POST", "/v1/contributions", _post_contribution),
+        ("GET", "/v1/keepers", _keepers),
+        ("GET", "/v1/rounds", _rounds),
+        ("GET", "/v1/rounds/{window}", _round),
         ("GET", "/v1/admin/nodes", _admin_nodes),
         ("POST", "/v1/admin/nodes", _admin_enroll),
         ("DELETE", "/v1/admin/nodes/{node}", _admin_revoke),

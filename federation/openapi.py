@@ -57,6 +57,23 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": {"description": "the envelope", "content": {"application/msgpack": {"schema": {"type": "string", "format": "binary"}}}},
                               **errors},
             }},
+            "/v1/contributions": {"post": {
+                "summary": "Submit a node's signed contribution to a federation round (docs/protocol.md section 7)",
+                "requestBody": {"required": True, "content": {"application/msgpack": {"schema": {"type": "string", "format": "binary"}}}},
+                "responses": {
+                    "202": {"description": "verified, stored and logged", "content": JSON_OK["content"]},
+                    "200": {"description": "a replay of an accepted contribution (idempotent)", "content": JSON_OK["content"]},
+                    **{str(c): PROBLEM for c in (400, 403, 409, 413, 415, 422)},
+                },
+            }},
+            "/v1/keepers": {"get": {"summary": "The active share keepers: identity and signed sealing key, for nodes to seal to",
+                                    "responses": {"200": JSON_OK}}},
+            "/v1/rounds": {"get": {"summary": "Federation rounds and their states", "responses": {"200": JSON_OK}}},
+            "/v1/rounds/{window}": {"get": {
+                "summary": "One round with every signed part (contributions, keeper answers) and its aggregate",
+                "parameters": [_path("window", "2026-11-23, 2026-11-23T05 or unix seconds"), CATALOG_PARAM],
+                "responses": {"200": JSON_OK, **errors},
+            }},
             "/v1/merged/{window}": {"get": {
                 "summary": "One window's merged cells before re-thresholding (for audits)",
                 "parameters": [_path("window", "2026-11-23, 2026-11-23T05 or unix seconds"), CATALOG_PARAM],
@@ -70,7 +87,7 @@ def openapi_document() -> dict[str, Any]:
             }},
             **shared_paths(),
             "/v1/log": {"get": {
-                "summary": "The hash-chained transparency log of accepted snapshots",
+                "summary": "The hash-chained transparency log of accepted snapshots, contributions, keeper answers and rounds",
                 "parameters": [_query("after", "entries after this sequence number", pattern="^[0-9]+$"),
                                _query("limit", "at most this many (<= 10000)", pattern="^[0-9]+$")],
                 "responses": {"200": JSON_OK, "400": PROBLEM},
@@ -81,8 +98,10 @@ def openapi_document() -> dict[str, Any]:
                          "requestBody": {"required": True, "content": {"application/json": {"schema": {
                              "type": "object", "required": ["name", "public_key"],
                              "properties": {"name": {"type": "string"}, "public_key": {"type": "string", "description": "base64 or PEM"},
-                                            "kind": {"type": "string", "enum": ["node", "hub"], "default": "node",
-                                                     "description": "hub: a child hub whose merged snapshots this hub merges"}}}}}},
+                                            "kind": {"type": "string", "enum": ["node", "hub", "keeper"], "default": "node",
+                                                     "description": "hub: a child hub whose merged snapshots this hub merges; "
+                                                                    "keeper: a share keeper of federation rounds"},
+                                            "url": {"type": "string", "description": "a keeper's base URL (kind keeper only)"}}}}}},
                          "responses": {"201": JSON_OK, "200": {**JSON_OK, "description": "the same key and name again, with the other kind: its kind changed"},
                                        **{str(c): PROBLEM for c in (400, 401, 404, 409, 422)}}},
             },

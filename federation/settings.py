@@ -8,13 +8,21 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from protocol.config import load_settings
+from runtime.admin import strong_admin_token
 
 ENV_PREFIX = "LIBERATION_HUB_"
-# 32 random bytes are 43 characters of base64url: a token the admin API can trust is at least that long.
-MIN_ADMIN_TOKEN_CHARS = 43
-# Fewer distinct characters than this is not random output (a random 43-char token has about 30).
-MIN_ADMIN_TOKEN_DISTINCT = 10
-GENERATE_TOKEN_HINT = 'generate one with: python -c "import secrets; print(secrets.token_urlsafe(32))"'
+class RoundsSettings(BaseModel):
+    """Federation rounds (federation/rounds.py): when a round closes, how the hub asks its keepers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # A round closes this long after its window ends (nodes export an hour after, then push) ...
+    close_after_seconds: int = Field(default=6 * 3600, ge=0)
+    # ... and never sooner than this after its first contribution arrived (history back-filled at once).
+    collect_seconds: int = Field(default=600, ge=0)
+    # How often rounds are looked at: closed, checked with the keepers, answered, published.
+    interval_seconds: float = Field(default=5.0, gt=0)
+    keeper_timeout_seconds: float = Field(default=60.0, gt=0)
 
 
 class HubSettings(BaseModel):
@@ -47,24 +55,13 @@ class HubSettings(BaseModel):
     export_after_seconds: int = Field(default=6 * 3600, ge=0)
     memory_limit: str = Field(default="640MB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|KiB|MiB|GiB)$")
     log_level: str = "INFO"
+    rounds: RoundsSettings = Field(default_factory=RoundsSettings)
 
     @field_validator("admin_token")
     @classmethod
     def _strong_admin_token(cls, token: SecretStr | None) -> SecretStr | None:
         """Refuse guessable admin tokens at start: the admin API shares its port with public intake."""
-        if token is None:
-            return None
-        value = token.get_secret_value()  # never echoed: the messages below describe, not quote
-        if value.lower().startswith("change-me"):
-            raise ValueError(f"the admin token is the public placeholder; {GENERATE_TOKEN_HINT}")
-        if not value.isascii() or not value.isprintable() or " " in value:
-            raise ValueError(f"the admin token must be printable ASCII without spaces; {GENERATE_TOKEN_HINT}")
-        if len(value) < MIN_ADMIN_TOKEN_CHARS or len(set(value)) < MIN_ADMIN_TOKEN_DISTINCT:
-            raise ValueError(
-                f"the admin token is too weak (need 32 random bytes, at least {MIN_ADMIN_TOKEN_CHARS} "
-                f"characters); {GENERATE_TOKEN_HINT}"
-            )
-        return token
+        return strong_admin_token(token)
 
 
 def load_hub_settings(path: Path | str | None = None, **overrides: Any) -> HubSettings:

@@ -208,6 +208,78 @@ def _node_budget(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keeper_settings(args: argparse.Namespace) -> Any:
+    from keeper.settings import load_keeper_settings
+
+    return _settings(args, load_keeper_settings, "LIBERATION_KEEPER_CONFIG")
+
+
+def _keeper_serve(args: argparse.Namespace) -> int:
+    from keeper.app import create_app
+    from liberation.server import run_app
+    from protocol.logs import configure_logging
+
+    settings = _keeper_settings(args)
+    configure_logging(settings.log_level)
+    run_app(create_app(settings), settings.host, settings.port, "keeper", max_connections=settings.max_connections)
+    return 0
+
+
+def _keeper_key(args: argparse.Namespace) -> int:
+    import base64
+
+    from keeper.identity import load_or_create_identity
+
+    statement = load_or_create_identity(_keeper_settings(args).data_dir).statement
+    _print_public(statement.identity)
+    print(f"sealing key (X25519): {base64.b64encode(statement.hpke).decode()}")
+    print(f"its signature:        {base64.b64encode(statement.signature).decode()}")
+    return 0
+
+
+def _open_keeper(args: argparse.Namespace) -> Any:
+    from keeper.app import open_keeper
+
+    return open_keeper(_keeper_settings(args))
+
+
+def _keeper_enroll(args: argparse.Namespace) -> int:
+    from protocol.keys import PublicKey
+
+    text = Path(args.key).read_text() if Path(args.key).is_file() else args.key
+    public_key = PublicKey.parse(text.strip())
+    keeper = _open_keeper(args)
+    try:
+        record = keeper.registry.enroll(args.name, public_key, "node")
+    finally:
+        keeper.store.close()
+    print(f"enrolled {record.name}: key id {record.key_id}")
+    return 0
+
+
+def _keeper_revoke(args: argparse.Namespace) -> int:
+    keeper = _open_keeper(args)
+    try:
+        record = keeper.registry.revoke(args.node)
+    finally:
+        keeper.store.close()
+    print(f"revoked {record.name}: key id {record.key_id}")
+    return 0
+
+
+def _keeper_nodes(args: argparse.Namespace) -> int:
+    keeper = _open_keeper(args)
+    try:
+        records = keeper.registry.nodes()
+    finally:
+        keeper.store.close()
+    if not records:
+        print("no node enrolled")
+    for r in records:
+        print(f"{r.key_id}  {'active' if r.active else 'revoked':8s} {r.name}")
+    return 0
+
+
 def _hub_settings(args: argparse.Namespace) -> Any:
     from federation.settings import load_hub_settings
 
@@ -318,6 +390,10 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
 
 def _hub_options(parser: argparse.ArgumentParser) -> None:
     _service_options(parser, "hub")
+
+
+def _keeper_options(parser: argparse.ArgumentParser) -> None:
+    _service_options(parser, "keeper")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -434,6 +510,30 @@ def build_parser() -> argparse.ArgumentParser:
     hverify.add_argument("--page-size", dest="page_size", type=int, default=1000, metavar="N",
                          help="log entries fetched per request (default 1000)")
     hverify.set_defaults(func=_hub_log_verify)
+
+    keeper = sub.add_parser("keeper", help="a share keeper of federation rounds").add_subparsers(
+        dest="keeper_command", required=True, metavar="SUBCOMMAND"
+    )
+    kserve = keeper.add_parser("serve", help="run the keeper's HTTP server")
+    _keeper_options(kserve)
+    kserve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    kserve.add_argument("--port", type=int, help="port to bind; 0 picks a free one (default 8710)")
+    kserve.set_defaults(func=_keeper_serve)
+    kkey = keeper.add_parser("key", help="print the keeper's key id, public key and signed sealing key, for enrollment")
+    _keeper_options(kkey)
+    kkey.set_defaults(func=_keeper_key)
+    kenroll = keeper.add_parser("enroll", help="enroll a node whose contributions this keeper opens seeds for")
+    _keeper_options(kenroll)
+    kenroll.add_argument("--name", required=True)
+    kenroll.add_argument("--key", required=True, metavar="BASE64|FILE", help="base64 or PEM, or a file holding either")
+    kenroll.set_defaults(func=_keeper_enroll)
+    krevoke = keeper.add_parser("revoke", help="revoke a node, by key id or name")
+    _keeper_options(krevoke)
+    krevoke.add_argument("node", metavar="NODE")
+    krevoke.set_defaults(func=_keeper_revoke)
+    knodes = keeper.add_parser("nodes", help="list enrolled nodes")
+    _keeper_options(knodes)
+    knodes.set_defaults(func=_keeper_nodes)
 
     demo = sub.add_parser("demo", help="run a demo federation: a hub, three nodes, a month of traffic")
     demo.add_argument("--data-dir", dest="data_dir", default="data/demo", metavar="DIR")

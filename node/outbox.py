@@ -1,4 +1,7 @@
-"""The push outbox: committed snapshots go to the hub with bounded exponential backoff.
+"""The push outbox: committed snapshots and round contributions go to the hub with bounded exponential backoff.
+
+Snapshots wait in the `outbox` table (POST /v1/snapshots), contributions carry their push
+state in their own table (POST /v1/contributions); both follow the rules below.
 
 A 2xx marks the entry sent. A hub 4xx (other than 408/429) is recorded and
 not retried: the hub has said no, retrying would not change its mind. A 5xx,
@@ -22,6 +25,7 @@ import aiohttp
 
 from node.settings import PushSettings
 from node.store import Store
+from protocol.rounds import verify_contribution
 from protocol.wire import MAX_ENVELOPE_SIZE, EnvelopeError, verify_envelope
 
 log = logging.getLogger("liberation.node.outbox")
@@ -40,6 +44,34 @@ def _redirect_reason(status: int, location: str | None) -> str:
     """What an operator reads in the outbox for a 3xx: the push was not followed there, fix push.hub_url."""
     target = f" to {location[:120]}" if location else ""
     return f"hub answered {status} (redirect{target}); redirects are not followed: set push.hub_url to the hub's own URL"
+
+
+@dataclass(frozen=True)
+class _Queue:
+    """One kind of committed envelope waiting to be pushed: where it waits, where it goes, how it is checked."""
+
+    name: str
+    path: str
+    due: str  # SQL: (key, window_start, envelope) of pending entries due at ? (now)
+    table: str
+    key: str
+    verify: Callable[[bytes], object]
+
+
+_SNAPSHOTS = _Queue(
+    "snapshot", "/v1/snapshots",
+    """
+    SELECT o.seq, o.window_start, s.envelope FROM outbox o JOIN snapshots s USING (seq)
+    WHERE o.state = 'pending' AND o.next_attempt <= ? ORDER BY o.seq
+    """,
+    "outbox", "seq", verify_envelope,
+)
+_CONTRIBUTIONS = _Queue(
+    "contribution", "/v1/contributions",
+    "SELECT window_start, window_start, envelope FROM contributions WHERE state = 'pending' AND next_attempt <= ? "
+    "ORDER BY window_start",
+    "contributions", "window_start", lambda data: verify_contribution(data, max_size=MAX_ENVELOPE_SIZE),
+)
 
 
 @dataclass(frozen=True)
@@ -75,25 +107,31 @@ class Outbox:
         rows = self.store.cursor().execute("SELECT * FROM outbox ORDER BY seq").fetchall()
         return [OutboxEntry(*r) for r in rows]
 
-    def _due(self) -> list[tuple[int, int, bytes]]:
-        rows = self.store.cursor().execute(
-            """
-            SELECT o.seq, o.window_start, s.envelope FROM outbox o JOIN snapshots s USING (seq)
-            WHERE o.state = 'pending' AND o.next_attempt <= ? ORDER BY o.seq
-            """,
-            [self._now()],
-        ).fetchall()
-        return [(int(seq), int(w), bytes(env)) for seq, w, env in rows]
+    def _due(self, queue: _Queue) -> list[tuple[int, int, bytes]]:
+        rows = self.store.cursor().execute(queue.due, [self._now()]).fetchall()
+        return [(int(key), int(w), bytes(env)) for key, w, env in rows]
 
-    def _update(self, seq: int, state: str, attempts: int, next_attempt: float, status: int | None, error: str | None) -> None:
+    def _update(
+        self, queue: _Queue, key: int, state: str, attempts: int, next_attempt: float, status: int | None, error: str | None
+    ) -> None:
         with self.store.transaction() as tx:
             tx.execute(
-                "UPDATE outbox SET state = ?, attempts = ?, next_attempt = ?, last_status = ?, last_error = ? WHERE seq = ?",
-                [state, attempts, next_attempt, status, error, seq],
+                f"UPDATE {queue.table} SET state = ?, attempts = ?, next_attempt = ?, last_status = ?, last_error = ? "
+                f"WHERE {queue.key} = ?",
+                [state, attempts, next_attempt, status, error, key],
             )
 
-    def _attempts(self, seq: int) -> int:
-        return int(self.store.cursor().execute("SELECT attempts FROM outbox WHERE seq = ?", [seq]).fetchall()[0][0])
+    def _attempts(self, queue: _Queue, key: int) -> int:
+        rows = self.store.cursor().execute(f"SELECT attempts FROM {queue.table} WHERE {queue.key} = ?", [key]).fetchall()
+        return int(rows[0][0])
+
+    def contributions(self) -> list[OutboxEntry]:
+        """The push state of every contribution (its window stands in for the sequence number)."""
+        rows = self.store.cursor().execute(
+            "SELECT window_start, window_start, state, attempts, next_attempt, last_status, last_error "
+            "FROM contributions ORDER BY window_start"
+        ).fetchall()
+        return [OutboxEntry(*r) for r in rows]
 
     async def fetch_copy(self, session: aiohttp.ClientSession, key_id: str, window_start: int) -> bytes | None:
         """The hub's stored envelope of a key and window (GET /v1/snapshots/{key_id}/{window}), or None.
@@ -126,21 +164,25 @@ class Outbox:
             return None
 
     async def push_due(self, session: aiohttp.ClientSession) -> int:
-        """Send every due entry once; returns how many were accepted by the hub."""
+        """Send every due snapshot, then every due contribution, once; returns how many the hub accepted."""
         if not self.settings.hub_url:
             return 0
-        url = self.settings.hub_url.rstrip("/") + "/v1/snapshots"
+        return await self._push(session, _SNAPSHOTS) + await self._push(session, _CONTRIBUTIONS)
+
+    async def _push(self, session: aiohttp.ClientSession, queue: _Queue) -> int:
+        assert self.settings.hub_url
+        url = self.settings.hub_url.rstrip("/") + queue.path
         sent = 0
-        for seq, window, envelope in self._due():
+        for key, window, envelope in self._due(queue):
             try:
-                verify_envelope(envelope)
+                queue.verify(envelope)
             except EnvelopeError as exc:
-                log.error("stored snapshot no longer verifies; not pushed", extra={"seq": seq, "reason": exc.reason})
-                self._update(seq, "corrupt", self._attempts(seq), 0, None, f"verification failed: {exc.reason}")
+                log.error(f"stored {queue.name} no longer verifies; not pushed", extra={"seq": key, "reason": exc.reason})
+                self._update(queue, key, "corrupt", self._attempts(queue, key), 0, None, f"verification failed: {exc.reason}")
                 if self._on_corrupt is not None:
-                    self._on_corrupt(seq)
+                    self._on_corrupt(key)
                 continue
-            attempts = self._attempts(seq) + 1
+            attempts = self._attempts(queue, key) + 1
             status: int | None = None
             detail: str | None
             try:
@@ -159,20 +201,20 @@ class Outbox:
             except (aiohttp.ClientError, TimeoutError) as exc:
                 detail = type(exc).__name__
             if status is not None and 200 <= status < 300:
-                self._update(seq, "sent", attempts, 0, status, None)
+                self._update(queue, key, "sent", attempts, 0, status, None)
                 sent += 1
                 outcome = "sent"
             elif status is not None and 400 <= status < 500 and status not in RETRYABLE_4XX:
-                self._update(seq, "rejected", attempts, 0, status, detail)
-                log.error("hub rejected snapshot", extra={"seq": seq, "window": window, "status": status})
+                self._update(queue, key, "rejected", attempts, 0, status, detail)
+                log.error(f"hub rejected {queue.name}", extra={"seq": key, "window": window, "status": status})
                 outcome = "rejected"
             else:
                 delay = backoff(attempts - 1, self.settings.min_backoff_seconds, self.settings.max_backoff_seconds)
-                self._update(seq, "pending", attempts, self._now() + delay, status, detail)
-                extra: dict[str, object] = {"seq": seq, "status": status, "retry_in_s": round(delay, 1)}
+                self._update(queue, key, "pending", attempts, self._now() + delay, status, detail)
+                extra: dict[str, object] = {"seq": key, "status": status, "retry_in_s": round(delay, 1)}
                 if status is not None and 300 <= status < 400:
                     extra["reason"] = "redirect not followed"
-                log.warning("push failed; will retry", extra=extra)
+                log.warning(f"push of a {queue.name} failed; will retry", extra=extra)
                 outcome = "retry"
             if self._on_result is not None:
                 self._on_result(outcome)

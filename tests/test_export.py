@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from node.dp import opendp_laplace
+from runtime.dp import opendp_laplace
 from node.export import BudgetExceeded, ExportError, Publisher, WindowNotClosed, build_snapshot
 from node.published import PublishedLog
 from node.salts import SaltKeeper
@@ -103,12 +103,13 @@ def test_open_windows_are_not_exported(tmp_path: Path) -> None:
 
 def test_ledger_refuses_an_over_cap_export(tmp_path: Path) -> None:
     store = store_with(tmp_path, busy_window())
+    # A node without keepers spends the community epsilon (0.5) per window.
     with pytest.raises(ExportError, match="below one window's epsilon"):
-        publisher(store, tmp_path, cap=0.5)  # no window could ever be exported: refused at start
-    pub = publisher(store, tmp_path, cap=1.0)
+        publisher(store, tmp_path, cap=0.25)  # no window could ever be exported: refused at start
+    pub = publisher(store, tmp_path, cap=0.5)
     with store.transaction() as tx:  # the day's budget spent already (say, by a window of another length)
-        tx.execute("INSERT INTO ledger VALUES (?, 'usage', 0.5, 1.0, 1, 'x', 'd', 0)", [W + 3600])
-    with pytest.raises(BudgetExceeded, match="over the cap of 1"):
+        tx.execute("INSERT INTO ledger VALUES (?, 'usage', 0.25, 1.0, 1, 'x', 'd', 0)", [W + 3600])
+    with pytest.raises(BudgetExceeded, match="over the cap of 0.5"):
         pub.export(W)
     with store.transaction() as tx:
         tx.execute("DELETE FROM ledger")
@@ -118,9 +119,9 @@ def test_ledger_refuses_an_over_cap_export(tmp_path: Path) -> None:
     ok.export(W)
     entries = ok.ledger()
     assert len(entries) == len(CATALOG.metrics)
-    assert sum(e.epsilon for e in entries) == pytest.approx(CATALOG.epsilon_per_window)
+    assert sum(e.epsilon for e in entries) == pytest.approx(CATALOG.epsilon_community)
     assert {e.catalog for e in entries} == {CATALOG.hash}
-    assert ok.spent(W) == pytest.approx(1.0)
+    assert ok.spent(W) == pytest.approx(CATALOG.epsilon_community)
 
 
 def test_export_destroys_salt_and_session_state(tmp_path: Path) -> None:

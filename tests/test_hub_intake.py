@@ -100,7 +100,7 @@ async def test_accept_merge_replay_and_log(hub: RunningHub) -> None:
         log = await resp.json()
     assert [e["node"] for e in log["entries"]] == [a.public.key_id, b.public.key_id]
     assert verify_chain(log["entries"]) == log["head"]["entry_hash"]
-    assert sum(log["entries"][0]["epsilon"].values()) == pytest.approx(CATALOG.epsilon_per_window)
+    assert sum(log["entries"][0]["epsilon"].values()) == pytest.approx(CATALOG.epsilon_community)
     tampered = [dict(e) for e in log["entries"]]
     tampered[0]["epsilon"] = {k: 0.0 for k in tampered[0]["epsilon"]}
     with pytest.raises(ValueError, match="entry 1"):
@@ -535,7 +535,7 @@ def test_keys_enrolled_before_kinds_existed_are_nodes(tmp_path: Path, monkeypatc
         store.close()
     hub = open_hub(settings, now=lambda: NOW)
     try:
-        assert hub.store.schema_version == 2
+        assert hub.store.schema_version == len(store_module.MIGRATIONS)
         hub.registry.enroll("child", child.public, "hub")
         assert {r.name: r.kind for r in hub.registry.nodes()} == {"old": "node", "child": "hub"}
     finally:

@@ -42,7 +42,7 @@ from federation.merge import (
     to_snapshot,
 )
 from federation.significance import noise_threshold, presence_threshold
-from node.dp import opendp_laplace
+from runtime.dp import opendp_laplace
 from node.export import build_snapshot
 from protocol.noise import laplace_parameter, laplace_variance
 from protocol.catalog import load_catalog

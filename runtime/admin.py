@@ -1,0 +1,45 @@
+"""Admin API access shared by hub and share keeper: a strong bearer token, checked in constant time."""
+
+from __future__ import annotations
+
+import hmac
+
+from aiohttp import web
+from pydantic import SecretStr
+
+from protocol.errors import NotFound, Unauthorized
+
+MIN_ADMIN_TOKEN_CHARS = 43
+"""32 random bytes are 43 characters of base64url: a token the admin API can trust is at least that long."""
+MIN_ADMIN_TOKEN_DISTINCT = 10
+"""Fewer distinct characters than this is not random output (a random 43-char token has about 30)."""
+GENERATE_TOKEN_HINT = 'generate one with: python -c "import secrets; print(secrets.token_urlsafe(32))"'
+
+
+def strong_admin_token(token: SecretStr | None) -> SecretStr | None:
+    """The token, or ValueError if it is guessable (settings refuse to start with it); never echoes it."""
+    if token is None:
+        return None
+    value = token.get_secret_value()  # never echoed: the messages below describe, not quote
+    if value.lower().startswith("change-me"):
+        raise ValueError(f"the admin token is the public placeholder; {GENERATE_TOKEN_HINT}")
+    if not value.isascii() or not value.isprintable() or " " in value:
+        raise ValueError(f"the admin token must be printable ASCII without spaces; {GENERATE_TOKEN_HINT}")
+    if len(value) < MIN_ADMIN_TOKEN_CHARS or len(set(value)) < MIN_ADMIN_TOKEN_DISTINCT:
+        raise ValueError(
+            f"the admin token is too weak (need 32 random bytes, at least {MIN_ADMIN_TOKEN_CHARS} "
+            f"characters); {GENERATE_TOKEN_HINT}"
+        )
+    return token
+
+
+def require_bearer(request: web.Request, token: SecretStr | None) -> None:
+    """404 if the admin API is off (no token), 401 unless the request carries `Bearer <token>`."""
+    if token is None:
+        raise NotFound("the admin API is off (no admin_token configured)", slug="admin-off")
+    given = request.headers.get("Authorization", "")
+    expected = "Bearer " + token.get_secret_value()
+    # Header bytes that are not UTF-8 arrive as lone surrogates, which cannot be encoded; the
+    # token is ASCII (settings), so a non-ASCII header is simply not it.
+    if not given.isascii() or not hmac.compare_digest(given.encode("ascii"), expected.encode("ascii")):
+        raise Unauthorized("a valid bearer token is required", slug="unauthorized")
