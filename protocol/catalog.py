@@ -72,7 +72,7 @@ def bucket_labels(edges: tuple[float, ...], *, money: bool = False) -> tuple[str
     fmt = _fmt_money if money else _fmt_number
     sep = "-" if money else ".."
     labels = []
-    for lo, hi in zip(edges, edges[1:]):
+    for lo, hi in zip(edges, edges[1:], strict=False):
         if money and lo == 0:
             labels.append(f"<{fmt(hi)}")
         else:
@@ -110,7 +110,7 @@ class AttributeSpec(_Frozen):
         if self.edges is not None:
             if not self.edges or not all(math.isfinite(e) for e in self.edges):
                 raise ValueError("edges must be a non-empty list of finite numbers")
-            if any(b <= a for a, b in zip(self.edges, self.edges[1:])):
+            if any(b <= a for a, b in zip(self.edges, self.edges[1:], strict=False)):
                 raise ValueError("edges must be strictly increasing")
         for name in ("labels", "values"):
             items = getattr(self, name)
