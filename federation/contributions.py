@@ -32,11 +32,14 @@ from federation.logwriter import LogWriter
 from federation.metrics import HubMetrics
 from federation.store import HubStore
 from protocol.catalog import Catalog
+from protocol.codec import EnvelopeError
+from protocol.envelope import SignatureError
 from protocol.errors import (
     BadRequest,
     Conflict,
     PayloadTooLarge,
     Problem,
+    ProblemType,
     Unprocessable,
 )
 from protocol.keys import PublicKey
@@ -46,7 +49,6 @@ from protocol.rounds import (
     VerifiedContribution,
     verify_contribution,
 )
-from protocol.wire import EnvelopeError, SignatureError
 from runtime.registry import Registry
 
 ENVELOPE_OVERHEAD = 1024
@@ -116,31 +118,34 @@ class ContributionIntake:
     def _check(self, data: bytes) -> tuple[VerifiedContribution, Catalog, list[str]]:
         # (1) size, before anything is parsed
         if len(data) > self.max_bytes:
-            raise PayloadTooLarge(f"a contribution is at most {self.max_bytes} bytes", slug="contribution-too-large")
+            raise PayloadTooLarge(f"a contribution is at most {self.max_bytes} bytes", slug=ProblemType.CONTRIBUTION_TOO_LARGE)
         # (2)-(5) layout, usable key, enrolled node, signature over the bytes received, body
         try:
             verified = verify_contribution(data, max_size=self.max_bytes, check_key=self._enrolled_node)
         except SignatureError as exc:
-            raise BadRequest(exc.detail, slug="key-mismatch" if exc.reason == "key-mismatch" else "invalid-signature") from None
+            slug = ProblemType.KEY_MISMATCH if exc.reason == "key-mismatch" else ProblemType.INVALID_SIGNATURE
+            raise BadRequest(exc.detail, slug=slug) from None
         except EnvelopeError as exc:
-            slug = "malformed-contribution" if exc.in_body else "malformed-envelope"
+            slug = ProblemType.MALFORMED_CONTRIBUTION if exc.in_body else ProblemType.MALFORMED_ENVELOPE
             raise BadRequest(exc.detail, slug=slug, extra={"reason": exc.reason}) from None
         c = verified.contribution
         # (6) catalog known, with rounds
         catalog = self.catalogs.get(c.catalog)
         if catalog is None or catalog.federation is None:
-            raise Unprocessable("this hub runs no rounds of that catalog", slug="unknown-catalog")
+            raise Unprocessable("this hub runs no rounds of that catalog", slug=ProblemType.UNKNOWN_CATALOG)
         # (7) window sane
         now = self.now()
         if c.window_start % 3600 or c.window_end % 3600 or c.window_end - c.window_start > 31 * 86_400:
-            raise Unprocessable("a round's window is whole hours, at most 31 days", slug="window-out-of-range")
+            raise Unprocessable("a round's window is whole hours, at most 31 days", slug=ProblemType.WINDOW_OUT_OF_RANGE)
         if c.window_end > now + self.skew:
-            raise Unprocessable("the window has not ended yet", slug="window-out-of-range")
+            raise Unprocessable("the window has not ended yet", slug=ProblemType.WINDOW_OUT_OF_RANGE)
         if c.window_start < now - self.horizon:
-            raise Unprocessable("the window is older than this hub's horizon", slug="window-out-of-range")
+            raise Unprocessable("the window is older than this hub's horizon", slug=ProblemType.WINDOW_OUT_OF_RANGE)
         # (8) the vector covers the federation metrics' domains
         if len(c.y) != 8 * catalog.federation_size:
-            raise Unprocessable(f"this catalog's contributions hold {catalog.federation_size} cells", slug="wrong-length")
+            raise Unprocessable(
+                f"this catalog's contributions hold {catalog.federation_size} cells", slug=ProblemType.WRONG_LENGTH
+            )
         # (9) sealed to this hub's active keepers (checked against the round's own once it is open)
         keepers = [k.key_id for k in self.keepers.active()]
         return verified, catalog, keepers
@@ -166,11 +171,11 @@ class ContributionIntake:
         # (9) sealed to the round's keepers: those of the hub when the round opened
         keepers = json.loads(row[0][1]) if row else active
         if not keepers:
-            raise Unprocessable("this hub has no active keeper: no round can open", slug="keepers-mismatch")
+            raise Unprocessable("this hub has no active keeper: no round can open", slug=ProblemType.KEEPERS_MISMATCH)
         if list(c.keepers) != keepers:
             raise Unprocessable(
                 "the contribution is not sealed to this round's keepers (the node's pinned keepers, or the keys "
-                "it learned, differ from the hub's)", slug="keepers-mismatch", extra={"keepers": keepers},
+                "it learned, differ from the hub's)", slug=ProblemType.KEEPERS_MISMATCH, extra={"keepers": keepers},
             )
         # (11) the same node and round before: the same bytes are a replay, others an equivocation
         held = tx.execute(
@@ -182,7 +187,7 @@ class ContributionIntake:
                 return ContributionResult("duplicate", c.node, c.window_start, verified.digest, None)
             tx.execute("INSERT INTO incidents VALUES ('contribution-equivocation', ?, ?, ?, ?, ?)",
                        [c.node, c.window_start, str(held[0][1]), verified.digest, received])
-            return Conflict("this node already contributed different bytes to this round", slug="equivocation",
+            return Conflict("this node already contributed different bytes to this round", slug=ProblemType.EQUIVOCATION,
                             extra={"window_start": c.window_start})
         # (10) the round is open, or opens now
         if not row:
@@ -192,7 +197,7 @@ class ContributionIntake:
             )
         elif row[0][0] != "open":
             raise Conflict("this round has closed: contributions after its deadline are out of it",
-                           slug="round-closed", extra={"window_start": c.window_start})
+                           slug=ProblemType.ROUND_CLOSED, extra={"window_start": c.window_start})
         # (12) the contribution and its log entry, together
         tx.execute("INSERT INTO round_contributions VALUES (?, ?, ?, ?, ?, ?, ?)",
                    [*key, c.node, verified.digest, verified.envelope, received])

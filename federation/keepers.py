@@ -17,10 +17,10 @@ import urllib.request
 from dataclasses import dataclass
 
 from federation.store import HubStore
-from protocol.errors import BadRequest, Unprocessable
+from protocol.envelope import SignatureError
+from protocol.errors import BadRequest, ProblemType, Unprocessable
 from protocol.keys import KeyFormatError, PublicKey
 from protocol.rounds import KeeperKey
-from protocol.wire import SignatureError
 from runtime.registry import NodeRecord, Registry
 
 MAX_STATEMENT_BYTES = 64 * 1024
@@ -53,7 +53,7 @@ def parse_statement(data: object) -> KeeperKey:
     except (KeyFormatError, SignatureError, binascii.Error, ValueError):
         raise Unprocessable(
             "the keeper's statement does not verify: its sealing key is not signed by its identity key",
-            slug="invalid-keeper",
+            slug=ProblemType.INVALID_KEEPER,
         ) from None
 
 
@@ -61,14 +61,14 @@ def fetch_statement(url: str, timeout: float = 10.0) -> KeeperKey:
     """GET {url}/v1/keeper and verify it; 422 keeper-unreachable if it cannot be read."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise BadRequest("a keeper's url is http(s)://host:port", slug="invalid-enrollment")
+        raise BadRequest("a keeper's url is http(s)://host:port", slug=ProblemType.INVALID_ENROLLMENT)
     try:
         with urllib.request.urlopen(url.rstrip("/") + "/v1/keeper", timeout=timeout) as resp:  # noqa: S310 - operator's URL
             body = resp.read(MAX_STATEMENT_BYTES + 1)
         data = json.loads(body)
     except (urllib.error.URLError, OSError, ValueError):
         raise Unprocessable("the keeper's statement could not be read at that url (GET /v1/keeper)",
-                            slug="keeper-unreachable") from None
+                            slug=ProblemType.KEEPER_UNREACHABLE) from None
     return parse_statement(data)
 
 
@@ -82,7 +82,7 @@ class Keepers:
     def enroll(self, name: str, public_key: PublicKey, url: str, statement: KeeperKey) -> NodeRecord:
         """Enroll a keeper (409 if its key or name is taken by another) with the statement fetched from it."""
         if statement.identity != public_key:
-            raise Unprocessable("the keeper at that url has another key than the one given", slug="invalid-keeper")
+            raise Unprocessable("the keeper at that url has another key than the one given", slug=ProblemType.INVALID_KEEPER)
         record = self.registry.enroll(name, public_key, "keeper")
         with self.store.transaction() as tx:
             tx.execute("DELETE FROM keepers WHERE key_id = ?", [record.key_id])

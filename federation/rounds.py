@@ -41,6 +41,7 @@ from federation.metrics import HubMetrics
 from federation.settings import RoundsSettings
 from federation.store import HubStore
 from protocol.catalog import Catalog
+from protocol.codec import EnvelopeError
 from protocol.keys import PublicKey, SigningKey
 from protocol.rounds import (
     RoundRequest,
@@ -51,7 +52,6 @@ from protocol.rounds import (
     verify_answer,
     verify_contribution,
 )
-from protocol.wire import EnvelopeError
 
 log = logging.getLogger("liberation.hub.rounds")
 
@@ -365,7 +365,7 @@ class Rounds:
         answer = verified.answer
         if (answer.catalog, answer.window_start, answer.window_end) != (rnd.catalog, rnd.window_start, rnd.window_end):
             raise ValueError("it is of another round")
-        if list(zip(answer.nodes, answer.digests)) != [tuple(p) for p in rnd.participants]:
+        if list(zip(answer.nodes, answer.digests, strict=False)) != [tuple(p) for p in rnd.participants]:
             raise ValueError("it is for another participant set")
         if len(answer.a) != 8 * catalog.federation_size:
             raise ValueError("its vector is not this catalog's length")

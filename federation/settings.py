@@ -7,10 +7,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from protocol.config import load_settings
 from runtime.admin import strong_admin_token
+from runtime.config import load_settings
 
 ENV_PREFIX = "LIBERATION_HUB_"
+
+
 class RoundsSettings(BaseModel):
     """Federation rounds (federation/rounds.py): when a round closes, how the hub asks its keepers."""
 

@@ -32,7 +32,9 @@ from keeper.identity import KeeperIdentity
 from keeper.metrics import KeeperMetrics
 from keeper.store import AnsweredRound, KeeperStore
 from protocol.catalog import Catalog
-from protocol.errors import BadRequest, Conflict, Forbidden, Problem, Unprocessable
+from protocol.codec import EnvelopeError
+from protocol.envelope import Envelope, SignatureError
+from protocol.errors import BadRequest, Conflict, Forbidden, Problem, ProblemType, Unprocessable
 from protocol.keys import PublicKey
 from protocol.rounds import (
     Answer,
@@ -49,7 +51,6 @@ from protocol.rounds import (
     verify_contribution,
     verify_request,
 )
-from protocol.wire import Envelope, EnvelopeError, SignatureError
 from runtime.dp import NoiseSampler, opendp_laplace, privacy_loss
 from runtime.registry import Registry
 
@@ -128,31 +129,31 @@ class Answerer:
 
     def _pinned_hub(self, key: PublicKey) -> None:
         if key.raw not in self.hub_keys:
-            raise Forbidden("this keeper answers only the hubs its operator pinned", slug="unknown-hub")
+            raise Forbidden("this keeper answers only the hubs its operator pinned", slug=ProblemType.UNKNOWN_HUB)
 
     def _check(self, data: bytes) -> CheckedRound:
         # (2) the request envelope, signed by a pinned hub
         try:
             _, request = verify_request(data, max_size=self.max_bytes, check_key=self._pinned_hub)
         except SignatureError as exc:
-            raise BadRequest(exc.detail, slug="invalid-signature") from None
+            raise BadRequest(exc.detail, slug=ProblemType.INVALID_SIGNATURE) from None
         except EnvelopeError as exc:
-            raise BadRequest(exc.detail, slug="malformed-request", extra={"reason": exc.reason}) from None
+            raise BadRequest(exc.detail, slug=ProblemType.MALFORMED_REQUEST, extra={"reason": exc.reason}) from None
         # (3) catalog known, with federation rounds
         catalog = self.catalogs.get(request.catalog)
         if catalog is None or catalog.federation is None:
-            raise Unprocessable("this keeper answers no rounds of that catalog", slug="unknown-catalog")
+            raise Unprocessable("this keeper answers no rounds of that catalog", slug=ProblemType.UNKNOWN_CATALOG)
         # (4) window ended, sane length
         start, end = request.window_start, request.window_end
         if start % 3600 or end % 3600 or end - start > MAX_WINDOW_SECONDS:
-            raise Unprocessable("a round's window is whole hours, at most 31 days", slug="window-out-of-range")
+            raise Unprocessable("a round's window is whole hours, at most 31 days", slug=ProblemType.WINDOW_OUT_OF_RANGE)
         if end > self.now() + self.skew:
-            raise Unprocessable("the round's window has not ended", slug="window-out-of-range")
+            raise Unprocessable("the round's window has not ended", slug=ProblemType.WINDOW_OUT_OF_RANGE)
         # (5) enough participants
         if len(request.contributions) < catalog.federation.min_nodes:
             raise Unprocessable(
                 f"a round of this catalog combines at least {catalog.federation.min_nodes} contributions",
-                slug="too-few-nodes",
+                slug=ProblemType.TOO_FEW_NODES,
             )
         # (6) each contribution
         me = self.identity.key_id
@@ -163,21 +164,23 @@ class Answerer:
             try:
                 verified = verify_contribution(data_i, max_size=self.max_bytes, check_key=self._enrolled_node)
             except SignatureError as exc:
-                raise BadRequest(exc.detail, slug="invalid-signature", extra=_signer(data_i)) from None
+                raise BadRequest(exc.detail, slug=ProblemType.INVALID_SIGNATURE, extra=_signer(data_i)) from None
             except EnvelopeError as exc:
-                raise BadRequest(exc.detail, slug="malformed-contribution",
+                raise BadRequest(exc.detail, slug=ProblemType.MALFORMED_CONTRIBUTION,
                                  extra={"reason": exc.reason, **_signer(data_i)}) from None
             c = verified.contribution
             if nodes and c.node <= nodes[-1]:
-                raise BadRequest("contributions are listed once per node, by ascending node key id", slug="duplicate-node")
+                raise BadRequest(
+                    "contributions are listed once per node, by ascending node key id", slug=ProblemType.DUPLICATE_NODE
+                )
             if (c.catalog, c.window_start, c.window_end) != (request.catalog, start, end):
-                raise Unprocessable("a contribution is of another round", slug="wrong-round", extra={"node": c.node})
+                raise Unprocessable("a contribution is of another round", slug=ProblemType.WRONG_ROUND, extra={"node": c.node})
             if len(c.y) != 8 * catalog.federation_size:
-                raise Unprocessable("a contribution's vector is not this catalog's length", slug="wrong-length",
+                raise Unprocessable("a contribution's vector is not this catalog's length", slug=ProblemType.WRONG_LENGTH,
                                     extra={"node": c.node})
             mine = c.sealed_for(me)
             if mine is None:
-                raise Unprocessable("a contribution holds no seed sealed to this keeper", slug="not-sealed-to-keeper",
+                raise Unprocessable("a contribution holds no seed sealed to this keeper", slug=ProblemType.NOT_SEALED_TO_KEEPER,
                                     extra={"node": c.node})
             nodes.append(c.node)
             digests.append(verified.digest)
@@ -195,7 +198,7 @@ class Answerer:
         seeds: list[bytes] = []
         failed: list[str] = []
         round_bytes = round_id(checked.catalog.hash, checked.window_start, checked.window_end)
-        for node, sealed in zip(checked.nodes, checked.sealed):
+        for node, sealed in zip(checked.nodes, checked.sealed, strict=False):
             try:
                 seeds.append(open_seed(sealed, self.identity.sealing, seal_info(round_bytes, node, self.identity.key_id)))
             except SealError:
@@ -203,7 +206,7 @@ class Answerer:
         if failed:
             raise Unprocessable(
                 f"{len(failed)} sealed seed(s) do not open with this keeper's key: leave those nodes out",
-                slug="unopenable-seed", extra={"nodes": failed},
+                slug=ProblemType.UNOPENABLE_SEED, extra={"nodes": failed},
             )
         return seeds
 
@@ -234,7 +237,7 @@ class Answerer:
             self.metrics.refused.labels("round-already-answered").inc()
             raise Conflict(
                 "this keeper answered this round for another participant set; it answers a round once",
-                slug="round-already-answered",
+                slug=ProblemType.ROUND_ALREADY_ANSWERED,
             )
         self.metrics.repeated.inc()
         return held.envelope

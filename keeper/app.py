@@ -32,11 +32,12 @@ from keeper.settings import KeeperSettings
 from keeper.store import KeeperStore
 from protocol import jsontext
 from protocol.catalog import Catalog, load_catalog
-from protocol.errors import BadRequest, UnsupportedMediaType, problem_middleware
+from protocol.errors import BadRequest, ProblemType, UnsupportedMediaType
+from protocol.files import make_private_dir
 from protocol.keys import PublicKey
-from protocol.storage import make_private_dir
 from runtime.admin import require_bearer
 from runtime.metrics_listener import add_metrics_listener
+from runtime.problems import problem_middleware
 from runtime.registry import Registry
 
 log = logging.getLogger("liberation.keeper")
@@ -89,7 +90,7 @@ def _iso(ts: int) -> str:
 
 async def _body(request: web.Request) -> bytes:
     if request.content_type not in (MSGPACK, "application/octet-stream"):
-        raise UnsupportedMediaType("send the round request as application/msgpack", slug="unsupported-media-type")
+        raise UnsupportedMediaType("send the round request as application/msgpack", slug=ProblemType.UNSUPPORTED_MEDIA_TYPE)
     return await request.read()
 
 
@@ -152,13 +153,13 @@ async def _admin_enroll(request: web.Request) -> web.Response:
     try:
         data = jsontext.loads(await request.text())
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadRequest("body must be JSON: {\"name\": ..., \"public_key\": ...}", slug="malformed-body") from None
+        raise BadRequest("body must be JSON: {\"name\": ..., \"public_key\": ...}", slug=ProblemType.MALFORMED_BODY) from None
     if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not isinstance(data.get("public_key"), str):
-        raise BadRequest("`name` and `public_key` (base64 or PEM) are required", slug="invalid-enrollment")
+        raise BadRequest("`name` and `public_key` (base64 or PEM) are required", slug=ProblemType.INVALID_ENROLLMENT)
     try:
         public_key = PublicKey.parse(data["public_key"])
     except ValueError:
-        raise BadRequest("`public_key` is not an Ed25519 public key (base64 or PEM)", slug="invalid-key") from None
+        raise BadRequest("`public_key` is not an Ed25519 public key (base64 or PEM)", slug=ProblemType.INVALID_KEY) from None
     record = await asyncio.to_thread(keeper.registry.enroll, data["name"], public_key, "node")
     log.info("enrolled", extra={"node": record.key_id, "node_name": record.name})
     return web.json_response(record.to_dict(), status=201)

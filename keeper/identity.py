@@ -16,9 +16,9 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from protocol.files import PRIVATE_FILE_MODE, make_private_dir, write_file_then
 from protocol.keys import KeyFileError, SigningKey, load_or_create
 from protocol.rounds import KeeperKey
-from protocol.storage import PRIVATE_FILE_MODE, make_private_dir, write_file_then
 
 MAX_KEY_FILE_SIZE = 16 * 1024
 

@@ -7,9 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from protocol.config import load_settings
 from protocol.keys import PublicKey
 from runtime.admin import strong_admin_token
+from runtime.config import load_settings
 
 ENV_PREFIX = "LIBERATION_KEEPER_"
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import duckdb
 
-from protocol.storage import Database, make_private_dir, make_private_files
+from protocol.files import make_private_dir, make_private_files
+from runtime.storage import Database
 
 
 def _v1(con: duckdb.DuckDBPyConnection) -> None:

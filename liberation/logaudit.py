@@ -34,11 +34,11 @@ from typing import IO, Any
 import numpy as np
 
 from federation.translog import GENESIS, ChainError, head_message, verify_chain
+from protocol.codec import EnvelopeError
 from protocol.errors import LiberationError
+from protocol.files import fsync_directory, write_file_then
 from protocol.keys import KeyFormatError, PublicKey
 from protocol.rounds import combine, round_document, verify_answer, verify_contribution
-from protocol.storage import fsync_directory, write_file_then
-from protocol.wire import EnvelopeError
 
 PAGE_SIZE = 1000
 """Entries asked for per request (the hub answers at most 10,000)."""
@@ -429,7 +429,7 @@ def check_round(base: str, log: VerifiedLog, entry: LogEntry) -> None:
         if not _logged(log, digest, "keeper-answer", keeper, entry):
             raise LogAuditError(f"{name}: the answer of keeper {keeper} is not in the log")
         # (3) for exactly this round's participant set
-        if list(zip(answer.nodes, answer.digests)) != set_ or (answer.window_start, answer.window_end) != (
+        if list(zip(answer.nodes, answer.digests, strict=False)) != set_ or (answer.window_start, answer.window_end) != (
                 entry.window_start, entry.window_end):
             raise LogAuditError(f"{name}: keeper {keeper} answered for another participant set")
         a_s.append(answer.a)

@@ -20,9 +20,9 @@ from typing import Any
 import aiohttp
 
 from node.store import Store
+from protocol.envelope import SignatureError
 from protocol.keys import KeyFormatError, PublicKey
 from protocol.rounds import KeeperKey
-from protocol.wire import SignatureError
 
 log = logging.getLogger("liberation.node.keepers")
 

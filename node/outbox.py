@@ -25,8 +25,9 @@ import aiohttp
 
 from node.settings import PushSettings
 from node.store import Store
+from protocol.codec import MAX_ENVELOPE_SIZE, EnvelopeError
+from protocol.envelope import verify_envelope
 from protocol.rounds import verify_contribution
-from protocol.wire import MAX_ENVELOPE_SIZE, EnvelopeError, verify_envelope
 
 log = logging.getLogger("liberation.node.outbox")
 

@@ -1,7 +1,7 @@
 """Federation rounds' contract: round ids, masks, sealed seeds, contributions, keeper answers, the combination.
 
     LiberationError
-    └── EnvelopeError (protocol.wire)    received bytes refused; `reason` is a short code
+    └── EnvelopeError (protocol.codec)    received bytes refused; `reason` is a short code
         ├── DecodeError                  size, msgpack, canonical form, shape, `wrong-length`
         └── SignatureError               bad signature, key mismatch, unusable key
     SealError (LiberationError)          a sealed seed that does not open for this keeper and round
@@ -38,17 +38,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import (
 from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, Suite
 
 from protocol.catalog import Catalog
+from protocol.codec import DecodeError, EnvelopeError, decode_canonical, encode_canonical
+from protocol.envelope import ENVELOPE_VERSION, Envelope, SignatureError
 from protocol.errors import LiberationError
 from protocol.keys import PublicKey, SigningKey
-from protocol.wire import (
-    ENVELOPE_VERSION,
-    DecodeError,
-    Envelope,
-    EnvelopeError,
-    SignatureError,
-    decode_canonical,
-    encode_canonical,
-)
 
 CONTRIBUTION_FORMAT: Final = "liberation-contribution/1"
 ANSWER_FORMAT: Final = "liberation-keeper-answer/1"

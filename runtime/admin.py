@@ -7,7 +7,7 @@ import hmac
 from aiohttp import web
 from pydantic import SecretStr
 
-from protocol.errors import NotFound, Unauthorized
+from protocol.errors import NotFound, ProblemType, Unauthorized
 
 MIN_ADMIN_TOKEN_CHARS = 43
 """32 random bytes are 43 characters of base64url: a token the admin API can trust is at least that long."""
@@ -36,10 +36,10 @@ def strong_admin_token(token: SecretStr | None) -> SecretStr | None:
 def require_bearer(request: web.Request, token: SecretStr | None) -> None:
     """404 if the admin API is off (no token), 401 unless the request carries `Bearer <token>`."""
     if token is None:
-        raise NotFound("the admin API is off (no admin_token configured)", slug="admin-off")
+        raise NotFound("the admin API is off (no admin_token configured)", slug=ProblemType.ADMIN_OFF)
     given = request.headers.get("Authorization", "")
     expected = "Bearer " + token.get_secret_value()
     # Header bytes that are not UTF-8 arrive as lone surrogates, which cannot be encoded; the
     # token is ASCII (settings), so a non-ASCII header is simply not it.
     if not given.isascii() or not hmac.compare_digest(given.encode("ascii"), expected.encode("ascii")):
-        raise Unauthorized("a valid bearer token is required", slug="unauthorized")
+        raise Unauthorized("a valid bearer token is required", slug=ProblemType.UNAUTHORIZED)

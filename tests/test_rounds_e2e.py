@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
+
 from protocol.catalog import load_catalog
 from protocol.errors import PROBLEM_BASE
 from protocol.keys import SigningKey

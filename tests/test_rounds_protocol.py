@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from scipy.stats import chi2
 
 from protocol.catalog import load_catalog, parse_catalog
+from protocol.codec import DecodeError, decode_canonical, encode_canonical
+from protocol.envelope import SignatureError
 from protocol.keys import KeyFormatError, SigningKey
 from protocol.rounds import (
     MASK_PREFIX,
@@ -41,7 +43,6 @@ from protocol.rounds import (
     verify_contribution,
     verify_request,
 )
-from protocol.wire import DecodeError, SignatureError, decode_canonical, encode_canonical
 
 CATALOG = load_catalog()
 DAY = 86_400
@@ -82,9 +83,9 @@ def test_the_sum_of_contributions_and_answers_is_the_true_sum_plus_the_keepers_n
     keepers = [keeper(b"k1"), keeper(b"k2")]
     nodes = [SigningKey.from_seed(bytes([i]) * 32) for i in range(5)]
     xs = [rng.integers(0, 50, CATALOG.federation_size).tolist() for _ in nodes]
-    envelopes = [contribute(n, x, [k[0] for k in keepers]) for n, x in zip(nodes, xs)]
+    envelopes = [contribute(n, x, [k[0] for k in keepers]) for n, x in zip(nodes, xs, strict=False)]
     noises = [rng.integers(-300, 300, CATALOG.federation_size).tolist() for _ in keepers]
-    answers = [answer_of(k, envelopes, z) for k, z in zip(keepers, noises)]
+    answers = [answer_of(k, envelopes, z) for k, z in zip(keepers, noises, strict=False)]
     ys = [verify_contribution(e, max_size=1 << 20).contribution.y for e in envelopes]
     a_s = [verify_answer(a, max_size=1 << 20).answer.a for a in answers]
     total = combine(ys, a_s, CATALOG.federation_size)
@@ -229,7 +230,7 @@ def test_signatures_are_domain_separated() -> None:
         verify_answer(env, max_size=1 << 20)  # a contribution's signature is no answer's
     with pytest.raises(SignatureError):
         verify_request(env)
-    from protocol.wire import verify_envelope
+    from protocol.envelope import verify_envelope
 
     with pytest.raises(SignatureError):
         verify_envelope(env)  # nor a snapshot's
