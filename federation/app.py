@@ -22,7 +22,7 @@ from federation.keepers import Keepers, fetch_statement
 from federation.logwriter import LogWriter
 from federation.metrics import HubMetrics
 from federation.openapi import openapi_document
-from federation.rounds import Rounds
+from federation.rounds import PublishedRounds, Rounds
 from federation.settings import HubSettings
 from federation.store import HubStore
 from federation.translog import GENESIS, head_message
@@ -147,7 +147,7 @@ def open_hub(settings: HubSettings, *, now: Now = time.time) -> Hub:
         now=now,
         on_accept=bump,
     )
-    views = ViewService(RoundRanges(StoreRanges(store), rounds), catalogs, lambda: version[0], now=now)
+    views = ViewService(RoundRanges(StoreRanges(store), PublishedRounds(store)), catalogs, lambda: version[0], now=now)
     upstream = UpstreamExporter(store, key, export_after=settings.export_after_seconds, now=now)
     return Hub(settings, store, registry, catalogs, archive, intake, metrics, key, views, upstream,
                keepers, contributions, rounds, now, version)

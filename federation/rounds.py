@@ -92,6 +92,26 @@ class PublishedRound:
     keepers: int
 
 
+class PublishedRounds:
+    """The published rounds' aggregates, as the views read them (views/ranges.py `RoundRanges`)."""
+
+    def __init__(self, store: HubStore) -> None:
+        self.store = store
+
+    def published(self, catalog: Catalog, start: int, end: int) -> dict[int, PublishedRound]:
+        """The published rounds of a catalog whose windows start in [start, end)."""
+        rows = self.store.cursor().execute(
+            "SELECT window_start, window_end, aggregate, participants, keepers FROM rounds "
+            "WHERE catalog = ? AND state = 'published' AND window_start >= ? AND window_start < ? ORDER BY window_start",
+            [catalog.hash, start, end],
+        ).fetchall()
+        return {
+            int(w): PublishedRound(int(w), int(e), np.frombuffer(bytes(a), dtype="<i8").astype(np.int64),
+                                   len(json.loads(p)), len(json.loads(k)))
+            for w, e, a, p, k in rows
+        }
+
+
 class Rounds:
     """Moves rounds through their states; the only code that writes `rounds` after they open, and `round_answers`."""
 
@@ -151,19 +171,6 @@ class Rounds:
             "AND window_end = ? ORDER BY keeper", rnd.key,
         ).fetchall()
         return [(str(k), str(d), bytes(e)) for k, d, e in rows]
-
-    def published(self, catalog: Catalog, start: int, end: int) -> dict[int, PublishedRound]:
-        """The published rounds of a catalog whose windows start in [start, end)."""
-        rows = self.store.cursor().execute(
-            "SELECT window_start, window_end, aggregate, participants, keepers FROM rounds "
-            "WHERE catalog = ? AND state = 'published' AND window_start >= ? AND window_start < ? ORDER BY window_start",
-            [catalog.hash, start, end],
-        ).fetchall()
-        return {
-            int(w): PublishedRound(int(w), int(e), np.frombuffer(bytes(a), dtype="<i8").astype(np.int64),
-                                   len(json.loads(p)), len(json.loads(k)))
-            for w, e, a, p, k in rows
-        }
 
     def version(self) -> int:
         """Changes whenever a round is published (views are cached under it)."""
