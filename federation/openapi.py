@@ -60,7 +60,7 @@ def openapi_document() -> dict[str, Any]:
             },
             "/v1/contributions": {
                 "post": {
-                    "summary": "Submit a node's signed contribution to a federation round (docs/protocol.md section 7)",
+                    "summary": "Submit a node's signed contribution to a federation round (docs/protocol.md section 13)",
                     "requestBody": {
                         "required": True,
                         "content": {"application/msgpack": {"schema": {"type": "string", "format": "binary"}}},

@@ -215,7 +215,7 @@ SESSION_SHAPES = (("app", "stage"), ("app_pair",), ("tool_count",), ("duration",
 
 
 class FederationSpec(_Frozen):
-    """Federation rounds (docs/protocol.md section 7): metrics summed over nodes, noised once by share keepers.
+    """Federation rounds (docs/protocol.md section 13): metrics summed over nodes, noised once by share keepers.
 
     `metrics` maps a catalog metric to its share of `epsilon_federation`; its bounds
     (k, c) and public domain are the metric's own, so one bounded true vector serves

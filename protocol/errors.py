@@ -168,7 +168,7 @@ _DESCRIPTIONS: dict[ProblemType, str] = {
     ProblemType.INTAKE_BUSY: "Both large-envelope verifiers are busy; retry after `Retry-After`.",
     ProblemType.CONTRIBUTION_TOO_LARGE: "A contribution envelope is over the hub's limit derived from its catalogs.",
     ProblemType.MALFORMED_CONTRIBUTION: "A signed body is not a canonical contribution; `reason` says how.",
-    ProblemType.MALFORMED_REQUEST: "A round request (hub to keeper) is not signed or shaped as docs/protocol.md 7.5 says.",
+    ProblemType.MALFORMED_REQUEST: "A round request (hub to keeper) is not signed or shaped as docs/protocol.md 13.5 says.",
     ProblemType.WRONG_LENGTH: "A contribution's vector is not as long as its catalog's federation metrics.",
     ProblemType.KEEPERS_MISMATCH: "A contribution is not sealed to exactly the round's keepers; `keepers` lists them.",
     ProblemType.ROUND_CLOSED: "The round's deadline passed: a late contribution is out of it.",

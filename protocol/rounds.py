@@ -17,7 +17,7 @@ Keeper k opens its seeds of the participant set P the hub fixed and answers, sig
     A_k = -sum_{i in P} mask(s_ik) + Z_k  (mod 2^64),  Z_k discrete Laplace at the catalog's federation scale
 
 so sum_i y_i + sum_k A_k = sum_i x_i + sum_k Z_k, read as signed 64-bit integers. Byte for byte
-in docs/protocol.md section 7. Pure: no I/O, no clock, no server code.
+in docs/protocol.md section 13. Pure: no I/O, no clock, no server code.
 """
 
 from __future__ import annotations
@@ -293,7 +293,7 @@ class Contribution:
         return next((s.sealed for s in self.seeds if s.keeper == keeper), None)
 
     def to_bytes(self) -> bytes:
-        """The canonical msgpack body (docs/protocol.md 7.3)."""
+        """The canonical msgpack body (docs/protocol.md 13.4)."""
         return encode_canonical({
             "catalog": self.catalog,
             "created": self.created,
@@ -310,7 +310,7 @@ class Contribution:
         """Decode a canonical body strictly; DecodeError (reason `shape`) for a wrong field."""
         body = _decode_map(data, max_size, "contribution")
         _shape(set(body) == {"catalog", "created", "format", "node", "seeds", "window_end", "window_start", "y"},
-               "a contribution body has exactly the fields of docs/protocol.md 7.3")
+               "a contribution body has exactly the fields of docs/protocol.md 13.4")
         _shape(body["format"] == CONTRIBUTION_FORMAT, f"format is {CONTRIBUTION_FORMAT}")
         _shape(_key_id(body["node"]), "node is a key id (32 lowercase hex characters)")
         _window(body)
@@ -417,7 +417,7 @@ class Answer:
         return round_id(self.catalog, self.window_start, self.window_end)
 
     def to_bytes(self) -> bytes:
-        """The canonical msgpack body (docs/protocol.md 7.4)."""
+        """The canonical msgpack body (docs/protocol.md 13.6)."""
         return encode_canonical({
             "a": self.a,
             "catalog": self.catalog,
@@ -435,7 +435,7 @@ class Answer:
     def from_bytes(cls, data: bytes, *, max_size: int) -> Answer:
         body = _decode_map(data, max_size, "keeper answer")
         _shape(set(body) == {"a", "catalog", "created", "digests", "format", "keeper", "noise", "nodes",
-                             "window_end", "window_start"}, "an answer body has exactly the fields of docs/protocol.md 7.4")
+                             "window_end", "window_start"}, "an answer body has exactly the fields of docs/protocol.md 13.6")
         _shape(body["format"] == ANSWER_FORMAT, f"format is {ANSWER_FORMAT}")
         _shape(_key_id(body["keeper"]), "keeper is a key id")
         _window(body)
@@ -531,7 +531,7 @@ class RoundRequest:
         except DecodeError as exc:
             raise DecodeError(exc.reason, exc.detail, in_body=True) from None
         _shape(type(obj) is dict and set(obj) == {"catalog", "contributions", "format", "window_end", "window_start"},
-               "a round request has exactly the fields of docs/protocol.md 7.5")
+               "a round request has exactly the fields of docs/protocol.md 13.5")
         _shape(obj["format"] == REQUEST_FORMAT, f"format is {REQUEST_FORMAT}")
         _window(obj)
         items = obj["contributions"]
@@ -561,7 +561,7 @@ def round_document(
     catalog: str, window_start: int, window_end: int, participants: Sequence[tuple[str, str]],
     answers: Sequence[tuple[str, str]], aggregate: bytes,
 ) -> bytes:
-    """The canonical bytes a published round's log entry digests (docs/protocol.md 7.6): its set
+    """The canonical bytes a published round's log entry digests (docs/protocol.md 13.7): its set
     ((node, contribution digest), ascending), its keepers' answers ((keeper, answer digest),
     ascending) and its aggregate (int64 little-endian)."""
     return encode_canonical({

@@ -25,7 +25,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
 Kind = Literal["node", "hub", "keeper"]
 KINDS: Final[tuple[Kind, ...]] = ("node", "hub", "keeper")
 """A node publishes its own snapshots (nodes = 1) and contributions; a hub, merged snapshots of its
-nodes (hub of hubs); a share keeper, answers to federation rounds (docs/protocol.md section 7)."""
+nodes (hub of hubs); a share keeper, answers to federation rounds (docs/protocol.md section 13)."""
 PUBLISHERS: Final[tuple[Kind, ...]] = ("node", "hub")
 """The kinds whose snapshots a hub takes."""
 
