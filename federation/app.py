@@ -196,7 +196,7 @@ async def _post_contribution(request: web.Request) -> web.Response:
         hub.metrics.contributions_rejected.labels("unsupported-media-type").inc()
         raise UnsupportedMediaType("send the envelope as application/msgpack", slug=ProblemType.UNSUPPORTED_MEDIA_TYPE)
     data = await request.read()
-    result = await asyncio.to_thread(hub.contributions.accept, data)  # answered after its commit
+    result = await hub.contributions.submit(data)  # answered after its group commit
     body: dict[str, object] = {"status": result.status, "node": result.node, "window_start": result.window_start,
                                "digest": result.digest}
     if result.log_seq is not None:

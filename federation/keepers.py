@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from federation.store import HubStore
 from protocol.envelope import SignatureError
-from protocol.errors import BadRequest, ProblemType, Unprocessable
+from protocol.errors import BadRequest, NotFound, ProblemType, Unprocessable
 from protocol.keys import KeyFormatError, PublicKey
 from protocol.rounds import KeeperKey
 from runtime.registry import NodeRecord, Registry
@@ -78,6 +78,11 @@ class Keepers:
     def __init__(self, store: HubStore, registry: Registry) -> None:
         self.store = store
         self.registry = registry
+        # Endpoints change only through `enroll`: kept in memory (every contribution's check reads them).
+        self._endpoints: dict[str, tuple[str, bytes, bytes]] = {
+            str(k): (str(u), bytes(h), bytes(s))
+            for k, u, h, s in store.cursor().execute("SELECT key_id, url, hpke_key, hpke_signature FROM keepers").fetchall()
+        }
 
     def enroll(self, name: str, public_key: PublicKey, url: str, statement: KeeperKey) -> NodeRecord:
         """Enroll a keeper (409 if its key or name is taken by another) with the statement fetched from it."""
@@ -88,18 +93,20 @@ class Keepers:
             tx.execute("DELETE FROM keepers WHERE key_id = ?", [record.key_id])
             tx.execute("INSERT INTO keepers VALUES (?, ?, ?, ?)",
                        [record.key_id, url.rstrip("/"), statement.hpke, statement.signature])
+        self._endpoints[record.key_id] = (url.rstrip("/"), statement.hpke, statement.signature)
         return record
 
     def active(self) -> list[KeeperEndpoint]:
         """Every enrolled, unrevoked keeper, by key id."""
-        rows = self.store.cursor().execute("SELECT key_id, url, hpke_key, hpke_signature FROM keepers").fetchall()
-        by_id = {r.key_id: r for r in self.registry.nodes() if r.kind == "keeper" and r.active}
         out = []
-        for key_id, url, hpke, signature in rows:
-            record = by_id.get(key_id)
-            if record is not None:
-                out.append(KeeperEndpoint(record, str(url), KeeperKey(record.public_key, bytes(hpke), bytes(signature))))
-        return sorted(out, key=lambda k: k.key_id)
+        for key_id, (url, hpke, signature) in sorted(self._endpoints.items()):
+            try:
+                record = self.registry.find(key_id)
+            except NotFound:
+                continue
+            if record.kind == "keeper" and record.active:
+                out.append(KeeperEndpoint(record, url, KeeperKey(record.public_key, hpke, signature)))
+        return out
 
     def get(self, key_id: str) -> KeeperEndpoint | None:
         return next((k for k in self.active() if k.key_id == key_id), None)
