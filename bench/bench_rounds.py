@@ -22,9 +22,11 @@ import aiohttp
 import numpy as np
 from aiohttp import web
 
-from federation.app import HUB, create_app as create_hub
+from federation.app import HUB
+from federation.app import create_app as create_hub
 from federation.settings import HubSettings
-from keeper.app import KEEPER, create_app as create_keeper
+from keeper.app import KEEPER
+from keeper.app import create_app as create_keeper
 from keeper.settings import KeeperSettings
 from protocol.catalog import load_catalog
 from protocol.keys import SigningKey
@@ -97,7 +99,8 @@ async def run(nodes: int, concurrency: int) -> None:
         size = max(len(e) for e in envelopes)
         print(f"contribution: {size:,} bytes ({CATALOG.federation_size} cells, 2 keepers; target <= "
               f"{TARGET_CONTRIBUTION_BYTES:,}: {'ok' if size <= TARGET_CONTRIBUTION_BYTES else 'MISSED'})")
-        print(f"  built in {build * 1e3:.2f} ms (masks, 2 HPKE seals, signature)   baseline: signing its body {sign * 1e3:.2f} ms")
+        print(f"  built in {build * 1e3:.2f} ms (masks, 2 HPKE seals, signature)   "
+              f"baseline: signing its body {sign * 1e3:.2f} ms")
 
         started = time.perf_counter()
         for envelope in envelopes:

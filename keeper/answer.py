@@ -244,11 +244,7 @@ class Answerer:
 
     def _make(self, checked: CheckedRound, seeds: list[bytes]) -> bytes:
         catalog = checked.catalog
-        noise: list[int] = []
-        for metric in catalog.federation_metrics:
-            # Z over the metric's whole domain: OpenDP's discrete Laplace added to zeros.
-            noise.extend(self._sampler([0] * catalog.domain_size(metric), catalog.federation_scale(metric)))
-        a = keeper_vector(catalog, seeds, noise)
+        a = keeper_vector(catalog, seeds, keeper_noise(catalog, self._sampler))
         seeds.clear()
         now = int(self.now())
         answer = Answer(
@@ -257,6 +253,14 @@ class Answerer:
             noise=keeper_noise_scales(catalog), a=vector_bytes(a),
         )
         return sign_answer(answer, self.identity.signing)
+
+
+def keeper_noise(catalog: Catalog, sampler: NoiseSampler = opendp_laplace) -> list[int]:
+    """Z: one discrete Laplace draw per cell of the round's vector (zeros included), at the federation scale."""
+    noise: list[int] = []
+    for metric in catalog.federation_metrics:
+        noise.extend(sampler([0] * catalog.domain_size(metric), catalog.federation_scale(metric)))
+    return noise
 
 
 def _signer(data: bytes) -> dict[str, str]:
