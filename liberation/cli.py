@@ -310,10 +310,21 @@ def _hub_enroll(args: argparse.Namespace) -> int:
 
     text = Path(args.key).read_text() if Path(args.key).is_file() else args.key
     public_key = PublicKey.parse(text.strip())
+    if args.hub and args.keeper:
+        print("liberation: a key is a child hub's (--hub) or a keeper's (--keeper URL), not both", file=sys.stderr)
+        return 2
+    statement = None
+    if args.keeper:
+        from federation.keepers import fetch_statement
+
+        statement = fetch_statement(args.keeper)  # before the hub's store is opened: the keeper must answer
     hub = _open_hub(args)
     try:
         known = any(r.key_id == public_key.key_id for r in hub.registry.nodes())
-        record = hub.registry.enroll(args.name, public_key, "hub" if args.hub else "node")
+        if statement is not None:
+            record = hub.keepers.enroll(args.name, public_key, args.keeper, statement)
+        else:
+            record = hub.registry.enroll(args.name, public_key, "hub" if args.hub else "node")
     finally:
         hub.store.close()
     print(f"{'changed' if known else 'enrolled'} {record.name} ({record.kind}): key id {record.key_id}")
@@ -473,6 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     henroll.add_argument("--name", required=True)
     henroll.add_argument("--key", required=True, metavar="BASE64|FILE", help="base64 or PEM, or a file holding either")
     henroll.add_argument("--hub", action="store_true", help="the key is a child hub's: its snapshots merge many nodes")
+    henroll.add_argument("--keeper", metavar="URL",
+                         help="the key is a share keeper's, answering at URL (its statement is fetched there)")
     henroll.set_defaults(func=_hub_enroll)
     hrevoke = hub.add_parser("revoke", help="revoke a node, by key id or name")
     _hub_options(hrevoke)
