@@ -230,24 +230,28 @@ async def test_identity_ledger_and_admin(keeper: RunningKeeper) -> None:
 async def test_a_hub_enrolls_a_keeper_from_its_statement(keeper: RunningKeeper, tmp_path: Path) -> None:
     """`liberation hub enroll --keeper URL` (hub stopped): the statement is fetched and checked against the key."""
     import asyncio
-    import subprocess
-    import sys
+    import contextlib
+    import io
 
     from federation.app import open_hub
     from federation.settings import HubSettings
+    from liberation.cli import build_parser
+    from protocol.errors import Unprocessable
 
     statement = keeper.keeper.identity.statement
 
-    def enroll(key: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "liberation", "hub", "enroll", "--data-dir", str(tmp_path / "hub"), "--name", "k1",
-             "--key", key, "--keeper", keeper.url], capture_output=True, text=True, timeout=60,
-        )
+    def enroll(key: str) -> str:
+        args = build_parser().parse_args(["hub", "enroll", "--data-dir", str(tmp_path / "hub"), "--name", "k1",
+                                          "--key", key, "--keeper", keeper.url])
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert args.func(args) == 0
+        return out.getvalue()
 
-    other = await asyncio.to_thread(enroll, SigningKey.from_seed(b"z" * 32).public.b64)
-    assert other.returncode == 1 and "another key" in other.stderr  # the keeper at the URL is not that key
+    with pytest.raises(Unprocessable, match="another key"):  # the keeper at the URL is not that key
+        await asyncio.to_thread(enroll, SigningKey.from_seed(b"z" * 32).public.b64)
     done = await asyncio.to_thread(enroll, statement.identity.b64)
-    assert done.returncode == 0 and f"enrolled k1 (keeper): key id {statement.key_id}" in done.stdout, done.stderr
+    assert f"enrolled k1 (keeper): key id {statement.key_id}" in done
     hub = open_hub(HubSettings(data_dir=tmp_path / "hub", port=0, metrics_port=None))  # type: ignore[arg-type]
     try:
         assert [(k.key_id, k.url, k.statement) for k in hub.keepers.active()] == [(statement.key_id, keeper.url, statement)]

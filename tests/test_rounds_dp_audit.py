@@ -94,11 +94,9 @@ OTHERS = 1_234
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("metric", "label"),
-    [("runway_months", "6..9"), ("usage_events", "cognitive-debt-assessment/answer")],
-)
+@pytest.mark.parametrize(("metric", "label"), [("runway_months", "6..9")])
 def test_the_published_round_stays_within_the_federation_epsilon(tmp_path: Path, metric: str, label: str) -> None:
+    """One metric: the round's bounding is the snapshot's (tests/test_dp_audit.py audits it per metric), its scale its own."""
     spec = CATALOG.metric(metric)
     with_adv, without = node_cell(tmp_path, metric, label)
     assert with_adv - without == spec.cell_cap  # the adversary moves the cell by the clamp
