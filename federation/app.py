@@ -9,11 +9,13 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
 
+from federation import admin
 from federation.archive import Archive
 from federation.dashboard import add_dashboard_routes
 from federation.intake import Intake, size_limit
@@ -42,11 +44,13 @@ from protocol.errors import (
     UnsupportedMediaType,
     problem_middleware,
 )
-from protocol.keys import PublicKey, SigningKey, load_or_create
-from protocol.storage import make_private_dir
+from protocol.keys import SigningKey, load_or_create
 from protocol.snapshot import max_envelope_size
 from protocol.windows import parse_window
+from runtime.admin import add_admin_socket
+from runtime.datadir import SERVICE_WAIT_SECONDS, DataDirLock
 from runtime.metrics_listener import add_metrics_listener
+from runtime.version import liberation_version
 
 log = logging.getLogger("liberation.hub")
 
@@ -69,6 +73,7 @@ class Hub:
     upstream: UpstreamExporter
     now: Now
     version: list[int] = field(default_factory=lambda: [0])  # bumped on every accepted snapshot
+    lock: DataDirLock | None = None  # this process's hold on the data dir, released by close_hub
 
     @property
     def default_catalog(self) -> Catalog:
@@ -90,10 +95,40 @@ def load_catalogs(settings: HubSettings) -> dict[str, Catalog]:
     return {c.hash: c for c in catalogs}
 
 
-def open_hub(settings: HubSettings, *, now: Now = time.time) -> Hub:
-    """Open (creating on first start) everything a hub needs; no server involved."""
+def open_hub(settings: HubSettings, *, now: Now = time.time, wait_seconds: float = 0.0) -> Hub:
+    """Open (creating on first start) everything a hub needs; no server involved.
+
+    The data dir's lock comes first: nothing in it is opened while another process holds it (a
+    service waits `wait_seconds` for a command on its files to finish).
+    """
+    lock = DataDirLock.acquire(settings.data_dir, "hub", wait_seconds=wait_seconds)  # made 0700 whatever the umask: envelopes, registry, keys
+    try:
+        hub = _open(settings, now)
+    except BaseException:
+        lock.release()
+        raise
+    hub.lock = lock
+    return hub
+
+
+def close_hub(hub: Hub) -> None:
+    hub.store.close()
+    if hub.lock is not None:
+        hub.lock.release()
+
+
+@asynccontextmanager
+async def offline_hub(settings: HubSettings) -> AsyncIterator[Hub]:
+    """A stopped hub opened by this process: how the CLI works on its files."""
+    hub = await asyncio.to_thread(open_hub, settings)
+    try:
+        yield hub
+    finally:
+        close_hub(hub)
+
+
+def _open(settings: HubSettings, now: Now) -> Hub:
     paths = data_paths(settings)
-    make_private_dir(settings.data_dir)  # 0700 whatever the umask: envelopes, registry, keys
     key = load_or_create(paths["key"])
     store = HubStore(paths["db"], memory_limit=settings.memory_limit)
     registry = Registry(store, now=now)
@@ -186,7 +221,7 @@ def _require_admin(request: web.Request) -> Hub:
 
 async def _admin_nodes(request: web.Request) -> web.Response:
     hub = _require_admin(request)
-    return web.json_response({"nodes": [r.to_dict() for r in hub.registry.nodes()]})
+    return web.json_response((await admin.list_nodes(hub, admin.NoParams())).model_dump())
 
 
 async def _admin_enroll(request: web.Request) -> web.Response:
@@ -200,21 +235,14 @@ async def _admin_enroll(request: web.Request) -> web.Response:
     kind = data.get("kind", "node")
     if kind not in KINDS:
         raise BadRequest("`kind` is \"node\" (the default) or \"hub\" (a child hub)", slug="invalid-enrollment")
-    try:
-        public_key = PublicKey.parse(data["public_key"])
-    except ValueError:
-        raise BadRequest("`public_key` is not an Ed25519 public key (base64 or PEM)", slug="invalid-key") from None
-    known = any(r.key_id == public_key.key_id for r in hub.registry.nodes())
-    record = await asyncio.to_thread(hub.registry.enroll, data["name"], public_key, kind)
-    log.info("kind changed" if known else "enrolled", extra={"node": record.key_id, "node_name": record.name, "kind": record.kind})
-    return web.json_response(record.to_dict(), status=200 if known else 201)
+    done = await admin.enroll(hub, admin.EnrollParams(name=data["name"], public_key=data["public_key"], kind=kind))
+    return web.json_response(done.record.model_dump(), status=200 if done.changed else 201)
 
 
 async def _admin_revoke(request: web.Request) -> web.Response:
     hub = _require_admin(request)
-    record = await asyncio.to_thread(hub.registry.revoke, request.match_info["node"])
-    log.info("revoked", extra={"node": record.key_id, "node_name": record.name})
-    return web.json_response(record.to_dict())
+    done = await admin.revoke(hub, admin.RevokeParams(node=request.match_info["node"]))
+    return web.json_response(done.record.model_dump())
 
 
 async def _admin_incidents(request: web.Request) -> web.Response:
@@ -303,7 +331,9 @@ async def _openapi(request: web.Request) -> web.Response:
 
 async def _healthz(request: web.Request) -> web.Response:
     hub = request.app[HUB]
-    return web.json_response({"status": "ok", "key_id": hub.key.public.key_id, "catalogs": list(hub.catalogs)})
+    return web.json_response(
+        {"status": "ok", "version": liberation_version(), "key_id": hub.key.public.key_id, "catalogs": list(hub.catalogs)}
+    )
 
 
 Route = tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]
@@ -314,16 +344,20 @@ def create_app(settings: HubSettings, *, now: Now = time.time) -> web.Applicatio
     app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_snapshot_bytes + 1)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        hub = await asyncio.to_thread(open_hub, settings, now=now)
+        hub = await asyncio.to_thread(open_hub, settings, now=now, wait_seconds=SERVICE_WAIT_SECONDS)
         app[HUB] = hub
         log.info("hub ready", extra={
             "key_id": hub.key.public.key_id, "admin_api": settings.admin_token is not None,
             "max_snapshot_bytes": hub.intake.max_bytes,
         })
         yield
-        hub.store.close()
+        close_hub(hub)
 
     app.cleanup_ctx.append(lifecycle)
+    add_admin_socket(
+        app, service="hub", version=liberation_version(), data_dir=settings.data_dir,
+        target=lambda app: app[HUB], operations=admin.HUB_OPERATIONS,
+    )
     add_metrics_listener(
         app, service="hub", host=settings.metrics_host, port=settings.metrics_port,
         render=lambda app: app[HUB].metrics.render,

@@ -8,6 +8,7 @@ import logging
 import math
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +26,7 @@ from federation.views import (
     view_handler,
     views_index,
 )
+from node.admin import NODE_OPERATIONS
 from node.export import AdoptionRefused, BudgetExceeded, Publisher, epsilon_cap_default
 from node.geo import GeoLocator
 from node.ingest import Clock, Ingestor, utc_now
@@ -45,10 +47,12 @@ from node.writer import DRAIN_ROWS, Writer
 from protocol.catalog import Catalog, load_catalog
 from protocol.errors import Forbidden, NotFound, problem_middleware
 from protocol.keys import SigningKey, load_or_create
-from protocol.storage import make_private_dir
 from protocol.windows import DAY, parse_window
 from protocol.wire import verify_envelope
+from runtime.admin import add_admin_socket
+from runtime.datadir import SERVICE_WAIT_SECONDS, DataDirLock
 from runtime.metrics_listener import add_metrics_listener
+from runtime.version import liberation_version
 
 log = logging.getLogger("liberation.node")
 
@@ -71,6 +75,7 @@ class Node:
     publisher: Publisher
     outbox: Outbox
     clock: Clock
+    lock: DataDirLock | None = None  # this process's hold on the data dir, released by close_node
     views: ViewService = field(init=False)
     # Export passes never overlap (the periodic task, and a call from a test or tool).
     _exporting: threading.Lock = field(init=False, default_factory=threading.Lock)
@@ -102,12 +107,11 @@ class Node:
             done = []
             for window in self.windows.due():
                 try:
-                    self.publisher.export(window)
+                    self._export(window)
                 except BudgetExceeded as exc:
                     self.metrics.exports_refused.labels("budget").inc()
                     log.error("export refused: %s", exc, extra={"window_start": _iso(window)})
                     continue
-                self.metrics.snapshots_exported.inc()
                 done.append(window)
             for window in self.windows.expire():
                 self.metrics.exports_refused.labels("expired").inc()
@@ -119,6 +123,18 @@ class Node:
             # so the node's memory stays flat instead of growing toward memory_limit.
             self.store.trim_cache()
             return done
+
+    def export(self, window: int) -> bytes:
+        """One window's envelope, exported now if it was not yet (`liberation node export`), between export passes."""
+        with self._exporting:
+            return self._export(window)
+
+    def _export(self, window: int) -> bytes:
+        fresh = window not in self.windows.exported
+        envelope = self.publisher.export(window)
+        if fresh:
+            self.metrics.snapshots_exported.inc()
+        return envelope
 
     def adopt(self, envelope: bytes) -> int:
         """Store the lost copy of a published window (node/export.py `Publisher.adopt`); its window."""
@@ -169,11 +185,25 @@ def data_paths(settings: NodeSettings) -> dict[str, Path]:
     }
 
 
-def open_node(settings: NodeSettings, *, clock: Clock = utc_now) -> Node:
-    """Open (creating on first start) everything a node needs; no server involved."""
+def open_node(settings: NodeSettings, *, clock: Clock = utc_now, wait_seconds: float = 0.0) -> Node:
+    """Open (creating on first start) everything a node needs; no server involved.
+
+    The data dir's lock comes first: nothing in it is opened or cleaned up while another process
+    holds it (a service waits `wait_seconds` for a command on its files to finish).
+    """
     catalog = load_catalog(settings.catalog)
+    lock = DataDirLock.acquire(settings.data_dir, "node", wait_seconds=wait_seconds)  # made 0700 whatever the umask: raw rows, salts, keys
+    try:
+        node = _open(settings, catalog, clock)
+    except BaseException:
+        lock.release()
+        raise
+    node.lock = lock
+    return node
+
+
+def _open(settings: NodeSettings, catalog: Catalog, clock: Clock) -> Node:
     paths = data_paths(settings)
-    make_private_dir(settings.data_dir)  # 0700 whatever the umask: raw rows, salts, keys
     key = load_or_create(paths["key"])
     record = PublishedLog(paths["published"])
     store = Store(paths["db"], catalog, memory_limit=settings.memory_limit)
@@ -187,7 +217,10 @@ def open_node(settings: NodeSettings, *, clock: Clock = utc_now) -> Node:
         clock=clock,
         published=[entry.window_start for entry in record.entries()],
     )
-    metrics = NodeMetrics(rows=store.row_count, db_bytes=store.size_bytes, db_memory=store.memory_bytes)
+    metrics = NodeMetrics(
+        rows=store.row_count, db_bytes=store.size_bytes, db_memory=store.memory_bytes,
+        last_export=lambda: publisher.last_export(), last_push=lambda: outbox.last_success(),
+    )
     writer = Writer(store, windows, max_rows=settings.commit_max_rows, observe=metrics.observe_commit)
     geo = GeoLocator(settings.geoip_database)
     publisher = Publisher(
@@ -225,6 +258,32 @@ def open_node(settings: NodeSettings, *, clock: Clock = utc_now) -> Node:
 def close_node(node: Node) -> None:
     node.geo.close()
     node.store.close()
+    if node.lock is not None:
+        node.lock.release()
+
+
+@asynccontextmanager
+async def offline_node(settings: NodeSettings) -> AsyncIterator[Node]:
+    """A stopped node opened by this process with its writer running: how the CLI works on its files.
+
+    On the way out every staged row moves into the store and the session log is folded, as
+    the running node's next export pass would: no event's minute stays behind in a stage file.
+    """
+    node = await asyncio.to_thread(open_node, settings)
+    try:
+        await node.writer.start()
+        try:
+            yield node
+        finally:
+            await node.writer.stop()
+            await asyncio.to_thread(_settle, node)
+    finally:
+        close_node(node)
+
+
+def _settle(node: Node) -> None:
+    node.store.drain()
+    node.store.fold_sessions()
 
 
 def _cors_allowed(settings: NodeSettings, origin: str) -> bool:
@@ -265,7 +324,7 @@ def cors_middleware(settings: NodeSettings) -> Middleware:
 async def _healthz(request: web.Request) -> web.Response:
     node = request.app[NODE]
     return web.json_response(
-        {"status": "ok", "key_id": node.key.public.key_id, "catalog": node.catalog.hash}
+        {"status": "ok", "version": liberation_version(), "key_id": node.key.public.key_id, "catalog": node.catalog.hash}
     )
 
 
@@ -421,7 +480,7 @@ def create_app(settings: NodeSettings, *, clock: Clock = utc_now) -> web.Applica
     )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        node = await asyncio.to_thread(open_node, settings, clock=clock)
+        node = await asyncio.to_thread(open_node, settings, clock=clock, wait_seconds=SERVICE_WAIT_SECONDS)
         app[NODE] = node
         app[INGEST] = IngestTarget(node.ingestor, node.catalog)
         await node.writer.start()
@@ -437,6 +496,10 @@ def create_app(settings: NodeSettings, *, clock: Clock = utc_now) -> web.Applica
         close_node(node)
 
     app.cleanup_ctx.append(lifecycle)
+    add_admin_socket(
+        app, service="node", version=liberation_version(), data_dir=settings.data_dir,
+        target=lambda app: app[NODE], operations=NODE_OPERATIONS,
+    )
     add_metrics_listener(
         app, service="node", host=settings.metrics_host, port=settings.metrics_port,
         render=lambda app: app[NODE].metrics.render,

@@ -44,6 +44,9 @@ class PushSettings(Section):
     interval_seconds: float = Field(default=10.0, gt=0)  # how often the outbox is looked at
     min_backoff_seconds: float = Field(default=2.0, gt=0)
     max_backoff_seconds: float = Field(default=600.0, gt=0)
+    # A snapshot the hub refused as unknown-key (pushed before the node was enrolled) is offered
+    # again after about this long (jittered), until the hub takes it.
+    enrollment_retry_seconds: float = Field(default=900.0, gt=0)
     timeout_seconds: float = Field(default=30.0, gt=0)
 
 

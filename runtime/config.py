@@ -87,6 +87,8 @@ def _http_url(value: str) -> str:
 
 
 def _require_scheme(value: Any) -> Any:
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("empty: give a URL such as https://hub.example.org, or off")
     if isinstance(value, str) and "://" not in value:
         raise ValueError(f"a URL starts with its scheme: https://{value.strip('/')} (or http:// on a private network)")
     return value

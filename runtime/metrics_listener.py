@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
+from protocol.errors import LiberationError
 from runtime.connections import CONNECTIONS
 
 log = logging.getLogger("liberation.metrics")
@@ -77,7 +79,15 @@ def add_metrics_listener(
         runner = web.AppRunner(metrics_app(everything), access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise LiberationError(
+                f"cannot listen for metrics on {_url(host, port)}: {os.strerror(exc.errno) if exc.errno else exc} "
+                "(set metrics_port: "
+                "0 picks a free port, off serves no metrics)"
+            ) from None
         bound_host, bound_port = runner.addresses[0][:2]
         url = _url(bound_host, bound_port)
         app[METRICS_LISTENER] = MetricsListener(url)
