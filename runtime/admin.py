@@ -280,6 +280,13 @@ class LocalChannel(Channel[Service]):
         return op.result.model_validate_json(result.model_dump_json())
 
 
+def _owner(data_dir: Path) -> int | None:
+    try:
+        return data_dir.stat().st_uid
+    except OSError:
+        return None  # missing (the offline open makes it) or unreachable (the open says why)
+
+
 @asynccontextmanager
 async def open_channel(
     service: str, data_dir: Path, offline: Callable[[], AbstractAsyncContextManager[Service]]
@@ -287,7 +294,8 @@ async def open_channel(
     """The running service's socket if one answers in `data_dir`, else the service opened here by `offline()`.
 
     `offline()` takes the data dir's lock first: if it is held, a service runs but its socket
-    does not answer, and that is the error.
+    does not answer, and that is the error. Only the data dir's owner works on its files: a command
+    of root's would leave files the service's user cannot open.
     """
     path = socket_path(data_dir)
     if path.exists() and len(os.fsencode(path)) <= MAX_SOCKET_PATH:
@@ -304,6 +312,13 @@ async def open_channel(
                     raise LiberationError(f"{data_dir} is a {hello.service}'s data dir, not a {service}'s")
                 yield channel
                 return
+    owner = _owner(data_dir)
+    if owner is not None and owner != os.getuid():
+        raise LiberationError(
+            f"the {service}'s data dir {data_dir} belongs to user id {owner}, not this one: with the {service} "
+            "stopped, run this as that user (files made here would lock the service out of them); with it "
+            "running, its admin socket serves root and that user"
+        )
     async with AsyncExitStack() as stack:
         try:
             target = await stack.enter_async_context(offline())

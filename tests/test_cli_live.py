@@ -223,3 +223,45 @@ def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
     # It let go of everything it opened: the next start takes the data dir at once.
     hub = serve("hub", tmp_path / "hub", tmp_path / "hub.log")
     hub.stop()
+
+
+@pytest.mark.slow
+def test_a_snapshot_pushed_before_enrollment_arrives_once_enrolled(tmp_path: Path) -> None:
+    """Review: a node that pushed before the hub enrolled it lost that snapshot for good (403, never retried)."""
+    hub = serve("hub", tmp_path / "hub", tmp_path / "hub.log")
+    source = tmp_path / "history.jsonl"
+    source.write_text(history(days=2, per_day=20))
+    nodes: list[Process] = []
+    try:
+        for name, retry in (("early", "1"), ("patient", "3600")):
+            data = tmp_path / name
+            liberation("node", "import", str(source), "--data-dir", str(data))
+            nodes.append(serve("node", data, tmp_path / f"{name}.log", EXPORT_GRACE_SECONDS="0",
+                               PUSH__HUB_URL=hub.url, PUSH__INTERVAL_SECONDS="0.2",
+                               PUSH__ENROLLMENT_RETRY_SECONDS=retry))
+
+        def refused(log: Path) -> bool:
+            lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+            return any(line.get("problem") == "unknown-key" and line.get("status") == 403 for line in lines)
+
+        wait_until(lambda: all(refused(tmp_path / f"{n}.log") for n in ("early", "patient")))
+        for name in ("early", "patient"):
+            public = liberation("node", "key", "--data-dir", str(tmp_path / name)).stdout.split("public key:")[1].split()[0]
+            liberation("hub", "enroll", "--name", name, "--key", public, "--data-dir", str(tmp_path / "hub"))
+
+        def merged() -> dict[str, int]:
+            return {w["window_start"]: w["nodes"] for w in get_json(hub.url + "/v1/windows")["windows"]}
+
+        # The early node offers its snapshots again by itself, within its retry interval.
+        wait_until(lambda: len(merged()) >= 2 and all(n >= 1 for n in merged().values()))
+        # The patient one would wait an hour: its operator pushes now, through the running node's socket.
+        pushed = liberation("node", "push", "--data-dir", str(tmp_path / "patient")).stdout.splitlines()
+        assert len(pushed) >= 2 and all(line.endswith(": sent (202)") for line in pushed), pushed
+        assert all(n == 2 for n in merged().values())
+        assert liberation("node", "push", "--data-dir", str(tmp_path / "patient")).stdout == (
+            "nothing to push: every snapshot is at the hub\n"
+        )
+    finally:
+        for node in nodes:
+            node.stop()
+        hub.stop()
