@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from federation.registry import Kind, NodeRecord
-from protocol.errors import BadRequest
+from protocol.errors import BadRequest, ProblemType
 from protocol.keys import PublicKey
 from runtime.admin import Blob, Operation
 
@@ -77,7 +77,7 @@ async def enroll(hub: Hub, params: EnrollParams) -> Enrollment:
     try:
         public_key = PublicKey.parse(params.public_key.strip())
     except ValueError:
-        raise BadRequest("the public key is not an Ed25519 public key (base64 or PEM)", slug="invalid-key") from None
+        raise BadRequest("the public key is not an Ed25519 public key (base64 or PEM)", slug=ProblemType.INVALID_KEY) from None
     known = any(r.key_id == public_key.key_id for r in hub.registry.nodes())
     record = await asyncio.to_thread(hub.registry.enroll, params.name, public_key, params.kind)
     log.info("kind changed" if known else "enrolled",

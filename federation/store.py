@@ -19,7 +19,8 @@ from pathlib import Path
 
 import duckdb
 
-from protocol.storage import Database, make_private_dir, make_private_files
+from protocol.files import make_private_dir, make_private_files
+from runtime.storage import Database
 
 Migration = Callable[[duckdb.DuckDBPyConnection], None]
 

@@ -80,7 +80,7 @@ def _print_public(public: PublicKey) -> None:
 
 
 def _catalog_show(args: argparse.Namespace) -> int:
-    from federation.significance import presence_threshold
+    from views.significance import presence_threshold
     from protocol.catalog import load_catalog
 
     catalog = load_catalog(args.catalog)
@@ -102,7 +102,7 @@ def _catalog_show(args: argparse.Namespace) -> int:
     for name, spec in catalog.attributes.items():
         print(f"  {name:20s} {spec.kind.value:8s} {', '.join(spec.domain)}")
     print("\nmetrics:")
-    # `shown`: the least value a cell of one snapshot is shown from (federation/significance.py).
+    # `shown`: the least value a cell of one snapshot is shown from (views/significance.py).
     print(f"  {'name':20s} {'unit':8s} {'cells':>6s} {'k*c':>4s} {'epsilon':>8s} {'scale':>7s} {'shown':>6s}")
     for m in catalog.metrics:
         shown = presence_threshold(catalog, m, catalog.variance(m))
@@ -165,7 +165,7 @@ def _hub_channel(args: argparse.Namespace) -> AbstractAsyncContextManager[Channe
 def _node_serve(args: argparse.Namespace) -> int:
     from liberation.server import run_app
     from node.app import create_app
-    from protocol.logs import configure_logging
+    from runtime.logs import configure_logging
 
     settings = _node_settings(args)
     configure_logging(settings.log_level)
@@ -279,7 +279,7 @@ def _node_push(args: argparse.Namespace) -> int:
 def _hub_serve(args: argparse.Namespace) -> int:
     from federation.app import create_app
     from liberation.server import run_app
-    from protocol.logs import configure_logging
+    from runtime.logs import configure_logging
 
     settings = _hub_settings(args)
     configure_logging(settings.log_level)

@@ -15,7 +15,6 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_log import AccessLogger
 
 from protocol.errors import LiberationError
-from protocol.logs import AccessTally
 from runtime.connections import (
     CONNECTIONS,
     AcceptErrorLog,
@@ -23,6 +22,7 @@ from runtime.connections import (
     ConnectionCap,
     fit_open_files,
 )
+from runtime.logs import AccessTally
 
 log = logging.getLogger("liberation.server")
 

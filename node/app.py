@@ -18,14 +18,6 @@ import duckdb
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from federation.dashboard import add_dashboard_routes
-from federation.views import (
-    CACHE_CONTROL,
-    ViewService,
-    catalog_document,
-    view_handler,
-    views_index,
-)
 from node.admin import NODE_OPERATIONS
 from node.export import AdoptionRefused, BudgetExceeded, Publisher, epsilon_cap_default
 from node.geo import GeoLocator
@@ -38,21 +30,30 @@ from node.published import PublishedLog
 from node.ratelimit import RateLimiter
 from node.routes import INGEST, IngestTarget, add_ingest_routes
 from node.salts import SaltKeeper
-from node.windows import Windows
 from node.settings import NodeSettings
 from node.store import Store
 from node.views import SnapshotRanges
 from node.views import windows_document as node_windows_document
+from node.windows import Windows
 from node.writer import DRAIN_ROWS, Writer
 from protocol.catalog import Catalog, load_catalog
-from protocol.errors import Forbidden, NotFound, problem_middleware
+from protocol.envelope import verify_envelope
+from protocol.errors import Forbidden, NotFound, ProblemType
 from protocol.keys import SigningKey, load_or_create
 from protocol.windows import DAY, parse_window
-from protocol.wire import verify_envelope
 from runtime.admin import add_admin_socket
 from runtime.datadir import SERVICE_WAIT_SECONDS, DataDirLock
 from runtime.metrics_listener import add_metrics_listener
+from runtime.problems import problem_middleware
 from runtime.version import liberation_version
+from views.dashboard import add_dashboard_routes
+from views.ranges import (
+    CACHE_CONTROL,
+    ViewService,
+    catalog_document,
+    view_handler,
+    views_index,
+)
 
 log = logging.getLogger("liberation.node")
 
@@ -305,13 +306,13 @@ def cors_middleware(settings: NodeSettings) -> Middleware:
         allowed = same_origin or _cors_allowed(settings, origin)
         if request.method == "OPTIONS":
             if not allowed:
-                raise Forbidden("origin is not allowed to send events", slug="origin-not-allowed")
+                raise Forbidden("origin is not allowed to send events", slug=ProblemType.ORIGIN_NOT_ALLOWED)
             response: web.StreamResponse = web.Response(status=204)
             response.headers["Access-Control-Allow-Methods"] = "POST, OPTIONS"
             response.headers["Access-Control-Allow-Headers"] = "Content-Type"
             response.headers["Access-Control-Max-Age"] = "86400"
         elif not allowed:
-            raise Forbidden("origin is not allowed to send events", slug="origin-not-allowed")
+            raise Forbidden("origin is not allowed to send events", slug=ProblemType.ORIGIN_NOT_ALLOWED)
         else:
             response = await handler(request)
         response.headers["Access-Control-Allow-Origin"] = origin
@@ -337,7 +338,7 @@ async def _snapshot(request: web.Request) -> web.Response:
     window = parse_window(request.match_info["window"], node.windows.seconds)
     envelope = await asyncio.to_thread(node.publisher.verified, window)
     if envelope is None:
-        raise NotFound("no published snapshot for that window", slug="no-snapshot")
+        raise NotFound("no published snapshot for that window", slug=ProblemType.NO_SNAPSHOT)
     return web.Response(
         body=envelope,
         content_type="application/msgpack",
@@ -385,7 +386,9 @@ async def _local_summary(request: web.Request) -> web.Response:
     recent = published[-7:]
     windows = []
     for item in recent:
-        envelope = await asyncio.to_thread(node.publisher.verified, int(datetime.fromisoformat(str(item["window_start"]).replace("Z", "+00:00")).timestamp()))
+        envelope = await asyncio.to_thread(
+            node.publisher.verified, int(datetime.fromisoformat(str(item["window_start"]).replace("Z", "+00:00")).timestamp())
+        )
         if envelope is None:
             continue
         snapshot = verify_envelope(envelope).snapshot
@@ -397,7 +400,7 @@ async def _local_summary(request: web.Request) -> web.Response:
                 "sd": round(math.sqrt(cells.variance), 2),
                 "cells": [
                     {"labels": list(node.catalog.cell_labels(spec, i)), "value": v}
-                    for i, v in zip(cells.idx, cells.val)
+                    for i, v in zip(cells.idx, cells.val, strict=False)
                 ],
             }
         windows.append({"window_start": item["window_start"], "window_end": item["window_end"], "metrics": metrics})

@@ -29,8 +29,9 @@ from pydantic import BaseModel
 
 from node.settings import PushSettings
 from node.store import Store
+from protocol.codec import MAX_ENVELOPE_SIZE, EnvelopeError
+from protocol.envelope import verify_envelope
 from protocol.errors import PROBLEM_BASE
-from protocol.wire import MAX_ENVELOPE_SIZE, EnvelopeError, verify_envelope
 
 log = logging.getLogger("liberation.node.outbox")
 

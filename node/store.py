@@ -45,7 +45,8 @@ from node.privacy import FilteredEvent
 from node.rows import RowLayout, attribute_field
 from node.stagelog import StageFile
 from protocol.catalog import Catalog
-from protocol.storage import Database, make_private_dir, make_private_files
+from protocol.files import make_private_dir, make_private_files
+from runtime.storage import Database
 
 Migration = Callable[[duckdb.DuckDBPyConnection], None]
 
@@ -642,7 +643,7 @@ class Store(Database):
     def row_count(self) -> int:
         """Events stored, staged ones included (each once, also while a drain is between its two steps)."""
         with self._stage_lock:
-            runs = list(zip(self._first, self._staged))
+            runs = list(zip(self._first, self._staged, strict=False))
         # Read after the runs: a row moved since is at or below this mark, and counted in `events`.
         stored, mark = self.cursor().execute(
             "SELECT (SELECT count(*) FROM events), "

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from node.groupqueue import GroupQueue
 from node.rows import RowBlock
 from node.store import Store
-from node.windows import Windows, WindowClosed
+from node.windows import WindowClosed, Windows
 
 log = logging.getLogger("liberation.node.writer")
 

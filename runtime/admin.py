@@ -26,7 +26,7 @@ import aiohttp
 from aiohttp import web
 from pydantic import BaseModel, BeforeValidator, PlainSerializer, ValidationError
 
-from protocol.errors import PROBLEM_BASE, PROBLEM_CONTENT_TYPE, LiberationError, Problem
+from protocol.errors import PROBLEM_BASE, PROBLEM_CONTENT_TYPE, LiberationError, Problem, ProblemType
 from runtime.datadir import DataDirInUse
 
 log = logging.getLogger("liberation.admin")
@@ -75,7 +75,7 @@ class Hello(BaseModel):
 class Refused(LiberationError):
     """An operation's deliberate refusal (or failure), as the CLI shows it, whichever way it ran."""
 
-    def __init__(self, detail: str, *, slug: str = "refused", status: int = 422) -> None:
+    def __init__(self, detail: str, *, slug: str = ProblemType.UNPROCESSABLE, status: int = 422) -> None:
         super().__init__(detail)
         self.detail = detail
         self.slug = slug
@@ -123,17 +123,17 @@ async def _owner_only(request: web.Request, handler: Handler) -> web.StreamRespo
     """File modes keep others out; the peer's credentials are checked all the same."""
     uid = _peer_uid(request)
     if uid is not None and uid not in (os.getuid(), 0):
-        return _problem("only the service's user may use its admin socket", slug="not-owner", status=403)
+        return _problem("only the service's user may use its admin socket", slug=ProblemType.NOT_OWNER, status=403)
     try:
         return await handler(request)
     except LiberationError as exc:
         refused = Refused.of(exc)
         return _problem(refused.detail, slug=refused.slug, status=refused.status)
     except web.HTTPException as exc:
-        return _problem(exc.reason, slug="bad-request", status=exc.status)
+        return _problem(exc.reason, slug=ProblemType.BAD_REQUEST, status=exc.status)
     except Exception as exc:  # noqa: BLE001 - the operator hears of it in one line, the log has the type
         log.error("admin operation failed: %s", type(exc).__name__, extra={"path": request.path})
-        return _problem(f"the operation failed ({type(exc).__name__}); see the service's log", slug="failed", status=500)
+        return _problem(f"the operation failed ({type(exc).__name__}); see the service's log", slug=ProblemType.OPERATION_FAILED, status=500)
 
 
 def admin_app(
@@ -151,7 +151,7 @@ def admin_app(
             try:
                 params = op.params.model_validate_json(await request.read())
             except ValidationError as exc:
-                raise Refused(f"malformed parameters: {exc.error_count()} error(s)", slug="bad-request", status=400) from None
+                raise Refused(f"malformed parameters: {exc.error_count()} error(s)", slug=ProblemType.BAD_REQUEST, status=400) from None
             result = await op.run(target(), params)
             return web.Response(text=result.model_dump_json(), content_type="application/json")
 
@@ -256,7 +256,7 @@ def _refusal(status: int, body: bytes) -> Refused:
     """The Refused a problem+json answer of the socket stands for."""
     try:
         data = json.loads(body)
-        slug = str(data.get("type", "")).removeprefix(PROBLEM_BASE) or "refused"
+        slug = str(data.get("type", "")).removeprefix(PROBLEM_BASE) or ProblemType.UNPROCESSABLE
         return Refused(str(data.get("detail", "refused")), slug=slug, status=status)
     except (ValueError, AttributeError):
         return Refused(f"the service answered {status}", status=status)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from protocol.errors import LiberationError
-from protocol.storage import PRIVATE_FILE_MODE, make_private_dir
+from protocol.files import PRIVATE_FILE_MODE, make_private_dir
 
 LOCK_NAME = "lock"
 POLL_SECONDS = 0.1

@@ -24,10 +24,11 @@ from federation.intake import IntakeResult
 from federation.settings import HubSettings
 from federation.translog import verify_chain
 from protocol.catalog import load_catalog
+from protocol.codec import encode_canonical
+from protocol.envelope import sign_snapshot, verify_envelope
 from protocol.errors import PROBLEM_BASE, Problem
 from protocol.keys import SigningKey, key_id_of
 from protocol.snapshot import Snapshot, max_envelope_size
-from protocol.wire import encode_canonical, sign_snapshot, verify_envelope
 from tests.servers import RunningHub, admin_token, run_hub
 from tests.snapshots import DAY, envelope, node_snapshot
 
@@ -87,9 +88,9 @@ async def test_accept_merge_replay_and_log(hub: RunningHub) -> None:
     expected: dict[tuple[str, str, int], int] = {}
     for snap in (sa, sb):
         for name, cells in snap.metrics.items():
-            for i, v in zip(cells.idx, cells.val):
+            for i, v in zip(cells.idx, cells.val, strict=False):
                 expected[(name, "cell", i)] = expected.get((name, "cell", i), 0) + v
-            for i, v in zip(cells.other_idx, cells.other_val):
+            for i, v in zip(cells.other_idx, cells.other_val, strict=False):
                 expected[(name, "other", i)] = expected.get((name, "other", i), 0) + v
     assert merged(hub) == expected
     text = await metric_text(hub)
@@ -101,6 +102,9 @@ async def test_accept_merge_replay_and_log(hub: RunningHub) -> None:
     assert [e["node"] for e in log["entries"]] == [a.public.key_id, b.public.key_id]
     assert verify_chain(log["entries"]) == log["head"]["entry_hash"]
     assert sum(log["entries"][0]["epsilon"].values()) == pytest.approx(CATALOG.epsilon_per_window)
+    for query in ("after=18446744073709551616", "after=-1", "after=x"):  # out of int64: a 400, not a 500
+        async with aiohttp.ClientSession() as s, s.get(hub.url + "/v1/log?" + query) as resp:
+            assert resp.status == 400 and (await resp.json())["type"].endswith("/invalid-query")
     tampered = [dict(e) for e in log["entries"]]
     tampered[0]["epsilon"] = {k: 0.0 for k in tampered[0]["epsilon"]}
     with pytest.raises(ValueError, match="entry 1"):
@@ -140,7 +144,7 @@ async def test_every_check_has_its_status_and_counter(hub: RunningHub) -> None:
     await enroll(hub, "alpha", key)
     await enroll(hub, "gone", revoked)
     async with aiohttp.ClientSession() as s, s.delete(
-        hub.url + f"/v1/admin/nodes/gone", headers={"Authorization": f"Bearer {TOKEN}"}
+        hub.url + "/v1/admin/nodes/gone", headers={"Authorization": f"Bearer {TOKEN}"}
     ) as resp:
         assert resp.status == 200 and (await resp.json())["active"] is False
     good = envelope(key, W)

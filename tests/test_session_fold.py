@@ -17,7 +17,7 @@ from node.store import (
     session_tables,
 )
 from protocol.catalog import load_catalog
-from protocol.storage import Database
+from runtime.storage import Database
 from tests.factories import W_DAY as W
 from tests.factories import ev, filtered
 

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from federation.merge import CellKey, CellSum, ReadTable, Table
-from federation.significance import presence_threshold
 from protocol.catalog import Catalog
+from views.merge import CellKey, CellSum, ReadTable, Table
+from views.significance import presence_threshold
 
 Array = npt.NDArray[Any]
 INT64_SAFE = 2**62
@@ -59,7 +59,7 @@ class Layout:
     def positions(self, metrics: Sequence[str], kinds: Sequence[str], indices: Sequence[int]) -> Array:
         """The positions of keys given as columns; ValueError for a key outside the catalog."""
         out = np.empty(len(indices), dtype=np.int64)
-        for i, (metric, kind, index) in enumerate(zip(metrics, kinds, indices)):
+        for i, (metric, kind, index) in enumerate(zip(metrics, kinds, indices, strict=False)):
             first, count = self.offset.get((metric, kind), (0, 0))
             if not 0 <= index < count:
                 raise ValueError(f"cell {(metric, kind, index)} is not in the catalog")
@@ -114,7 +114,11 @@ class Cells:
         return {
             keys[i]: CellSum(v, var, n)
             for i, v, var, n in zip(
-                order.tolist(), self.value[order].tolist(), self.variance[order].tolist(), self.nodes[order].tolist()
+                order.tolist(),
+                self.value[order].tolist(),
+                self.variance[order].tolist(),
+                self.nodes[order].tolist(),
+                strict=False,
             )
         }
 
