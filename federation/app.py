@@ -102,7 +102,8 @@ def open_hub(settings: HubSettings, *, now: Now = time.time, wait_seconds: float
     The data dir's lock comes first: nothing in it is opened while another process holds it (a
     service waits `wait_seconds` for a command on its files to finish).
     """
-    lock = DataDirLock.acquire(settings.data_dir, "hub", wait_seconds=wait_seconds)  # made 0700 whatever the umask: envelopes, registry, keys
+    # The dir is made 0700 whatever the umask: envelopes, registry, keys.
+    lock = DataDirLock.acquire(settings.data_dir, "hub", wait_seconds=wait_seconds)
     try:
         hub = _open(settings, now)
     except BaseException:

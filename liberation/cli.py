@@ -80,8 +80,8 @@ def _print_public(public: PublicKey) -> None:
 
 
 def _catalog_show(args: argparse.Namespace) -> int:
-    from views.significance import presence_threshold
     from protocol.catalog import load_catalog
+    from views.significance import presence_threshold
 
     catalog = load_catalog(args.catalog)
     if args.json:

@@ -193,7 +193,8 @@ def open_node(settings: NodeSettings, *, clock: Clock = utc_now, wait_seconds: f
     holds it (a service waits `wait_seconds` for a command on its files to finish).
     """
     catalog = load_catalog(settings.catalog)
-    lock = DataDirLock.acquire(settings.data_dir, "node", wait_seconds=wait_seconds)  # made 0700 whatever the umask: raw rows, salts, keys
+    # The dir is made 0700 whatever the umask: raw rows, salts, keys.
+    lock = DataDirLock.acquire(settings.data_dir, "node", wait_seconds=wait_seconds)
     try:
         node = _open(settings, catalog, clock)
     except BaseException:

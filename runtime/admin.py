@@ -133,7 +133,8 @@ async def _owner_only(request: web.Request, handler: Handler) -> web.StreamRespo
         return _problem(exc.reason, slug=ProblemType.BAD_REQUEST, status=exc.status)
     except Exception as exc:  # noqa: BLE001 - the operator hears of it in one line, the log has the type
         log.error("admin operation failed: %s", type(exc).__name__, extra={"path": request.path})
-        return _problem(f"the operation failed ({type(exc).__name__}); see the service's log", slug=ProblemType.OPERATION_FAILED, status=500)
+        detail = f"the operation failed ({type(exc).__name__}); see the service's log"
+        return _problem(detail, slug=ProblemType.OPERATION_FAILED, status=500)
 
 
 def admin_app(
@@ -151,7 +152,8 @@ def admin_app(
             try:
                 params = op.params.model_validate_json(await request.read())
             except ValidationError as exc:
-                raise Refused(f"malformed parameters: {exc.error_count()} error(s)", slug=ProblemType.BAD_REQUEST, status=400) from None
+                detail = f"malformed parameters: {exc.error_count()} error(s)"
+                raise Refused(detail, slug=ProblemType.BAD_REQUEST, status=400) from None
             result = await op.run(target(), params)
             return web.Response(text=result.model_dump_json(), content_type="application/json")
 

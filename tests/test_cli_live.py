@@ -103,6 +103,7 @@ def test_node_commands_while_it_runs_and_while_it_does_not(tmp_path: Path) -> No
         with pytest.raises(urllib.error.HTTPError) as missing:
             urllib.request.urlopen(request, timeout=10)  # noqa: S310 - loopback only
         assert missing.value.code == 404
+        missing.value.close()
     finally:
         assert node.stop() == 0
     assert not (data / SOCKET_NAME).exists()

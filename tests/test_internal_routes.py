@@ -83,7 +83,8 @@ async def test_metrics_have_their_own_loopback_listener_and_routes(tmp_path: Pat
         run_hub(HubSettings(data_dir=tmp_path / "hub", port=0, metrics_port=0)) as hub,
         aiohttp.ClientSession() as session,
     ):
-        for service, prefix in ((node, "liberation_node_events_accepted_total"), (hub, "liberation_hub_snapshots_accepted_total")):
+        pairs = ((node, "liberation_node_events_accepted_total"), (hub, "liberation_hub_snapshots_accepted_total"))
+        for service, prefix in pairs:
             assert service.metrics_url.startswith("http://127.0.0.1:") and service.metrics_url != service.url
             async with session.get(service.metrics_url + "/metrics") as resp:
                 assert resp.status == 200 and prefix in await resp.text()
