@@ -65,6 +65,7 @@ from protocol.errors import (
     Unprocessable,
 )
 from protocol.snapshot import Snapshot, max_envelope_size
+from runtime.groupcommit import GroupQueue, StorageUnavailable, storage_unavailable
 from views.merge import snapshot_rows
 
 log = logging.getLogger("liberation.hub.intake")
@@ -148,7 +149,7 @@ class Intake:
         self.now = now
         self.max_batch = max_batch
         self._on_accept = on_accept
-        self._queue: list[tuple[Checked, asyncio.Future[Outcome]]] = []
+        self._queue: GroupQueue[Checked] = GroupQueue(max_batch)
         self._committer: asyncio.Task[None] | None = None
         self._checking = 0  # envelopes in checks (4)-(9) in a worker thread, about to queue
         self._arrived = asyncio.Event()  # set when an envelope queues or a check ends
@@ -195,13 +196,16 @@ class Intake:
             finally:
                 self._checking -= 1
                 self._arrived.set()
-        future: asyncio.Future[Outcome] = loop.create_future()
-        self._queue.append((checked, future))
+        future = self._queue.put(checked, 1)
         self._arrived.set()
         if self._committer is None or self._committer.done():
             # Runs while envelopes are queued, then ends: nothing to start or stop with the app.
             self._committer = loop.create_task(self._commit_queued(), name="hub-intake-commit")
-        outcome = await future
+        try:
+            outcome: Outcome = await future
+        except StorageUnavailable:
+            self.metrics.rejected.labels("storage-unavailable").inc()
+            raise storage_unavailable() from None
         if isinstance(outcome, Problem):
             raise outcome
         return outcome
@@ -219,23 +223,18 @@ class Intake:
                 archiving = None
                 continue  # more may have queued meanwhile
             await self._linger()
-            batch = self._queue[: self.max_batch]
-            del self._queue[: len(batch)]
-            checked = [c for c, _ in batch]
+            group = await self._queue.take()
+            checked = group.items
             try:
                 outcomes = await asyncio.to_thread(self._store, checked)
             except Exception as exc:  # noqa: BLE001 - every waiter must hear of it
-                log.error("commit of %d snapshots failed: %s", len(batch), type(exc).__name__)
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(RuntimeError("snapshot commit failed"))
+                log.error("commit of %d snapshots failed: %s", len(checked), type(exc).__name__)
+                self._queue.settle(group, error=StorageUnavailable(type(exc).__name__))
                 continue
             if archiving is not None:
                 await _archived(archiving)
             self._count(checked, outcomes)
-            for (_, future), outcome in zip(batch, outcomes, strict=False):
-                if not future.done():
-                    future.set_result(outcome)
+            self._queue.settle(group, results=outcomes)
             archiving = asyncio.ensure_future(asyncio.to_thread(self._archive, checked, outcomes))
 
     async def _linger(self) -> None:

@@ -31,18 +31,17 @@ from node.ratelimit import RateLimiter
 from node.rows import RowBlock, RowLayout
 from node.settings import NodeSettings
 from node.windows import WindowClosed
-from node.writer import StorageUnavailable
 from protocol import jsontext
 from protocol.errors import (
     BadRequest,
     PayloadTooLarge,
     ProblemType,
-    ServiceUnavailable,
     TooManyRequests,
     Unprocessable,
     UnsupportedMediaType,
 )
 from protocol.events import EVENTS_ADAPTER, MAX_BATCH, Event
+from runtime.groupcommit import StorageUnavailable, storage_unavailable
 
 JSON_TYPES = frozenset({"", "application/json", "text/plain", "application/octet-stream"})
 MSGPACK_TYPES = frozenset({"application/msgpack", "application/x-msgpack", "application/vnd.msgpack"})
@@ -243,9 +242,7 @@ class Ingestor:
             await self.writer.submit(rows)
         except StorageUnavailable:
             self.metrics.rejected.labels("storage-unavailable").inc(len(events))
-            raise ServiceUnavailable(
-                "storage is unavailable; retry later", retry_after=5, slug=ProblemType.STORAGE_UNAVAILABLE
-            ) from None
+            raise storage_unavailable() from None
         self.metrics.accepted.inc(len(events))
         self.metrics.attributes_dropped.inc(dropped)
 

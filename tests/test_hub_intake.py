@@ -19,7 +19,7 @@ import duckdb
 import pytest
 
 import federation.intake as intake_module
-from federation.app import Hub, close_hub, data_paths, open_hub
+from federation.app import Hub, close_hub, open_hub
 from federation.intake import IntakeResult
 from federation.settings import HubSettings
 from federation.translog import verify_chain
@@ -29,6 +29,7 @@ from protocol.envelope import sign_snapshot, verify_envelope
 from protocol.errors import PROBLEM_BASE, Problem
 from protocol.keys import SigningKey, key_id_of
 from protocol.snapshot import Snapshot, max_envelope_size
+from runtime.storage import StoreVersionError
 from tests.servers import RunningHub, admin_token, run_hub
 from tests.snapshots import DAY, envelope, node_snapshot
 
@@ -524,31 +525,15 @@ async def test_enrollment_records_the_kind_of_key(hub: RunningHub, tmp_path: Pat
     assert kinds == {"k-hub": "hub", "k-node": "node", "plain": "node"}
 
 
-def test_keys_enrolled_before_kinds_existed_are_nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Schema v2 adds the kind: a v1 hub's keys become nodes' (a child hub among them is enrolled again as a hub)."""
-    import federation.store as store_module
-
-    key, child = SigningKey.generate(), SigningKey.generate()
+def test_a_store_of_a_newer_schema_is_refused_with_a_message(tmp_path: Path) -> None:
+    """A hub never guesses at a store it does not know: a schema version beyond its own is a clear error."""
     settings = HubSettings(data_dir=tmp_path / "hub", port=0)  # type: ignore[arg-type]
-    with monkeypatch.context() as patch:
-        patch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:1])
-        store = store_module.HubStore(data_paths(settings)["db"])
-        with store.transaction() as tx:
-            tx.execute("INSERT INTO nodes VALUES (?, ?, ?, ?, NULL)", [key.public.key_id, "old", key.public.raw, 1])
-        assert store.schema_version == 1
-        store.close()
     hub = open_hub(settings, now=lambda: NOW)
-    try:
-        assert hub.store.schema_version == 2
-        hub.registry.enroll("child", child.public, "hub")
-        assert {r.name: r.kind for r in hub.registry.nodes()} == {"old": "node", "child": "hub"}
-    finally:
-        close_hub(hub)
-    hub = open_hub(settings, now=lambda: NOW)
-    try:
-        assert {r.name: r.kind for r in hub.registry.nodes()} == {"old": "node", "child": "hub"}
-    finally:
-        close_hub(hub)
+    with hub.store.transaction() as tx:
+        tx.execute("INSERT INTO schema_version VALUES (99)")
+    close_hub(hub)
+    with pytest.raises(StoreVersionError, match="schema version 99"):
+        open_hub(settings, now=lambda: NOW)
 
 
 async def test_a_child_hub_enrolled_as_a_node_changes_kind_by_enrolling_again(hub: RunningHub) -> None:

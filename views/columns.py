@@ -10,7 +10,7 @@ dicts' key order; `Cells.order` records it.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -189,9 +189,3 @@ def apply_presence(layout: Layout, cells: Cells, catalog: Catalog) -> Cells:
     new = targets[np.sort(first_fold)]
     new = new[~cells.present[new]]
     return Cells(value, variance, nodes, keep, np.concatenate([order[keep[order]], new[keep[new]]]))
-
-
-def tables_as_cells(layout: Layout, tables: Mapping[int, ReadTable]) -> dict[int, Cells]:
-    """Dict tables per window as columns."""
-    return {w: Cells.from_table(layout, t) for w, t in tables.items()}
-
