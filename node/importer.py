@@ -20,10 +20,10 @@ from pydantic import BaseModel, Field, ValidationError
 from node.privacy import WINDOW_CLOSED, FilteredEvent
 from node.rows import RowBlock
 from node.windows import WindowClosed
-from node.writer import StorageUnavailable
 from protocol import jsontext
 from protocol.errors import LiberationError
 from protocol.events import Event
+from runtime.groupcommit import StorageUnavailable
 
 if TYPE_CHECKING:
     from node.app import Node
