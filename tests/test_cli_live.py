@@ -129,6 +129,9 @@ def test_hub_commands_while_it_runs_and_while_it_does_not(tmp_path: Path) -> Non
     public = node_key.split("public key:")[1].split()[0]
     key_file = tmp_path / "node.pub"
     key_file.write_text(node_key.split("public key:")[1].split(None, 1)[1])  # the PEM block
+    carried = tmp_path / "day.bin"  # a snapshot carried by hand (yesterday's, of a node with no events)
+    yesterday = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%d")
+    liberation("node", "export", "--window", yesterday, "--out", str(carried), "--data-dir", str(tmp_path / "node"))
 
     data = tmp_path / "hub"
     hub = serve("hub", data, tmp_path / "hub.log")  # no admin token: the socket is the way
@@ -138,8 +141,10 @@ def test_hub_commands_while_it_runs_and_while_it_does_not(tmp_path: Path) -> Non
             liberation("hub", "enroll", "--name", "lagos", "--key", str(key_file), "--data-dir", str(data),
                        check=False).stderr,
             liberation("hub", "nodes", "--data-dir", str(data)).stdout,
+            liberation("hub", "import", str(carried), str(carried), "--data-dir", str(data)).stdout,
             liberation("hub", "revoke", "berlin", "--data-dir", str(data)).stdout,
             liberation("hub", "revoke", "nobody", "--data-dir", str(data), check=False).stderr,
+            liberation("hub", "import", str(carried), str(key_file), "--data-dir", str(data), check=False).stdout,
         ]
         nodes_live = liberation("hub", "nodes", "--data-dir", str(data)).stdout
     finally:
@@ -147,8 +152,11 @@ def test_hub_commands_while_it_runs_and_while_it_does_not(tmp_path: Path) -> Non
     assert live[0].startswith("enrolled berlin (node): key id ")
     assert live[1] == "liberation: this key is already enrolled\n"
     assert live[2].endswith("active   node  berlin\n")
-    assert live[3].startswith("revoked berlin: key id ")
-    assert live[4] == "liberation: no enrolled node has that key id or name\n"
+    assert live[3].startswith(f"{carried}: accepted (node ") and f"{carried}: duplicate (node " in live[3]
+    assert live[4].startswith("revoked berlin: key id ")
+    assert live[5] == "liberation: no enrolled node has that key id or name\n"
+    assert live[6].startswith(f"{carried}: refused (revoked-key): ")  # a revoked key sends no more
+    assert f"{key_file}: refused (malformed-envelope): " in live[6]
     assert nodes_live.endswith("revoked  node  berlin\n")
 
     assert liberation("hub", "nodes", "--data-dir", str(data)).stdout == nodes_live
@@ -158,8 +166,10 @@ def test_hub_commands_while_it_runs_and_while_it_does_not(tmp_path: Path) -> Non
         liberation("hub", "enroll", "--name", "lagos", "--key", str(key_file), "--data-dir", str(other),
                    check=False).stderr,
         liberation("hub", "nodes", "--data-dir", str(other)).stdout,
+        liberation("hub", "import", str(carried), str(carried), "--data-dir", str(other)).stdout,
         liberation("hub", "revoke", "berlin", "--data-dir", str(other)).stdout,
         liberation("hub", "revoke", "nobody", "--data-dir", str(other), check=False).stderr,
+        liberation("hub", "import", str(carried), str(key_file), "--data-dir", str(other), check=False).stdout,
     ]
     assert offline == live
 
