@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
 
 from aiohttp import web
 
+from node.clientscript import ClientScript
 from node.ingest import Ingestor, post_events
 from node.plausible import post_plausible_event
 from protocol.catalog import Catalog
@@ -21,6 +21,7 @@ class IngestTarget:
 
 
 INGEST = web.AppKey("ingest", IngestTarget)
+CLIENT_SCRIPT = web.AppKey("client_script", ClientScript)
 
 
 async def _events(request: web.Request) -> web.Response:
@@ -37,18 +38,13 @@ async def _preflight(request: web.Request) -> web.Response:
 
 
 async def _client_script(request: web.Request) -> web.Response:
-    """`GET /js/liberation.js`: the browser client."""
-    script = resources.files("node").joinpath("static/liberation.js").read_bytes()
-    return web.Response(
-        body=script,
-        content_type="application/javascript",
-        charset="utf-8",
-        headers={"Cache-Control": "public, max-age=3600"},
-    )
+    """`GET /js/liberation.js`: the browser client, compacted and gzipped (node/clientscript.py)."""
+    return request.app[CLIENT_SCRIPT].respond(request)
 
 
 def add_ingest_routes(app: web.Application) -> None:
     """Register the ingest routes; the app's startup must set `app[INGEST]`."""
+    app[CLIENT_SCRIPT] = ClientScript.from_package()
     app.router.add_post("/v1/events", _events)
     app.router.add_route("OPTIONS", "/v1/events", _preflight)
     app.router.add_post("/api/event", _plausible)
