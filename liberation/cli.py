@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from liberation.setup_cli import add_catalog_check_command, add_sites_commands
 from protocol.errors import LiberationError
 
 KEY_FILE = "signing.key"
@@ -348,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     chash = catalog.add_parser("hash", help="the catalog's content hash")
     chash.add_argument("--catalog", metavar="FILE")
     chash.set_defaults(func=_catalog_hash)
+    add_catalog_check_command(catalog)
 
     node = sub.add_parser("node", help="the community node").add_subparsers(
         dest="node_command", required=True, metavar="SUBCOMMAND"
@@ -381,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     _node_options(nbudget)
     nbudget.add_argument("--verbose", "-v", action="store_true", help="one line per metric")
     nbudget.set_defaults(func=_node_budget)
+    add_sites_commands(node, _node_options)
 
     hub = sub.add_parser("hub", help="the federation hub").add_subparsers(
         dest="hub_command", required=True, metavar="SUBCOMMAND"

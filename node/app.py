@@ -15,7 +15,6 @@ from pathlib import Path
 import aiohttp
 import duckdb
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from federation.dashboard import add_dashboard_routes
 from federation.views import (
@@ -30,20 +29,21 @@ from node.geo import GeoLocator
 from node.ingest import Clock, Ingestor, utc_now
 from node.metrics import NodeMetrics
 from node.openapi import serve_openapi
+from node.origins import cors_middleware
 from node.outbox import Outbox
 from node.privacy import PrivacyFilter
 from node.published import PublishedLog
 from node.ratelimit import RateLimiter
 from node.routes import INGEST, IngestTarget, add_ingest_routes
 from node.salts import SaltKeeper
-from node.windows import Windows
 from node.settings import NodeSettings
 from node.store import Store
 from node.views import SnapshotRanges
 from node.views import windows_document as node_windows_document
+from node.windows import Windows
 from node.writer import DRAIN_ROWS, Writer
 from protocol.catalog import Catalog, load_catalog
-from protocol.errors import Forbidden, NotFound, problem_middleware
+from protocol.errors import NotFound, problem_middleware
 from protocol.keys import SigningKey, load_or_create
 from protocol.storage import make_private_dir
 from protocol.windows import DAY, parse_window
@@ -51,9 +51,6 @@ from protocol.wire import verify_envelope
 from runtime.metrics_listener import add_metrics_listener
 
 log = logging.getLogger("liberation.node")
-
-INGEST_PATHS = frozenset({"/v1/events", "/api/event"})
-
 
 @dataclass
 class Node:
@@ -225,41 +222,6 @@ def open_node(settings: NodeSettings, *, clock: Clock = utc_now) -> Node:
 def close_node(node: Node) -> None:
     node.geo.close()
     node.store.close()
-
-
-def _cors_allowed(settings: NodeSettings, origin: str) -> bool:
-    return "*" in settings.cors_origins or origin in settings.cors_origins
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def cors_middleware(settings: NodeSettings) -> Middleware:
-    """Answer preflights and tag responses for configured origins; refuse events from others."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        origin = request.headers.get("Origin")
-        if origin is None or request.path not in INGEST_PATHS:
-            return await handler(request)
-        same_origin = origin == f"{request.scheme}://{request.host}"
-        allowed = same_origin or _cors_allowed(settings, origin)
-        if request.method == "OPTIONS":
-            if not allowed:
-                raise Forbidden("origin is not allowed to send events", slug="origin-not-allowed")
-            response: web.StreamResponse = web.Response(status=204)
-            response.headers["Access-Control-Allow-Methods"] = "POST, OPTIONS"
-            response.headers["Access-Control-Allow-Headers"] = "Content-Type"
-            response.headers["Access-Control-Max-Age"] = "86400"
-        elif not allowed:
-            raise Forbidden("origin is not allowed to send events", slug="origin-not-allowed")
-        else:
-            response = await handler(request)
-        response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers["Vary"] = "Origin"
-        return response
-
-    return middleware
 
 
 async def _healthz(request: web.Request) -> web.Response:

@@ -20,12 +20,20 @@ from pydantic import ValidationError
 from node.fastfilter import FastFilter
 from node.geo import GeoLocator, IPAddress, client_ip, parse_networks
 from node.metrics import NodeMetrics
-from node.privacy import WINDOW_CLOSED, FilteredEvent, PrivacyFilter, Rejection, SaltSource
+from node.privacy import (
+    WINDOW_CLOSED,
+    FilteredEvent,
+    PrivacyFilter,
+    Rejection,
+    SaltSource,
+)
 from node.ratelimit import RateLimiter
 from node.rows import RowBlock, RowLayout
 from node.settings import NodeSettings
+from node.tally import ACCEPTED, DayTally
 from node.windows import WindowClosed
 from node.writer import StorageUnavailable
+from protocol import jsontext
 from protocol.errors import (
     BadRequest,
     PayloadTooLarge,
@@ -34,7 +42,6 @@ from protocol.errors import (
     Unprocessable,
     UnsupportedMediaType,
 )
-from protocol import jsontext
 from protocol.events import EVENTS_ADAPTER, MAX_BATCH, Event
 
 JSON_TYPES = frozenset({"", "application/json", "text/plain", "application/octet-stream"})
@@ -186,6 +193,7 @@ class Ingestor:
         self.metrics = metrics
         self.clock = clock
         self._trusted = parse_networks(settings.trusted_proxies)
+        self.today = DayTally(clock)  # for the operator's setup check
 
     def client_address(self, request: web.Request) -> IPAddress | None:
         """The client's IP, for the rate limit, the country lookup and Plausible's session key only."""
@@ -233,14 +241,20 @@ class Ingestor:
         try:
             await self.writer.submit(rows)
         except StorageUnavailable:
-            self.metrics.rejected.labels("storage-unavailable").inc(len(events))
+            self.refuse("storage-unavailable", len(events))
             raise ServiceUnavailable("storage is unavailable; retry later", retry_after=5, slug="storage-unavailable") from None
         self.metrics.accepted.inc(len(events))
         self.metrics.attributes_dropped.inc(dropped)
+        self.today.add(ACCEPTED, len(events))
 
     def count_rejections(self, reasons: Sequence[str]) -> None:
         for reason in reasons:
-            self.metrics.rejected.labels(reason).inc()
+            self.refuse(reason)
+
+    def refuse(self, reason: str, n: int = 1) -> None:
+        """Count `n` events refused for `reason`, in the metrics and in today's tally."""
+        self.metrics.rejected.labels(reason).inc(n)
+        self.today.add(reason, n)
 
 
 async def post_events(request: web.Request, ingestor: Ingestor) -> web.Response:

@@ -1,4 +1,4 @@
-"""The ingest routes of the node's public app: events, Plausible's endpoint, the client script."""
+"""The ingest routes of the node's public app: events, Plausible's and Umami's endpoints, the client script."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from aiohttp import web
 from node.clientscript import ClientScript
 from node.ingest import Ingestor, post_events
 from node.plausible import post_plausible_event
+from node.umami import post_umami_send
 from protocol.catalog import Catalog
 
 
@@ -33,6 +34,11 @@ async def _plausible(request: web.Request) -> web.Response:
     return await post_plausible_event(request, target.ingestor, target.catalog)
 
 
+async def _umami(request: web.Request) -> web.Response:
+    target = request.app[INGEST]
+    return await post_umami_send(request, target.ingestor, target.catalog)
+
+
 async def _preflight(request: web.Request) -> web.Response:
     return web.Response(status=204)  # the CORS middleware adds the headers
 
@@ -49,4 +55,6 @@ def add_ingest_routes(app: web.Application) -> None:
     app.router.add_route("OPTIONS", "/v1/events", _preflight)
     app.router.add_post("/api/event", _plausible)
     app.router.add_route("OPTIONS", "/api/event", _preflight)
+    app.router.add_post("/api/send", _umami)
+    app.router.add_route("OPTIONS", "/api/send", _preflight)
     app.router.add_get("/js/liberation.js", _client_script)

@@ -26,6 +26,15 @@ class PlausibleSettings(_Section):
     events: dict[str, str] = Field(default_factory=dict)
 
 
+class UmamiSettings(_Section):
+    """Umami's collect endpoint (`POST /api/send`)."""
+
+    # Website id (the tracker's data-website-id) -> catalog app. Unknown ids are dropped.
+    websites: dict[str, str] = Field(default_factory=dict)
+    # Event name -> catalog action, where they differ; a send without a name is "pageview".
+    events: dict[str, str] = Field(default_factory=dict)
+
+
 class RateLimitSettings(_Section):
     """Per-client token bucket, keyed by an HMAC of the IP (IPv6: its /64) under a key that lives in memory only."""
 
@@ -70,6 +79,7 @@ class NodeSettings(_Section):
     epsilon_cap_per_day: float | None = Field(default=None, gt=0)  # None = one day's worth of windows
     log_level: str = "INFO"
     plausible: PlausibleSettings = Field(default_factory=PlausibleSettings)
+    umami: UmamiSettings = Field(default_factory=UmamiSettings)
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
     push: PushSettings = Field(default_factory=PushSettings)
 
