@@ -37,6 +37,7 @@ from node.ratelimit import RateLimiter
 from node.routes import INGEST, IngestTarget, add_ingest_routes
 from node.salts import SaltKeeper
 from node.settings import NodeSettings
+from node.setupcheck import setup_routes
 from node.store import Store
 from node.views import SnapshotRanges
 from node.views import windows_document as node_windows_document
@@ -402,6 +403,7 @@ def create_app(settings: NodeSettings, *, clock: Clock = utc_now) -> web.Applica
     add_metrics_listener(
         app, service="node", host=settings.metrics_host, port=settings.metrics_port,
         render=lambda app: app[NODE].metrics.render,
+        pages=lambda app: setup_routes(app[NODE]),  # the operator's setup check, never on the public port
     )
     add_ingest_routes(app)
     app.router.add_get("/healthz", _healthz)

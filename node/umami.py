@@ -43,7 +43,7 @@ async def post_umami_send(request: web.Request, ingestor: Ingestor, catalog: Cat
     if not isinstance(data, dict) or not isinstance(data.get("payload"), dict):
         raise BadRequest('body must be {"type": ..., "payload": {...}}', slug="invalid-event")
     kind, payload = data.get("type"), data["payload"]
-    if kind not in SEND_TYPES:
+    if not isinstance(kind, str) or kind not in SEND_TYPES:
         raise BadRequest(f"`type` must be one of {', '.join(sorted(SEND_TYPES))}", slug="invalid-event", extra={"field": "type"})
     website = payload.get("website")
     if not isinstance(website, str) or not 0 < len(website) <= MAX_WEBSITE_CHARS:
