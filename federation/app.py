@@ -15,6 +15,7 @@ from pathlib import Path
 from aiohttp import web
 
 from federation.archive import Archive
+from federation.cors import views_cors_middleware
 from federation.dashboard import add_dashboard_routes
 from federation.intake import Intake, size_limit
 from federation.metrics import HubMetrics
@@ -22,6 +23,7 @@ from federation.openapi import openapi_document
 from federation.registry import KINDS, Registry
 from federation.settings import HubSettings
 from federation.store import HubStore
+from federation.tidy import cells_handler
 from federation.translog import GENESIS, head_message
 from federation.upstream import UpstreamExporter
 from federation.views import (
@@ -264,6 +266,10 @@ async def _view(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def _cells(request: web.Request) -> web.StreamResponse:
+    return await cells_handler(request, request.app[HUB].views)
+
+
 async def _windows(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     catalog = hub.views.catalog(request.query.get("catalog"))
@@ -311,7 +317,10 @@ Route = tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]
 
 def create_app(settings: HubSettings, *, now: Now = time.time) -> web.Application:
     """Build the hub's aiohttp application; resources open in cleanup_ctx, not at import."""
-    app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_snapshot_bytes + 1)
+    app = web.Application(
+        middlewares=[views_cors_middleware(settings.views_cors_origins), problem_middleware],
+        client_max_size=settings.max_snapshot_bytes + 1,
+    )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         hub = await asyncio.to_thread(open_hub, settings, now=now)
@@ -338,6 +347,7 @@ def create_app(settings: HubSettings, *, now: Now = time.time) -> web.Applicatio
         ("GET", "/v1/log", _log),
         ("GET", "/v1/views", views_index),
         ("GET", "/v1/views/{name}", _view),
+        ("GET", "/v1/cells", _cells),
         ("GET", "/v1/windows", _windows),
         ("GET", "/v1/merged/{window}", _merged),
         ("GET", "/v1/catalog", _catalog),

@@ -124,6 +124,17 @@ def shared_paths() -> dict[str, Any]:
                     **errors,
                 },
             }},
+        "/v1/cells": {"get": {
+                "summary": "The shown cells of every window of a range as a tidy CSV: window,metric,<dimensions>,value,sd,nodes",
+                "parameters": [*RANGE, _query("metric", "metric names, comma-separated (default: all)")],
+                "responses": {
+                    "200": {"description": "one row per window and shown cell; absent cells have no row (not zero)",
+                            "headers": {"ETag": {"schema": {"type": "string"}}},
+                            "content": {"text/csv": {"schema": {"type": "string"}}}},
+                    "304": {"description": "not modified (If-None-Match)"},
+                    **errors,
+                },
+            }},
         "/v1/windows": {"get": {"summary": "Windows with data and their node counts",
                                     "parameters": [CATALOG_PARAM], "responses": {"200": JSON_OK, **errors}}},
         "/v1/catalog": {"get": {"summary": "What is collected and published: apps, attributes, domains, epsilon, thresholds",

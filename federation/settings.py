@@ -33,6 +33,7 @@ class HubSettings(BaseModel):
     max_connections: int = Field(default=4096, ge=1)
     # Catalog TOML files this hub merges, besides the built-in default catalog.
     catalogs: tuple[Path, ...] = ()
+    views_cors_origins: tuple[str, ...] = ("*",)  # origins that may GET the public views; () = no CORS
     # Bearer token of the admin API (enroll, revoke, list nodes, incidents). None = admin API off.
     admin_token: SecretStr | None = None
     # Ceiling on an envelope's size; intake takes the smaller of this and twice the largest

@@ -16,7 +16,9 @@ import aiohttp
 import duckdb
 from aiohttp import web
 
+from federation.cors import views_cors_middleware
 from federation.dashboard import add_dashboard_routes
+from federation.tidy import cells_handler
 from federation.views import (
     CACHE_CONTROL,
     ViewService,
@@ -335,6 +337,10 @@ async def _view(request: web.Request) -> web.StreamResponse:
     return await view_handler(request, request.app[NODE].views)
 
 
+async def _cells(request: web.Request) -> web.StreamResponse:
+    return await cells_handler(request, request.app[NODE].views)
+
+
 async def _catalog(request: web.Request) -> web.Response:
     return web.json_response(catalog_document(request.app[NODE].catalog), headers={"Cache-Control": CACHE_CONTROL})
 
@@ -379,7 +385,7 @@ async def _push_loop(node: Node, stop: asyncio.Event) -> None:
 def create_app(settings: NodeSettings, *, clock: Clock = utc_now) -> web.Application:
     """Build the node's aiohttp application; resources open in cleanup_ctx, not at import."""
     app = web.Application(
-        middlewares=[problem_middleware, cors_middleware(settings)],
+        middlewares=[views_cors_middleware(settings.views_cors_origins), problem_middleware, cors_middleware(settings)],
         client_max_size=settings.max_body_bytes,
     )
 
@@ -414,6 +420,7 @@ def create_app(settings: NodeSettings, *, clock: Clock = utc_now) -> web.Applica
     app.router.add_get("/v1/views", views_index)
     app.router.add_get("/v1/views/{name}", _view)
     app.router.add_get("/v1/catalog", _catalog)
+    app.router.add_get("/v1/cells", _cells)
     app.router.add_get("/v1/windows", _windows)
     add_dashboard_routes(app)  # the node's own published view, same dashboard as the hub
     app.router.add_get("/openapi.json", serve_openapi)

@@ -68,6 +68,7 @@ class NodeSettings(_Section):
     geoip_database: Path | None = None  # a MaxMind-format country .mmdb; None = country ZZ
     trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-For is believed
     cors_origins: tuple[str, ...] = ()  # origins allowed to post events; "*" = any
+    views_cors_origins: tuple[str, ...] = ("*",)  # origins that may GET the public views; () = no CORS
     max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
     clock_skew_seconds: int = Field(default=600, ge=0)  # live events further off are refused
     retention_days: int | None = Field(default=None, ge=0)  # None = the catalog's
