@@ -266,6 +266,12 @@ async def _view(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def _about(request: web.Request) -> web.Response:
+    """Who serves this page: a hub merges many communities (the dashboard's node page says otherwise)."""
+    return web.json_response({"kind": "hub", "key_id": request.app[HUB].key.public.key_id},
+                             headers={"Cache-Control": CACHE_CONTROL})
+
+
 async def _cells(request: web.Request) -> web.StreamResponse:
     return await cells_handler(request, request.app[HUB].views)
 
@@ -347,6 +353,7 @@ def create_app(settings: HubSettings, *, now: Now = time.time) -> web.Applicatio
         ("GET", "/v1/log", _log),
         ("GET", "/v1/views", views_index),
         ("GET", "/v1/views/{name}", _view),
+        ("GET", "/v1/about", _about),
         ("GET", "/v1/cells", _cells),
         ("GET", "/v1/windows", _windows),
         ("GET", "/v1/merged/{window}", _merged),

@@ -124,6 +124,8 @@ def shared_paths() -> dict[str, Any]:
                     **errors,
                 },
             }},
+        "/v1/about": {"get": {"summary": "Who serves this page: {kind: hub|node, key_id}; a node adds its name and communities: 1",
+                              "responses": {"200": JSON_OK}}},
         "/v1/cells": {"get": {
                 "summary": "The shown cells of every window of a range as a tidy CSV: window,metric,<dimensions>,value,sd,nodes",
                 "parameters": [*RANGE, _query("metric", "metric names, comma-separated (default: all)")],

@@ -238,6 +238,15 @@ def _iso(ts: int) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+async def _about(request: web.Request) -> web.Response:
+    """Who serves this page: a node shows one community's own published numbers (the dashboard says so)."""
+    node = request.app[NODE]
+    return web.json_response(
+        {"kind": "node", "name": node.settings.display_name, "key_id": node.key.public.key_id, "communities": 1},
+        headers={"Cache-Control": CACHE_CONTROL},
+    )
+
+
 async def _snapshot(request: web.Request) -> web.Response:
     node = request.app[NODE]
     window = parse_window(request.match_info["window"], node.windows.seconds)
@@ -420,6 +429,7 @@ def create_app(settings: NodeSettings, *, clock: Clock = utc_now) -> web.Applica
     app.router.add_get("/v1/views", views_index)
     app.router.add_get("/v1/views/{name}", _view)
     app.router.add_get("/v1/catalog", _catalog)
+    app.router.add_get("/v1/about", _about)
     app.router.add_get("/v1/cells", _cells)
     app.router.add_get("/v1/windows", _windows)
     add_dashboard_routes(app)  # the node's own published view, same dashboard as the hub

@@ -56,6 +56,7 @@ class NodeSettings(_Section):
     """Everything a node operator can set; every field is documented in deploy/node.example.toml."""
 
     data_dir: Path = Path("data/node")
+    display_name: str | None = Field(default=None, max_length=120)  # whose node: shown on its own page
     host: str = "127.0.0.1"
     port: int = Field(default=8701, ge=0, le=65535)
     # The operator's listener for /metrics (never the public port); None = no metrics served.
