@@ -38,7 +38,15 @@ from typing import Any
 import numpy as np
 
 from bench import utility_product as product
-from bench.utility_truth import MEDIAN_ATTRIBUTES, REPO, FederationSpec, FederationTruth, RawTruth, cache_stem, generate
+from bench.utility_truth import (
+    MEDIAN_ATTRIBUTES,
+    REPO,
+    FederationSpec,
+    FederationTruth,
+    RawTruth,
+    cache_stem,
+    generate,
+)
 from protocol.catalog import Catalog
 
 FEDERATIONS = ("demo", "20x200", "100x30")
@@ -212,7 +220,7 @@ def _tvd(shown: Sequence[float], truth: Sequence[float]) -> float:
         return NAN
     if s <= 0:
         return 1.0
-    return 0.5 * sum(abs(a / s - b / t) for a, b in zip(shown, truth))
+    return 0.5 * sum(abs(a / s - b / t) for a, b in zip(shown, truth, strict=False))
 
 
 def _nanmean(values: Sequence[float]) -> float:
@@ -262,7 +270,7 @@ def ensure_truth(specs: Sequence[FederationSpec], days: int, cache: Path, jobs: 
             generate(community, seed, days, str(cache))
     else:
         with pool:
-            list(pool.map(generate, *zip(*[(c, s, days, str(cache)) for c, s in ordered])))
+            list(pool.map(generate, *zip(*[(c, s, days, str(cache)) for c, s in ordered], strict=False)))
     return time.perf_counter() - started
 
 

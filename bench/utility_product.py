@@ -13,14 +13,22 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from federation.columns import Layout
-from federation.merge import CellSum, ReadTable, Table, combine_windows, fold_sums, merge_tables, snapshot_table
-from federation.views import VIEWS, RangeData
 from node.dp import opendp_laplace
 from node.export import build_snapshot
 from protocol.catalog import Catalog, load_catalog
 from protocol.noise import laplace_variance
 from protocol.windows import DAY
+from views.columns import Layout
+from views.merge import (
+    CellSum,
+    ReadTable,
+    Table,
+    combine_windows,
+    fold_sums,
+    merge_tables,
+    snapshot_table,
+)
+from views.ranges import VIEWS, RangeData
 
 __all__ = [
     "CellSum", "ReadTable", "Table", "combine_windows", "fold_sums", "laplace", "noise_variance",

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from federation.significance import presence_threshold
 from protocol.catalog import Catalog, load_catalog
+from views.significance import presence_threshold
 
 
 def describe_catalog(path: Path) -> list[str]:

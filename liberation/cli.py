@@ -48,8 +48,8 @@ def _print_public(public: object) -> None:
 
 
 def _catalog_show(args: argparse.Namespace) -> int:
-    from federation.significance import presence_threshold
     from protocol.catalog import load_catalog
+    from views.significance import presence_threshold
     
     catalog = load_catalog(args.catalog)
     if args.json:
@@ -70,7 +70,7 @@ def _catalog_show(args: argparse.Namespace) -> int:
     for name, spec in catalog.attributes.items():
         print(f"  {name:20s} {spec.kind.value:8s} {', '.join(spec.domain)}")
     print("\nmetrics:")
-    # `shown`: the least value a cell of one snapshot is shown from (federation/significance.py).
+    # `shown`: the least value a cell of one snapshot is shown from (views/significance.py).
     print(f"  {'name':20s} {'unit':8s} {'cells':>6s} {'k*c':>4s} {'epsilon':>8s} {'scale':>7s} {'shown':>6s}")
     for m in catalog.metrics:
         shown = presence_threshold(catalog, m, catalog.variance(m))
@@ -103,7 +103,7 @@ def _node_settings(args: argparse.Namespace) -> Any:
 def _node_serve(args: argparse.Namespace) -> int:
     from liberation.server import run_app
     from node.app import create_app
-    from protocol.logs import configure_logging
+    from runtime.logs import configure_logging
 
     settings = _node_settings(args)
     configure_logging(settings.log_level)
@@ -174,7 +174,9 @@ def _node_adopt(args: argparse.Namespace) -> int:
         window = node.adopt(envelope)
     finally:
         close_node(node)
-    print(f"adopted the published snapshot of {datetime.fromtimestamp(window, UTC):%Y-%m-%d %H:%M}Z: the same bytes, no new noise")
+    print(
+        f"adopted the published snapshot of {datetime.fromtimestamp(window, UTC):%Y-%m-%d %H:%M}Z: the same bytes, no new noise"
+    )
     return 0
 
 
@@ -218,7 +220,7 @@ def _hub_settings(args: argparse.Namespace) -> Any:
 def _hub_serve(args: argparse.Namespace) -> int:
     from federation.app import create_app
     from liberation.server import run_app
-    from protocol.logs import configure_logging
+    from runtime.logs import configure_logging
 
     settings = _hub_settings(args)
     configure_logging(settings.log_level)

@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from protocol.config import ConfigError
+from runtime.config import ConfigError
 
 
 def _config_path(args: argparse.Namespace) -> Path:

@@ -16,16 +16,6 @@ import aiohttp
 import duckdb
 from aiohttp import web
 
-from federation.cors import views_cors_middleware
-from federation.dashboard import add_dashboard_routes
-from federation.tidy import cells_handler
-from federation.views import (
-    CACHE_CONTROL,
-    ViewService,
-    catalog_document,
-    view_handler,
-    views_index,
-)
 from node.export import AdoptionRefused, BudgetExceeded, Publisher, epsilon_cap_default
 from node.geo import GeoLocator
 from node.ingest import Clock, Ingestor, utc_now
@@ -46,12 +36,23 @@ from node.views import windows_document as node_windows_document
 from node.windows import Windows
 from node.writer import DRAIN_ROWS, Writer
 from protocol.catalog import Catalog, load_catalog
-from protocol.errors import NotFound, problem_middleware
+from protocol.envelope import verify_envelope
+from protocol.errors import NotFound, ProblemType
+from protocol.files import make_private_dir
 from protocol.keys import SigningKey, load_or_create
-from protocol.storage import make_private_dir
 from protocol.windows import DAY, parse_window
-from protocol.wire import verify_envelope
 from runtime.metrics_listener import add_metrics_listener
+from runtime.problems import problem_middleware
+from views.cors import views_cors_middleware
+from views.dashboard import add_dashboard_routes
+from views.ranges import (
+    CACHE_CONTROL,
+    ViewService,
+    catalog_document,
+    view_handler,
+    views_index,
+)
+from views.tidy import cells_handler
 
 log = logging.getLogger("liberation.node")
 
@@ -252,7 +253,7 @@ async def _snapshot(request: web.Request) -> web.Response:
     window = parse_window(request.match_info["window"], node.windows.seconds)
     envelope = await asyncio.to_thread(node.publisher.verified, window)
     if envelope is None:
-        raise NotFound("no published snapshot for that window", slug="no-snapshot")
+        raise NotFound("no published snapshot for that window", slug=ProblemType.NO_SNAPSHOT)
     return web.Response(
         body=envelope,
         content_type="application/msgpack",
@@ -300,7 +301,9 @@ async def _local_summary(request: web.Request) -> web.Response:
     recent = published[-7:]
     windows = []
     for item in recent:
-        envelope = await asyncio.to_thread(node.publisher.verified, int(datetime.fromisoformat(str(item["window_start"]).replace("Z", "+00:00")).timestamp()))
+        envelope = await asyncio.to_thread(
+            node.publisher.verified, int(datetime.fromisoformat(str(item["window_start"]).replace("Z", "+00:00")).timestamp())
+        )
         if envelope is None:
             continue
         snapshot = verify_envelope(envelope).snapshot
@@ -312,7 +315,7 @@ async def _local_summary(request: web.Request) -> web.Response:
                 "sd": round(math.sqrt(cells.variance), 2),
                 "cells": [
                     {"labels": list(node.catalog.cell_labels(spec, i)), "value": v}
-                    for i, v in zip(cells.idx, cells.val)
+                    for i, v in zip(cells.idx, cells.val, strict=False)
                 ],
             }
         windows.append({"window_start": item["window_start"], "window_end": item["window_end"], "metrics": metrics})

@@ -19,13 +19,13 @@ from aiohttp.typedefs import Middleware
 
 from node.routes import INGEST
 from node.settings import NodeSettings
-from protocol.errors import Forbidden
+from protocol.errors import Forbidden, ProblemType
 
 log = logging.getLogger("liberation.node")
 
 INGEST_PATHS = frozenset({"/v1/events", "/api/event", "/api/send"})
 """Where browsers post events: the node's own, Plausible's and Umami's endpoints."""
-ORIGIN_NOT_ALLOWED = "origin-not-allowed"
+ORIGIN_NOT_ALLOWED = ProblemType.ORIGIN_NOT_ALLOWED
 LOG_INTERVAL_SECONDS = 60.0
 MAX_ORIGIN_CHARS = 200
 # Umami's tracker sends `x-umami-cache` once a page called umami.identify(); allowing it costs nothing.

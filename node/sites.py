@@ -22,8 +22,8 @@ from tomlkit.exceptions import TOMLKitError
 
 from node.settings import NodeSettings
 from protocol.catalog import load_catalog
-from protocol.config import ConfigError
-from protocol.storage import write_file_then
+from protocol.files import write_file_then
+from runtime.config import ConfigError
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 

@@ -45,12 +45,14 @@ from node.privacy import FilteredEvent
 from node.rows import RowLayout, attribute_field
 from node.stagelog import StageFile
 from protocol.catalog import Catalog
-from protocol.storage import Database, make_private_dir, make_private_files
+from protocol.files import make_private_dir, make_private_files
+from runtime.storage import Database
 
 Migration = Callable[[duckdb.DuckDBPyConnection], None]
 
 
 def _v1(con: duckdb.DuckDBPyConnection) -> None:
+    """Schema v1: raw events, published snapshots, the privacy ledger, the push outbox, named values."""
     con.execute(
         """
         CREATE TABLE events (
@@ -64,11 +66,6 @@ def _v1(con: duckdb.DuckDBPyConnection) -> None:
         )
         """
     )
-
-
-def _v2(con: duckdb.DuckDBPyConnection) -> None:
-    # Published snapshots (the committed noise), the append-only privacy ledger,
-    # the push outbox, and small named values such as the node's first window.
     con.execute(
         """
         CREATE TABLE snapshots (
@@ -122,19 +119,7 @@ SESSION_STATE_COLUMNS = """
 """A window's per-session state (`session_table`): one row per (session, app), kept so by the fold, not by a key."""
 
 
-def _v3(con: duckdb.DuckDBPyConnection) -> None:
-    # Per-session state without its primary key (see `Store.fold_sessions`).
-    for (name,) in con.execute(
-        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
-        "AND table_name LIKE 'sessions\\_%' ESCAPE '\\'"
-    ).fetchall():
-        con.execute(f"CREATE TABLE liberation_unkeyed ({SESSION_STATE_COLUMNS})")
-        con.execute(f"INSERT INTO liberation_unkeyed SELECT session, app, first_seq, first_minute, last_minute FROM {name}")
-        con.execute(f"DROP TABLE {name}")
-        con.execute(f"ALTER TABLE liberation_unkeyed RENAME TO {name}")
-
-
-MIGRATIONS: tuple[Migration, ...] = (_v1, _v2, _v3)
+MIGRATIONS: tuple[Migration, ...] = (_v1,)
 """Schema migrations in order; the schema version is their count."""
 
 
@@ -320,9 +305,7 @@ class Store(Database):
         self._staged = [0, 0]
         self._active = 0
         # The drained mark: every row at or below it is in `events` (see `_move`).
-        self._con.execute(
-            "INSERT INTO node_state VALUES ('drained_seq', ?) ON CONFLICT (name) DO NOTHING", [self._drained_seq()]
-        )
+        self._con.execute("INSERT INTO node_state VALUES ('drained_seq', 0) ON CONFLICT (name) DO NOTHING")
         # Rows left staged by a crash move first.
         self._move([0, 1])
         for index in range(len(self._stages)):
@@ -386,11 +369,7 @@ class Store(Database):
             return moved
 
     def _drained_seq(self) -> int:
-        rows = self.cursor().execute("SELECT value FROM node_state WHERE name = 'drained_seq'").fetchall()
-        if rows:
-            return int(rows[0][0])
-        # A store from before staging: every row it has is in `events`.
-        return int(self.cursor().execute("SELECT coalesce(max(seq), 0) FROM events").fetchall()[0][0])
+        return int(self.cursor().execute("SELECT value FROM node_state WHERE name = 'drained_seq'").fetchall()[0][0])
 
     def _staged_table(self, indices: Sequence[int]) -> pa.Table | None:
         """The rows of the given stage files, numbered (a `seq` column first): as held in memory, else read back from disk."""
@@ -642,7 +621,7 @@ class Store(Database):
     def row_count(self) -> int:
         """Events stored, staged ones included (each once, also while a drain is between its two steps)."""
         with self._stage_lock:
-            runs = list(zip(self._first, self._staged))
+            runs = list(zip(self._first, self._staged, strict=False))
         # Read after the runs: a row moved since is at or below this mark, and counted in `events`.
         stored, mark = self.cursor().execute(
             "SELECT (SELECT count(*) FROM events), "

@@ -21,7 +21,7 @@ from node.ingest import Ingestor
 from node.privacy import FilteredEvent
 from node.windows import WindowClosed
 from protocol.catalog import AttributeKind, Catalog
-from protocol.errors import BadRequest
+from protocol.errors import BadRequest, ProblemType
 from protocol.events import ATTRIBUTE_NAME, MAX_ATTRIBUTE_STRING, MAX_ATTRIBUTES, Event
 
 UNKNOWN_SITE = "unknown-site"
@@ -106,7 +106,7 @@ async def ingest_mapped(
             session_id="tracker-visitor",  # placeholder: the filter hashes session_key instead
         )
     except ValidationError:
-        raise BadRequest("props must be at most 32 flat values with slug names", slug="invalid-event", extra={"field": "props"}) from None
+        raise BadRequest("props must be at most 32 flat values with slug names", slug=ProblemType.INVALID_EVENT, extra={"field": "props"}) from None
     results, filtered_out = await ingestor.filter([event], address=address, session_keys=[session_key])
     accepted = [r for r in results if isinstance(r, FilteredEvent)]
     if not accepted:

@@ -24,7 +24,7 @@ from aiohttp import web
 from node.ingest import Ingestor, decode_body
 from node.trackers import flat_attributes, ingest_mapped, visitor_key
 from protocol.catalog import Catalog
-from protocol.errors import BadRequest
+from protocol.errors import BadRequest, ProblemType
 
 SEND_TYPES = frozenset({"event", "identify", "performance", "engagement"})
 PAGEVIEW = "pageview"
@@ -41,19 +41,19 @@ async def post_umami_send(request: web.Request, ingestor: Ingestor, catalog: Cat
     ingestor.check_rate(address)
     data = decode_body(await request.read(), "application/json")
     if not isinstance(data, dict) or not isinstance(data.get("payload"), dict):
-        raise BadRequest('body must be {"type": ..., "payload": {...}}', slug="invalid-event")
+        raise BadRequest('body must be {"type": ..., "payload": {...}}', slug=ProblemType.INVALID_EVENT)
     kind, payload = data.get("type"), data["payload"]
     if not isinstance(kind, str) or kind not in SEND_TYPES:
-        raise BadRequest(f"`type` must be one of {', '.join(sorted(SEND_TYPES))}", slug="invalid-event", extra={"field": "type"})
+        raise BadRequest(f"`type` must be one of {', '.join(sorted(SEND_TYPES))}", slug=ProblemType.INVALID_EVENT, extra={"field": "type"})
     website = payload.get("website")
     if not isinstance(website, str) or not 0 < len(website) <= MAX_WEBSITE_CHARS:
-        raise BadRequest("`payload.website` (the website id) is required", slug="invalid-event", extra={"field": "website"})
+        raise BadRequest("`payload.website` (the website id) is required", slug=ProblemType.INVALID_EVENT, extra={"field": "website"})
     name = payload.get("name")
     if name is not None and not isinstance(name, str):
-        raise BadRequest("`payload.name` must be a string", slug="invalid-event", extra={"field": "name"})
+        raise BadRequest("`payload.name` must be a string", slug=ProblemType.INVALID_EVENT, extra={"field": "name"})
     raw = payload.get("data")
     if raw is not None and not isinstance(raw, dict):
-        raise BadRequest("`payload.data` must be an object", slug="invalid-event", extra={"field": "data"})
+        raise BadRequest("`payload.data` must be an object", slug=ProblemType.INVALID_EVENT, extra={"field": "data"})
     if kind != "event":
         return _dropped("not-an-event")  # identify data describes a person: never stored
 

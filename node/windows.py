@@ -121,7 +121,7 @@ class Windows:
         """Stage the blocks whose windows all take rows (durable on return); which ones were stored."""
         with self._lock:
             admitted = [all(self.accepts(w) for w in {row[0] for row in block.rows}) for block in blocks]
-            kept = [block for block, ok in zip(blocks, admitted) if ok and len(block)]
+            kept = [block for block, ok in zip(blocks, admitted, strict=False) if ok and len(block)]
             if kept:
                 self.store.stage_rows([self.store.layout.table(kept)])
         return admitted
@@ -130,7 +130,7 @@ class Windows:
         """Append, then drain into the store (import): the rows refused because their window closed."""
         admitted = self.append(blocks)
         self.store.drain()
-        return sum(len(block) for block, ok in zip(blocks, admitted) if not ok)
+        return sum(len(block) for block, ok in zip(blocks, admitted, strict=False) if not ok)
 
     # ---- closing, export, expiry --------------------------------------------------------
 

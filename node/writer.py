@@ -20,10 +20,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from node.groupqueue import GroupQueue
 from node.rows import RowBlock
 from node.store import Store
-from node.windows import Windows, WindowClosed
+from node.windows import WindowClosed, Windows
+from runtime.groupcommit import GroupQueue, StorageUnavailable
 
 log = logging.getLogger("liberation.node.writer")
 
@@ -38,10 +38,6 @@ each costs one transaction and one emptying of a stage file. The export pass
 drains first, so no row's minute stays in a stage file past the next pass
 whatever this is.
 """
-
-
-class StorageUnavailable(Exception):
-    """The commit failed (disk full, I/O error): nothing of the request was stored."""
 
 
 class Writer:

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import duckdb
-
 from node.aggregate import true_tables
 from node.store import (
-    MIGRATIONS,
     Store,
     fold_steps,
     session_folding_table,
@@ -17,7 +14,6 @@ from node.store import (
     session_tables,
 )
 from protocol.catalog import load_catalog
-from protocol.storage import Database
 from tests.factories import W_DAY as W
 from tests.factories import ev, filtered
 
@@ -105,28 +101,6 @@ def test_export_drops_every_session_table_of_its_window(tmp_path: Path) -> None:
         store.drop_session_state(tx, W)
     assert session_names(store) == set()
     assert session_tables(store.cursor()) == []
-
-
-def test_a_store_with_keyed_session_state_loses_the_key_and_keeps_every_row(tmp_path: Path) -> None:
-    path = tmp_path / "node.duckdb"
-    old = Database(duckdb.connect(str(path)), MIGRATIONS[:2], memory_limit="256MB")  # schema 2: state had a primary key
-    old.cursor().execute(
-        f"CREATE TABLE {session_table(W)} (session BIGINT NOT NULL, app VARCHAR NOT NULL, first_seq BIGINT NOT NULL, "
-        "first_minute SMALLINT NOT NULL, last_minute SMALLINT NOT NULL, PRIMARY KEY (session, app))"
-    )
-    old.cursor().execute(f"INSERT INTO {session_table(W)} VALUES (7, 'runway-calculator', 1, 3, 9), (8, 'x', 2, 0, 0)")
-    old.close()
-    store = Store(path, CATALOG)
-    try:
-        assert state(store) == [(7, "runway-calculator", 1, 3, 9), (8, "x", 2, 0, 0)]
-        keys = store.cursor().execute(
-            "SELECT count(*) FROM duckdb_constraints() WHERE table_name = ? AND constraint_type = 'PRIMARY KEY'",
-            [session_table(W)],
-        ).fetchall()[0][0]
-        assert keys == 0
-        assert store.schema_version == len(MIGRATIONS)
-    finally:
-        store.close()
 
 
 def test_a_paced_fold_runs_duckdb_on_one_thread_and_gives_the_others_back(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from node.dimensions import dimension_domains, enum_values, fit_dimensions
 from node.privacy import FilteredEvent
 from node.store import MIGRATIONS, Store
 from protocol.catalog import Catalog, load_catalog, parse_catalog
-from protocol.storage import Database
+from runtime.storage import Database
 
 WINDOW = datetime(2026, 11, 23, tzinfo=UTC)
 W = int(WINDOW.timestamp())

@@ -16,7 +16,7 @@ from node import store as node_store
 from node.privacy import FilteredEvent
 from node.store import ROW_GROUP_ROWS, Store, session_log_table, stage_path
 from protocol.catalog import load_catalog
-from protocol.storage import Database
+from runtime.storage import Database
 
 WINDOW = datetime(2026, 11, 23, tzinfo=UTC)
 W = int(WINDOW.timestamp())

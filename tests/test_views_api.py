@@ -12,13 +12,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from federation.columns import Layout
 from federation.settings import HubSettings
-from federation.views import RangeData
 from protocol.keys import SigningKey
 from tests.servers import RunningHub, run_hub
 from tests.snapshots import envelope
 from tests.test_hub_views import CATALOG, NOW, TOKEN, WINDOWS, enroll, get, push
+from views.columns import Layout
+from views.ranges import RangeData
 
 FROM, TO = "2026-11-19", "2026-11-23"
 HEADER = ["window", "metric", "app_action", "country", "app", "hour", "app_pair", "stage", "tool_count", "duration",

@@ -64,7 +64,9 @@ def test_a_refused_window_does_not_stop_later_ones_and_expiry_removes_state(tmp_
     try:
         for day in range(3):
             clock.now = MIDNIGHT - timedelta(days=3 - day, hours=-10)
-            result = node.ingestor.privacy.apply(live_event(clock, f"window-session-{day}"), now=clock.now, salt_for=node.windows.salt_for)
+            result = node.ingestor.privacy.apply(
+                live_event(clock, f"window-session-{day}"), now=clock.now, salt_for=node.windows.salt_for
+            )
             assert result.event is not None
             node.windows.commit([node.ingestor.layout.block([result.event])])
         first = int((MIDNIGHT - timedelta(days=3)).timestamp())

@@ -21,10 +21,10 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from federation.views import CACHE_CONTROL, RangeData, ViewService
 from protocol.catalog import ATTRIBUTE_DIMENSION_PREFIX, OTHER, Catalog, MetricSpec
-from protocol.errors import BadRequest
+from protocol.errors import BadRequest, ProblemType
 from protocol.windows import DAY
+from views.ranges import CACHE_CONTROL, RangeData, ViewService
 
 
 def column_name(dimension: str) -> str:
@@ -45,7 +45,7 @@ def metrics_of(catalog: Catalog, text: str | None) -> list[MetricSpec]:
     known = {m.name for m in catalog.metrics}
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise BadRequest(f"no metric {unknown[0]!r} in the catalog; see /v1/catalog", slug="invalid-query")
+        raise BadRequest(f"no metric {unknown[0]!r} in the catalog; see /v1/catalog", slug=ProblemType.INVALID_QUERY)
     return [m for m in catalog.metrics if m.name in names]
 
 
