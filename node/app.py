@@ -23,6 +23,7 @@ from node.metrics import NodeMetrics
 from node.openapi import serve_openapi
 from node.origins import cors_middleware
 from node.outbox import Outbox
+from node.pacing import Pacing
 from node.privacy import PrivacyFilter
 from node.published import PublishedLog
 from node.ratelimit import RateLimiter
@@ -34,7 +35,7 @@ from node.store import Store
 from node.views import SnapshotRanges
 from node.views import windows_document as node_windows_document
 from node.windows import Windows
-from node.writer import DRAIN_ROWS, Writer
+from node.writer import Writer
 from protocol.catalog import Catalog, load_catalog
 from protocol.envelope import verify_envelope
 from protocol.errors import NotFound, ProblemType
@@ -87,18 +88,21 @@ class Node:
             now=lambda: self.clock().timestamp(),
         )
 
+    def maintain(self) -> list[int]:
+        """The periodic pass: staged rows into the store and session rows folded, paced; then `export_due`."""
+        pacing = Pacing()
+        self.store.drain(rest=pacing)
+        with self.metrics.fold_seconds.time():
+            self.metrics.fold_rows.inc(self.store.fold_sessions(rest=pacing))
+        return self.export_due()
+
     def export_due(self) -> list[int]:
-        """Fold session rows; export every closed window not yet exported; then retention.
+        """Export every closed window not yet exported; then retention, and the file rewrite it calls for.
 
         A window the ledger refuses is skipped (counted and logged each pass), never a
         stop for the windows after it; retention removes its state all the same.
         """
         with self._exporting:
-            # Every staged row moves to the store, then the session rows logged since
-            # the last pass become per-session state.
-            self.store.drain(pace_below=DRAIN_ROWS)
-            with self.metrics.fold_seconds.time():
-                self.metrics.fold_rows.inc(self.store.fold_sessions(pace=True))
             self._report_missing()
             done = []
             for window in self.windows.due():
@@ -365,7 +369,7 @@ async def _windows(request: web.Request) -> web.Response:
 
 async def _export_step(node: Node, session: aiohttp.ClientSession) -> None:
     await _adopt_hub_copies(node, session)
-    for window in await asyncio.to_thread(node.export_due):
+    for window in await asyncio.to_thread(node.maintain):
         log.info("exported", extra={"window_start": _iso(window)})
 
 

@@ -291,6 +291,7 @@ class Publisher:
         # No row of the window is appended after this; the drain moves every row already staged.
         windows.close(window_start)
         self.store.drain()
+        self.store.fold_sessions(window=window_start)
         tables = true_tables(self.store.cursor(), self.catalog, window_start)
         with self.store.transaction() as tx:
             # After the highest ever published, not only the highest stored: a lost copy keeps its number.

@@ -12,10 +12,8 @@ from protocol.events import (
     MAX_BATCH,
     SLUG_PATTERN,
 )
-from views.paths import shared_paths
+from views.paths import JSON_OK, PROBLEM, PROBLEM_RESPONSE, shared_paths
 
-PROBLEM = {"$ref": "#/components/responses/Problem"}
-JSON_OK = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
 MSGPACK = {"schema": {"type": "string", "format": "binary"}}
 SLUG = {"type": "string", "pattern": SLUG_PATTERN}
 
@@ -200,23 +198,7 @@ def openapi_document() -> dict[str, Any]:
         "components": {
             "schemas": {"Event": EVENT},
             "responses": {
-                "Problem": {
-                    "description": "RFC 9457 problem details",
-                    "content": {
-                        "application/problem+json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["type", "title", "status", "detail"],
-                                "properties": {
-                                    "type": {"type": "string", "format": "uri"},
-                                    "title": {"type": "string"},
-                                    "status": {"type": "integer"},
-                                    "detail": {"type": "string"},
-                                },
-                            }
-                        }
-                    },
-                }
+                "Problem": PROBLEM_RESPONSE
             },
         },
     }

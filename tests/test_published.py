@@ -29,7 +29,7 @@ from node.app import close_node, open_node
 from node.export import AdoptionRefused, PublishedCopyMissing
 from node.importer import import_lines
 from node.published import Publication, PublishedLog, PublishedLogDamaged
-from node.store import session_tables
+from node.schema import session_tables
 from protocol.envelope import sign_snapshot, verify_envelope
 from protocol.keys import PublicKey, SigningKey
 from tests.factories import W_DAY, ev, store_with

@@ -5,14 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from node.aggregate import true_tables
-from node.store import (
-    Store,
-    fold_steps,
-    session_folding_table,
-    session_log_table,
-    session_table,
-    session_tables,
-)
+from node.schema import session_folding_table, session_log_table, session_table, session_tables
+from node.sessionfold import fold_steps
+from node.store import Store
 from protocol.catalog import load_catalog
 from tests.factories import W_DAY as W
 from tests.factories import ev, filtered
@@ -108,14 +103,14 @@ def test_a_paced_fold_runs_duckdb_on_one_thread_and_gives_the_others_back(tmp_pa
     store.commit_events(filtered(CATALOG, visits(range(30))))
     threads = store.cursor().execute("SELECT current_setting('threads')").fetchall()[0][0]
     seen: list[int] = []
-    original = store._fold_window
+    original = store.sessions._fold_window
 
     def watched(window: int, **kwargs: object) -> int:
         seen.append(store.cursor().execute("SELECT current_setting('threads')").fetchall()[0][0])
         return original(window, **kwargs)  # type: ignore[arg-type]
 
-    store._fold_window = watched  # type: ignore[method-assign]
-    assert store.fold_sessions(pace=True, step_rows=16) == 90
+    store.sessions._fold_window = watched  # type: ignore[method-assign]
+    assert store.fold_sessions(rest=lambda elapsed: None, step_rows=16) == 90
     assert seen == [1]
     assert store.cursor().execute("SELECT current_setting('threads')").fetchall()[0][0] == threads
     store.commit_events(filtered(CATALOG, visits(range(30, 40))))

@@ -7,6 +7,24 @@ from typing import Any
 from views.ranges import VIEWS
 
 PROBLEM = {"$ref": "#/components/responses/Problem"}
+PROBLEM_RESPONSE: dict[str, Any] = {
+    "description": "RFC 9457 problem details",
+    "content": {
+        "application/problem+json": {
+            "schema": {
+                "type": "object",
+                "required": ["type", "title", "status", "detail"],
+                "properties": {
+                    "type": {"type": "string", "format": "uri"},
+                    "title": {"type": "string"},
+                    "status": {"type": "integer"},
+                    "detail": {"type": "string"},
+                },
+            }
+        }
+    },
+}
+"""The one error response every operation of node and hub may give (components/responses/Problem)."""
 JSON_OK = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
 
 
