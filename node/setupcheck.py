@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from node.pacing import Pacing
 from node.tally import TallyReading
-from node.writer import DRAIN_ROWS
 from protocol.windows import DAY
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def setup_report(node: Node, tally: TallyReading) -> dict[str, Any]:
     """
     now = node.clock()
     day = int(now.timestamp()) // DAY * DAY
-    node.store.drain(pace_below=DRAIN_ROWS)  # acked rows wait in a stage: move them, as every export pass does
+    node.store.drain(rest=Pacing())  # acked rows wait in a stage: move them, paced, as every pass does
     con = node.store.cursor()
     stored = int(con.execute("SELECT count(*) FROM events WHERE hour >= ?", [day]).fetchall()[0][0])
     last = con.execute(
