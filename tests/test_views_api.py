@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import math
 from collections.abc import AsyncIterator
@@ -91,7 +90,6 @@ async def test_cells_csv_is_tidy_one_row_per_window_and_shown_cell(hub: RunningH
     assert status == 304
 
 
-@pytest.mark.skipif(importlib.util.find_spec("pandas") is None, reason="pandas is not installed in this venv")
 async def test_pandas_reads_the_cells_as_is(hub: RunningHub) -> None:
     import pandas as pd
 
