@@ -42,6 +42,7 @@ from runtime.datadir import SERVICE_WAIT_SECONDS, DataDirLock
 from runtime.metrics_listener import add_metrics_listener
 from runtime.problems import problem_middleware
 from runtime.version import liberation_version
+from views.cors import views_cors_middleware
 from views.dashboard import add_dashboard_routes
 from views.ranges import (
     CACHE_CONTROL,
@@ -52,6 +53,7 @@ from views.ranges import (
     views_index,
     windows_document,
 )
+from views.tidy import cells_handler
 
 log = logging.getLogger("liberation.hub")
 
@@ -296,6 +298,16 @@ async def _view(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def _about(request: web.Request) -> web.Response:
+    """Who serves this page: a hub merges many communities (the dashboard's node page says otherwise)."""
+    return web.json_response({"kind": "hub", "key_id": request.app[HUB].key.public.key_id},
+                             headers={"Cache-Control": CACHE_CONTROL})
+
+
+async def _cells(request: web.Request) -> web.StreamResponse:
+    return await cells_handler(request, request.app[HUB].views)
+
+
 async def _windows(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     catalog = hub.views.catalog(request.query.get("catalog"))
@@ -345,7 +357,10 @@ Route = tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]
 
 def create_app(settings: HubSettings, *, now: Now = time.time) -> web.Application:
     """Build the hub's aiohttp application; resources open in cleanup_ctx, not at import."""
-    app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_snapshot_bytes + 1)
+    app = web.Application(
+        middlewares=[views_cors_middleware(settings.views_cors_origins), problem_middleware],
+        client_max_size=settings.max_snapshot_bytes + 1,
+    )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         hub = await asyncio.to_thread(open_hub, settings, now=now, wait_seconds=SERVICE_WAIT_SECONDS)
@@ -376,6 +391,8 @@ def create_app(settings: HubSettings, *, now: Now = time.time) -> web.Applicatio
         ("GET", "/v1/log", _log),
         ("GET", "/v1/views", views_index),
         ("GET", "/v1/views/{name}", _view),
+        ("GET", "/v1/about", _about),
+        ("GET", "/v1/cells", _cells),
         ("GET", "/v1/windows", _windows),
         ("GET", "/v1/merged/{window}", _merged),
         ("GET", "/v1/catalog", _catalog),

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, SecretStr, field_validator
 
-from runtime.config import OFF_WORDS, Off, PathTuple, ServiceSettings, load_settings
+from runtime.config import OFF_WORDS, Off, PathTuple, ServiceSettings, StrTuple, load_settings
 
 ENV_PREFIX = "LIBERATION_HUB_"
 # 32 random bytes are 43 characters of base64url: a token the admin API can trust is at least that long.
@@ -47,6 +47,7 @@ class HubSettings(ServiceSettings):
     max_connections: int = Field(default=4096, ge=1)
     # Catalog TOML files this hub merges, besides the built-in default catalog.
     catalogs: PathTuple = ()
+    views_cors_origins: StrTuple = ("*",)  # origins that may GET the public views; () = no CORS
     # Bearer token of the admin API (enroll, revoke, list nodes, incidents). None (unset, or "off") = admin API off.
     admin_token: Annotated[SecretStr | None, BeforeValidator(_token_or_off)] = None
     # Ceiling on an envelope's size; intake takes the smaller of this and twice the largest

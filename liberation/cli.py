@@ -18,6 +18,7 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from liberation.setup_cli import add_catalog_check_command, add_sites_commands
 from protocol.errors import LiberationError
 
 if TYPE_CHECKING:
@@ -438,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     cshow.add_argument("--json", action="store_true", help="print the canonical JSON form (what the hash is taken of)")
     chash = _leaf(catalog, "hash", _catalog_hash, "the catalog's content hash")
     chash.add_argument("--catalog", metavar="FILE", help="a catalog TOML file (default: the built-in catalog)")
+    add_catalog_check_command(catalog)
 
     node = sub.add_parser("node", help="the community node").add_subparsers(
         dest="node_command", required=True, metavar="SUBCOMMAND"
@@ -478,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
                   while_serving=True)
     _node_options(npush)
     npush.add_argument("--retry", action="store_true", help="also send again the snapshots the hub refused")
+    add_sites_commands(node, _node_options)
 
     hub = sub.add_parser("hub", help="the federation hub").add_subparsers(
         dest="hub_command", required=True, metavar="SUBCOMMAND"

@@ -16,7 +16,6 @@ from pathlib import Path
 import aiohttp
 import duckdb
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from node.admin import NODE_OPERATIONS
 from node.export import AdoptionRefused, BudgetExceeded, Publisher, epsilon_cap_default
@@ -24,6 +23,7 @@ from node.geo import GeoLocator
 from node.ingest import Clock, Ingestor, utc_now
 from node.metrics import NodeMetrics
 from node.openapi import serve_openapi
+from node.origins import cors_middleware
 from node.outbox import Outbox
 from node.pacing import Pacing
 from node.privacy import PrivacyFilter
@@ -32,6 +32,7 @@ from node.ratelimit import RateLimiter
 from node.routes import INGEST, IngestTarget, add_ingest_routes
 from node.salts import SaltKeeper
 from node.settings import NodeSettings
+from node.setupcheck import setup_routes
 from node.store import Store
 from node.views import SnapshotRanges
 from node.views import windows_document as node_windows_document
@@ -39,7 +40,7 @@ from node.windows import Windows
 from node.writer import Writer
 from protocol.catalog import Catalog, load_catalog
 from protocol.envelope import verify_envelope
-from protocol.errors import Forbidden, NotFound, ProblemType
+from protocol.errors import NotFound, ProblemType
 from protocol.keys import SigningKey, load_or_create
 from protocol.windows import DAY, parse_window
 from runtime.admin import add_admin_socket
@@ -47,6 +48,7 @@ from runtime.datadir import SERVICE_WAIT_SECONDS, DataDirLock
 from runtime.metrics_listener import add_metrics_listener
 from runtime.problems import problem_middleware
 from runtime.version import liberation_version
+from views.cors import views_cors_middleware
 from views.dashboard import add_dashboard_routes
 from views.ranges import (
     CACHE_CONTROL,
@@ -55,11 +57,9 @@ from views.ranges import (
     view_handler,
     views_index,
 )
+from views.tidy import cells_handler
 
 log = logging.getLogger("liberation.node")
-
-INGEST_PATHS = frozenset({"/v1/events", "/api/event"})
-
 
 @dataclass
 class Node:
@@ -292,41 +292,6 @@ def _settle(node: Node) -> None:
     node.store.fold_sessions()
 
 
-def _cors_allowed(settings: NodeSettings, origin: str) -> bool:
-    return "*" in settings.cors_origins or origin in settings.cors_origins
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def cors_middleware(settings: NodeSettings) -> Middleware:
-    """Answer preflights and tag responses for configured origins; refuse events from others."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        origin = request.headers.get("Origin")
-        if origin is None or request.path not in INGEST_PATHS:
-            return await handler(request)
-        same_origin = origin == f"{request.scheme}://{request.host}"
-        allowed = same_origin or _cors_allowed(settings, origin)
-        if request.method == "OPTIONS":
-            if not allowed:
-                raise Forbidden("origin is not allowed to send events", slug=ProblemType.ORIGIN_NOT_ALLOWED)
-            response: web.StreamResponse = web.Response(status=204)
-            response.headers["Access-Control-Allow-Methods"] = "POST, OPTIONS"
-            response.headers["Access-Control-Allow-Headers"] = "Content-Type"
-            response.headers["Access-Control-Max-Age"] = "86400"
-        elif not allowed:
-            raise Forbidden("origin is not allowed to send events", slug=ProblemType.ORIGIN_NOT_ALLOWED)
-        else:
-            response = await handler(request)
-        response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers["Vary"] = "Origin"
-        return response
-
-    return middleware
-
-
 async def _healthz(request: web.Request) -> web.Response:
     node = request.app[NODE]
     return web.json_response(
@@ -336,6 +301,15 @@ async def _healthz(request: web.Request) -> web.Response:
 
 def _iso(ts: int) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def _about(request: web.Request) -> web.Response:
+    """Who serves this page: a node shows one community's own published numbers (the dashboard says so)."""
+    node = request.app[NODE]
+    return web.json_response(
+        {"kind": "node", "name": node.settings.display_name, "key_id": node.key.public.key_id, "communities": 1},
+        headers={"Cache-Control": CACHE_CONTROL},
+    )
 
 
 async def _snapshot(request: web.Request) -> web.Response:
@@ -439,6 +413,10 @@ async def _view(request: web.Request) -> web.StreamResponse:
     return await view_handler(request, request.app[NODE].views)
 
 
+async def _cells(request: web.Request) -> web.StreamResponse:
+    return await cells_handler(request, request.app[NODE].views)
+
+
 async def _catalog(request: web.Request) -> web.Response:
     return web.json_response(catalog_document(request.app[NODE].catalog), headers={"Cache-Control": CACHE_CONTROL})
 
@@ -483,7 +461,7 @@ async def _push_loop(node: Node, stop: asyncio.Event) -> None:
 def create_app(settings: NodeSettings, *, clock: Clock = utc_now) -> web.Application:
     """Build the node's aiohttp application; resources open in cleanup_ctx, not at import."""
     app = web.Application(
-        middlewares=[problem_middleware, cors_middleware(settings)],
+        middlewares=[views_cors_middleware(settings.views_cors_origins), problem_middleware, cors_middleware(settings)],
         client_max_size=settings.max_body_bytes,
     )
 
@@ -511,6 +489,7 @@ def create_app(settings: NodeSettings, *, clock: Clock = utc_now) -> web.Applica
     add_metrics_listener(
         app, service="node", host=settings.metrics_host, port=settings.metrics_port,
         render=lambda app: app[NODE].metrics.render,
+        pages=lambda app: setup_routes(app[NODE]),  # the operator's setup check, never on the public port
     )
     add_ingest_routes(app)
     app.router.add_get("/healthz", _healthz)
@@ -521,6 +500,8 @@ def create_app(settings: NodeSettings, *, clock: Clock = utc_now) -> web.Applica
     app.router.add_get("/v1/views", views_index)
     app.router.add_get("/v1/views/{name}", _view)
     app.router.add_get("/v1/catalog", _catalog)
+    app.router.add_get("/v1/about", _about)
+    app.router.add_get("/v1/cells", _cells)
     app.router.add_get("/v1/windows", _windows)
     add_dashboard_routes(app)  # the node's own published view, same dashboard as the hub
     app.router.add_get("/openapi.json", serve_openapi)

@@ -30,6 +30,15 @@ class PlausibleSettings(Section):
     events: dict[str, str] = Field(default_factory=dict)
 
 
+class UmamiSettings(Section):
+    """Umami's collect endpoint (`POST /api/send`)."""
+
+    # Website id (the tracker's data-website-id) -> catalog app. Unknown ids are dropped.
+    websites: dict[str, str] = Field(default_factory=dict)
+    # Event name -> catalog action, where they differ; a send without a name is "pageview".
+    events: dict[str, str] = Field(default_factory=dict)
+
+
 class RateLimitSettings(Section):
     """Per-client token bucket, keyed by an HMAC of the IP (IPv6: its /64) under a key that lives in memory only."""
 
@@ -54,6 +63,7 @@ class NodeSettings(ServiceSettings):
     """Everything a node operator can set; every field is documented in deploy/node.example.toml."""
 
     data_dir: Path = Path("data/node")
+    display_name: str | None = Field(default=None, max_length=120)  # whose node: shown on its own page
     host: str = "127.0.0.1"
     port: int = Field(default=8701, ge=0, le=65535)
     # The operator's listener for /metrics (never the public port); None = no metrics served.
@@ -66,6 +76,7 @@ class NodeSettings(ServiceSettings):
     geoip_database: Annotated[Path | None, Off] = None  # a MaxMind-format country .mmdb; None = country ZZ
     trusted_proxies: StrTuple = ()  # CIDRs whose X-Forwarded-For is believed
     cors_origins: StrTuple = ()  # origins allowed to post events; "*" = any
+    views_cors_origins: StrTuple = ("*",)  # origins that may GET the public views; () = no CORS
     max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
     clock_skew_seconds: int = Field(default=600, ge=0)  # live events further off are refused
     retention_days: Annotated[Annotated[int, Field(ge=0)] | None, Off] = None  # None = the catalog's
@@ -77,6 +88,7 @@ class NodeSettings(ServiceSettings):
     epsilon_cap_per_day: Annotated[Annotated[float, Field(gt=0)] | None, Off] = None  # None = one day's worth of windows
     log_level: str = "INFO"
     plausible: PlausibleSettings = Field(default_factory=PlausibleSettings)
+    umami: UmamiSettings = Field(default_factory=UmamiSettings)
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
     push: PushSettings = Field(default_factory=PushSettings)
 
