@@ -96,5 +96,5 @@ def add_catalog_check_command(catalog: argparse._SubParsersAction[argparse.Argum
         "check",
         help="validate a catalog TOML and print its epsilon, noise scales, thresholds and hash (docs/catalog.md)",
     )
-    check.add_argument("file", metavar="FILE")
+    check.add_argument("file", metavar="FILE", help="the catalog TOML to check (docs/catalog.md says how to write one)")
     check.set_defaults(func=_catalog_check)
