@@ -106,7 +106,9 @@ async def ingest_mapped(
             session_id="tracker-visitor",  # placeholder: the filter hashes session_key instead
         )
     except ValidationError:
-        raise BadRequest("props must be at most 32 flat values with slug names", slug=ProblemType.INVALID_EVENT, extra={"field": "props"}) from None
+        raise BadRequest(
+            "props must be at most 32 flat values with slug names", slug=ProblemType.INVALID_EVENT, extra={"field": "props"}
+        ) from None
     results, filtered_out = await ingestor.filter([event], address=address, session_keys=[session_key])
     accepted = [r for r in results if isinstance(r, FilteredEvent)]
     if not accepted:

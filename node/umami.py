@@ -44,10 +44,14 @@ async def post_umami_send(request: web.Request, ingestor: Ingestor, catalog: Cat
         raise BadRequest('body must be {"type": ..., "payload": {...}}', slug=ProblemType.INVALID_EVENT)
     kind, payload = data.get("type"), data["payload"]
     if not isinstance(kind, str) or kind not in SEND_TYPES:
-        raise BadRequest(f"`type` must be one of {', '.join(sorted(SEND_TYPES))}", slug=ProblemType.INVALID_EVENT, extra={"field": "type"})
+        raise BadRequest(
+            f"`type` must be one of {', '.join(sorted(SEND_TYPES))}", slug=ProblemType.INVALID_EVENT, extra={"field": "type"}
+        )
     website = payload.get("website")
     if not isinstance(website, str) or not 0 < len(website) <= MAX_WEBSITE_CHARS:
-        raise BadRequest("`payload.website` (the website id) is required", slug=ProblemType.INVALID_EVENT, extra={"field": "website"})
+        raise BadRequest(
+            "`payload.website` (the website id) is required", slug=ProblemType.INVALID_EVENT, extra={"field": "website"}
+        )
     name = payload.get("name")
     if name is not None and not isinstance(name, str):
         raise BadRequest("`payload.name` must be a string", slug=ProblemType.INVALID_EVENT, extra={"field": "name"})

@@ -712,8 +712,9 @@ async def test_phone_layout_does_not_scroll_sideways(browser: Browser, dashboard
             const cw = document.scrollingElement.clientWidth;
             const clipped = (e) => { for (let a = e.parentElement; a; a = a.parentElement) {
                 if (['auto', 'scroll', 'hidden', 'clip'].includes(getComputedStyle(a).overflowX)) return true; } return false; };
-            return [...document.body.querySelectorAll('*')].filter((e) => e.getBoundingClientRect().right > cw + 0.5 && !clipped(e))
-                .slice(0, 8).map((e) => `${e.tagName}#${e.id}.${e.getAttribute('class')} ${Math.round(e.getBoundingClientRect().right)}`);
+            const right = (e) => Math.round(e.getBoundingClientRect().right);
+            return [...document.body.querySelectorAll('*')].filter((e) => right(e) > cw + 0.5 && !clipped(e))
+                .slice(0, 8).map((e) => `${e.tagName}#${e.id}.${e.getAttribute('class')} ${right(e)}`);
         }""")
         assert widths[0] <= widths[1], (widths, wide)
         ARTIFACTS.mkdir(exist_ok=True)

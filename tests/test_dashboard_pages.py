@@ -56,7 +56,7 @@ async def open_page(browser: Browser, url: str, width: int = 1320) -> tuple[Page
     await page.goto(url + "/")
     try:
         await page.wait_for_selector("body[data-loaded='true']")
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure to load: report what the page said
         raise AssertionError((await page.text_content("#status"), errors)) from None
     return page, errors
 
@@ -121,8 +121,11 @@ async def test_absent_days_are_gaps_not_zeros(tmp_path: Path, browser: Browser) 
                                     headers={"Authorization": f"Bearer {token}"}) as resp:
                 assert resp.status == 201
             for j, w in enumerate(windows):
-                async with session.post(running.url + "/v1/snapshots", data=envelope(key, w, seed=7 * i + j, counts=lambda m, k: 400),
-                                        headers={"Content-Type": "application/msgpack"}) as resp:
+                async with session.post(
+                    running.url + "/v1/snapshots",
+                    data=envelope(key, w, seed=7 * i + j, counts=lambda m, k: 400),
+                    headers={"Content-Type": "application/msgpack"},
+                ) as resp:
                     assert resp.status == 202
         async with session.get(running.url + "/v1/views/trends?from=2026-11-18&to=2026-11-23") as resp:
             trends = (await resp.json())["data"]

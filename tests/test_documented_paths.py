@@ -168,8 +168,11 @@ async def test_readme_and_operations_work_as_written(tmp_path: Path) -> None:
                 assert resp.status == 202 and "x-plausible-dropped" not in resp.headers
             for fixture in ("umami_pageview.json", "umami_custom_event.json"):
                 body = (ROOT / "tests" / "fixtures" / fixture).read_bytes()
-                async with session.post(node_a.url + "/api/send", data=body,
-                                        headers={**UA, "Content-Type": "application/json", "Origin": "https://tools.example.org"}) as resp:
+                async with session.post(
+                    node_a.url + "/api/send",
+                    data=body,
+                    headers={**UA, "Content-Type": "application/json", "Origin": "https://tools.example.org"},
+                ) as resp:
                     assert (await resp.json())["accepted"] == 1
 
             # -- "Check your setup": today's events, as docs/operations.md says --

@@ -81,8 +81,14 @@ async def test_umami_drops_and_refusals(tmp_path: Path) -> None:
             status, answer, _ = await post(running, body, path="/api/send", headers=UA)
             assert (status, answer) == (202, {"accepted": 0, "dropped": reason})
         # Malformed sends: a 400 problem, as everywhere.
-        for body in ({"payload": pageview["payload"]}, {"type": "event"}, {"type": ["event"], "payload": {}}, {"type": "event", "payload": {"url": "/"}},
-                     {"type": "event", "payload": {**pageview["payload"], "data": [1]}}, [1]):
+        for body in (
+            {"payload": pageview["payload"]},
+            {"type": "event"},
+            {"type": ["event"], "payload": {}},
+            {"type": "event", "payload": {"url": "/"}},
+            {"type": "event", "payload": {**pageview["payload"], "data": [1]}},
+            [1],
+        ):
             status, answer, _ = await post(running, body, path="/api/send")
             assert_problem(status, answer, 400, "invalid-event")
         status, answer, _ = await post(running, None, raw=b"{not json", path="/api/send")

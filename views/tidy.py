@@ -72,7 +72,7 @@ def tidy_csv(data: RangeData, metrics: list[MetricSpec]) -> bytes:
             else:  # the prefix's other: every dimension but the last, then `other`
                 head = catalog.cell_labels(spec, index * catalog.shape(spec)[-1])[:-1]
                 labels = (*head, OTHER)
-            by_column = dict(zip((column_name(d) for d in spec.dimensions), labels))
+            by_column = dict(zip((column_name(d) for d in spec.dimensions), labels, strict=False))
             writer.writerow([label, name, *(by_column.get(c, "") for c in columns), cs.value,
                              round(math.sqrt(cs.variance), 3), cs.nodes])
     return out.getvalue().encode()
