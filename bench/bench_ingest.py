@@ -245,7 +245,8 @@ def duckdb_baseline(tmp: Path) -> tuple[float, float]:
     import pyarrow as pa
 
     from node.privacy import PrivacyFilter
-    from node.store import MIGRATIONS, Store, attribute_column
+    from node.schema import MIGRATIONS, attribute_column
+    from node.store import Store
     from node.writer import DRAIN_ROWS
     from protocol.catalog import load_catalog
     from protocol.events import EVENTS_ADAPTER

@@ -27,7 +27,8 @@ WINDOW = datetime(2026, 11, 20, tzinfo=UTC)
 
 def generate(db: Path, events: int) -> None:
     """Write `events` synthetic rows of one window (and their session state) into a node store."""
-    from node.store import Store, session_table
+    from node.schema import session_table
+    from node.store import Store
     from protocol.catalog import load_catalog
 
     catalog = load_catalog()

@@ -8,6 +8,7 @@ from views.paths import (
     CATALOG_PARAM,
     JSON_OK,
     PROBLEM,
+    PROBLEM_RESPONSE,
     path_param,
     query_param,
     shared_paths,
@@ -178,23 +179,7 @@ def openapi_document() -> dict[str, Any]:
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "responses": {
-                "Problem": {
-                    "description": "RFC 9457 problem details",
-                    "content": {
-                        "application/problem+json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["type", "title", "status", "detail"],
-                                "properties": {
-                                    "type": {"type": "string", "format": "uri"},
-                                    "title": {"type": "string"},
-                                    "status": {"type": "integer"},
-                                    "detail": {"type": "string"},
-                                },
-                            }
-                        }
-                    },
-                }
+                "Problem": PROBLEM_RESPONSE
             },
         },
     }

@@ -36,7 +36,8 @@ def _v1(con: duckdb.DuckDBPyConnection) -> None:
             name VARCHAR NOT NULL UNIQUE,
             public_key BLOB NOT NULL,
             enrolled BIGINT NOT NULL,
-            revoked BIGINT
+            revoked BIGINT,
+            kind VARCHAR NOT NULL DEFAULT 'node'
         )
         """
     )
@@ -124,12 +125,6 @@ def _v1(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def _v2(con: duckdb.DuckDBPyConnection) -> None:
-    # What a key publishes: a node's own snapshots (nodes = 1, the catalog's noise) or a child
-    # hub's merged ones. Keys enrolled before were nodes' (a child hub is re-enrolled as a hub).
-    con.execute("ALTER TABLE nodes ADD COLUMN kind VARCHAR DEFAULT 'node'")
-
-
-def _v3(con: duckdb.DuckDBPyConnection) -> None:
     # Federation rounds (federation/rounds.py): keepers' endpoints and sealing keys, each round's
     # state, the contributions and keeper answers it combines; log entries of kinds beyond snapshots.
     con.execute("ALTER TABLE translog ADD COLUMN kind VARCHAR DEFAULT 'snapshot'")
@@ -191,7 +186,7 @@ def _v3(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1, _v2, _v3)
+MIGRATIONS: tuple[Migration, ...] = (_v1, _v2)
 """Schema migrations in order; the schema version is their count."""
 
 

@@ -35,10 +35,11 @@ from protocol.catalog import Catalog, load_catalog
 from protocol.errors import BadRequest, ProblemType, UnsupportedMediaType
 from protocol.files import make_private_dir
 from protocol.keys import PublicKey
-from runtime.admin import require_bearer
+from runtime.datadir import SERVICE_WAIT_SECONDS, DataDirLock
 from runtime.metrics_listener import add_metrics_listener
 from runtime.problems import problem_middleware
 from runtime.registry import Registry
+from runtime.tokens import require_bearer
 
 log = logging.getLogger("liberation.keeper")
 
@@ -57,6 +58,7 @@ class Keeper:
     catalogs: dict[str, Catalog]
     metrics: KeeperMetrics
     answerer: Answerer
+    lock: DataDirLock | None = None  # this process's hold on the data dir, released by close_keeper
 
 
 KEEPER = web.AppKey("keeper", Keeper)
@@ -66,8 +68,28 @@ def data_paths(settings: KeeperSettings) -> dict[str, Path]:
     return {"db": settings.data_dir / "keeper.duckdb", "keys": settings.data_dir / "keys"}
 
 
-def open_keeper(settings: KeeperSettings, *, now: Now = time.time) -> Keeper:
-    """Open (creating on first start) everything a keeper needs; no server involved."""
+def open_keeper(settings: KeeperSettings, *, now: Now = time.time, wait_seconds: float = 0.0) -> Keeper:
+    """Open (creating on first start) everything a keeper needs; no server involved.
+
+    The data dir's lock comes first (runtime/datadir.py): one process at a time uses the files.
+    """
+    lock = DataDirLock.acquire(settings.data_dir, "keeper", wait_seconds=wait_seconds)
+    try:
+        keeper = _open(settings, now)
+    except BaseException:
+        lock.release()
+        raise
+    keeper.lock = lock
+    return keeper
+
+
+def close_keeper(keeper: Keeper) -> None:
+    keeper.store.close()
+    if keeper.lock is not None:
+        keeper.lock.release()
+
+
+def _open(settings: KeeperSettings, now: Now) -> Keeper:
     make_private_dir(settings.data_dir)
     identity = load_or_create_identity(settings.data_dir)
     store = KeeperStore(data_paths(settings)["db"], memory_limit=settings.memory_limit)
@@ -180,12 +202,12 @@ def create_app(settings: KeeperSettings, *, now: Now = time.time) -> web.Applica
     app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_request_bytes)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        keeper = await asyncio.to_thread(open_keeper, settings, now=now)
+        keeper = await asyncio.to_thread(open_keeper, settings, now=now, wait_seconds=SERVICE_WAIT_SECONDS)
         app[KEEPER] = keeper
         log.info("keeper ready", extra={"key_id": keeper.identity.key_id, "hubs": len(settings.hub_keys),
                                         "admin_api": settings.admin_token is not None})
         yield
-        keeper.store.close()
+        close_keeper(keeper)
 
     app.cleanup_ctx.append(lifecycle)
     add_metrics_listener(

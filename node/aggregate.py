@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from node.store import attribute_column, session_state
+from node.schema import attribute_column, session_state
 from protocol.catalog import ATTRIBUTE_DIMENSION_PREFIX, Catalog, MetricSpec, Unit
 
 EVENT_DIMENSIONS: dict[str, tuple[str, ...]] = {

@@ -347,6 +347,7 @@ class Publisher:
         # No row of the window is appended after this; the drain moves every row already staged.
         windows.close(window_start)
         self.store.drain()
+        self.store.fold_sessions(window=window_start)
         tables = true_tables(self.store.cursor(), self.catalog, window_start)
         with self.store.transaction() as tx:
             # After the highest ever published, not only the highest stored: a lost copy keeps its number.
@@ -419,6 +420,11 @@ class Publisher:
         except EnvelopeError:
             return None
         return envelope
+
+    def last_export(self) -> int:
+        """When the newest snapshot in the store was made (unix seconds, to the minute; 0 = none yet)."""
+        rows = self.store.cursor().execute("SELECT coalesce(max(created), 0) FROM snapshots").fetchall()
+        return int(rows[0][0])
 
     def ledger(self) -> list[LedgerEntry]:
         """Every ledger row, in order."""

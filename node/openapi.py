@@ -12,10 +12,8 @@ from protocol.events import (
     MAX_BATCH,
     SLUG_PATTERN,
 )
-from views.paths import shared_paths
+from views.paths import JSON_OK, PROBLEM, PROBLEM_RESPONSE, shared_paths
 
-PROBLEM = {"$ref": "#/components/responses/Problem"}
-JSON_OK = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
 MSGPACK = {"schema": {"type": "string", "format": "binary"}}
 SLUG = {"type": "string", "pattern": SLUG_PATTERN}
 
@@ -75,6 +73,19 @@ PLAUSIBLE_BODY: dict[str, Any] = {
         "d": {"type": "string"}, "domain": {"type": "string"},
         "r": {"type": ["string", "null"]}, "referrer": {"type": ["string", "null"]},
         "p": {"type": ["object", "string"]}, "props": {"type": ["object", "string"]},
+    },
+}
+UMAMI_BODY: dict[str, Any] = {
+    "type": "object",
+    "description": "What Umami's tracker sends; `payload.website` picks the app, `payload.name` the action "
+                   "(none: `pageview`), `payload.data` the attributes. Other payload fields are read by nobody.",
+    "required": ["type", "payload"],
+    "properties": {
+        "type": {"enum": ["event", "identify", "performance", "engagement"]},
+        "payload": {"type": "object", "required": ["website"], "properties": {
+            "website": {"type": "string"}, "name": {"type": "string"}, "data": {"type": "object"},
+            "hostname": {"type": "string"}, "url": {"type": "string"},
+        }},
     },
 }
 PREFLIGHT = {
@@ -139,6 +150,18 @@ def openapi_document() -> dict[str, Any]:
                 },
                 "options": PREFLIGHT,
             },
+            "/api/send": {
+                "post": {
+                    "summary": "Umami's collect endpoint: sites running Umami's tracker can point it here",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": UMAMI_BODY}}},
+                    "responses": {
+                        "202": {"description": '{"accepted": 1, ...}, or {"accepted": 0, "dropped": REASON}',
+                                "content": {"application/json": {"schema": {"type": "object"}}}},
+                        **{str(c): PROBLEM for c in (400, 403, 408, 413, 429, 503)},
+                    },
+                },
+                "options": PREFLIGHT,
+            },
             "/v1/snapshots": {"get": {"summary": "The node's published snapshots", "responses": {"200": JSON_OK}}},
             "/v1/snapshots/{window}": {
                 "get": {
@@ -189,23 +212,7 @@ def openapi_document() -> dict[str, Any]:
         "components": {
             "schemas": {"Event": EVENT},
             "responses": {
-                "Problem": {
-                    "description": "RFC 9457 problem details",
-                    "content": {
-                        "application/problem+json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["type", "title", "status", "detail"],
-                                "properties": {
-                                    "type": {"type": "string", "format": "uri"},
-                                    "title": {"type": "string"},
-                                    "status": {"type": "integer"},
-                                    "detail": {"type": "string"},
-                                },
-                            }
-                        }
-                    },
-                }
+                "Problem": PROBLEM_RESPONSE
             },
         },
     }

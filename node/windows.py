@@ -21,7 +21,8 @@ from datetime import UTC, datetime
 
 from node.rows import RowBlock
 from node.salts import SaltKeeper
-from node.store import Store, session_tables
+from node.schema import session_tables
+from node.store import Store
 from protocol.errors import LiberationError
 from protocol.windows import DAY, window_start
 

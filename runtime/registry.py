@@ -67,7 +67,7 @@ class Registry:
 
     def _load(self) -> list[NodeRecord]:
         rows = self._store.cursor().execute(
-            "SELECT key_id, name, public_key, enrolled, revoked, coalesce(kind, 'node') FROM nodes ORDER BY enrolled, name"
+            "SELECT key_id, name, public_key, enrolled, revoked, kind FROM nodes ORDER BY enrolled, name"
         ).fetchall()
         records = []
         for k, n, pk, e, r, kind in rows:

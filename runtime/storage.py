@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
+from protocol.errors import LiberationError
+
 
 class Connection(Protocol):
     """The part of a DB-API-like connection (DuckDB's) the stores use."""
@@ -22,6 +24,10 @@ class Connection(Protocol):
 
 
 Migration = Callable[[Any], None]
+
+
+class StoreVersionError(LiberationError):
+    """A store made by a version of the software this one cannot read."""
 
 
 class Database:
@@ -40,6 +46,11 @@ class Database:
         con.execute("SET memory_limit = ?", [memory_limit])
         con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         current = con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchall()[0][0]
+        if current > len(migrations):
+            raise StoreVersionError(
+                f"this store has schema version {current}, and this version of the software knows {len(migrations)}: "
+                "it was made by a newer (or a pre-release) version"
+            )
         for version, migration in enumerate(migrations, start=1):
             if version > current:
                 with self.transaction() as tx:

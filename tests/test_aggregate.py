@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from node.aggregate import true_tables
-from node.store import Store, session_log_table, session_table
+from node.schema import session_log_table, session_table
+from node.store import Store
 from protocol.catalog import load_catalog
 from tests.factories import WINDOW, ev, filtered, store_with
 

@@ -18,7 +18,8 @@ from node.export import (
 )
 from node.published import PublishedLog
 from node.salts import SaltKeeper
-from node.store import Store, session_log_table, session_table, session_tables
+from node.schema import session_log_table, session_table, session_tables
+from node.store import Store
 from node.windows import Windows
 from protocol.catalog import load_catalog
 from protocol.envelope import verify_envelope

@@ -19,7 +19,7 @@ import duckdb
 import pytest
 
 import federation.intake as intake_module
-from federation.app import Hub, data_paths, open_hub
+from federation.app import Hub, close_hub, open_hub
 from federation.intake import IntakeResult
 from federation.settings import HubSettings
 from federation.translog import verify_chain
@@ -29,6 +29,7 @@ from protocol.envelope import sign_snapshot, verify_envelope
 from protocol.errors import PROBLEM_BASE, Problem
 from protocol.keys import SigningKey, key_id_of
 from protocol.snapshot import Snapshot, max_envelope_size
+from runtime.storage import StoreVersionError
 from tests.servers import RunningHub, admin_token, run_hub
 from tests.snapshots import DAY, envelope, node_snapshot
 
@@ -232,7 +233,7 @@ def test_archive_is_one_file_per_window_per_commit_and_reconciled_after_a_crash(
         (hub.archive.root / files[0]).unlink()  # as if killed after the commit, before the archive
         (hub.archive.root / files[3]).unlink()
     finally:
-        hub.store.close()
+        close_hub(hub)
     hub = open_hub(settings, now=lambda: NOW)
     try:
         rows = duckdb.sql(
@@ -245,7 +246,7 @@ def test_archive_is_one_file_per_window_per_commit_and_reconciled_after_a_crash(
         assert sum(r[3] for r in rows) == merged_total
         assert hub.archive.reconcile(hub.store, hub.catalogs) == 0  # nothing left to write
     finally:
-        hub.store.close()
+        close_hub(hub)
 
 
 IDENTITY_KEY = bytes([1]) + bytes(31)
@@ -278,12 +279,12 @@ def test_a_small_order_key_enrolled_before_the_fix_is_left_out_not_fatal(tmp_pat
                 [key_id_of(IDENTITY_KEY), "old", IDENTITY_KEY, 1],
             )
     finally:
-        hub.store.close()
+        close_hub(hub)
     hub = open_hub(settings, now=lambda: NOW)  # starts; the key is not usable
     try:
         assert hub.registry.nodes() == []
     finally:
-        hub.store.close()
+        close_hub(hub)
 
 
 # ---- review H2: what an unauthenticated sender can cost, and a free event loop ----------------
@@ -307,13 +308,13 @@ def test_the_size_limit_is_derived_from_the_catalogs(tmp_path: Path) -> None:
     try:
         assert hub.intake.max_bytes == 2 * max_envelope_size(CATALOG) < 32 * 1024  # 16,726 bytes
     finally:
-        hub.store.close()
+        close_hub(hub)
     ceiling = HubSettings(data_dir=tmp_path / "low", port=0, max_snapshot_bytes=10_000)  # type: ignore[arg-type]
     hub = open_hub(ceiling, now=lambda: NOW)
     try:
         assert hub.intake.max_bytes == 10_000
     finally:
-        hub.store.close()
+        close_hub(hub)
 
 
 def test_regression_unauthenticated_bodies_are_refused_at_once_and_store_nothing(tmp_path: Path) -> None:
@@ -340,7 +341,7 @@ def test_regression_unauthenticated_bodies_are_refused_at_once_and_store_nothing
             assert cpu < (0.5 if slug == "invalid-signature" else 0.05), (slug, cpu)  # a signature hashes 8 MiB
         assert _stored(hub) == dict.fromkeys(("envelopes", "merged", "windows", "incidents", "translog", "archive files"), 0)
     finally:
-        hub.store.close()
+        close_hub(hub)
 
 
 async def test_large_envelopes_are_checked_off_the_event_loop_and_503_when_busy(
@@ -483,7 +484,7 @@ def test_regression_declared_privacy_parameters_are_the_catalogs(tmp_path: Path,
         assert _stored(hub)["translog"] == 0
         assert isinstance(hub.intake.accept(sign_snapshot(honest, key)), IntakeResult)  # the honest one still goes in
     finally:
-        hub.store.close()
+        close_hub(hub)
 
 
 def test_a_child_hubs_variance_is_at_least_a_nodes(tmp_path: Path) -> None:
@@ -501,7 +502,7 @@ def test_a_child_hubs_variance_is_at_least_a_nodes(tmp_path: Path) -> None:
         empty = _with_metric(merged_snapshot, metric.name, idx=(), val=(), other_idx=(), other_val=(), variance=0.0)
         hub.intake.check(sign_snapshot(empty, key))  # no value published: nothing for a variance to describe
     finally:
-        hub.store.close()
+        close_hub(hub)
 
 
 async def test_enrollment_records_the_kind_of_key(hub: RunningHub, tmp_path: Path) -> None:
@@ -524,31 +525,15 @@ async def test_enrollment_records_the_kind_of_key(hub: RunningHub, tmp_path: Pat
     assert kinds == {"k-hub": "hub", "k-node": "node", "plain": "node"}
 
 
-def test_keys_enrolled_before_kinds_existed_are_nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Schema v2 adds the kind: a v1 hub's keys become nodes' (a child hub among them is enrolled again as a hub)."""
-    import federation.store as store_module
-
-    key, child = SigningKey.generate(), SigningKey.generate()
+def test_a_store_of_a_newer_schema_is_refused_with_a_message(tmp_path: Path) -> None:
+    """A hub never guesses at a store it does not know: a schema version beyond its own is a clear error."""
     settings = HubSettings(data_dir=tmp_path / "hub", port=0)  # type: ignore[arg-type]
-    with monkeypatch.context() as patch:
-        patch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:1])
-        store = store_module.HubStore(data_paths(settings)["db"])
-        with store.transaction() as tx:
-            tx.execute("INSERT INTO nodes VALUES (?, ?, ?, ?, NULL)", [key.public.key_id, "old", key.public.raw, 1])
-        assert store.schema_version == 1
-        store.close()
     hub = open_hub(settings, now=lambda: NOW)
-    try:
-        assert hub.store.schema_version == len(store_module.MIGRATIONS)
-        hub.registry.enroll("child", child.public, "hub")
-        assert {r.name: r.kind for r in hub.registry.nodes()} == {"old": "node", "child": "hub"}
-    finally:
-        hub.store.close()
-    hub = open_hub(settings, now=lambda: NOW)
-    try:
-        assert {r.name: r.kind for r in hub.registry.nodes()} == {"old": "node", "child": "hub"}
-    finally:
-        hub.store.close()
+    with hub.store.transaction() as tx:
+        tx.execute("INSERT INTO schema_version VALUES (99)")
+    close_hub(hub)
+    with pytest.raises(StoreVersionError, match="schema version 99"):
+        open_hub(settings, now=lambda: NOW)
 
 
 async def test_a_child_hub_enrolled_as_a_node_changes_kind_by_enrolling_again(hub: RunningHub) -> None:
@@ -617,4 +602,4 @@ def test_overlapping_windows_within_one_commit(tmp_path: Path) -> None:
         ]
         assert _stored(hub)["translog"] == 2
     finally:
-        hub.store.close()
+        close_hub(hub)

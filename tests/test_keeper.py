@@ -233,7 +233,7 @@ async def test_a_hub_enrolls_a_keeper_from_its_statement(keeper: RunningKeeper, 
     import contextlib
     import io
 
-    from federation.app import open_hub
+    from federation.app import close_hub, open_hub
     from federation.settings import HubSettings
     from liberation.cli import build_parser
     from protocol.errors import Unprocessable
@@ -259,4 +259,4 @@ async def test_a_hub_enrolls_a_keeper_from_its_statement(keeper: RunningKeeper, 
         hub.registry.revoke("k1")
         assert hub.keepers.active() == []
     finally:
-        hub.store.close()
+        close_hub(hub)

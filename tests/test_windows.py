@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from node.app import close_node, open_node
-from node.store import session_tables
+from node.schema import session_tables
 from node.windows import WindowClosed, WindowLengthChanged
 from protocol.events import Event
 from tests.servers import node_settings, run_node

@@ -196,9 +196,3 @@ def apply_presence(layout: Layout, cells: Cells, catalog: Catalog, scales: Mappi
     new = targets[np.sort(first_fold)]
     new = new[~cells.present[new]]
     return Cells(value, variance, nodes, keep, np.concatenate([order[keep[order]], new[keep[new]]]))
-
-
-def tables_as_cells(layout: Layout, tables: Mapping[int, ReadTable]) -> dict[int, Cells]:
-    """Dict tables per window as columns."""
-    return {w: Cells.from_table(layout, t) for w, t in tables.items()}
-

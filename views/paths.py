@@ -7,6 +7,24 @@ from typing import Any
 from views.ranges import VIEWS
 
 PROBLEM = {"$ref": "#/components/responses/Problem"}
+PROBLEM_RESPONSE: dict[str, Any] = {
+    "description": "RFC 9457 problem details",
+    "content": {
+        "application/problem+json": {
+            "schema": {
+                "type": "object",
+                "required": ["type", "title", "status", "detail"],
+                "properties": {
+                    "type": {"type": "string", "format": "uri"},
+                    "title": {"type": "string"},
+                    "status": {"type": "integer"},
+                    "detail": {"type": "string"},
+                },
+            }
+        }
+    },
+}
+"""The one error response every operation of node and hub may give (components/responses/Problem)."""
 JSON_OK = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
 
 
@@ -49,6 +67,27 @@ def shared_paths() -> dict[str, Any]:
                             "application/json": {"schema": {"type": "object"}},
                             "text/csv": {"schema": {"type": "string"}},
                         },
+                    },
+                    "304": {"description": "not modified (If-None-Match)"},
+                    **errors,
+                },
+            }
+        },
+        "/v1/about": {
+            "get": {
+                "summary": "Who serves this page: {kind: hub|node, key_id}; a node adds its name and communities: 1",
+                "responses": {"200": JSON_OK},
+            }
+        },
+        "/v1/cells": {
+            "get": {
+                "summary": "The shown cells of every window of a range as a tidy CSV: window,metric,<dimensions>,value,sd,nodes",
+                "parameters": [*RANGE, query_param("metric", "metric names, comma-separated (default: all)")],
+                "responses": {
+                    "200": {
+                        "description": "one row per window and shown cell; absent cells have no row (not zero)",
+                        "headers": {"ETag": {"schema": {"type": "string"}}},
+                        "content": {"text/csv": {"schema": {"type": "string"}}},
                     },
                     "304": {"description": "not modified (If-None-Match)"},
                     **errors,
