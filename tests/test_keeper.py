@@ -236,7 +236,7 @@ async def test_a_hub_enrolls_a_keeper_from_its_statement(keeper: RunningKeeper, 
     from federation.app import close_hub, open_hub
     from federation.settings import HubSettings
     from liberation.cli import build_parser
-    from protocol.errors import Unprocessable
+    from runtime.admin import Refused
 
     statement = keeper.keeper.identity.statement
 
@@ -248,7 +248,7 @@ async def test_a_hub_enrolls_a_keeper_from_its_statement(keeper: RunningKeeper, 
             assert args.func(args) == 0
         return out.getvalue()
 
-    with pytest.raises(Unprocessable, match="another key"):  # the keeper at the URL is not that key
+    with pytest.raises(Refused, match="another key"):  # the keeper at the URL is not that key
         await asyncio.to_thread(enroll, SigningKey.from_seed(b"z" * 32).public.b64)
     done = await asyncio.to_thread(enroll, statement.identity.b64)
     assert f"enrolled k1 (keeper): key id {statement.key_id}" in done
