@@ -90,7 +90,8 @@ def _catalog_show(args: argparse.Namespace) -> int:
         return 0
     print(f"catalog {catalog.name} v{catalog.version}  hash {catalog.hash}")
     print(
-        f"epsilon per window {catalog.epsilon_per_window:g}, k_min {catalog.k_min}, "
+        f"epsilon per window {catalog.epsilon_per_window:g} (community snapshot {catalog.epsilon_community:g}, "
+        f"federation round {catalog.epsilon_federation:g}), k_min {catalog.k_min}, "
         f"at most {catalog.max_events_per_session} events per session, "
         f"raw rows kept {catalog.retention_days} days after export"
     )
@@ -111,6 +112,15 @@ def _catalog_show(args: argparse.Namespace) -> int:
             f"  {m.name:20s} {m.unit.value:8s} {catalog.domain_size(m):6d} {m.sensitivity:4d} "
             f"{catalog.epsilon(m):8.3f} {catalog.scale(m):7.1f} {shown:6d}"
         )
+    if catalog.federation is not None:
+        from protocol.noise import laplace_variance
+
+        print(f"\nfederation rounds (at least {catalog.federation.min_nodes} nodes; each keeper adds one draw of `scale`):")
+        print(f"  {'name':20s} {'epsilon':>8s} {'scale':>7s} {'shown (2 keepers)':>18s}")
+        for m in catalog.federation_metrics:
+            scale = catalog.federation_scale(m)
+            shown = presence_threshold(catalog, m, 2 * laplace_variance(scale), scale)
+            print(f"  {m.name:20s} {catalog.federation_epsilon(m):8.3f} {scale:7.1f} {shown:18d}")
     return 0
 
 

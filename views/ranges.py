@@ -505,6 +505,15 @@ def catalog_document(catalog: Catalog) -> dict[str, Any]:
         "version": catalog.version,
         "k_min": catalog.k_min,
         "epsilon_per_window": catalog.epsilon_per_window,
+        "epsilon_community": catalog.epsilon_community,
+        "epsilon_federation": catalog.epsilon_federation,
+        "federation": None if catalog.federation is None else {
+            "min_nodes": catalog.federation.min_nodes,
+            "metrics": [
+                {"name": m.name, "epsilon": catalog.federation_epsilon(m), "scale": catalog.federation_scale(m)}
+                for m in catalog.federation_metrics
+            ],
+        },
         "max_events_per_session": catalog.max_events_per_session,
         "retention_days": catalog.retention_days,
         "apps": {
