@@ -23,7 +23,8 @@ def describe_catalog(path: Path) -> list[str]:
         f"ok: {path} is a valid catalog",
         f"catalog   {catalog.name} v{catalog.version}",
         f"hash      {catalog.hash}",
-        f"epsilon   {catalog.epsilon_per_window:g} per window (pure epsilon-DP per session and window), "
+        f"epsilon   {catalog.epsilon_per_window:g} per window (pure epsilon-DP per session and window: "
+        f"community {catalog.epsilon_community:g} + federation {catalog.epsilon_federation:g}), "
         f"total sensitivity {catalog.total_sensitivity}",
         f"sessions  at most {catalog.max_events_per_session} events counted each; "
         f"raw rows kept {catalog.retention_days} days after export",
