@@ -72,7 +72,18 @@ class Prepared:
 
 
 def current(fed: Prepared) -> product.ViewInput:
-    """The product as it is: every node exports every window (noise, thresholds, folds), the hub merges and sums."""
+    """The product as it is: every node exports every window and contributes to its round; the federation
+    metrics come from the rounds (two keepers), the hub infers presence once on the sums."""
+    truth, catalog = fed.truth, fed.catalog
+    merged, rounds = {}, {}
+    for i, w in enumerate(truth.windows):
+        merged[w] = product.publish_window(catalog, truth.window_tables(i), window_start=w, seq=i + 1)
+        rounds[w] = product.round_window(catalog, truth.window_tables(i))
+    return product.hub_range_with_rounds(catalog, merged, rounds, len(truth.nodes))
+
+
+def snapshots_only(fed: Prepared) -> product.ViewInput:
+    """The product without share keepers: every node's noised snapshot, merged and summed by the hub."""
     truth, catalog = fed.truth, fed.catalog
     merged = {
         w: product.publish_window(catalog, truth.window_tables(i), window_start=w, seq=i + 1)
@@ -135,6 +146,7 @@ class Design:
 
 DESIGNS = (
     Design("current", "current", current),
+    Design("snapshots only (no keepers)", "snapshots", snapshots_only, targets=False),
     Design("central DP ideal", "central", central_dp),
     Design("bounded truth (no noise)", "exact", bounded_truth, targets=False, deterministic=True),
 )

@@ -13,12 +13,16 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from node.dp import opendp_laplace
+import numpy as np
+
+from keeper.answer import keeper_noise
 from node.export import build_snapshot
 from protocol.catalog import Catalog, load_catalog
 from protocol.noise import laplace_variance
+from protocol.rounds import federation_vector
 from protocol.windows import DAY
-from views.columns import Layout
+from runtime.dp import opendp_laplace
+from views.columns import Cells, Layout
 from views.merge import (
     CellSum,
     ReadTable,
@@ -28,11 +32,12 @@ from views.merge import (
     merge_tables,
     snapshot_table,
 )
-from views.ranges import VIEWS, RangeData
+from views.ranges import VIEWS, RangeData, WindowCells, round_cells
 
 __all__ = [
     "CellSum", "ReadTable", "Table", "combine_windows", "fold_sums", "laplace", "noise_variance",
-    "catalog", "import_history", "node_id", "publish_window", "hub_range", "render", "Shown",
+    "catalog", "import_history", "node_id", "publish_window", "hub_range", "render", "Shown", "round_window",
+    "hub_range_with_rounds", "KEEPERS",
 ]
 
 laplace = opendp_laplace
@@ -90,6 +95,44 @@ def publish_window(
         for node, tables in tables_by_node.items()
     ]
     return merge_tables(snapshot_table(snapshot, catalog) for snapshot in snapshots)
+
+
+KEEPERS = 2
+"""Share keepers of the federation rounds, each adding one draw (the demo's and the docs' default)."""
+
+
+class Round:
+    """A published round's aggregate as the views read it (federation/rounds.py `PublishedRound`)."""
+
+    def __init__(self, aggregate: np.ndarray[Any, Any], nodes: int, keepers: int) -> None:
+        self.aggregate, self.nodes, self.keepers = aggregate, nodes, keepers
+
+
+def round_window(catalog: Catalog, tables_by_node: Mapping[str, dict[str, list[int]]], *, keepers: int = KEEPERS) -> Round:
+    """One window's federation round: every node's bounded vector summed, plus each keeper's noise.
+
+    What the hub's combination gives (sum y_i + sum A_k = sum x_i + sum Z_k, exact:
+    tests/test_rounds_e2e.py), without the masks and seals that cancel in it.
+    """
+    total = np.sum([np.array(federation_vector(catalog, t), dtype=np.int64) for t in tables_by_node.values()], axis=0)
+    for _ in range(keepers):
+        total = total + np.array(keeper_noise(catalog, opendp_laplace), dtype=np.int64)
+    return Round(total, len(tables_by_node), keepers)
+
+
+def hub_range_with_rounds(
+    catalog: Catalog, merged_by_window: Mapping[int, ReadTable], rounds: Mapping[int, Round], nodes: int
+) -> RangeData:
+    """The hub's view input when rounds are published: each window's federation metrics from its round
+    (views/ranges.py `RoundRanges`), the rest from the merged snapshots."""
+    layout = Layout.from_catalog(catalog)
+    scales = {m.name: catalog.federation_scale(m) for m in catalog.federation_metrics}
+    per_window = {}
+    for w in sorted(merged_by_window):
+        base = Cells.from_table(layout, merged_by_window[w])
+        per_window[w] = WindowCells(layout, catalog, round_cells(layout, catalog, base, rounds[w]), scales)
+    start, end = min(merged_by_window), max(merged_by_window) + DAY
+    return RangeData(catalog, layout, start, end, per_window, nodes)
 
 
 def hub_range(catalog: Catalog, merged_by_window: Mapping[int, ReadTable], nodes: int) -> RangeData:

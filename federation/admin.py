@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from federation.registry import Kind, NodeRecord
+from federation.keepers import fetch_statement
 from protocol.errors import BadRequest, ProblemType
 from protocol.keys import PublicKey
 from runtime.admin import Blob, Operation
+from runtime.registry import Kind, NodeRecord
 
 if TYPE_CHECKING:
     from federation.app import Hub  # which serves these operations on its socket
@@ -61,6 +62,7 @@ class EnrollParams(BaseModel):
     name: str
     public_key: str  # base64 or PEM
     kind: Kind = "node"
+    url: str | None = None  # a keeper's: where it answers (its statement is fetched there)
 
 
 class Enrollment(BaseModel):
@@ -73,12 +75,25 @@ class Enrollment(BaseModel):
 
 
 async def enroll(hub: Hub, params: EnrollParams) -> Enrollment:
-    """Enroll a node's (or a child hub's) public key; the same key and name with the other kind changes its kind."""
+    """Enroll a node's (or a child hub's) public key; the same key and name with the other kind changes its kind.
+
+    A share keeper's (`kind` keeper) comes with the `url` it answers on: its statement is fetched there,
+    and its sealing key kept only if the key being enrolled signed it (federation/keepers.py).
+    """
     try:
         public_key = PublicKey.parse(params.public_key.strip())
     except ValueError:
         raise BadRequest("the public key is not an Ed25519 public key (base64 or PEM)", slug=ProblemType.INVALID_KEY) from None
+    if (params.kind == "keeper") != (params.url is not None):
+        raise BadRequest(
+            "a keeper is enrolled with the `url` it answers on, and only a keeper", slug=ProblemType.INVALID_ENROLLMENT
+        )
     known = any(r.key_id == public_key.key_id for r in hub.registry.nodes())
+    if params.url is not None:
+        statement = await asyncio.to_thread(fetch_statement, params.url)
+        record = await asyncio.to_thread(hub.keepers.enroll, params.name, public_key, params.url, statement)
+        log.info("keeper enrolled", extra={"node": record.key_id, "node_name": record.name})
+        return Enrollment(record=Enrolled.of(record), changed=False)
     record = await asyncio.to_thread(hub.registry.enroll, params.name, public_key, params.kind)
     log.info("kind changed" if known else "enrolled",
              extra={"node": record.key_id, "node_name": record.name, "kind": record.kind})

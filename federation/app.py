@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
+import contextlib
 import json
 import logging
 import re
@@ -13,14 +13,18 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 
 from federation import admin
 from federation.archive import Archive
+from federation.contributions import ContributionIntake
 from federation.intake import Intake, size_limit
+from federation.keepers import Keepers
+from federation.logwriter import LogWriter
 from federation.metrics import HubMetrics
 from federation.openapi import openapi_document
-from federation.registry import KINDS, Registry
+from federation.rounds import PublishedRounds, Rounds
 from federation.settings import HubSettings
 from federation.store import HubStore
 from federation.translog import GENESIS, head_message
@@ -31,7 +35,6 @@ from protocol.errors import (
     BadRequest,
     NotFound,
     ProblemType,
-    Unauthorized,
     UnsupportedMediaType,
 )
 from protocol.keys import SigningKey, load_or_create
@@ -41,11 +44,14 @@ from runtime.admin import add_admin_socket
 from runtime.datadir import SERVICE_WAIT_SECONDS, DataDirLock
 from runtime.metrics_listener import add_metrics_listener
 from runtime.problems import problem_middleware
+from runtime.registry import KINDS, Registry
+from runtime.tokens import require_bearer
 from runtime.version import liberation_version
 from views.cors import views_cors_middleware
 from views.dashboard import add_dashboard_routes
 from views.ranges import (
     CACHE_CONTROL,
+    RoundRanges,
     StoreRanges,
     ViewService,
     catalog_document,
@@ -74,8 +80,11 @@ class Hub:
     key: SigningKey
     views: ViewService
     upstream: UpstreamExporter
+    keepers: Keepers
+    contributions: ContributionIntake
+    rounds: Rounds
     now: Now
-    version: list[int] = field(default_factory=lambda: [0])  # bumped on every accepted snapshot
+    version: list[int] = field(default_factory=lambda: [0])  # bumped on every accepted snapshot and published round
     lock: DataDirLock | None = None  # this process's hold on the data dir, released by close_hub
 
     @property
@@ -147,11 +156,22 @@ def _open(settings: HubSettings, now: Now) -> Hub:
     archive = Archive(paths["archive"])
     archive.reconcile(store, catalogs)  # files a crash left unwritten after their commit
     metrics = HubMetrics()
-    version = [int(store.cursor().execute("SELECT count(*) FROM envelopes").fetchall()[0][0])]
+    version = [int(store.cursor().execute(
+        "SELECT (SELECT count(*) FROM envelopes) + (SELECT count(*) FROM rounds WHERE state = 'published')"
+    ).fetchall()[0][0])]
 
     def bump() -> None:
         version[0] += 1
 
+    log_writer = LogWriter(store)
+    keepers = Keepers(store, registry)
+    rounds = Rounds(store=store, log=log_writer, keepers=keepers, catalogs=catalogs, key=key, metrics=metrics,
+                    settings=settings.rounds, now=now, on_publish=bump)
+    contributions = ContributionIntake(
+        store=store, registry=registry, keepers=keepers, catalogs=catalogs, log=log_writer, metrics=metrics,
+        horizon_seconds=settings.window_horizon_days * 86_400, skew_seconds=settings.clock_skew_seconds,
+        deadline=rounds.deadline, now=now,
+    )
     intake = Intake(
         store=store,
         registry=registry,
@@ -161,12 +181,14 @@ def _open(settings: HubSettings, now: Now) -> Hub:
         max_bytes=max_bytes,
         horizon_seconds=settings.window_horizon_days * 86_400,
         skew_seconds=settings.clock_skew_seconds,
+        log=log_writer,
         now=now,
         on_accept=bump,
     )
-    views = ViewService(StoreRanges(store), catalogs, lambda: version[0], now=now)
+    views = ViewService(RoundRanges(StoreRanges(store), PublishedRounds(store)), catalogs, lambda: version[0], now=now)
     upstream = UpstreamExporter(store, key, export_after=settings.export_after_seconds, now=now)
-    return Hub(settings, store, registry, catalogs, archive, intake, metrics, key, views, upstream, now, version)
+    return Hub(settings, store, registry, catalogs, archive, intake, metrics, key, views, upstream,
+               keepers, contributions, rounds, now, version)
 
 
 # ---- intake -------------------------------------------------------------------
@@ -206,20 +228,65 @@ async def _stored_snapshot(request: web.Request) -> web.Response:
     )
 
 
+async def _post_contribution(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    if request.content_type not in MSGPACK_TYPES:
+        hub.metrics.contributions_rejected.labels("unsupported-media-type").inc()
+        raise UnsupportedMediaType("send the envelope as application/msgpack", slug=ProblemType.UNSUPPORTED_MEDIA_TYPE)
+    data = await request.read()
+    result = await hub.contributions.submit(data)  # answered after its group commit
+    body: dict[str, object] = {"status": result.status, "node": result.node, "window_start": result.window_start,
+                               "digest": result.digest}
+    if result.log_seq is not None:
+        body["log_seq"] = result.log_seq
+    return web.json_response(body, status=202 if result.status == "accepted" else 200)
+
+
+async def _keepers(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    return web.json_response(await asyncio.to_thread(hub.keepers.listing), headers={"Cache-Control": CACHE_CONTROL})
+
+
+async def _rounds(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    rows = await asyncio.to_thread(hub.rounds.rounds)
+    return web.json_response({"rounds": [
+        {"catalog": r.catalog, "window_start": r.window_start, "window_end": r.window_end, "state": r.state,
+         "deadline": r.deadline, "keepers": list(r.keepers),
+         "nodes": len(r.participants) if r.participants is not None else None, "published": r.published,
+         "note": r.note, "url": f"/v1/rounds/{r.window_start}?catalog={r.catalog}"}
+        for r in rows
+    ]})
+
+
+async def _round(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    catalog = hub.views.catalog(request.query.get("catalog"))
+    window = parse_window(request.match_info["window"])
+    rnd = await asyncio.to_thread(hub.rounds.get, catalog.hash, window)
+    if rnd is None:
+        raise NotFound("no round of that catalog for that window", slug=ProblemType.NO_ROUND)
+    return web.json_response(await asyncio.to_thread(hub.rounds.document, rnd))
+
+
+async def _round_loop(hub: Hub, stop: asyncio.Event) -> None:
+    """Move rounds through their states every `rounds.interval_seconds` until `stop`."""
+    async with aiohttp.ClientSession() as session:
+        while not stop.is_set():
+            try:
+                await hub.rounds.step(session)
+            except Exception as exc:  # noqa: BLE001 - keep the loop alive, say why
+                log.error("rounds pass failed: %s", type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=hub.settings.rounds.interval_seconds)
+
+
 # ---- admin API ----------------------------------------------------------------
 
 
 def _require_admin(request: web.Request) -> Hub:
     hub = request.app[HUB]
-    token = hub.settings.admin_token
-    if token is None:
-        raise NotFound("the admin API is off (no admin_token configured)", slug=ProblemType.ADMIN_OFF)
-    given = request.headers.get("Authorization", "")
-    expected = "Bearer " + token.get_secret_value()
-    # Header bytes that are not UTF-8 arrive as lone surrogates, which cannot be encoded; the
-    # token is ASCII (settings), so a non-ASCII header is simply not it.
-    if not given.isascii() or not hmac.compare_digest(given.encode("ascii"), expected.encode("ascii")):
-        raise Unauthorized("a valid bearer token is required", slug=ProblemType.UNAUTHORIZED)
+    require_bearer(request, hub.settings.admin_token)
     return hub
 
 
@@ -236,10 +303,14 @@ async def _admin_enroll(request: web.Request) -> web.Response:
         raise BadRequest("body must be JSON: {\"name\": ..., \"public_key\": ...}", slug=ProblemType.MALFORMED_BODY) from None
     if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not isinstance(data.get("public_key"), str):
         raise BadRequest("`name` and `public_key` (base64 or PEM) are required", slug=ProblemType.INVALID_ENROLLMENT)
-    kind = data.get("kind", "node")
+    kind, url = data.get("kind", "node"), data.get("url")
     if kind not in KINDS:
-        raise BadRequest("`kind` is \"node\" (the default) or \"hub\" (a child hub)", slug=ProblemType.INVALID_ENROLLMENT)
-    done = await admin.enroll(hub, admin.EnrollParams(name=data["name"], public_key=data["public_key"], kind=kind))
+        raise BadRequest(
+            "`kind` is \"node\" (the default), \"hub\" (a child hub) or \"keeper\"", slug=ProblemType.INVALID_ENROLLMENT
+        )
+    if url is not None and not isinstance(url, str):
+        raise BadRequest("`url` is a keeper's base URL", slug=ProblemType.INVALID_ENROLLMENT)
+    done = await admin.enroll(hub, admin.EnrollParams(name=data["name"], public_key=data["public_key"], kind=kind, url=url))
     return web.json_response(done.record.model_dump(), status=200 if done.changed else 201)
 
 
@@ -269,14 +340,16 @@ async def _log(request: web.Request) -> web.Response:
     if not 0 <= after < 2**63:
         raise BadRequest("`after` is a log sequence number, 0 <= after < 2^63", slug=ProblemType.INVALID_QUERY)
     rows = hub.store.cursor().execute(
-        "SELECT * FROM translog WHERE seq > ? ORDER BY seq LIMIT ?", [after, max(1, limit)]
+        "SELECT seq, key_id, window_start, window_end, catalog, digest, epsilon, accepted, prev_hash, entry_hash, "
+        "coalesce(kind, 'snapshot') FROM translog WHERE seq > ? ORDER BY seq LIMIT ?", [after, max(1, limit)]
     ).fetchall()
     entries = [
         {
-            "seq": int(seq), "node": node, "window_start": int(ws), "window_end": int(we), "catalog": cat,
-            "digest": digest, "epsilon": json.loads(eps), "accepted": int(acc), "prev_hash": prev, "entry_hash": h,
+            "seq": int(seq), "kind": kind, "node": node, "window_start": int(ws), "window_end": int(we),
+            "catalog": cat, "digest": digest, "epsilon": json.loads(eps), "accepted": int(acc), "prev_hash": prev,
+            "entry_hash": h,
         }
-        for seq, node, ws, we, cat, digest, eps, acc, prev, h in rows
+        for seq, node, ws, we, cat, digest, eps, acc, prev, h, kind in rows
     ]
     head = hub.store.cursor().execute("SELECT seq, entry_hash FROM translog ORDER BY seq DESC LIMIT 1").fetchall()
     head_seq, head_hash = (int(head[0][0]), str(head[0][1])) if head else (0, GENESIS)
@@ -369,7 +442,11 @@ def create_app(settings: HubSettings, *, now: Now = time.time) -> web.Applicatio
             "key_id": hub.key.public.key_id, "admin_api": settings.admin_token is not None,
             "max_snapshot_bytes": hub.intake.max_bytes,
         })
+        stop = asyncio.Event()
+        rounds = asyncio.create_task(_round_loop(hub, stop), name="rounds")
         yield
+        stop.set()
+        await rounds
         close_hub(hub)
 
     app.cleanup_ctx.append(lifecycle)
@@ -384,6 +461,10 @@ def create_app(settings: HubSettings, *, now: Now = time.time) -> web.Applicatio
     routes: list[Route] = [
         ("POST", "/v1/snapshots", _post_snapshot),
         ("GET", "/v1/snapshots/{key_id}/{window}", _stored_snapshot),
+        ("POST", "/v1/contributions", _post_contribution),
+        ("GET", "/v1/keepers", _keepers),
+        ("GET", "/v1/rounds", _rounds),
+        ("GET", "/v1/rounds/{window}", _round),
         ("GET", "/v1/admin/nodes", _admin_nodes),
         ("POST", "/v1/admin/nodes", _admin_enroll),
         ("DELETE", "/v1/admin/nodes/{node}", _admin_revoke),

@@ -36,7 +36,6 @@ after the batch before it was archived.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import time
@@ -48,10 +47,9 @@ import duckdb
 import pyarrow as pa
 
 from federation.archive import Accepted, Archive
+from federation.logwriter import LogWriter
 from federation.metrics import HubMetrics
-from federation.registry import Kind, Registry
 from federation.store import HubStore
-from federation.translog import GENESIS, entry_hash
 from protocol.catalog import Catalog
 from protocol.codec import EnvelopeError
 from protocol.envelope import Envelope, SignatureError
@@ -66,6 +64,7 @@ from protocol.errors import (
 )
 from protocol.snapshot import Snapshot, max_envelope_size
 from runtime.groupcommit import GroupQueue, StorageUnavailable, storage_unavailable
+from runtime.registry import Kind, Registry
 from views.merge import snapshot_rows
 
 log = logging.getLogger("liberation.hub.intake")
@@ -134,11 +133,14 @@ class Intake:
         max_bytes: int,
         horizon_seconds: int,
         skew_seconds: int,
+        log: LogWriter | None = None,
         now: Callable[[], float] = time.time,
         on_accept: Callable[[], None] | None = None,
         max_batch: int = MAX_BATCH,
     ) -> None:
+        """`log`: the transparency log's writer, shared with federation rounds (a fresh one if None)."""
         self.store = store
+        self.log = log if log is not None else LogWriter(store)
         self.registry = registry
         self.catalogs = catalogs
         self.archive = archive
@@ -155,7 +157,6 @@ class Intake:
         self._arrived = asyncio.Event()  # set when an envelope queues or a check ends
         self._inflight = 0  # requests inside `submit`
         self._peak = (0, 0.0)  # most requests inside `submit` at once lately, and since when
-        self._log_head: tuple[int, str] | None = None  # (seq, entry hash) of the last committed log entry
 
     # ---- entry points ------------------------------------------------------------------
 
@@ -370,8 +371,7 @@ class Intake:
     def _commit(self, batch: Sequence[Checked]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(batch)
         received = int(self.now())
-        head = self._log_head
-        with self.store.transaction() as tx:
+        with self.log.transaction() as tx:
             # (10) one window length per node: nothing overlapping a window of another length it sent
             for i in sorted(overlapping := self._overlapping(tx, batch)):
                 outcomes[i] = Unprocessable(
@@ -415,16 +415,15 @@ class Intake:
                         "this node already published different bytes for this window", slug=ProblemType.EQUIVOCATION,
                         extra={"window_start": snapshot.window_start},
                     )
-            for row in incidents:
-                tx.execute("INSERT INTO incidents VALUES (?, ?, ?, ?, ?, ?)", row)
+            for incident in incidents:
+                tx.execute("INSERT INTO incidents VALUES (?, ?, ?, ?, ?, ?)", incident)
             if fresh:
                 accepted = [batch[i] for i in fresh]
                 self._merge(tx, accepted)
-                seqs, head = self._append_log(tx, accepted, received)
+                seqs = self.log.append(tx, [_log_entry(c, received) for c in accepted])
                 for i, seq in zip(fresh, seqs, strict=False):
                     snapshot = batch[i].snapshot
                     outcomes[i] = IntakeResult("accepted", snapshot.node, snapshot.window_start, batch[i].digest, seq)
-        self._log_head = head  # committed: this is now the log's head
         assert all(outcome is not None for outcome in outcomes)
         return outcomes  # type: ignore[return-value]
 
@@ -520,49 +519,16 @@ class Intake:
             if not updated[0][0]:
                 tx.execute("INSERT INTO windows VALUES (?, ?, ?, ?)", [catalog, start, end, nodes])
 
-    def _append_log(
-        self, tx: duckdb.DuckDBPyConnection, accepted: Sequence[Checked], received: int
-    ) -> tuple[list[int], tuple[int, str]]:
-        """Append the accepted snapshots' log entries; return their seqs and the new head (seq, hash).
 
-        Intake is the log's only writer, so the head is read once and then kept from commit to commit.
-        """
-        if self._log_head is None:
-            last = tx.execute("SELECT seq, entry_hash FROM translog ORDER BY seq DESC LIMIT 1").fetchall()
-            self._log_head = (int(last[0][0]), str(last[0][1])) if last else (0, GENESIS)
-        seq, prev = self._log_head
-        columns: dict[str, list[object]] = {
-            name: [] for name in ("seq", "key_id", "window_start", "window_end", "catalog", "digest", "epsilon",
-                                  "accepted", "prev_hash", "entry_hash")
-        }
-        for checked in accepted:
-            snapshot = checked.snapshot
-            seq += 1
-            epsilon = {name: cells.epsilon for name, cells in sorted(snapshot.metrics.items())}
-            content = {
-                "seq": seq,
-                "node": snapshot.node,
-                "window_start": snapshot.window_start,
-                "window_end": snapshot.window_end,
-                "catalog": snapshot.catalog,
-                "digest": checked.digest,
-                "epsilon": epsilon,
-                "accepted": received,
-            }
-            current = entry_hash(prev, content)
-            for name, value in (
-                ("seq", seq), ("key_id", snapshot.node), ("window_start", snapshot.window_start),
-                ("window_end", snapshot.window_end), ("catalog", snapshot.catalog), ("digest", checked.digest),
-                ("epsilon", json.dumps(epsilon, sort_keys=True)), ("accepted", received), ("prev_hash", prev),
-                ("entry_hash", current),
-            ):
-                columns[name].append(value)
-            prev = current
-        ints = {"seq", "window_start", "window_end", "accepted"}
-        entries = pa.table({name: pa.array(v, pa.int64() if name in ints else pa.string()) for name, v in columns.items()})
-        with _registered(tx, "incoming_log", entries):
-            tx.execute("INSERT INTO translog SELECT * FROM incoming_log")
-        return list(columns["seq"]), (seq, prev)  # type: ignore[arg-type]
+
+def _log_entry(checked: Checked, received: int) -> dict[str, object]:
+    """An accepted snapshot's transparency log entry: who, which window, what digest, the epsilon per metric."""
+    snapshot = checked.snapshot
+    return {
+        "node": snapshot.node, "window_start": snapshot.window_start, "window_end": snapshot.window_end,
+        "catalog": snapshot.catalog, "digest": checked.digest,
+        "epsilon": {name: cells.epsilon for name, cells in snapshot.metrics.items()}, "accepted": received,
+    }
 
 
 async def _archived(archiving: asyncio.Future[None]) -> None:

@@ -36,5 +36,16 @@ class HubMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25), registry=r,
         )
 
+        self.contributions_accepted = Counter(
+            "liberation_hub_contributions_accepted", "Round contributions verified and stored", registry=r
+        )
+        self.contributions_rejected = Counter(
+            "liberation_hub_contributions_rejected", "Round contributions refused, by check", ["reason"], registry=r
+        )
+        self.rounds = Counter("liberation_hub_rounds", "Rounds that reached a state", ["state"], registry=r)
+        self.keeper_requests = Counter(
+            "liberation_hub_keeper_requests", "Requests to share keepers, by outcome", ["outcome"], registry=r
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -59,6 +59,34 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/contributions": {
+                "post": {
+                    "summary": "Submit a node's signed contribution to a federation round (docs/protocol.md section 13)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/msgpack": {"schema": {"type": "string", "format": "binary"}}},
+                    },
+                    "responses": {
+                        "202": {"description": "verified, stored and logged", "content": JSON_OK["content"]},
+                        "200": {"description": "a replay of an accepted contribution", "content": JSON_OK["content"]},
+                        **{str(c): PROBLEM for c in (400, 403, 409, 413, 415, 422)},
+                    },
+                }
+            },
+            "/v1/keepers": {
+                "get": {
+                    "summary": "The active share keepers: identity and signed sealing key, for nodes to seal to",
+                    "responses": {"200": JSON_OK},
+                }
+            },
+            "/v1/rounds": {"get": {"summary": "Federation rounds and their states", "responses": {"200": JSON_OK}}},
+            "/v1/rounds/{window}": {
+                "get": {
+                    "summary": "One round with every signed part (contributions, keeper answers) and its aggregate",
+                    "parameters": [path_param("window", "2026-11-23, 2026-11-23T05 or unix seconds"), CATALOG_PARAM],
+                    "responses": {"200": JSON_OK, **errors},
+                }
+            },
             "/v1/merged/{window}": {
                 "get": {
                     "summary": "One window's merged cells before re-thresholding (for audits)",
@@ -83,7 +111,7 @@ def openapi_document() -> dict[str, Any]:
             **shared_paths(),
             "/v1/log": {
                 "get": {
-                    "summary": "The hash-chained transparency log of accepted snapshots",
+                    "summary": "The hash-chained transparency log of snapshots, contributions, keeper answers and rounds",
                     "parameters": [
                         query_param("after", "entries after this sequence number", pattern="^[0-9]+$"),
                         query_param("limit", "at most this many (<= 10000)", pattern="^[0-9]+$"),
@@ -112,10 +140,12 @@ def openapi_document() -> dict[str, Any]:
                                         "public_key": {"type": "string", "description": "base64 or PEM"},
                                         "kind": {
                                             "type": "string",
-                                            "enum": ["node", "hub"],
+                                            "enum": ["node", "hub", "keeper"],
                                             "default": "node",
-                                            "description": "hub: a child hub whose merged snapshots this hub merges",
+                                            "description": "hub: a child hub whose merged snapshots this hub merges; "
+                                            "keeper: a share keeper of federation rounds",
                                         },
+                                        "url": {"type": "string", "description": "a keeper's base URL (kind keeper only)"},
                                     },
                                 }
                             }

@@ -6,31 +6,24 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 
-from runtime.config import OFF_WORDS, Off, PathTuple, ServiceSettings, StrTuple, load_settings
+from runtime.config import Off, PathTuple, Section, ServiceSettings, StrTuple, load_settings
+from runtime.tokens import AdminToken, strong_admin_token
 
 ENV_PREFIX = "LIBERATION_HUB_"
-# 32 random bytes are 43 characters of base64url: a token the admin API can trust is at least that long.
-MIN_ADMIN_TOKEN_CHARS = 43
-# Fewer distinct characters than this is not random output (a random 43-char token has about 30).
-MIN_ADMIN_TOKEN_DISTINCT = 10
-GENERATE_TOKEN_HINT = 'generate one with: python -c "import secrets; print(secrets.token_urlsafe(32))"'
 
 
-def _token_or_off(value: Any) -> Any:
-    """`off` turns the admin API off, said so; `null`, `none` or nothing at all is a mistake, not a wish."""
-    if isinstance(value, str):
-        word = value.strip().lower()
-        if word == "off":
-            return None
-        if word in OFF_WORDS or word in ("", "false", "0"):
-            raise ValueError(
-                f"the admin token is {word or 'empty'}, which is not a token; to turn the admin API off, "
-                "leave admin_token unset or set it to off (the CLI works through the local socket anyway); "
-                f"{GENERATE_TOKEN_HINT}"
-            )
-    return value
+class RoundsSettings(Section):
+    """Federation rounds (federation/rounds.py): when a round closes, how the hub asks its keepers."""
+
+    # A round closes this long after its window ends (nodes export an hour after, then push) ...
+    close_after_seconds: int = Field(default=6 * 3600, ge=0)
+    # ... and never sooner than this after its first contribution arrived (history back-filled at once).
+    collect_seconds: int = Field(default=600, ge=0)
+    # How often rounds are looked at: closed, checked with the keepers, answered, published.
+    interval_seconds: float = Field(default=5.0, gt=0)
+    keeper_timeout_seconds: float = Field(default=60.0, gt=0)
 
 
 class HubSettings(ServiceSettings):
@@ -49,7 +42,7 @@ class HubSettings(ServiceSettings):
     catalogs: PathTuple = ()
     views_cors_origins: StrTuple = ("*",)  # origins that may GET the public views; () = no CORS
     # Bearer token of the admin API (enroll, revoke, list nodes, incidents). None (unset, or "off") = admin API off.
-    admin_token: Annotated[SecretStr | None, BeforeValidator(_token_or_off)] = None
+    admin_token: AdminToken = None
     # Ceiling on an envelope's size; intake takes the smaller of this and twice the largest
     # envelope its catalogs can produce (protocol.snapshot.max_envelope_size).
     max_snapshot_bytes: int = Field(default=1024 * 1024, ge=1024)
@@ -63,23 +56,13 @@ class HubSettings(ServiceSettings):
     memory_limit: str = Field(default="640MB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|KiB|MiB|GiB)$")
     log_level: str = "INFO"
 
+    rounds: RoundsSettings = Field(default_factory=RoundsSettings)
+
     @field_validator("admin_token")
     @classmethod
     def _strong_admin_token(cls, token: SecretStr | None) -> SecretStr | None:
         """Refuse guessable admin tokens at start: the admin API shares its port with public intake."""
-        if token is None:
-            return None
-        value = token.get_secret_value()  # never echoed: the messages below describe, not quote
-        if value.lower().startswith("change-me"):
-            raise ValueError(f"the admin token is the public placeholder; {GENERATE_TOKEN_HINT}")
-        if not value.isascii() or not value.isprintable() or " " in value:
-            raise ValueError(f"the admin token must be printable ASCII without spaces; {GENERATE_TOKEN_HINT}")
-        if len(value) < MIN_ADMIN_TOKEN_CHARS or len(set(value)) < MIN_ADMIN_TOKEN_DISTINCT:
-            raise ValueError(
-                f"the admin token is too weak (need 32 random bytes, at least {MIN_ADMIN_TOKEN_CHARS} "
-                f"characters); {GENERATE_TOKEN_HINT}"
-            )
-        return token
+        return strong_admin_token(token)
 
 
 def load_hub_settings(

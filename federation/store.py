@@ -7,8 +7,11 @@ Tables:
                  values, of their noise variances, and how many nodes contributed
     windows      per (catalog, window): how many node snapshots were merged
     incidents    equivocations: a node offering different bytes for a window it already sent
-    translog     the append-only, hash-chained public log of accepted snapshots
+    translog     the append-only, hash-chained public log of accepted snapshots and round parts
     hub_exports  merged windows signed by the hub, committed once (hub of hubs)
+    keepers      enrolled share keepers' endpoints and signed sealing keys (their identity is in `nodes`)
+    rounds       federation rounds: state, deadline, keepers, fixed participant set, published aggregate
+    round_contributions, round_answers   the signed parts each round combines, exactly as received
 All writes go through `transaction()`, one at a time.
 """
 
@@ -121,7 +124,69 @@ def _v1(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1,)
+def _v2(con: duckdb.DuckDBPyConnection) -> None:
+    # Federation rounds (federation/rounds.py): keepers' endpoints and sealing keys, each round's
+    # state, the contributions and keeper answers it combines; log entries of kinds beyond snapshots.
+    con.execute("ALTER TABLE translog ADD COLUMN kind VARCHAR DEFAULT 'snapshot'")
+    con.execute(
+        """
+        CREATE TABLE keepers (
+            key_id VARCHAR PRIMARY KEY,
+            url VARCHAR NOT NULL,
+            hpke_key BLOB NOT NULL,
+            hpke_signature BLOB NOT NULL
+        )
+        """
+    )
+    con.execute(
+        """
+        CREATE TABLE rounds (
+            catalog VARCHAR NOT NULL,
+            window_start BIGINT NOT NULL,
+            window_end BIGINT NOT NULL,
+            state VARCHAR NOT NULL,
+            opened BIGINT NOT NULL,
+            deadline BIGINT NOT NULL,
+            keepers VARCHAR NOT NULL,
+            participants VARCHAR,
+            aggregate BLOB,
+            published BIGINT,
+            note VARCHAR,
+            PRIMARY KEY (catalog, window_start, window_end)
+        )
+        """
+    )
+    con.execute(
+        """
+        CREATE TABLE round_contributions (
+            catalog VARCHAR NOT NULL,
+            window_start BIGINT NOT NULL,
+            window_end BIGINT NOT NULL,
+            key_id VARCHAR NOT NULL,
+            digest VARCHAR NOT NULL,
+            envelope BLOB NOT NULL,
+            received BIGINT NOT NULL,
+            PRIMARY KEY (catalog, window_start, window_end, key_id)
+        )
+        """
+    )
+    con.execute(
+        """
+        CREATE TABLE round_answers (
+            catalog VARCHAR NOT NULL,
+            window_start BIGINT NOT NULL,
+            window_end BIGINT NOT NULL,
+            keeper VARCHAR NOT NULL,
+            digest VARCHAR NOT NULL,
+            envelope BLOB NOT NULL,
+            received BIGINT NOT NULL,
+            PRIMARY KEY (catalog, window_start, window_end, keeper)
+        )
+        """
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1, _v2)
 """Schema migrations in order; the schema version is their count."""
 
 

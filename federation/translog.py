@@ -1,7 +1,8 @@
-"""The transparency log: an append-only, hash-chained record of every accepted snapshot.
+"""The transparency log: an append-only, hash-chained record of every accepted snapshot and round part.
 
-Entry n carries its content (node key id, window, catalog, body digest,
-epsilon per metric, time accepted) and
+Entry n carries its content (signer's key id, window, catalog, body digest,
+epsilon per metric, time accepted; and, for anything but a snapshot, its `kind`:
+`contribution`, `keeper-answer` or `round`, docs/protocol.md section 6) and
     entry_hash_n = SHA-256( bytes.fromhex(entry_hash_{n-1}) || canonical_json(content_n) )
 with entry_hash_0 = 64 zeros, and the hub signs its head (`head_message`). A
 chain only proves the log consistent with itself: a rewrite recomputes it.
@@ -39,9 +40,17 @@ def entry_hash(prev_hash: str, content: Mapping[str, Any]) -> str:
     return hashlib.sha256(bytes.fromhex(prev_hash) + canonical_json(content)).hexdigest()
 
 
+KINDS = ("snapshot", "contribution", "keeper-answer", "round")
+"""What an entry records: a node's snapshot, a node's contribution to a round, a keeper's answer, a published round."""
+
+
 def content_of(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """The hashed part of a published entry."""
-    return {k: entry[k] for k in CONTENT_FIELDS}
+    """The hashed part of a published entry: a snapshot's fields, plus `kind` for the other kinds."""
+    content = {k: entry[k] for k in CONTENT_FIELDS}
+    kind = entry.get("kind", "snapshot")
+    if kind != "snapshot":
+        content["kind"] = kind
+    return content
 
 
 class ChainError(LiberationError, ValueError):

@@ -90,7 +90,8 @@ def _catalog_show(args: argparse.Namespace) -> int:
         return 0
     print(f"catalog {catalog.name} v{catalog.version}  hash {catalog.hash}")
     print(
-        f"epsilon per window {catalog.epsilon_per_window:g}, k_min {catalog.k_min}, "
+        f"epsilon per window {catalog.epsilon_per_window:g} (community snapshot {catalog.epsilon_community:g}, "
+        f"federation round {catalog.epsilon_federation:g}), k_min {catalog.k_min}, "
         f"at most {catalog.max_events_per_session} events per session, "
         f"raw rows kept {catalog.retention_days} days after export"
     )
@@ -111,6 +112,15 @@ def _catalog_show(args: argparse.Namespace) -> int:
             f"  {m.name:20s} {m.unit.value:8s} {catalog.domain_size(m):6d} {m.sensitivity:4d} "
             f"{catalog.epsilon(m):8.3f} {catalog.scale(m):7.1f} {shown:6d}"
         )
+    if catalog.federation is not None:
+        from protocol.noise import laplace_variance
+
+        print(f"\nfederation rounds (at least {catalog.federation.min_nodes} nodes; each keeper adds one draw of `scale`):")
+        print(f"  {'name':20s} {'epsilon':>8s} {'scale':>7s} {'shown (2 keepers)':>18s}")
+        for m in catalog.federation_metrics:
+            scale = catalog.federation_scale(m)
+            shown = presence_threshold(catalog, m, 2 * laplace_variance(scale), scale)
+            print(f"  {m.name:20s} {catalog.federation_epsilon(m):8.3f} {scale:7.1f} {shown:18d}")
     return 0
 
 
@@ -274,6 +284,79 @@ def _node_push(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- share keeper ---------------------------------------------------------------------------
+# The keeper has no admin socket: these commands work on its files with it stopped (its admin
+# HTTP API does the same while it runs: docs/operations.md, "Share keepers").
+
+
+def _keeper_settings(args: argparse.Namespace) -> Any:
+    from keeper.settings import load_keeper_settings
+
+    return _settings(args, load_keeper_settings, "LIBERATION_KEEPER_CONFIG")
+
+
+def _keeper_serve(args: argparse.Namespace) -> int:
+    from keeper.app import create_app
+    from liberation.server import run_app
+    from runtime.logs import configure_logging
+
+    settings = _keeper_settings(args)
+    configure_logging(settings.log_level)
+    run_app(create_app(settings), settings.host, settings.port, "keeper", max_connections=settings.max_connections)
+    return 0
+
+
+def _keeper_key(args: argparse.Namespace) -> int:
+    import base64
+
+    from keeper.identity import load_or_create_identity
+
+    statement = load_or_create_identity(_keeper_settings(args).data_dir).statement
+    _print_public(statement.identity)
+    print(f"sealing key (X25519): {base64.b64encode(statement.hpke).decode()}")
+    print(f"its signature:        {base64.b64encode(statement.signature).decode()}")
+    return 0
+
+
+def _on_keeper(args: argparse.Namespace, operation: Callable[[Any], str]) -> int:
+    from keeper.app import close_keeper, open_keeper
+
+    keeper = open_keeper(_keeper_settings(args))
+    try:
+        print(operation(keeper))
+    finally:
+        close_keeper(keeper)
+    return 0
+
+
+def _keeper_enroll(args: argparse.Namespace) -> int:
+    from protocol.keys import PublicKey
+
+    public_key = PublicKey.parse(_key_text(args.key).strip())
+
+    def enroll(keeper: Any) -> str:
+        record = keeper.registry.enroll(args.name, public_key, "node")
+        return f"enrolled {record.name}: key id {record.key_id}"
+
+    return _on_keeper(args, enroll)
+
+
+def _keeper_revoke(args: argparse.Namespace) -> int:
+    def revoke(keeper: Any) -> str:
+        record = keeper.registry.revoke(args.node)
+        return f"revoked {record.name}: key id {record.key_id}"
+
+    return _on_keeper(args, revoke)
+
+
+def _keeper_nodes(args: argparse.Namespace) -> int:
+    def nodes(keeper: Any) -> str:
+        records = keeper.registry.nodes()
+        return "\n".join(f"{r.key_id}  {'active' if r.active else 'revoked':8s} {r.name}" for r in records) or "no node enrolled"
+
+    return _on_keeper(args, nodes)
+
+
 # ---- hub ------------------------------------------------------------------------------------
 
 
@@ -300,7 +383,10 @@ def _key_text(arg: str) -> str:
 def _hub_enroll(args: argparse.Namespace) -> int:
     from federation.admin import ENROLL, EnrollParams
 
-    params = EnrollParams(name=args.name, public_key=_key_text(args.key), kind="hub" if args.hub else "node")
+    if args.hub and args.keeper:
+        raise LiberationError("a key is a child hub's (--hub) or a share keeper's (--keeper URL), not both")
+    kind = "hub" if args.hub else "keeper" if args.keeper else "node"
+    params = EnrollParams(name=args.name, public_key=_key_text(args.key), kind=kind, url=args.keeper)
 
     async def run() -> str:
         async with _hub_channel(args) as hub:
@@ -389,6 +475,10 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
 
 def _hub_options(parser: argparse.ArgumentParser) -> None:
     _service_options(parser, "hub")
+
+
+def _keeper_options(parser: argparse.ArgumentParser) -> None:
+    _service_options(parser, "keeper")
 
 
 def _serve_options(parser: argparse.ArgumentParser, port: int) -> None:
@@ -495,6 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
     henroll.add_argument("--key", required=True, metavar="BASE64|FILE",
                          help="the node's public key (`liberation node key`): base64 or PEM, or a file holding either")
     henroll.add_argument("--hub", action="store_true", help="the key is a child hub's: its snapshots merge many nodes")
+    henroll.add_argument("--keeper", metavar="URL",
+                         help="the key is a share keeper's, answering at URL (its statement is fetched and checked there)")
     hrevoke = _leaf(hub, "revoke", _hub_revoke, "revoke a node: its later snapshots are refused", while_serving=True)
     _hub_options(hrevoke)
     hrevoke.add_argument("node", metavar="NODE", help="the node's key id (32 hex characters) or its enrolled name")
@@ -532,7 +624,26 @@ def build_parser() -> argparse.ArgumentParser:
     hverify.add_argument("--page-size", dest="page_size", type=int, default=1000, metavar="N",
                          help="log entries fetched per request (default 1000)")
 
-    demo = _leaf(sub, "demo", _demo, "run a demo federation: a hub, three nodes, a month of traffic")
+    keeper = sub.add_parser("keeper", help="a share keeper of federation rounds").add_subparsers(
+        dest="keeper_command", required=True, metavar="SUBCOMMAND"
+    )
+    kserve = _leaf(keeper, "serve", _keeper_serve, "run the keeper: its HTTP server (rounds, admin API)")
+    _keeper_options(kserve)
+    _serve_options(kserve, 8710)
+    kkey = _leaf(keeper, "key", _keeper_key, "print the keeper's key id, public key and signed sealing key")
+    _keeper_options(kkey)
+    kenroll = _leaf(keeper, "enroll", _keeper_enroll,
+                    "enroll a node whose contributions this keeper opens seeds for (keeper stopped; else its admin API)")
+    _keeper_options(kenroll)
+    kenroll.add_argument("--name", required=True, help="a unique name for the node")
+    kenroll.add_argument("--key", required=True, metavar="BASE64|FILE", help="the node's public key, or a file holding it")
+    krevoke = _leaf(keeper, "revoke", _keeper_revoke, "revoke a node, by key id or name (keeper stopped)")
+    _keeper_options(krevoke)
+    krevoke.add_argument("node", metavar="NODE", help="the node's key id or its enrolled name")
+    knodes = _leaf(keeper, "nodes", _keeper_nodes, "list the nodes enrolled at this keeper (keeper stopped)")
+    _keeper_options(knodes)
+
+    demo = _leaf(sub, "demo", _demo, "run a demo federation: a hub, two share keepers, three nodes, a month of traffic")
     demo.add_argument("--data-dir", dest="data_dir", default="data/demo", metavar="DIR",
                       help="where the demo's data and logs go (default data/demo, recreated unless --keep)")
     demo.add_argument("--days", type=int, default=30, help="days of history (default 30)")

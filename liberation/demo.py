@@ -2,14 +2,17 @@
 
 The demo runs the real parts, as an operator would. By default it generates
 keys, imports synthetic history into three nodes through `node import`'s
-code path, starts `liberation hub serve` and three `liberation node serve`
-processes, enrolls the nodes through the hub's admin API, lets the nodes
-export and push their closed windows, keeps a trickle of live events going,
+code path, starts `liberation hub serve`, two `liberation keeper serve` (the
+share keepers of federation rounds) and three `liberation node serve`
+processes, enrolls the keepers at the hub and the nodes at the hub and at
+both keepers through their admin APIs, lets the nodes export and push their
+closed windows and round contributions, keeps a trickle of live events going,
 and prints the dashboard's URL. With `--import DIR` it builds one node per
 `<community>.jsonl` in DIR (the format `node import` takes) and nothing
-else: each node imports its file and publishes every closed window, the hub
-enrolls them and takes their snapshots over HTTP, and serves the federation
-views of that history. Ctrl-C stops everything cleanly.
+else: each node imports its file and publishes every closed window (and its
+contribution to the window's round), the hub enrolls them and takes their
+snapshots and contributions over HTTP, two keepers answer the rounds, and the
+hub serves the federation views of that history. Ctrl-C stops everything cleanly.
 """
 
 from __future__ import annotations
@@ -50,6 +53,66 @@ class Service:
     proc: subprocess.Popen[bytes]
     log: Path
     url: str = ""
+    key_id: str = ""
+
+
+KEEPERS = 2
+"""Share keepers the demo runs: any one honest keeper protects a round; every one must answer."""
+ROUNDS_ENV = {
+    # The demo's rounds close 20 s after their first contribution (history arrives at once) and
+    # right at a live window's end: the hub's defaults wait hours for nodes' pushes.
+    "LIBERATION_HUB_ROUNDS__CLOSE_AFTER_SECONDS": "0", "LIBERATION_HUB_ROUNDS__COLLECT_SECONDS": "20",
+    "LIBERATION_HUB_ROUNDS__INTERVAL_SECONDS": "1",
+}
+
+
+def _start_keepers(root: Path, hub: Service, token: str, *, fixed_ports: bool) -> list[Service]:
+    """Two keepers answering this hub only, enrolled at it (kind keeper, with their URL)."""
+    hub_key = (root / "hub" / "keys" / "signing.pub").read_text().strip()
+    keepers = [
+        _start(f"keeper-{k}", ["keeper", "serve"], root / f"keeper-{k}.log", {
+            "LIBERATION_KEEPER_DATA_DIR": str(root / f"keeper-{k}"),
+            "LIBERATION_KEEPER_PORT": str(_free_port(8710 + k) if fixed_ports else 0),
+            "LIBERATION_KEEPER_METRICS_PORT": str(_free_port(9710 + k) if fixed_ports else 0),
+            "LIBERATION_KEEPER_ADMIN_TOKEN": token, "LIBERATION_KEEPER_HUB_KEYS": json.dumps([hub_key]),
+        })
+        for k in range(KEEPERS)
+    ]
+    for keeper in keepers:
+        _wait_url(keeper)
+        statement = _request(keeper.url + "/v1/keeper")
+        keeper.key_id = statement["key_id"]
+        _request(hub.url + "/v1/admin/nodes", {"name": keeper.name, "public_key": statement["public_key"],
+                                               "kind": "keeper", "url": keeper.url}, token)
+    return keepers
+
+
+def _enroll(name: str, public: str, hub: Service, keepers: list[Service], token: str) -> None:
+    """A community at the hub and at every keeper (a keeper opens seeds only of nodes it enrolled)."""
+    for service in (hub, *keepers):
+        _request(service.url + "/v1/admin/nodes", {"name": name, "public_key": public}, token)
+
+
+def _wait_for_rounds(hub: Service, wanted: int, stop: list[bool], timeout: float = 90) -> list[dict[str, Any]]:
+    """The hub's rounds once `wanted` are published (or none is left open or checking, or the timeout)."""
+    deadline = time.monotonic() + timeout
+    rounds: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and not stop[0]:
+        rounds = _request(hub.url + "/v1/rounds")["rounds"]
+        published = sum(r["state"] == "published" for r in rounds)
+        if published >= wanted or (rounds and all(r["state"] in ("published", "failed") for r in rounds)):
+            break
+        time.sleep(0.5)
+    return rounds
+
+
+def _rounds_line(rounds: list[dict[str, Any]]) -> str:
+    published = sum(r["state"] == "published" for r in rounds)
+    failed = [r for r in rounds if r["state"] == "failed"]
+    line = f"  rounds: {published} published by {KEEPERS} share keepers (noise once, on the federation-wide sums)"
+    if failed:
+        line += f"; {len(failed)} failed ({failed[0]['note']})"
+    return line
 
 
 def _import_history(community: Community, data_dir: str, seed: int, days: int) -> str:
@@ -71,35 +134,44 @@ IMPORT_RETENTION_DAYS = 400
 """How far back `--import` history may go: the hub's default window horizon."""
 
 
-def _publish_file(path: str, data_dir: str) -> tuple[str, str, list[bytes], str]:
+def _publish_file(
+    path: str, data_dir: str, keepers: list[str], listing: dict[str, Any]
+) -> tuple[str, str, list[bytes], list[bytes], str]:
     """One community's file through a node of its own: import, export every closed window (run in a worker).
 
-    Returns the node's name, public key, envelopes and a summary line.
+    The node seals its round contributions to `keepers`, whose keys it takes from the hub's `listing`.
+    Returns the node's name, public key, envelopes, contributions and a summary line.
     """
     from node.app import close_node, open_node
     from node.importer import import_lines
     from node.settings import NodeSettings
 
     name = Path(path).stem
-    node = open_node(NodeSettings(data_dir=Path(data_dir), retention_days=IMPORT_RETENTION_DAYS))
+    settings = NodeSettings(data_dir=Path(data_dir), retention_days=IMPORT_RETENTION_DAYS,
+                            rounds={"keepers": keepers})
+    node = open_node(settings)
     try:
+        if node.publisher.keepers is not None:
+            node.publisher.keepers.learn(listing)
         with open(path, encoding="utf-8") as lines:
             summary = import_lines(node, lines)
         node.export_due()
-        envelopes = [e for w in sorted(node.windows.exported) if (e := node.publisher.stored(w)) is not None]
+        windows = sorted(node.windows.exported)
+        envelopes = [e for w in windows if (e := node.publisher.stored(w)) is not None]
+        contributions = [c for w in windows if (c := node.publisher.contribution(w)) is not None]
         public = node.key.public.b64
     finally:
         close_node(node)
     refused = sum(summary.rejected.values())
-    return name, public, envelopes, (
+    return name, public, envelopes, contributions, (
         f"{name}: {summary.accepted:,} events imported"
         + (f", {refused:,} refused" if refused else "") + f", {len(envelopes)} windows published"
     )
 
 
-def _post_envelope(url: str, envelope: bytes) -> None:
+def _post_envelope(url: str, envelope: bytes, path: str = "/v1/snapshots") -> None:
     request = urllib.request.Request(
-        url + "/v1/snapshots", data=envelope, headers={"Content-Type": "application/msgpack"}, method="POST"
+        url + path, data=envelope, headers={"Content-Type": "application/msgpack"}, method="POST"
     )
     with urllib.request.urlopen(request, timeout=30):  # noqa: S310 - loopback only
         pass
@@ -117,27 +189,35 @@ def run_import_demo(root: Path, source: Path, *, hub_port: int = 8700, out: Text
     make_private_dir(root)
     token = secrets.token_urlsafe(32)
     say = _sayer(out)
-    say(f"Liberation Analytics demo: a hub and {len(files)} communities from {source}")
-    with ProcessPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
-        jobs = [pool.submit(_publish_file, str(f), str(root / "nodes" / f.stem)) for f in files]
-        published = [job.result() for job in jobs]
-    for *_, line in published:
-        say("  " + line)
+    say(f"Liberation Analytics demo: a hub, {KEEPERS} share keepers and {len(files)} communities from {source}")
     stop = _stop_on_signals()
     hub = _start("hub", ["hub", "serve"], root / "hub.log", {
         "LIBERATION_HUB_DATA_DIR": str(root / "hub"), "LIBERATION_HUB_PORT": str(hub_port),
         "LIBERATION_HUB_METRICS_PORT": "0", "LIBERATION_HUB_ADMIN_TOKEN": token,
-        "LIBERATION_HUB_EXPORT_AFTER_SECONDS": "0",
+        "LIBERATION_HUB_EXPORT_AFTER_SECONDS": "0", **ROUNDS_ENV, "LIBERATION_HUB_ROUNDS__COLLECT_SECONDS": "5",
     })
+    services = [hub]
     try:
         _wait_url(hub)
-        for name, public, envelopes, _ in published:
-            _request(hub.url + "/v1/admin/nodes", {"name": name, "public_key": public}, token)
+        keepers = _start_keepers(root, hub, token, fixed_ports=False)
+        services += keepers
+        listing = _request(hub.url + "/v1/keepers")
+        keeper_ids = [k.key_id for k in keepers]
+        with ProcessPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+            jobs = [pool.submit(_publish_file, str(f), str(root / "nodes" / f.stem), keeper_ids, listing) for f in files]
+            published = [job.result() for job in jobs]
+        for *_, line in published:
+            say("  " + line)
+        for name, public, envelopes, contributions, _ in published:
+            _enroll(name, public, hub, keepers, token)
             for envelope in envelopes:
                 _post_envelope(hub.url, envelope)
+            for contribution in contributions:
+                _post_envelope(hub.url, contribution, "/v1/contributions")
         windows = _request(hub.url + "/v1/windows")["windows"]
         say(f"  hub: {len(windows)} windows merged from {len(published)} nodes "
             f"({time.monotonic() - started:.0f} s after start)")
+        say(_rounds_line(_wait_for_rounds(hub, len(windows), stop)))
         say("")
         say(f"  dashboard:  {hub.url}/")
         say(f"  views API:  {hub.url}/v1/views   (OpenAPI: {hub.url}/openapi.json)")
@@ -147,7 +227,7 @@ def run_import_demo(root: Path, source: Path, *, hub_port: int = 8700, out: Text
         while not stop[0] and hub.proc.poll() is None:
             time.sleep(0.2)
     finally:
-        _stop_services([hub], say)
+        _stop_services(services, say)
     return 0
 
 
@@ -242,7 +322,8 @@ def run_demo(root: Path, *, days: int = HISTORY_DAYS, out: TextIO = sys.stdout, 
     token = secrets.token_urlsafe(32)  # 32 random bytes: the hub refuses weaker admin tokens
     say = _sayer(out)
 
-    say(f"Liberation Analytics demo: a hub and {len(COMMUNITIES)} communities, {days} days of history")
+    say(f"Liberation Analytics demo: a hub, {KEEPERS} share keepers and {len(COMMUNITIES)} communities, "
+        f"{days} days of history")
     with ProcessPoolExecutor(max_workers=min(3, os.cpu_count() or 1)) as pool:
         jobs = [
             pool.submit(_import_history, c, str(root / c.name), 1000 + i, days) for i, c in enumerate(COMMUNITIES)
@@ -256,16 +337,19 @@ def run_demo(root: Path, *, days: int = HISTORY_DAYS, out: TextIO = sys.stdout, 
         hub = _start("hub", ["hub", "serve"], root / "hub.log", {
             "LIBERATION_HUB_DATA_DIR": str(root / "hub"), "LIBERATION_HUB_PORT": str(_free_port(8700)),
             "LIBERATION_HUB_METRICS_PORT": str(_free_port(9700)),
-            "LIBERATION_HUB_ADMIN_TOKEN": token, "LIBERATION_HUB_EXPORT_AFTER_SECONDS": "0",
+            "LIBERATION_HUB_ADMIN_TOKEN": token, "LIBERATION_HUB_EXPORT_AFTER_SECONDS": "0", **ROUNDS_ENV,
         })
         services.append(hub)
         _wait_url(hub)
+        keepers = _start_keepers(root, hub, token, fixed_ports=True)
+        services += keepers
+        nodes: list[Service] = []
         for i, community in enumerate(COMMUNITIES):
             data = root / community.name
             from protocol.keys import load_or_create
 
             public = load_or_create(data / "keys" / "signing.key").public.b64
-            _request(hub.url + "/v1/admin/nodes", {"name": community.name, "public_key": public}, token)
+            _enroll(community.name, public, hub, keepers, token)
             node = _start(community.name, ["node", "serve"], root / f"{community.name}.log", {
                 "LIBERATION_NODE_DATA_DIR": str(data), "LIBERATION_NODE_PORT": str(_free_port(8701 + i)),
                 "LIBERATION_NODE_METRICS_PORT": str(_free_port(9701 + i)),
@@ -275,9 +359,11 @@ def run_demo(root: Path, *, days: int = HISTORY_DAYS, out: TextIO = sys.stdout, 
                 "LIBERATION_NODE_EXPORT_GRACE_SECONDS": "0",
                 "LIBERATION_NODE_PUSH__HUB_URL": hub.url, "LIBERATION_NODE_PUSH__INTERVAL_SECONDS": "1",
                 "LIBERATION_NODE_CORS_ORIGINS": json.dumps([hub.url]),
+                "LIBERATION_NODE_ROUNDS__KEEPERS": json.dumps([k.key_id for k in keepers]),
             })
-            services.append(node)
-        for node in services[1:]:
+            nodes.append(node)
+        services += nodes
+        for node in nodes:
             _wait_url(node)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not stop[0]:
@@ -287,18 +373,21 @@ def run_demo(root: Path, *, days: int = HISTORY_DAYS, out: TextIO = sys.stdout, 
             time.sleep(0.5)
         say(f"  hub: {len(windows)} windows merged from {len(COMMUNITIES)} nodes "
             f"({time.monotonic() - started:.0f} s after start)")
+        say(_rounds_line(_wait_for_rounds(hub, days, stop)))
         say("")
         say(f"  dashboard:  {hub.url}/")
         say(f"  views API:  {hub.url}/v1/views   (OpenAPI: {hub.url}/openapi.json)")
-        for node in services[1:]:
+        for node in nodes:
             say(f"  node {node.name}: {node.url}/  (events: POST {node.url}/v1/events)")
+        for keeper in keepers:
+            say(f"  share keeper {keeper.name}: {keeper.url}/v1/ledger")
         say(f"  logs and data: {root}")
         say("")
         say("A live trickle of events keeps going; today's window is published after midnight UTC. Ctrl-C stops.")
         trickle = [Traffic(c, 9000 + i) for i, c in enumerate(COMMUNITIES)]
         while not stop[0]:
             now = datetime.now(UTC)
-            for node, traffic in zip(services[1:], trickle, strict=False):
+            for node, traffic in zip(nodes, trickle, strict=True):
                 events = traffic.session(now - timedelta(minutes=1))
                 for event in events:
                     event["timestamp"] = now.isoformat()

@@ -13,6 +13,9 @@ Messages name roles (the hub, node #2), paths and key ids, never a host or an ad
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import http.client
 import json
 import os
@@ -28,10 +31,14 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
+
 from federation.translog import GENESIS, ChainError, head_message, verify_chain
+from protocol.codec import EnvelopeError
 from protocol.errors import LiberationError
 from protocol.files import fsync_directory, write_file_then
 from protocol.keys import KeyFormatError, PublicKey
+from protocol.rounds import combine, round_document, verify_answer, verify_contribution
 
 PAGE_SIZE = 1000
 """Entries asked for per request (the hub answers at most 10,000)."""
@@ -171,12 +178,15 @@ def _entries(page: Any, what: str) -> list[dict[str, Any]]:
 
 @dataclass
 class LogEntry:
-    """What the node checks need of one verified entry."""
+    """What the node and round checks need of one verified entry."""
 
     seq: int
     node: Any
     window_start: Any
     epsilon: Any
+    kind: str = "snapshot"
+    window_end: Any = None
+    catalog: Any = None
 
 
 @dataclass
@@ -186,6 +196,8 @@ class VerifiedLog:
     head: Head
     hash_at: dict[int, str] = field(default_factory=dict)
     by_digest: dict[str, list[LogEntry]] = field(default_factory=dict)
+    rounds: list[LogEntry] = field(default_factory=list)
+    """The `round` entries: published federation rounds, with their digest in `by_digest`."""
 
 
 def verify_log(base: str, key: PublicKey, *, remembered: Head | None, page_size: int, index: bool) -> VerifiedLog:
@@ -225,10 +237,13 @@ def verify_log(base: str, key: PublicKey, *, remembered: Head | None, page_size:
             seq = entry["seq"]
             if remembered is not None and seq == remembered.seq:
                 result.hash_at[seq] = entry["entry_hash"]
-            if index:
-                result.by_digest.setdefault(str(entry["digest"]), []).append(
-                    LogEntry(seq, entry["node"], entry["window_start"], entry["epsilon"])
-                )
+            kind = str(entry.get("kind", "snapshot"))
+            if index or kind != "snapshot":
+                logged = LogEntry(seq, entry["node"], entry["window_start"], entry["epsilon"], kind,
+                                  entry["window_end"], entry["catalog"])
+                result.by_digest.setdefault(str(entry["digest"]), []).append(logged)
+                if kind == "round":
+                    result.rounds.append(logged)
         done += len(batch)
     if prev != head.entry_hash:
         raise LogAuditError(f"the log's entries end at hash {prev[:16]}…, not at its signed head {head.entry_hash[:16]}…")
@@ -328,7 +343,7 @@ def check_node(base: str, number: int, log: VerifiedLog) -> str:
         if window is None:
             raise LogAuditError(f"{role} (GET /v1/snapshots): a snapshot with an unreadable window_start")
         name = f"node {node}: the snapshot of {datetime.fromtimestamp(window, UTC):%Y-%m-%d %H:%M}Z (digest {digest[:16]}…)"
-        found = log.by_digest.get(digest, [])
+        found = [e for e in log.by_digest.get(digest, []) if e.kind == "snapshot"]
         if not found:
             raise LogAuditError(f"{name} is not in the hub's log (if it was exported minutes ago, its push may be pending)")
         if len(found) > 1:
@@ -346,13 +361,94 @@ def check_node(base: str, number: int, log: VerifiedLog) -> str:
                 f"{name} is in the hub's log (entry {entry.seq}) with epsilon {_total(entry.epsilon)}, "
                 f"but the node's ledger recorded {_total(recorded)}"
             )
-    foreign = sorted(e.seq for d, es in log.by_digest.items() if d not in mine for e in es if e.node == node)
+    foreign = sorted(e.seq for d, es in log.by_digest.items() if d not in mine for e in es
+                     if e.node == node and e.kind == "snapshot")
     if foreign:
         raise LogAuditError(
             f"node {node}: the hub's log names {len(foreign)} snapshot(s) of this node that it does not list "
             f"(entries {', '.join(map(str, foreign[:5]))}{', …' if len(foreign) > 5 else ''})"
         )
     return f"node {node}: {len(mine)} snapshot(s), each in the log once, with the epsilon its ledger recorded"
+
+
+# ---- federation rounds: recomputed from their signed parts ---------------------------------------
+
+
+def check_rounds(base: str, log: VerifiedLog) -> str:
+    """Recompute every published round the log names; LogAuditError at the first that does not add up."""
+    for entry in log.rounds:
+        check_round(base, log, entry)
+    return f"{len(log.rounds)} round(s) recomputed from their signed parts: each equals the aggregate the hub published"
+
+
+def _logged(log: VerifiedLog, digest: str, kind: str, signer: str, entry: LogEntry) -> bool:
+    return any(e.kind == kind and e.node == signer and e.window_start == entry.window_start
+               and e.window_end == entry.window_end and e.catalog == entry.catalog for e in log.by_digest.get(digest, []))
+
+
+def check_round(base: str, log: VerifiedLog, entry: LogEntry) -> None:
+    """(1) the round's parts verify, (2) each is in the log, (3) the answers are for its set, (4) they add up."""
+    name = f"the round of {_when(entry.window_start)} (log entry {entry.seq})"
+    what = f"the hub (GET /v1/rounds/{entry.window_start}?catalog=…)"
+    doc = get_json(f"{base}/v1/rounds/{entry.window_start}?catalog={entry.catalog}", what)
+    if not isinstance(doc, dict) or doc.get("state") != "published":
+        raise LogAuditError(f"{name}: the hub does not serve it as published")
+    try:
+        parts = [(p["node"], p["digest"], base64.b64decode(p["contribution"], validate=True)) for p in doc["participants"]]
+        answers = [(a["keeper"], a["digest"], base64.b64decode(a["answer"], validate=True)) for a in doc["answers"]]
+        aggregate = np.array(doc["aggregate"], dtype=np.int64)
+    except (KeyError, TypeError, ValueError, OverflowError, binascii.Error):
+        raise LogAuditError(f"{name}: the hub's document of it is malformed") from None
+    if not parts or not answers or aggregate.ndim != 1 or not len(aggregate):
+        raise LogAuditError(f"{name}: it has no participants, no answers or no aggregate")
+    cells = len(aggregate)
+    ys, set_ = [], []
+    for node, digest, envelope in parts:
+        # (1) signed by the node it names, (2) in the log as its contribution to this round
+        try:
+            verified = verify_contribution(envelope, max_size=len(envelope))
+        except EnvelopeError as exc:
+            raise LogAuditError(f"{name}: the contribution of node {node} does not verify ({exc.reason})") from None
+        c = verified.contribution
+        if (verified.digest, c.node) != (digest, node) or (c.window_start, c.window_end, c.catalog) != (
+                entry.window_start, entry.window_end, entry.catalog):
+            raise LogAuditError(f"{name}: the contribution listed for node {node} is another one")
+        if not _logged(log, digest, "contribution", node, entry):
+            raise LogAuditError(f"{name}: the contribution of node {node} is not in the log")
+        ys.append(c.y)
+        set_.append((node, digest))
+    a_s, answered = [], []
+    for keeper, digest, envelope in answers:
+        try:
+            verified_answer = verify_answer(envelope, max_size=len(envelope))
+        except EnvelopeError as exc:
+            raise LogAuditError(f"{name}: the answer of keeper {keeper} does not verify ({exc.reason})") from None
+        answer = verified_answer.answer
+        if (verified_answer.digest, answer.keeper) != (digest, keeper):
+            raise LogAuditError(f"{name}: the answer listed for keeper {keeper} is another one")
+        if not _logged(log, digest, "keeper-answer", keeper, entry):
+            raise LogAuditError(f"{name}: the answer of keeper {keeper} is not in the log")
+        # (3) for exactly this round's participant set
+        if list(zip(answer.nodes, answer.digests, strict=False)) != set_ or (answer.window_start, answer.window_end) != (
+                entry.window_start, entry.window_end):
+            raise LogAuditError(f"{name}: keeper {keeper} answered for another participant set")
+        a_s.append(answer.a)
+        answered.append((keeper, digest))
+    # (4) sum y_i + sum A_k (mod 2^64) is the published aggregate, and the log's digest covers it
+    try:
+        recomputed = combine(ys, a_s, cells)
+    except EnvelopeError:
+        raise LogAuditError(f"{name}: its parts are not all of the aggregate's length") from None
+    if not np.array_equal(recomputed, aggregate):
+        raise LogAuditError(f"{name}: its signed parts add up to another aggregate than the one published")
+    digest = hashlib.sha256(round_document(entry.catalog, entry.window_start, entry.window_end, set_, answered,
+                                           np.asarray(aggregate, dtype="<i8").tobytes())).hexdigest()
+    if not any(e.kind == "round" and e.seq == entry.seq for e in log.by_digest.get(digest, [])):
+        raise LogAuditError(f"{name}: the log's digest of it does not match its parts and aggregate")
+
+
+def _when(window_start: Any) -> str:
+    return datetime.fromtimestamp(window_start, UTC).strftime("%Y-%m-%d %H:%M") + "Z" if isinstance(window_start, int) else "?"
 
 
 def _total(epsilon: Any) -> str:
@@ -396,4 +492,6 @@ def audit_hub_log(
         lines.append("no --state: nothing remembered, so a rewrite of what was seen before cannot be noticed")
     for number, node_base in enumerate(node_bases, start=1):
         lines.append(check_node(node_base, number, log))
+    if log.rounds:
+        lines.append(check_rounds(base, log))
     return lines

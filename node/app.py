@@ -18,9 +18,10 @@ import duckdb
 from aiohttp import web
 
 from node.admin import NODE_OPERATIONS
-from node.export import AdoptionRefused, BudgetExceeded, Publisher, epsilon_cap_default
+from node.export import AdoptionRefused, BudgetExceeded, KeepersUnknown, Publisher, epsilon_cap_default
 from node.geo import GeoLocator
 from node.ingest import Clock, Ingestor, utc_now
+from node.keepers import KeeperDirectory
 from node.metrics import NodeMetrics
 from node.openapi import serve_openapi
 from node.origins import cors_middleware
@@ -116,6 +117,10 @@ class Node:
                 except BudgetExceeded as exc:
                     self.metrics.exports_refused.labels("budget").inc()
                     log.error("export refused: %s", exc, extra={"window_start": _iso(window)})
+                    continue
+                except KeepersUnknown as exc:
+                    self.metrics.exports_refused.labels("keepers-unknown").inc()
+                    log.warning("export waits: %s", exc, extra={"window_start": _iso(window)})
                     continue
                 done.append(window)
             for window in self.windows.expire():
@@ -237,6 +242,8 @@ def _open(settings: NodeSettings, catalog: Catalog, clock: Clock) -> Node:
         epsilon_cap_per_day=settings.epsilon_cap_per_day
         or epsilon_cap_default(catalog, settings.window_seconds),
         record=record,
+        keepers=KeeperDirectory(store, settings.rounds.keepers),
+        keeper_wait_seconds=settings.rounds.wait_for_keepers_seconds,
     )
     outbox = Outbox(
         store,
@@ -342,6 +349,33 @@ async def _snapshots(request: web.Request) -> web.Response:
     return web.json_response({"node": node.key.public.key_id, "catalog": node.catalog.hash, "snapshots": items})
 
 
+def _contributed(node: Node) -> list[dict[str, object]]:
+    rows = node.store.cursor().execute(
+        "SELECT window_start, window_end, digest, created FROM contributions ORDER BY window_start"
+    ).fetchall()
+    return [
+        {"window_start": _iso(w), "window_end": _iso(e), "digest": d, "created": _iso(c), "url": f"/v1/contributions/{w}"}
+        for w, e, d, c in rows
+    ]
+
+
+async def _contributions(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    items = await asyncio.to_thread(_contributed, node)
+    return web.json_response({"node": node.key.public.key_id, "catalog": node.catalog.hash, "contributions": items})
+
+
+async def _contribution(request: web.Request) -> web.Response:
+    """A committed contribution: masked counts (uniform without the keepers' seeds) and seeds sealed to the keepers."""
+    node = request.app[NODE]
+    window = parse_window(request.match_info["window"], node.windows.seconds)
+    envelope = await asyncio.to_thread(node.publisher.contribution, window)
+    if envelope is None:
+        raise NotFound("no contribution for that window", slug=ProblemType.NO_CONTRIBUTION)
+    return web.Response(body=envelope, content_type="application/msgpack",
+                        headers={"Cache-Control": "public, max-age=86400, immutable"})
+
+
 async def _ledger(request: web.Request) -> web.Response:
     node = request.app[NODE]
     entries = await asyncio.to_thread(node.publisher.ledger)
@@ -429,6 +463,9 @@ async def _windows(request: web.Request) -> web.Response:
 
 async def _export_step(node: Node, session: aiohttp.ClientSession) -> None:
     await _adopt_hub_copies(node, session)
+    keepers = node.publisher.keepers
+    if keepers is not None and keepers.missing() and node.settings.push.hub_url:
+        await keepers.fetch(session, node.settings.push.hub_url, node.settings.push.timeout_seconds)
     for window in await asyncio.to_thread(node.maintain):
         log.info("exported", extra={"window_start": _iso(window)})
 
@@ -496,6 +533,8 @@ def create_app(settings: NodeSettings, *, clock: Clock = utc_now) -> web.Applica
     app.router.add_get("/v1/local/summary", _local_summary)
     app.router.add_get("/v1/snapshots", _snapshots)
     app.router.add_get("/v1/snapshots/{window}", _snapshot)
+    app.router.add_get("/v1/contributions", _contributions)
+    app.router.add_get("/v1/contributions/{window}", _contribution)
     app.router.add_get("/v1/ledger", _ledger)
     app.router.add_get("/v1/views", views_index)
     app.router.add_get("/v1/views/{name}", _view)

@@ -6,6 +6,12 @@ returns those same bytes (fresh noise for the same data could be averaged
 away). After export the window's per-session state and, once its day is
 fully exported, the day's salt are destroyed (node/windows.py); raw rows follow retention.
 
+A node that takes part in federation rounds (its settings pin share keepers) builds its
+contribution in the same pass and transaction, from the same bounded tables: the federation
+metrics' true counts, masked by one CSPRNG seed per keeper (protocol/rounds.py), signed and
+committed like the snapshot, pushed by the same outbox. The seeds are sealed to the keepers and
+never stored: nothing the node keeps could unmask its contribution.
+
 The commitment also holds across a restore of the store: each export is recorded
 outside it (node/published.py) before it commits, a window recorded but not stored
 is never noised again, and its lost copy can be adopted back byte for byte
@@ -16,11 +22,15 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import duckdb
+
 from node.aggregate import true_tables
-from node.dp import NoiseSampler, opendp_laplace, privacy_loss
+from node.keepers import KeeperDirectory
 from node.published import Publication, PublishedLog
 from node.store import Store
 from node.windows import Windows
@@ -29,8 +39,10 @@ from protocol.codec import EnvelopeError
 from protocol.envelope import Envelope, sign_snapshot, verify_envelope
 from protocol.errors import LiberationError
 from protocol.keys import SigningKey
+from protocol.rounds import KeeperKey, build_contribution, federation_vector, verify_contribution
 from protocol.snapshot import FORMAT, MetricCells, Snapshot
 from protocol.windows import DAY
+from runtime.dp import NoiseSampler, opendp_laplace, privacy_loss
 
 log = logging.getLogger("liberation.node.export")
 
@@ -53,6 +65,14 @@ class PublishedCopyMissing(ExportError):
 
 class AdoptionRefused(ExportError):
     """An envelope offered as the lost copy of a published window is not the one the node recorded."""
+
+
+class KeepersUnknown(ExportError):
+    """The node takes part in rounds but has not learned its keepers' keys yet: the window waits (a while)."""
+
+
+ROUND_METRIC_PREFIX = "round:"
+"""Ledger rows of a contribution name their metric `round:<metric>`."""
 
 
 def build_snapshot(
@@ -128,8 +148,15 @@ class Publisher:
         epsilon_cap_per_day: float,
         record: PublishedLog,
         sampler: NoiseSampler = opendp_laplace,
+        keepers: KeeperDirectory | None = None,
+        keeper_wait_seconds: int = 86_400,
+        seed_source: Callable[[int], bytes] = secrets.token_bytes,
     ) -> None:
-        """`record`: the node's record of published windows (node/published.py); `windows` must know its windows."""
+        """`record`: the node's record of published windows (node/published.py); `windows` must know its windows.
+
+        `keepers`: the share keepers this node contributes to rounds through (none: no contributions);
+        a closed window waits `keeper_wait_seconds` for their keys before it goes out without one.
+        """
         self.store = store
         self.catalog = catalog
         self.key = key
@@ -137,11 +164,15 @@ class Publisher:
         self.cap = epsilon_cap_per_day
         self.record = record
         self._sampler = sampler
+        self.keepers = keepers if keepers is not None and keepers.enabled and catalog.federation is not None else None
+        self._keeper_wait = keeper_wait_seconds
+        self._seed_source = seed_source
         self._check_certified_epsilon()
-        if epsilon_cap_per_day < catalog.epsilon_per_window * (1 - 1e-9):
+        window_epsilon = catalog.epsilon_community + (catalog.epsilon_federation if self.keepers else 0.0)
+        if epsilon_cap_per_day < window_epsilon * (1 - 1e-9):
             raise ExportError(
                 f"epsilon_cap_per_day {epsilon_cap_per_day:g} is below one window's epsilon "
-                f"({catalog.epsilon_per_window:g}): no window could ever be exported"
+                f"({window_epsilon:g}): no window could ever be exported"
             )
         self._record_stored()
 
@@ -174,6 +205,29 @@ class Publisher:
             certified = privacy_loss(self.catalog.scale(metric), metric.sensitivity)
             if certified > self.catalog.epsilon(metric) * (1 + 1e-9):
                 raise ExportError(f"metric {metric.name}: OpenDP certifies epsilon {certified}")
+
+    def contribution(self, window_start: int) -> bytes | None:
+        """The committed contribution of a window to its federation round, if the node made one."""
+        rows = self.store.cursor().execute(
+            "SELECT envelope FROM contributions WHERE window_start = ?", [window_start]
+        ).fetchall()
+        return bytes(rows[0][0]) if rows else None
+
+    def _keepers_for(self, window_start: int) -> list[KeeperKey] | None:
+        """The keepers to seal this window's seeds to; None: no contribution; KeepersUnknown: wait for their keys."""
+        if self.keepers is None:
+            return None
+        known = self.keepers.known()
+        if known is not None:
+            return known
+        if window_start + self.windows.seconds + self._keeper_wait > self.windows.now():
+            raise KeepersUnknown(
+                f"the keys of keepers {', '.join(self.keepers.missing())} are not learned from the hub yet: "
+                "the window waits for them"
+            )
+        log.error("exporting without a contribution: the keepers' keys were never learned",
+                  extra={"window_start": window_start, "keepers": self.keepers.missing()})
+        return None
 
     def stored(self, window_start: int) -> bytes | None:
         """The committed envelope of a window, if it was exported."""
@@ -281,11 +335,13 @@ class Publisher:
             raise WindowNotClosed("the window is still open (or in its grace period)")
         if window_start in windows.abandoned:
             raise ExportError("the window expired before it was exported: its rows are gone, it is never published")
+        keepers = self._keepers_for(window_start)
+        cost = self.catalog.epsilon_community + (self.catalog.epsilon_federation if keepers else 0.0)
         day = window_start - window_start % DAY
         spent = self.spent(day)
-        if spent + self.catalog.epsilon_per_window > self.cap * (1 + 1e-9):
+        if spent + cost > self.cap * (1 + 1e-9):
             raise BudgetExceeded(
-                f"exporting would spend epsilon {spent + self.catalog.epsilon_per_window:g} "
+                f"exporting would spend epsilon {spent + cost:g} "
                 f"on {datetime.fromtimestamp(day, UTC):%Y-%m-%d}, over the cap of {self.cap:g}"
             )
         # No row of the window is appended after this; the drain moves every row already staged.
@@ -322,15 +378,37 @@ class Publisher:
                 ],
             )
             tx.execute("INSERT INTO outbox VALUES (?, ?, 'pending', 0, 0, NULL, NULL)", [seq, window_start])
+            epsilon = math.fsum(cells.epsilon for cells in snapshot.metrics.values())
+            if keepers:
+                epsilon += self._contribute(tx, tables, keepers, window_start, snapshot.window_end, snapshot.created, now)
             # The per-session minutes and app order live only until export.
             self.store.drop_session_state(tx, window_start)
             # Last, before the commit: synced before the envelope can be served or pushed (which
             # follow the commit), so no copy ever leaves without its line outside the store.
-            epsilon = math.fsum(cells.epsilon for cells in snapshot.metrics.values())
             self.record.append([Publication(window_start, seq, digest, self.key.public.key_id, epsilon)])
         windows.mark_exported(window_start)
         windows.destroy_salts()
         return envelope
+
+    def _contribute(
+        self, tx: duckdb.DuckDBPyConnection, tables: dict[str, list[int]], keepers: list[KeeperKey],
+        window_start: int, window_end: int, created: int, now: int,
+    ) -> float:
+        """Build, commit and ledger the window's contribution (inside the export's transaction); the epsilon spent."""
+        catalog = self.catalog
+        envelope = build_contribution(
+            catalog, federation_vector(catalog, tables), key=self.key, keepers=keepers,
+            window_start=window_start, window_end=window_end, created=created, seed_source=self._seed_source,
+        )
+        digest = verify_contribution(envelope, max_size=len(envelope)).digest
+        tx.execute(
+            "INSERT INTO contributions VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, 0, NULL, NULL)",
+            [window_start, window_end, catalog.hash, digest, envelope, created],
+        )
+        rows = [[window_start, ROUND_METRIC_PREFIX + m.name, catalog.federation_epsilon(m), catalog.federation_scale(m),
+                 0, catalog.hash, digest, now] for m in catalog.federation_metrics]
+        tx.executemany("INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        return math.fsum(catalog.federation_epsilon(m) for m in catalog.federation_metrics)
 
     def verified(self, window_start: int) -> bytes | None:
         """The stored envelope only if it still verifies: a damaged one is never served or pushed."""

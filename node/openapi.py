@@ -174,6 +174,20 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/contributions": {
+                "get": {"summary": "The node's contributions to federation rounds", "responses": {"200": JSON_OK}}
+            },
+            "/v1/contributions/{window}": {
+                "get": {
+                    "summary": "One contribution: masked counts and seeds sealed to the keepers, exactly as pushed",
+                    "parameters": [WINDOW],
+                    "responses": {
+                        "200": {"description": "the envelope", "content": {"application/msgpack": MSGPACK}},
+                        "400": PROBLEM,
+                        "404": PROBLEM,
+                    },
+                }
+            },
             "/v1/ledger": {
                 "get": {"summary": "The privacy ledger: epsilon spent per window and metric", "responses": {"200": JSON_OK}}
             },

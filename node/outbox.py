@@ -1,4 +1,7 @@
-"""The push outbox: committed snapshots go to the hub with bounded exponential backoff.
+"""The push outbox: committed snapshots and round contributions go to the hub with bounded exponential backoff.
+
+Snapshots wait in the `outbox` table (POST /v1/snapshots); contributions carry their push
+state in their own table (POST /v1/contributions); both follow the rules below.
 
 A 2xx marks the entry sent. A hub 4xx (other than 408/429) is recorded and
 not retried: the hub has said no, retrying would not change its mind; except
@@ -32,6 +35,7 @@ from node.store import Store
 from protocol.codec import MAX_ENVELOPE_SIZE, EnvelopeError
 from protocol.envelope import verify_envelope
 from protocol.errors import PROBLEM_BASE
+from protocol.rounds import verify_contribution
 
 log = logging.getLogger("liberation.node.outbox")
 
@@ -75,6 +79,35 @@ def _redirect_reason(status: int, location: str | None) -> str:
 
 
 @dataclass(frozen=True)
+class _Queue:
+    """One kind of committed envelope waiting to be pushed: where it waits, where it goes, how it is checked."""
+
+    name: str
+    path: str
+    due: str  # SQL: (key, window_start, envelope) of pending entries due at ? (now)
+    table: str
+    key: str
+    verify: Callable[[bytes], object]
+
+
+_SNAPSHOTS = _Queue(
+    "snapshot", "/v1/snapshots",
+    """
+    SELECT o.seq, o.window_start, s.envelope FROM outbox o JOIN snapshots s USING (seq)
+    WHERE o.state = 'pending' AND o.next_attempt <= ? ORDER BY o.seq
+    """,
+    "outbox", "seq", verify_envelope,
+)
+_CONTRIBUTIONS = _Queue(
+    "contribution", "/v1/contributions",
+    "SELECT window_start, window_start, envelope FROM contributions WHERE state = 'pending' AND next_attempt <= ? "
+    "ORDER BY window_start",
+    "contributions", "window_start", lambda data: verify_contribution(data, max_size=MAX_ENVELOPE_SIZE),
+)
+_QUEUES = (_SNAPSHOTS, _CONTRIBUTIONS)
+
+
+@dataclass(frozen=True)
 class OutboxEntry:
     seq: int
     window_start: int
@@ -108,24 +141,35 @@ class Outbox:
         rows = self.store.cursor().execute("SELECT * FROM outbox ORDER BY seq").fetchall()
         return [OutboxEntry(*r) for r in rows]
 
-    def _due(self) -> list[tuple[int, int, bytes]]:
+    def contributions(self) -> list[OutboxEntry]:
+        """The push state of every contribution (its window stands in for the sequence number)."""
+        rows = self.store.cursor().execute(
+            "SELECT window_start, window_start, state, attempts, next_attempt, last_status, last_error "
+            "FROM contributions ORDER BY window_start"
+        ).fetchall()
+        return [OutboxEntry(*r) for r in rows]
+
+    def _due(self) -> list[tuple[_Queue, int, int, bytes]]:
         return self._pending(now=self._now())
 
-    def _pending(self, *, now: float) -> list[tuple[int, int, bytes]]:
-        rows = self.store.cursor().execute(
-            """
-            SELECT o.seq, o.window_start, s.envelope FROM outbox o JOIN snapshots s USING (seq)
-            WHERE o.state = 'pending' AND o.next_attempt <= ? ORDER BY o.seq
-            """,
-            [now],
-        ).fetchall()
-        return [(int(seq), int(w), bytes(env)) for seq, w, env in rows]
+    def _pending(self, *, now: float) -> list[tuple[_Queue, int, int, bytes]]:
+        """Due entries, snapshots first, then contributions."""
+        cursor = self.store.cursor()
+        return [
+            (queue, int(key), int(w), bytes(env))
+            for queue in _QUEUES
+            for key, w, env in cursor.execute(queue.due, [now]).fetchall()
+        ]
 
-    def _update(self, seq: int, state: str, attempts: int, next_attempt: float, status: int | None, error: str | None) -> None:
+    def _update(
+        self, queue: _Queue, key: int, state: str, attempts: int, next_attempt: float, status: int | None,
+        error: str | None,
+    ) -> None:
         with self.store.transaction() as tx:
             tx.execute(
-                "UPDATE outbox SET state = ?, attempts = ?, next_attempt = ?, last_status = ?, last_error = ? WHERE seq = ?",
-                [state, attempts, next_attempt, status, error, seq],
+                f"UPDATE {queue.table} SET state = ?, attempts = ?, next_attempt = ?, last_status = ?, last_error = ? "
+                f"WHERE {queue.key} = ?",
+                [state, attempts, next_attempt, status, error, key],
             )
             if state == "sent":
                 tx.execute(
@@ -139,8 +183,9 @@ class Outbox:
         rows = self.store.cursor().execute("SELECT value FROM node_state WHERE name = 'last_push_success'").fetchall()
         return int(rows[0][0]) if rows else 0
 
-    def _attempts(self, seq: int) -> int:
-        return int(self.store.cursor().execute("SELECT attempts FROM outbox WHERE seq = ?", [seq]).fetchall()[0][0])
+    def _attempts(self, queue: _Queue, key: int) -> int:
+        rows = self.store.cursor().execute(f"SELECT attempts FROM {queue.table} WHERE {queue.key} = ?", [key]).fetchall()
+        return int(rows[0][0])
 
     async def fetch_copy(self, session: aiohttp.ClientSession, key_id: str, window_start: int) -> bytes | None:
         """The hub's stored envelope of a key and window (GET /v1/snapshots/{key_id}/{window}), or None.
@@ -186,35 +231,40 @@ class Outbox:
         """
         if retry_rejected:
             with self.store.transaction() as tx:
-                tx.execute("UPDATE outbox SET state = 'pending', next_attempt = 0 WHERE state = 'rejected'")
+                for queue in _QUEUES:
+                    tx.execute(f"UPDATE {queue.table} SET state = 'pending', next_attempt = 0 WHERE state = 'rejected'")
         return await self._push(session, lambda: self._pending(now=math.inf))
 
-    async def _push(self, session: aiohttp.ClientSession, due: Callable[[], list[tuple[int, int, bytes]]]) -> list[PushAttempt]:
+    async def _push(
+        self, session: aiohttp.ClientSession, due: Callable[[], list[tuple[_Queue, int, int, bytes]]]
+    ) -> list[PushAttempt]:
         async with self._pushing:  # the push loop and an operator's `node push` never send one entry twice at once
             attempts = []
-            for seq, window, envelope in await asyncio.to_thread(due):
-                attempt = await self._send(session, seq, window, envelope)
+            for queue, seq, window, envelope in await asyncio.to_thread(due):
+                attempt = await self._send(session, queue, seq, window, envelope)
                 if attempt is not None:
                     attempts.append(attempt)
             return attempts
 
-    async def _send(self, session: aiohttp.ClientSession, seq: int, window: int, envelope: bytes) -> PushAttempt | None:
+    async def _send(
+        self, session: aiohttp.ClientSession, queue: _Queue, seq: int, window: int, envelope: bytes
+    ) -> PushAttempt | None:
         assert self.settings.hub_url is not None
         try:
-            verify_envelope(envelope)
+            queue.verify(envelope)
         except EnvelopeError as exc:
-            log.error("stored snapshot no longer verifies; not pushed", extra={"seq": seq, "reason": exc.reason})
-            self._update(seq, "corrupt", self._attempts(seq), 0, None, f"verification failed: {exc.reason}")
+            log.error(f"stored {queue.name} no longer verifies; not pushed", extra={"seq": seq, "reason": exc.reason})
+            self._update(queue, seq, "corrupt", self._attempts(queue, seq), 0, None, f"verification failed: {exc.reason}")
             if self._on_corrupt is not None:
                 self._on_corrupt(seq)
             return None
-        attempts = self._attempts(seq) + 1
+        attempts = self._attempts(queue, seq) + 1
         status: int | None = None
         problem: str | None = None
         detail: str | None
         try:
             async with session.post(
-                self.settings.hub_url + "/v1/snapshots",
+                self.settings.hub_url + queue.path,
                 data=envelope,
                 headers={"Content-Type": "application/msgpack"},
                 timeout=aiohttp.ClientTimeout(total=self.settings.timeout_seconds),
@@ -229,27 +279,27 @@ class Outbox:
                     detail = None
         except (aiohttp.ClientError, TimeoutError) as exc:
             detail = type(exc).__name__
-        extra: dict[str, object] = {"seq": seq, "window": window, "status": status}
+        extra: dict[str, object] = {"seq": seq, "window": window, "status": status, "kind": queue.name}
         if problem is not None:
             extra["problem"] = problem
         retry_in: float | None = None
         if status is not None and 200 <= status < 300:
-            self._update(seq, "sent", attempts, 0, status, None)
+            self._update(queue, seq, "sent", attempts, 0, status, None)
             outcome = "sent"
         elif status is not None and problem in RETRY_PROBLEMS:
             # Pushed before the hub's operator enrolled the key: offered again, rarely, until they do.
             retry_in = backoff(0, self.settings.enrollment_retry_seconds, self.settings.enrollment_retry_seconds)
-            self._update(seq, "pending", attempts, self._now() + retry_in, status, detail)
+            self._update(queue, seq, "pending", attempts, self._now() + retry_in, status, detail)
             log.warning("the hub does not know this node's key (not enrolled yet?); will offer the snapshot again",
                         extra={**extra, "retry_in_s": round(retry_in, 1)})
             outcome = "retry"
         elif status is not None and 400 <= status < 500 and status not in RETRYABLE_4XX:
-            self._update(seq, "rejected", attempts, 0, status, detail)
-            log.error("hub rejected snapshot", extra=extra)
+            self._update(queue, seq, "rejected", attempts, 0, status, detail)
+            log.error(f"hub rejected {queue.name}", extra=extra)
             outcome = "rejected"
         else:
             retry_in = backoff(attempts - 1, self.settings.min_backoff_seconds, self.settings.max_backoff_seconds)
-            self._update(seq, "pending", attempts, self._now() + retry_in, status, detail)
+            self._update(queue, seq, "pending", attempts, self._now() + retry_in, status, detail)
             if status is not None and 300 <= status < 400:
                 extra["reason"] = "redirect not followed"
             elif status is None:

@@ -96,7 +96,40 @@ SESSION_STATE_COLUMNS = """
 """A window's per-session state (`session_table`): one row per (session, app), kept so by the fold, not by a key."""
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1,)
+def _v2(con: duckdb.DuckDBPyConnection) -> None:
+    """Federation rounds: the share keepers' keys learned from the hub (pinned by id in the settings),
+    and each window's committed contribution with its own push state (node/outbox.py)."""
+    con.execute(
+        """
+        CREATE TABLE keepers (
+            key_id VARCHAR PRIMARY KEY,
+            public_key BLOB NOT NULL,
+            hpke_key BLOB NOT NULL,
+            signature BLOB NOT NULL,
+            learned BIGINT NOT NULL
+        )
+        """
+    )
+    con.execute(
+        """
+        CREATE TABLE contributions (
+            window_start BIGINT PRIMARY KEY,
+            window_end BIGINT NOT NULL,
+            catalog VARCHAR NOT NULL,
+            digest VARCHAR NOT NULL,
+            envelope BLOB NOT NULL,
+            created BIGINT NOT NULL,
+            state VARCHAR NOT NULL,
+            attempts INTEGER NOT NULL,
+            next_attempt DOUBLE NOT NULL,
+            last_status INTEGER,
+            last_error VARCHAR
+        )
+        """
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1, _v2)
 """Schema migrations in order; the schema version is their count."""
 
 

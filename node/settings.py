@@ -59,6 +59,17 @@ class PushSettings(Section):
     timeout_seconds: float = Field(default=30.0, gt=0)
 
 
+class RoundSettings(Section):
+    """Federation rounds: the share keepers this node seals its seeds to (docs/operations.md, keepers)."""
+
+    # Key ids (32 hex) of the keepers, as their operators publish them; their keys are learned
+    # from the hub and taken only if these identities signed them. Empty: no contributions.
+    keepers: tuple[Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")], ...] = ()
+    # A closed window waits this long for the keepers' keys (the hub unreachable at first start)
+    # before it is exported without a contribution.
+    wait_for_keepers_seconds: int = Field(default=86_400, ge=0)
+
+
 class NodeSettings(ServiceSettings):
     """Everything a node operator can set; every field is documented in deploy/node.example.toml."""
 
@@ -91,6 +102,7 @@ class NodeSettings(ServiceSettings):
     umami: UmamiSettings = Field(default_factory=UmamiSettings)
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
     push: PushSettings = Field(default_factory=PushSettings)
+    rounds: RoundSettings = Field(default_factory=RoundSettings)
 
     @model_validator(mode="before")
     @classmethod

@@ -214,26 +214,53 @@ STAGES = ("started", "completed")
 SESSION_SHAPES = (("app", "stage"), ("app_pair",), ("tool_count",), ("duration",))
 
 
+class FederationSpec(_Frozen):
+    """Federation rounds (docs/protocol.md section 13): metrics summed over nodes, noised once by share keepers.
+
+    `metrics` maps a catalog metric to its share of `epsilon_federation`; its bounds
+    (k, c) and public domain are the metric's own, so one bounded true vector serves
+    the community snapshot and the contribution.
+    """
+
+    min_nodes: int = Field(default=3, ge=2, le=1_000_000)
+    """Fewest contributions a round is combined from; a keeper refuses a smaller participant set."""
+    metrics: dict[Slug, float]
+    """Metric name -> share of `epsilon_federation` (the shares add up to 1)."""
+
+
 class Catalog(_Frozen):
     """A versioned, content-hashed catalog; `hash` identifies it on the wire."""
 
     name: str
     version: int = Field(ge=1)
     k_min: int = Field(default=10, ge=1)
-    epsilon_per_window: float = Field(gt=0, le=100)
+    epsilon_community: float = Field(gt=0, le=100)
+    """Spent per window on a node's own snapshot (noise added at the node)."""
+    epsilon_federation: float = Field(default=0.0, ge=0, le=100)
+    """Spent per window on a node's contribution to the federation round (noise added once, by the keepers)."""
     max_events_per_session: int = Field(ge=1)
     retention_days: int = Field(default=7, ge=0)
     apps: dict[Slug, AppSpec]
     attributes: dict[Slug, AttributeSpec] = Field(default_factory=dict)
     metrics: tuple[MetricSpec, ...]
     session: SessionSpec = Field(default_factory=SessionSpec)
+    federation: FederationSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_epsilon(cls, data: Any) -> Any:
+        # Catalogs from before federation rounds name the community's epsilon `epsilon_per_window`.
+        if isinstance(data, dict) and "epsilon_per_window" in data and "epsilon_community" not in data:
+            data = dict(data)
+            data["epsilon_community"] = data.pop("epsilon_per_window")
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> Catalog:
         if not self.apps:
             raise ValueError("a catalog declares at least one app")
-        if not math.isfinite(self.epsilon_per_window):
-            raise ValueError("epsilon_per_window must be finite")
+        if not math.isfinite(self.epsilon_community) or not math.isfinite(self.epsilon_federation):
+            raise ValueError("epsilon_community and epsilon_federation must be finite")
         for app_name, app in self.apps.items():
             for attr in app.attributes:
                 if attr not in self.attributes:
@@ -246,7 +273,27 @@ class Catalog(_Frozen):
         total = math.fsum(m.epsilon_share for m in self.metrics)
         if abs(total - 1.0) > 1e-9:
             raise ValueError(f"metric epsilon shares add up to {total:.6g}, not 1")
+        self._check_federation(set(names))
         return self
+
+    def _check_federation(self, names: set[str]) -> None:
+        if self.federation is None:
+            if self.epsilon_federation:
+                raise ValueError("epsilon_federation is spent on federation rounds: declare [federation] or set it to 0")
+            return
+        if not self.epsilon_federation:
+            raise ValueError("a catalog with [federation] gives its rounds an epsilon_federation above 0")
+        shares = self.federation.metrics
+        if not shares:
+            raise ValueError("federation.metrics names at least one metric")
+        for name, share in shares.items():
+            if name not in names:
+                raise ValueError(f"federation.metrics: {name!r} is not a metric of the catalog")
+            if not (math.isfinite(share) and 0 < share <= 1):
+                raise ValueError(f"federation.metrics: the share of {name!r} is not in (0, 1]")
+        total = math.fsum(shares.values())
+        if abs(total - 1.0) > 1e-9:
+            raise ValueError(f"federation metric shares add up to {total:.6g}, not 1")
 
     def _check_metric(self, metric: MetricSpec) -> None:
         where = f"metric {metric.name!r}"
@@ -344,9 +391,14 @@ class Catalog(_Frozen):
 
     # ---- differential privacy ------------------------------------------------
 
+    @property
+    def epsilon_per_window(self) -> float:
+        """What one session-day (a session of one window) is protected with: community plus federation epsilon."""
+        return self.epsilon_community + self.epsilon_federation
+
     def epsilon(self, metric: MetricSpec) -> float:
-        """The metric's share of the window's epsilon."""
-        return self.epsilon_per_window * metric.epsilon_share
+        """The metric's share of the community snapshot's epsilon."""
+        return self.epsilon_community * metric.epsilon_share
 
     def scale(self, metric: MetricSpec) -> float:
         """Discrete Laplace scale b = sensitivity / epsilon for the metric's cells."""
@@ -370,6 +422,29 @@ class Catalog(_Frozen):
     def total_sensitivity(self) -> int:
         """L1 sensitivity of a whole snapshot: sum over metrics of k_j * c_j."""
         return sum(m.sensitivity for m in self.metrics)
+
+    # ---- federation rounds ------------------------------------------------------
+
+    @cached_property
+    def federation_metrics(self) -> tuple[MetricSpec, ...]:
+        """The metrics of the federation rounds, in catalog order (the order of a contribution's vector)."""
+        if self.federation is None:
+            return ()
+        return tuple(m for m in self.metrics if m.name in self.federation.metrics)
+
+    def federation_epsilon(self, metric: MetricSpec) -> float:
+        """The metric's share of the round's epsilon (KeyError outside the federation metrics)."""
+        assert self.federation is not None
+        return self.epsilon_federation * self.federation.metrics[metric.name]
+
+    def federation_scale(self, metric: MetricSpec) -> float:
+        """The keepers' noise scale for the metric: each keeper adds discrete Laplace of this scale to each cell."""
+        return metric.sensitivity / self.federation_epsilon(metric)
+
+    @cached_property
+    def federation_size(self) -> int:
+        """Cells of a contribution's vector: the federation metrics' full domains, concatenated."""
+        return sum(self.domain_size(m) for m in self.federation_metrics)
 
 
 def parse_catalog(data: Mapping[str, Any]) -> Catalog:

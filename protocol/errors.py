@@ -90,6 +90,23 @@ class ProblemType(StrEnum):
     INTAKE_BUSY = "intake-busy"
     NOT_OWNER = "not-owner"
     OPERATION_FAILED = "operation-failed"
+    CONTRIBUTION_TOO_LARGE = "contribution-too-large"
+    MALFORMED_CONTRIBUTION = "malformed-contribution"
+    MALFORMED_REQUEST = "malformed-request"
+    WRONG_LENGTH = "wrong-length"
+    KEEPERS_MISMATCH = "keepers-mismatch"
+    ROUND_CLOSED = "round-closed"
+    NO_ROUND = "no-round"
+    NO_CONTRIBUTION = "no-contribution"
+    INVALID_KEEPER = "invalid-keeper"
+    KEEPER_UNREACHABLE = "keeper-unreachable"
+    UNKNOWN_HUB = "unknown-hub"
+    TOO_FEW_NODES = "too-few-nodes"
+    DUPLICATE_NODE = "duplicate-node"
+    WRONG_ROUND = "wrong-round"
+    NOT_SEALED_TO_KEEPER = "not-sealed-to-keeper"
+    UNOPENABLE_SEED = "unopenable-seed"
+    ROUND_ALREADY_ANSWERED = "round-already-answered"
 
     @property
     def description(self) -> str:
@@ -113,7 +130,7 @@ _DESCRIPTIONS: dict[ProblemType, str] = {
     ProblemType.UNAUTHORIZED: "The admin bearer token is missing or wrong.",
     ProblemType.FORBIDDEN: "The request is not allowed.",
     ProblemType.ORIGIN_NOT_ALLOWED: "The browser's Origin is not in the node's `cors_origins`.",
-    ProblemType.UNKNOWN_KEY: "The signing key is not enrolled at this hub (a node retries after enrollment).",
+    ProblemType.UNKNOWN_KEY: "The signing key is not enrolled here, as this kind (a node retries after enrollment).",
     ProblemType.REVOKED_KEY: "The signing key was revoked by the hub's operator.",
     ProblemType.NOT_FOUND: "No such route or resource.",
     ProblemType.ADMIN_OFF: "The admin API is off (no admin token configured).",
@@ -139,7 +156,7 @@ _DESCRIPTIONS: dict[ProblemType, str] = {
     ProblemType.TIMESTAMP_FUTURE: "An imported event's timestamp is in the future.",
     ProblemType.WINDOW_CLOSED: "The event's window is already closed (exported or past its grace).",
     ProblemType.INVALID_NAME: "A node or site name is not a slug.",
-    ProblemType.INVALID_KIND: "An enrollment kind other than `node` or `hub`.",
+    ProblemType.INVALID_KIND: "An enrollment kind other than `node`, `hub` or `keeper`.",
     ProblemType.UNKNOWN_CATALOG: "The catalog hash is not one this hub merges.",
     ProblemType.WINDOW_OUT_OF_RANGE: "The window is not aligned, has not ended, or is past the horizon.",
     ProblemType.WINDOW_NOT_FINAL: "The window is still open to late snapshots; export it later.",
@@ -153,6 +170,23 @@ _DESCRIPTIONS: dict[ProblemType, str] = {
     ProblemType.INTAKE_BUSY: "Both large-envelope verifiers are busy; retry after `Retry-After`.",
     ProblemType.NOT_OWNER: "The admin socket refuses a process of another user than the service's (or root).",
     ProblemType.OPERATION_FAILED: "An operator command failed unexpectedly on the admin socket; the service's log says why.",
+    ProblemType.CONTRIBUTION_TOO_LARGE: "A contribution envelope is over the hub's limit derived from its catalogs.",
+    ProblemType.MALFORMED_CONTRIBUTION: "A signed body is not a canonical contribution; `reason` says how.",
+    ProblemType.MALFORMED_REQUEST: "A round request (hub to keeper) is not signed or shaped as docs/protocol.md 13.5 says.",
+    ProblemType.WRONG_LENGTH: "A contribution's vector is not as long as its catalog's federation metrics.",
+    ProblemType.KEEPERS_MISMATCH: "A contribution is not sealed to exactly the round's keepers; `keepers` lists them.",
+    ProblemType.ROUND_CLOSED: "The round's deadline passed: a late contribution is out of it.",
+    ProblemType.NO_ROUND: "No federation round of that catalog for that window.",
+    ProblemType.NO_CONTRIBUTION: "The node made no contribution for that window.",
+    ProblemType.INVALID_KEEPER: "A keeper's statement does not verify, or names another key than the one enrolled.",
+    ProblemType.KEEPER_UNREACHABLE: "The keeper's statement could not be read at the URL given for it.",
+    ProblemType.UNKNOWN_HUB: "A round request is not signed by a hub this keeper's operator pinned.",
+    ProblemType.TOO_FEW_NODES: "A round's participant set is smaller than its catalog's `min_nodes`.",
+    ProblemType.DUPLICATE_NODE: "A round request lists a node twice, or not in ascending key id order.",
+    ProblemType.WRONG_ROUND: "A contribution in a round request is of another round; `node` names it.",
+    ProblemType.NOT_SEALED_TO_KEEPER: "A contribution holds no seed sealed to this keeper; `node` names it.",
+    ProblemType.UNOPENABLE_SEED: "Seeds this keeper cannot open; `nodes` lists them (nothing stored: leave them out).",
+    ProblemType.ROUND_ALREADY_ANSWERED: "The keeper answered this round for another participant set; it answers once.",
 }
 
 

@@ -1,7 +1,7 @@
 """A seeded discrete Laplace sampler, for tests only: reproducible snapshots without OpenDP.
 
 It lives under tests/ so that no config or CLI path of the product can reach
-it; the product's only sampler is node.dp.opendp_laplace.
+it; the product's only sampler is runtime.dp.opendp_laplace.
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ def test_bucket_index_edges() -> None:
 def test_dp_parameters_follow_the_formulas() -> None:
     catalog = load_catalog()
     total = math.fsum(catalog.epsilon(m) for m in catalog.metrics)
-    assert total == pytest.approx(catalog.epsilon_per_window)
+    assert total == pytest.approx(catalog.epsilon_community)
     for m in catalog.metrics:
         assert catalog.scale(m) == pytest.approx(m.max_cells * m.cell_cap / catalog.epsilon(m))
         assert catalog.threshold(m) == 0  # snapshots suppress nothing; presence is the hub's inference
@@ -156,7 +156,7 @@ def _mutate(raw: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
         pytest.param("apps.runway-calculator.attributes", ["nope"], "undeclared", id="undeclared-attr"),
         pytest.param("apps.runway-calculator.actions", [], "non-empty", id="no-actions"),
         pytest.param("apps.runway-calculator.start_action", "begin", "not one of", id="bad-start"),
-        pytest.param("epsilon_per_window", 0, "greater than", id="zero-epsilon"),
+        pytest.param("epsilon_community", 0, "greater than", id="zero-epsilon"),
         pytest.param("apps.runway-calculator.colour", "red", "Extra inputs", id="typo-field"),
     ],
 )

@@ -533,7 +533,7 @@ async def test_transparency_lists_the_catalog(dashboard: Dashboard, loaded: tupl
             assert action in (await page.text_content(f"#privacy [data-app='{name}']") or "")
     for metric in cat["metrics"]:
         row = await page.text_content(f"#metrics tr[data-metric='{metric['name']}']") or ""
-        assert str(metric["threshold"]) in row and f"{metric['epsilon']:.2f}" in row
+        assert f"{metric['threshold']:,}" in row and f"{metric['epsilon']:g}" in row
     for item in cat["never_collected"]:
         assert item in section
     assert f"{cat['retention_days']} days" in section

@@ -57,6 +57,11 @@ def test_demo_import_builds_the_federation_of_the_files_and_serves_it(tmp_path: 
         assert all(w["nodes"] == 4 for w in windows)  # every node published every window, empty ones too
         headline = get(url + "/v1/views/headline")["data"]
         assert isinstance(headline, dict) and headline["nodes"] == 4
+        # Two share keepers answered a round per window: noise once, on the federation-wide sums.
+        rounds = get(url + "/v1/rounds")["rounds"]
+        assert isinstance(rounds, list) and len(rounds) == len(windows)
+        assert all(r["state"] == "published" and r["nodes"] == 4 and len(r["keepers"]) == 2 for r in rounds), rounds
+        assert f"rounds: {len(windows)} published by 2 share keepers" in output
     finally:
         proc.send_signal(signal.SIGTERM)
         rest, _ = proc.communicate(timeout=60)

@@ -34,28 +34,31 @@ def compose_command() -> list[str]:
 
 def test_compose_file_validates() -> None:
     command = [*compose_command(), "-f", str(DEPLOY / "compose.yaml"), "config"]
-    env = {**os.environ, "LIBERATION_HUB_ADMIN_TOKEN": secrets.token_urlsafe(32)}
+    env = {**os.environ, "LIBERATION_HUB_ADMIN_TOKEN": secrets.token_urlsafe(32),
+           "LIBERATION_KEEPER_ADMIN_TOKEN": secrets.token_urlsafe(32)}
     result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 0, result.stderr
-    for service in ("hub:", "node-a:", "node-b:"):
+    for service in ("hub:", "node-a:", "node-b:", "keeper:"):
         assert service in result.stdout
     assert "healthcheck" in result.stdout
-    # Without the admin token compose stops with a message, instead of starting on a public default.
-    del env["LIBERATION_HUB_ADMIN_TOKEN"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
-    assert result.returncode != 0 and "LIBERATION_HUB_ADMIN_TOKEN" in result.stderr
+    # Without an admin token compose stops with a message, instead of starting on a public default.
+    for token in ("LIBERATION_KEEPER_ADMIN_TOKEN", "LIBERATION_HUB_ADMIN_TOKEN"):
+        del env[token]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+        assert result.returncode != 0 and token in result.stderr
 
 
 def test_compose_requires_the_admin_token() -> None:
     """No fallback token in the compose file: every use of the variable is `${...:?message}` (fail fast)."""
     text = (DEPLOY / "compose.yaml").read_text()
-    uses = re.findall(r"\$\{LIBERATION_HUB_ADMIN_TOKEN([^}]*)\}", text)
-    assert uses, "the hub's admin token is not taken from the environment"
-    assert all(use.startswith(":?") for use in uses), uses
+    for name in ("LIBERATION_HUB_ADMIN_TOKEN", "LIBERATION_KEEPER_ADMIN_TOKEN"):
+        uses = re.findall(r"\$\{" + name + r"([^}]*)\}", text)
+        assert uses, f"{name} is not taken from the environment"
+        assert all(use.startswith(":?") for use in uses), uses
     assert "change-me" not in text.lower()
 
 
-@pytest.mark.parametrize("unit", ["liberation-node.service", "liberation-hub.service"])
+@pytest.mark.parametrize("unit", ["liberation-node.service", "liberation-hub.service", "liberation-keeper.service"])
 def test_systemd_units_verify(unit: str, tmp_path: Path) -> None:
     analyze = need("systemd-analyze")
     # The units name /opt/liberation/bin/liberation; verify them against this install's command.

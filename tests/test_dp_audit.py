@@ -19,8 +19,8 @@ import pytest
 from scipy.stats import beta
 
 from node.aggregate import true_tables
-from node.dp import opendp_laplace
 from protocol.catalog import Catalog, load_catalog
+from runtime.dp import opendp_laplace
 from tests.factories import WINDOW, ev, store_with
 
 CATALOG = load_catalog()

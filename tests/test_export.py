@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from node.dp import opendp_laplace
 from node.export import (
     BudgetExceeded,
     ExportError,
@@ -26,6 +25,7 @@ from protocol.catalog import load_catalog
 from protocol.envelope import verify_envelope
 from protocol.keys import SigningKey
 from protocol.noise import laplace_variance
+from runtime.dp import opendp_laplace
 from tests.factories import NOW, WINDOW, ev, filtered, store_with
 from tests.seeded_noise import SeededLaplace
 
@@ -110,12 +110,13 @@ def test_open_windows_are_not_exported(tmp_path: Path) -> None:
 
 def test_ledger_refuses_an_over_cap_export(tmp_path: Path) -> None:
     store = store_with(tmp_path, busy_window())
+    # A node without keepers spends the community epsilon (0.5) per window.
     with pytest.raises(ExportError, match="below one window's epsilon"):
-        publisher(store, tmp_path, cap=0.5)  # no window could ever be exported: refused at start
-    pub = publisher(store, tmp_path, cap=1.0)
+        publisher(store, tmp_path, cap=0.25)  # no window could ever be exported: refused at start
+    pub = publisher(store, tmp_path, cap=0.5)
     with store.transaction() as tx:  # the day's budget spent already (say, by a window of another length)
-        tx.execute("INSERT INTO ledger VALUES (?, 'usage', 0.5, 1.0, 1, 'x', 'd', 0)", [W + 3600])
-    with pytest.raises(BudgetExceeded, match="over the cap of 1"):
+        tx.execute("INSERT INTO ledger VALUES (?, 'usage', 0.25, 1.0, 1, 'x', 'd', 0)", [W + 3600])
+    with pytest.raises(BudgetExceeded, match="over the cap of 0.5"):
         pub.export(W)
     with store.transaction() as tx:
         tx.execute("DELETE FROM ledger")
@@ -125,9 +126,9 @@ def test_ledger_refuses_an_over_cap_export(tmp_path: Path) -> None:
     ok.export(W)
     entries = ok.ledger()
     assert len(entries) == len(CATALOG.metrics)
-    assert sum(e.epsilon for e in entries) == pytest.approx(CATALOG.epsilon_per_window)
+    assert sum(e.epsilon for e in entries) == pytest.approx(CATALOG.epsilon_community)
     assert {e.catalog for e in entries} == {CATALOG.hash}
-    assert ok.spent(W) == pytest.approx(1.0)
+    assert ok.spent(W) == pytest.approx(CATALOG.epsilon_community)
 
 
 def test_export_destroys_salt_and_session_state(tmp_path: Path) -> None:

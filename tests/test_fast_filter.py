@@ -46,6 +46,8 @@ def generated_catalog(seed: int) -> Catalog:
     for metric in data["metrics"]:
         if "epsilon_share" in metric:
             metric["epsilon_share"] /= shares
+    kept = {m["name"]: data["federation"]["metrics"][m["name"]] for m in data["metrics"]}  # the rounds' metrics too
+    data["federation"]["metrics"] = {name: share / sum(kept.values()) for name, share in kept.items()}
     word = lambda: "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(2, 9)))  # noqa: E731
     attributes: dict[str, dict[str, Any]] = {}
     for i, kind in enumerate(["number", "money", "band", "category", "category", "number", "band"]):

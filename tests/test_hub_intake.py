@@ -102,7 +102,7 @@ async def test_accept_merge_replay_and_log(hub: RunningHub) -> None:
         log = await resp.json()
     assert [e["node"] for e in log["entries"]] == [a.public.key_id, b.public.key_id]
     assert verify_chain(log["entries"]) == log["head"]["entry_hash"]
-    assert sum(log["entries"][0]["epsilon"].values()) == pytest.approx(CATALOG.epsilon_per_window)
+    assert sum(log["entries"][0]["epsilon"].values()) == pytest.approx(CATALOG.epsilon_community)
     for query in ("after=18446744073709551616", "after=-1", "after=x"):  # out of int64: a 400, not a 500
         async with aiohttp.ClientSession() as s, s.get(hub.url + "/v1/log?" + query) as resp:
             assert resp.status == 400 and (await resp.json())["type"].endswith("/invalid-query")

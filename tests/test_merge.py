@@ -14,11 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.dp import opendp_laplace
 from node.export import build_snapshot
 from protocol.catalog import load_catalog
 from protocol.noise import laplace_parameter, laplace_variance
 from protocol.snapshot import FORMAT, MetricCells, Snapshot
+from runtime.dp import opendp_laplace
 from tests.seeded_noise import SeededLaplace
 from views.insights import (
     breakdown,

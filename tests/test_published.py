@@ -134,7 +134,7 @@ def test_a_database_restored_from_before_an_export_never_publishes_the_window_ag
         con.close()
     assert not (data_dir / "salts" / f"{label}.salt").exists()
     budget = liberation("node", "budget", "--data-dir", str(data_dir))
-    assert "epsilon 1.0000  (copy missing" in budget.stdout
+    assert "epsilon 0.5000  (copy missing" in budget.stdout
     export = liberation("node", "export", "--window", label, "--data-dir", str(data_dir), "--out", str(tmp_path / "x"))
     assert export.returncode == 1 and "never noised again" in export.stderr
 
@@ -146,7 +146,7 @@ def test_a_database_restored_from_before_an_export_never_publishes_the_window_ag
     try:
         assert bytes(con.execute("SELECT envelope FROM snapshots").fetchall()[0][0]) == first
         assert con.execute("SELECT state FROM outbox").fetchall() == [("sent",)]
-        assert con.execute("SELECT sum(epsilon), count(DISTINCT digest) FROM ledger").fetchall() == [(pytest.approx(1.0), 1)]
+        assert con.execute("SELECT sum(epsilon), count(DISTINCT digest) FROM ledger").fetchall() == [(pytest.approx(0.5), 1)]
     finally:
         con.close()
 
@@ -195,7 +195,7 @@ async def test_a_restored_node_adopts_the_hubs_copy_byte_identical(tmp_path: Pat
             assert [e.state for e in node.outbox.entries()] == ["sent"]  # the hub has it: never pushed again
             ledger = node.publisher.ledger()
             assert {e.digest for e in ledger} == {verify_envelope(first).digest}
-            assert sum(e.epsilon for e in ledger) == pytest.approx(1.0)
+            assert sum(e.epsilon for e in ledger) == pytest.approx(0.5)
             assert node.metrics.snapshots_adopted._value.get() == 1
             assert node.metrics.exports_refused.labels("published-copy-missing")._value.get() == 0
         assert hub.hub.store.cursor().execute("SELECT count(*) FROM incidents").fetchall() == [(0,)]
@@ -259,7 +259,7 @@ def test_lost_copies_keep_their_numbers_budget_and_are_adopted_only_as_recorded(
     assert W_DAY not in pub.windows.due()
     with pytest.raises(PublishedCopyMissing):
         pub.export(W_DAY)
-    assert pub.spent(W_DAY) == pytest.approx(CATALOG.epsilon_per_window)  # spent, though the ledger lost it
+    assert pub.spent(W_DAY) == pytest.approx(CATALOG.epsilon_community)  # spent, though the ledger lost it
     assert verify_envelope(pub.export(W_DAY + DAY)).snapshot.seq == 2  # after the lost one's number
     with pytest.raises(AdoptionRefused, match="not the one this node recorded"):
         pub.adopt(other)
@@ -267,7 +267,7 @@ def test_lost_copies_keep_their_numbers_budget_and_are_adopted_only_as_recorded(
         pub.adopt(first[:-1] + bytes([first[-1] ^ 1]))
     assert pub.adopt(first) == W_DAY and pub.stored(W_DAY) == first
     assert pub.adopt(first) == W_DAY  # idempotent
-    assert pub.missing() == [] and pub.spent(W_DAY) == pytest.approx(CATALOG.epsilon_per_window)
+    assert pub.missing() == [] and pub.spent(W_DAY) == pytest.approx(CATALOG.epsilon_community)
     assert [(e.window_start, e.state) for e in _outbox(store)] == [(W_DAY, "sent"), (W_DAY + DAY, "pending")]
     # The record lost as well (a whole data dir restored): the node's own envelope is taken, and recorded again.
     with store.transaction() as tx:
@@ -284,7 +284,7 @@ def test_lost_copies_keep_their_numbers_budget_and_are_adopted_only_as_recorded(
         pub.adopt(stranger)
     assert pub.adopt(first) == W_DAY and pub.stored(W_DAY) == first
     assert pub.record.get(W_DAY) == Publication(W_DAY, 1, verify_envelope(first).digest, pub.key.public.key_id,
-                                                pytest.approx(CATALOG.epsilon_per_window))  # type: ignore[arg-type]
+                                                pytest.approx(CATALOG.epsilon_community))  # type: ignore[arg-type]
     assert W_DAY not in pub.windows.due()
 
 
@@ -305,7 +305,7 @@ def test_the_record_is_rebuilt_from_the_store_and_survives_a_torn_line(tmp_path:
     rebuilt = publisher(store, tmp_path).record
     assert path.read_bytes() == line
     assert rebuilt.get(W_DAY) == Publication(W_DAY, 1, verify_envelope(envelope).digest, pub.key.public.key_id,
-                                             pytest.approx(CATALOG.epsilon_per_window))  # type: ignore[arg-type]
+                                             pytest.approx(CATALOG.epsilon_community))  # type: ignore[arg-type]
     with path.open("ab") as fh:
         fh.write(line[: len(line) // 2])  # a line a crash cut short: no commit followed it
     assert [e.window_start for e in PublishedLog(path).entries()] == [W_DAY]

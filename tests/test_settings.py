@@ -11,6 +11,7 @@ import pytest
 from pydantic import BaseModel
 
 from federation.settings import HubSettings, load_hub_settings
+from keeper.settings import KeeperSettings
 from node.settings import NodeSettings, load_node_settings
 from runtime.config import ConfigError
 
@@ -29,7 +30,8 @@ def _fields(model: type[BaseModel], prefix: str = "") -> set[str]:
 
 
 @pytest.mark.parametrize(
-    ("model", "example"), [(NodeSettings, "node.example.toml"), (HubSettings, "hub.example.toml")]
+    ("model", "example"),
+    [(NodeSettings, "node.example.toml"), (HubSettings, "hub.example.toml"), (KeeperSettings, "keeper.example.toml")],
 )
 def test_every_setting_is_documented(model: type[BaseModel], example: str) -> None:
     text = (DEPLOY / example).read_text()

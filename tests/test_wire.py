@@ -881,7 +881,9 @@ def _largest(catalog: Catalog) -> Snapshot:
 def test_max_envelope_size_bounds_every_snapshot_of_a_catalog() -> None:
     default = load_catalog()
     data = load_catalog().model_dump(mode="json")
-    long_names = dict(data, metrics=[dict(m, name=f"{m['name']}-".ljust(64, "x")) for m in data["metrics"]])
+    long = {m["name"]: f"{m['name']}-".ljust(64, "x") for m in data["metrics"]}
+    federation = dict(data["federation"], metrics={long[k]: v for k, v in data["federation"]["metrics"].items()})
+    long_names = dict(data, metrics=[dict(m, name=long[m["name"]]) for m in data["metrics"]], federation=federation)
     for catalog in (default, parse_catalog(long_names)):
         envelope = sign_snapshot(_largest(catalog), KEY)
         assert len(envelope) <= max_envelope_size(catalog) < len(envelope) * 1.05  # a bound, and a tight one

@@ -10,7 +10,7 @@ dicts' key order; `Cells.order` records it.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,23 +151,30 @@ def sum_windows(layout: Layout, parts: Sequence[Cells]) -> Cells:
     return Cells(value, variance, nodes, present, order)
 
 
-def presence_thresholds(layout: Layout, catalog: Catalog, cells: Cells) -> Array:
-    """Per position, the least value a present cell needs (`significance.presence_threshold`); 0 for others."""
+def presence_thresholds(
+    layout: Layout, catalog: Catalog, cells: Cells, scales: Mapping[str, float] | None = None
+) -> Array:
+    """Per position, the least value a present cell needs (`significance.presence_threshold`); 0 for others.
+
+    `scales`: the noise scale of each metric's draws when not the community snapshots' (a round's keepers').
+    """
     out = np.zeros(len(layout), dtype=np.int64)
     for metric in catalog.metrics:
         first, count = layout.offset[(metric.name, "cell")]
         variances = cells.variance[first : first + count]
+        scale = scales.get(metric.name) if scales is not None else None
         # One merged variance per number of draws: a handful of distinct values per metric.
         distinct, inverse = np.unique(variances, return_inverse=True)
-        thresholds = np.array([presence_threshold(catalog, metric, float(v)) for v in distinct], dtype=np.int64)
+        thresholds = np.array([presence_threshold(catalog, metric, float(v), scale) for v in distinct], dtype=np.int64)
         out[first : first + count] = thresholds[inverse]
     return out
 
 
-def apply_presence(layout: Layout, cells: Cells, catalog: Catalog) -> Cells:
+def apply_presence(layout: Layout, cells: Cells, catalog: Catalog, scales: Mapping[str, float] | None = None) -> Cells:
     """`merge.apply_presence` over columns: cells not present folded into their prefix's other; others kept."""
     order = cells.order
-    low_mask = cells.present & layout.is_cell & (cells.value < presence_thresholds(layout, catalog, cells)).astype(bool)
+    thresholds = presence_thresholds(layout, catalog, cells, scales)
+    low_mask = cells.present & layout.is_cell & (cells.value < thresholds).astype(bool)
     low = order[low_mask[order]]  # in the table's order: folds add in that order
     targets = layout.other_of[low]
     size = len(layout)

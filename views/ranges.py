@@ -35,6 +35,7 @@ from aiohttp import web
 
 from protocol.catalog import Catalog
 from protocol.errors import BadRequest, NotFound, ProblemType
+from protocol.noise import laplace_variance
 from protocol.windows import DAY
 from views.columns import Cells, Layout, apply_presence, sum_windows
 from views.insights import (
@@ -59,18 +60,23 @@ MAX_RANGE_DAYS = 366
 
 
 class WindowCells:
-    """One window's merged cells as columns, and the same with presence inferred (computed once, kept with it)."""
+    """One window's merged cells as columns, and the same with presence inferred (computed once, kept with it).
 
-    __slots__ = ("cells", "_layout", "_catalog", "_thresholded")
+    `scales`: per metric, the scale of the noise draws its cells sum when it is not the community
+    snapshots' (a federation round's aggregate: one draw per keeper at the federation scale).
+    """
 
-    def __init__(self, layout: Layout, catalog: Catalog, cells: Cells) -> None:
+    __slots__ = ("cells", "scales", "_layout", "_catalog", "_thresholded")
+
+    def __init__(self, layout: Layout, catalog: Catalog, cells: Cells, scales: Mapping[str, float] | None = None) -> None:
         self.cells = cells
+        self.scales = scales
         self._layout, self._catalog = layout, catalog
         self._thresholded: Cells | None = None
 
     def thresholded(self) -> Cells:
         if self._thresholded is None:  # two threads may both compute it: same result
-            self._thresholded = apply_presence(self._layout, self.cells, self._catalog)
+            self._thresholded = apply_presence(self._layout, self.cells, self._catalog, self.scales)
         return self._thresholded
 
 
@@ -120,7 +126,15 @@ class RangeData:
         if len(windows) == 1:
             return self.per_window[windows[0]].thresholded().to_table(self.layout, metrics)
         summed = sum_windows(self.layout, [self.per_window[w].cells for w in windows])
-        return apply_presence(self.layout, summed, self.catalog).to_table(self.layout, metrics)
+        return apply_presence(self.layout, summed, self.catalog, self._scales(windows)).to_table(self.layout, metrics)
+
+    def _scales(self, windows: Sequence[int]) -> dict[str, float] | None:
+        """The noise scale to test a sum over `windows` with: the windows' own when they agree, else the larger
+        (fewer, wider draws for the same variance: a heavier tail, so a higher, conservative threshold)."""
+        parts = [self.per_window[w].scales for w in windows]
+        if all(p is None for p in parts):
+            return None
+        return {m.name: max((p or {}).get(m.name, self.catalog.scale(m)) for p in parts) for m in self.catalog.metrics}
 
 
 View = Callable[[RangeData], dict[str, Any]]
@@ -230,6 +244,67 @@ class StoreRanges:
             )
             out[w] = WindowCells(layout, catalog, cells)
         return out
+
+
+class RoundSource(Protocol):
+    """Published federation rounds (federation/rounds.py `Rounds`)."""
+
+    def published(self, catalog: Catalog, start: int, end: int) -> Mapping[int, Any]: ...
+
+
+class RoundRanges:
+    """Merged snapshots, with each window's federation metrics taken from its published round when there is one.
+
+    A round's aggregate is every participant's bounded true count plus one noise draw per keeper,
+    thresholded once (federation/significance.py with the keepers' scale); a window without a
+    published round keeps the sum of its community snapshots, each noised at its node.
+    """
+
+    def __init__(self, inner: StoreRanges, rounds: RoundSource) -> None:
+        self._inner = inner
+        self._rounds = rounds
+
+    def latest_window(self, catalog: Catalog) -> int | None:
+        return self._inner.latest_window(catalog)
+
+    def load(self, catalog: Catalog, start: int, end: int) -> RangeData:
+        data = self._inner.load(catalog, start, end)
+        rounds = self._rounds.published(catalog, start, end) if catalog.federation is not None else {}
+        if not rounds:
+            return data
+        per_window = dict(data.per_window)
+        scales = {m.name: catalog.federation_scale(m) for m in catalog.federation_metrics}
+        for window, rnd in rounds.items():
+            held = per_window.get(window)
+            cells = round_cells(data.layout, catalog, held.cells if held is not None else None, rnd)
+            per_window[window] = WindowCells(data.layout, catalog, cells, scales)
+        nodes = max(data.nodes, max(r.nodes for r in rounds.values()))
+        return RangeData(catalog, data.layout, start, end, dict(sorted(per_window.items())), nodes)
+
+
+def round_cells(layout: Layout, catalog: Catalog, base: Cells | None, rnd: Any) -> Cells:
+    """A window's cells with the federation metrics' cells replaced by a round's aggregate (and their `other`s cleared)."""
+    size = len(layout)
+    if base is None:
+        value: np.ndarray[Any, Any] = np.zeros(size, dtype=np.int64)
+        variance, nodes, present = np.zeros(size), np.zeros(size, dtype=np.int64), np.zeros(size, dtype=bool)
+    else:
+        value, variance = base.value.copy(), base.variance.copy()
+        nodes, present = base.nodes.copy(), base.present.copy()
+    offset = 0
+    for metric in catalog.federation_metrics:
+        first, count = layout.offset[(metric.name, "cell")]
+        other_first, others = layout.offset[(metric.name, "other")]
+        value[first : first + count] = rnd.aggregate[offset : offset + count]
+        variance[first : first + count] = rnd.keepers * laplace_variance(catalog.federation_scale(metric))
+        nodes[first : first + count] = rnd.nodes
+        present[first : first + count] = True
+        value[other_first : other_first + others] = 0
+        variance[other_first : other_first + others] = 0.0
+        nodes[other_first : other_first + others] = 0
+        present[other_first : other_first + others] = False
+        offset += count
+    return Cells(value, variance, nodes, present, np.flatnonzero(present).astype(np.int64))
 
 
 class ViewService:
@@ -430,6 +505,15 @@ def catalog_document(catalog: Catalog) -> dict[str, Any]:
         "version": catalog.version,
         "k_min": catalog.k_min,
         "epsilon_per_window": catalog.epsilon_per_window,
+        "epsilon_community": catalog.epsilon_community,
+        "epsilon_federation": catalog.epsilon_federation,
+        "federation": None if catalog.federation is None else {
+            "min_nodes": catalog.federation.min_nodes,
+            "metrics": [
+                {"name": m.name, "epsilon": catalog.federation_epsilon(m), "scale": catalog.federation_scale(m)}
+                for m in catalog.federation_metrics
+            ],
+        },
         "max_events_per_session": catalog.max_events_per_session,
         "retention_days": catalog.retention_days,
         "apps": {

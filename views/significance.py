@@ -86,10 +86,14 @@ def _exact(scale: float, n: int, p: float) -> int:
     return low
 
 
-def presence_threshold(catalog: Catalog, metric: MetricSpec, variance: float) -> int:
-    """The least merged value of a cell of `metric`, with noise `variance`, shown as present (k_min included)."""
+def presence_threshold(catalog: Catalog, metric: MetricSpec, variance: float, scale: float | None = None) -> int:
+    """The least merged value of a cell of `metric`, with noise `variance`, shown as present (k_min included).
+
+    The noise is a sum of discrete Laplace draws of `scale`: the community snapshots' by default,
+    the keepers' for a federation round's aggregate (one draw per keeper).
+    """
     p = FALSE_CELLS / total_cells(catalog)
-    scale = catalog.scale(metric)
+    scale = catalog.scale(metric) if scale is None else scale
     return max(catalog.k_min, noise_threshold(scale, draws(variance, scale), p))
 
 

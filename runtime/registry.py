@@ -1,4 +1,9 @@
-"""The node registry: enroll a node's (or a child hub's) public key, revoke it, look it up at intake."""
+"""The key registry of a hub or a share keeper: enroll a public key under a name and a kind, revoke it, look it up.
+
+A hub enrolls nodes, child hubs and share keepers; a share keeper enrolls the nodes whose
+contributions it opens seeds for. Both keep the table `nodes` (key id, name, public key,
+enrolled, revoked, kind) in their own database.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +14,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from federation.store import HubStore
 from protocol.errors import Conflict, Forbidden, NotFound, ProblemType, Unprocessable
 from protocol.keys import KeyFormatError, PublicKey
+from runtime.storage import Database
 
 log = logging.getLogger("liberation.hub.registry")
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
 
-Kind = Literal["node", "hub"]
-KINDS: Final[tuple[Kind, ...]] = ("node", "hub")
-"""A node publishes its own snapshots (nodes = 1); a hub, merged ones of its nodes (hub of hubs)."""
+Kind = Literal["node", "hub", "keeper"]
+KINDS: Final[tuple[Kind, ...]] = ("node", "hub", "keeper")
+"""A node publishes its own snapshots (nodes = 1) and contributions; a hub, merged snapshots of its
+nodes (hub of hubs); a share keeper, answers to federation rounds (docs/protocol.md section 13)."""
+PUBLISHERS: Final[tuple[Kind, ...]] = ("node", "hub")
+"""The kinds whose snapshots a hub takes."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,7 @@ class NodeRecord:
 class Registry:
     """Enrolled keys, cached in memory for intake (the store is the truth)."""
 
-    def __init__(self, store: HubStore, *, now: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Database, *, now: Callable[[], float] = time.time) -> None:
         self._store = store
         self._now = now
         self._cache: dict[str, NodeRecord] = {r.key_id: r for r in self._load()}
@@ -70,7 +78,7 @@ class Registry:
                 # so it is left out (its snapshots get 403 unknown-key) rather than stop the hub.
                 log.error("enrolled key refused: small-order or non-canonical", extra={"node": k, "node_name": n})
                 continue
-            records.append(NodeRecord(k, n, public_key, int(e), r, "hub" if kind == "hub" else "node"))
+            records.append(NodeRecord(k, n, public_key, int(e), r, kind if kind in KINDS else "node"))
         return records
 
     def nodes(self) -> list[NodeRecord]:
@@ -88,7 +96,7 @@ class Registry:
                 "a node name is 1-64 letters, digits, space, dot, dash or underscore", slug=ProblemType.INVALID_NAME
             )
         if kind not in KINDS:
-            raise Unprocessable("kind is node or hub", slug=ProblemType.INVALID_KIND)
+            raise Unprocessable("kind is node, hub or keeper", slug=ProblemType.INVALID_KIND)
         record = NodeRecord(public_key.key_id, name, public_key, int(self._now()), None, kind)
         existing = self._cache.get(record.key_id)
         if existing is not None and existing.name == name and existing.kind != kind:
@@ -129,11 +137,11 @@ class Registry:
         self._cache[record.key_id] = revoked
         return revoked
 
-    def require_active(self, public_key: PublicKey) -> NodeRecord:
-        """Intake's key policy: (3) the key is enrolled and not revoked, else 403; its record."""
+    def require_active(self, public_key: PublicKey, kinds: tuple[Kind, ...] = PUBLISHERS) -> NodeRecord:
+        """Intake's key policy: (3) the key is enrolled as one of `kinds` and not revoked, else 403; its record."""
         record = self._cache.get(public_key.key_id)
-        if record is None or record.public_key.raw != public_key.raw:
-            raise Forbidden("this key is not enrolled at this hub", slug=ProblemType.UNKNOWN_KEY)
+        if record is None or record.public_key.raw != public_key.raw or record.kind not in kinds:
+            raise Forbidden("this key is not enrolled here", slug=ProblemType.UNKNOWN_KEY)
         if not record.active:
             raise Forbidden("this key has been revoked", slug=ProblemType.REVOKED_KEY)
         return record

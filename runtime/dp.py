@@ -1,6 +1,7 @@
-"""Differential privacy for snapshots: discrete Laplace noise from OpenDP, and its certified epsilon.
+"""Discrete Laplace noise from OpenDP, and its certified epsilon: the one sampler of nodes and share keepers.
 
-Every cell of a metric's public domain is noised, zeros included, and every
+A node noises its snapshots with it, a share keeper its round answers. Every cell of a
+metric's public domain is noised, zeros included, and every
 noisy cell is published, so the release is pure epsilon-DP with no
 data-dependent choice of cells. Noise is OpenDP's discrete Laplace on 64-bit
 integers (never floating-point `random` or numpy draws: Mironov 2012).
