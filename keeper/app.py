@@ -101,8 +101,6 @@ def _open(settings: KeeperSettings, now: Now) -> Keeper:
         hub_keys=[PublicKey.from_b64(k) for k in settings.hub_keys], metrics=metrics,
         max_bytes=settings.max_request_bytes, skew_seconds=settings.clock_skew_seconds, now=now,
     )
-    if not settings.hub_keys:
-        log.warning("no hub_keys configured: every round request is refused until a hub's key is pinned")
     return Keeper(settings, identity, store, registry, catalogs, metrics, answerer)
 
 
@@ -204,6 +202,8 @@ def create_app(settings: KeeperSettings, *, now: Now = time.time) -> web.Applica
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         keeper = await asyncio.to_thread(open_keeper, settings, now=now, wait_seconds=SERVICE_WAIT_SECONDS)
         app[KEEPER] = keeper
+        if not settings.hub_keys:  # said by the service, not by every command that opens its files
+            log.warning("no hub_keys configured: every round request is refused until a hub's key is pinned")
         log.info("keeper ready", extra={"key_id": keeper.identity.key_id, "hubs": len(settings.hub_keys),
                                         "admin_api": settings.admin_token is not None})
         yield

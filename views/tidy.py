@@ -74,7 +74,7 @@ def tidy_csv(data: RangeData, metrics: list[MetricSpec]) -> bytes:
                 labels = (*head, OTHER)
             by_column = dict(zip((column_name(d) for d in spec.dimensions), labels, strict=False))
             writer.writerow([label, name, *(by_column.get(c, "") for c in columns), cs.value,
-                             round(math.sqrt(cs.variance), 3), cs.nodes])
+                             f"{math.sqrt(cs.variance):.3f}", cs.nodes])
     return out.getvalue().encode()
 
 
