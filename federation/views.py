@@ -53,7 +53,7 @@ from federation.merge import ReadTable, Table
 from federation.significance import presence_threshold
 from protocol.catalog import Catalog
 from protocol.errors import BadRequest, NotFound
-from protocol.windows import DAY
+from protocol.windows import DAY, window_start
 
 DEFAULT_RANGE_DAYS = 30
 MAX_RANGE_DAYS = 366
@@ -135,7 +135,8 @@ VIEWS: dict[str, tuple[str, View]] = {
     "session-shape": ("Tools per session and session duration, with median and quartiles",
                       lambda d: session_shape(d.catalog, d.combined, d.raw)),
     "peak-times": ("Hour-of-week heat map of events (UTC)", lambda d: peak_times(d.catalog, d.by_weekday(PEAK_METRICS))),
-    "geography": ("Sessions per country, top countries and per tool", lambda d: geography(d.catalog, d.combined)),
+    "geography": ("Sessions per country, then per UN M49 region, then the world",
+                  lambda d: geography(d.catalog, d.combined, raw=d.raw)),
     "financial": ("Runway, real-wage gap, savings, industries, salary, expenses, debt: histograms and quantiles",
                   lambda d: financial(d.catalog, d.combined, d.raw)),
     "breakdown": ("Industry x runway months", lambda d: breakdown(d.catalog, d.combined, raw=d.raw)),
@@ -279,7 +280,11 @@ class ViewService:
         return catalog
 
     def date_range(self, catalog: Catalog, query: Mapping[str, str]) -> tuple[int, int]:
-        """[start, end) from `from`/`to` (inclusive dates); default: the 30 days up to the latest data."""
+        """[start, end) from `from`/`to` (inclusive dates); default: the 30 days up to the latest data.
+
+        Widened to whole windows of the catalog: with weekly windows, from the Monday of
+        `from`'s ISO week to the Sunday of `to`'s (a window is summed whole or not at all).
+        """
         def parse(name: str) -> int | None:
             text = query.get(name)
             if not text:
@@ -292,18 +297,18 @@ class ViewService:
                 raise BadRequest(f"`{name}` must be 1970-01-01 or later: windows are unix times", slug="invalid-query")
             return int(day.timestamp())
 
+        length = catalog.window_seconds
         start, last = parse("from"), parse("to")
         if last is None:
             latest = self._source.latest_window(catalog)
-            today = int(self._now()) // DAY * DAY
-            last = (latest // DAY * DAY) if latest is not None else today
+            last = (latest + length - DAY) if latest is not None else int(self._now()) // DAY * DAY
         if start is None:
             start = max(0, last - (DEFAULT_RANGE_DAYS - 1) * DAY)
         if start > last:
             raise BadRequest("`from` is after `to`", slug="invalid-query")
         if last - start > MAX_RANGE_DAYS * DAY:
             raise BadRequest(f"a range spans at most {MAX_RANGE_DAYS} days", slug="invalid-query")
-        return start, last + DAY
+        return max(0, window_start(start, length)), window_start(last, length) + length
 
     def render(self, name: str, catalog: Catalog, start: int, end: int, fmt: str) -> tuple[bytes, str]:
         """The body of one view and its ETag; cached until the next accepted snapshot."""
@@ -319,6 +324,7 @@ class ViewService:
             "catalog": catalog.hash,
             "from": _day(start),
             "to": _day(end - DAY),
+            "window": catalog.window,
             "windows": len(data.per_window),
             "nodes": data.nodes,
             "k_min": catalog.k_min,
@@ -421,6 +427,7 @@ def catalog_document(catalog: Catalog) -> dict[str, Any]:
         "version": catalog.version,
         "k_min": catalog.k_min,
         "epsilon_per_window": catalog.epsilon_per_window,
+        "window": catalog.window,
         "max_events_per_session": catalog.max_events_per_session,
         "retention_days": catalog.retention_days,
         "apps": {
@@ -436,7 +443,8 @@ def catalog_document(catalog: Catalog) -> dict[str, Any]:
                 "name": m.name, "description": m.description, "unit": m.unit.value,
                 "dimensions": list(m.dimensions), "cells": catalog.domain_size(m),
                 "max_cells_per_session": m.max_cells, "cap_per_cell": m.cell_cap,
-                "sensitivity": m.sensitivity, "epsilon": catalog.epsilon(m), "scale": catalog.scale(m),
+                "sensitivity": m.sensitivity, "weight": m.weight,
+                "epsilon": catalog.epsilon(m), "scale": catalog.scale(m),
                 # The least value a cell of one snapshot (one community, one window) is shown from.
                 "threshold": presence_threshold(catalog, m, catalog.variance(m)),
             }

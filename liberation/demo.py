@@ -47,14 +47,14 @@ class Service:
     url: str = ""
 
 
-def _import_history(community: Community, data_dir: str, seed: int, days: int) -> str:
+def _import_history(community: Community, data_dir: str, seed: int, days: int, catalog: str | None = None) -> str:
     """One node's history through the import path (run in a worker process)."""
     from node.app import close_node, open_node
     from node.importer import import_lines
     from node.settings import NodeSettings
 
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    node = open_node(NodeSettings(data_dir=Path(data_dir), retention_days=days + 1))
+    node = open_node(NodeSettings(data_dir=Path(data_dir), retention_days=days + 1, catalog=catalog))
     try:
         summary = import_lines(node, Traffic(community, seed).history_lines(days, today))
     finally:
@@ -66,7 +66,7 @@ IMPORT_RETENTION_DAYS = 400
 """How far back `--import` history may go: the hub's default window horizon."""
 
 
-def _publish_file(path: str, data_dir: str) -> tuple[str, str, list[bytes], str]:
+def _publish_file(path: str, data_dir: str, catalog: str | None = None) -> tuple[str, str, list[bytes], str]:
     """One community's file through a node of its own: import, export every closed window (run in a worker).
 
     Returns the node's name, public key, envelopes and a summary line.
@@ -76,7 +76,7 @@ def _publish_file(path: str, data_dir: str) -> tuple[str, str, list[bytes], str]
     from node.settings import NodeSettings
 
     name = Path(path).stem
-    node = open_node(NodeSettings(data_dir=Path(data_dir), retention_days=IMPORT_RETENTION_DAYS))
+    node = open_node(NodeSettings(data_dir=Path(data_dir), retention_days=IMPORT_RETENTION_DAYS, catalog=catalog))
     try:
         with open(path, encoding="utf-8") as lines:
             summary = import_lines(node, lines)
@@ -100,8 +100,13 @@ def _post_envelope(url: str, envelope: bytes) -> None:
         pass
 
 
-def run_import_demo(root: Path, source: Path, *, hub_port: int = 8700, out: TextIO = sys.stdout) -> int:
-    """A federation of the communities in `source` (one `<community>.jsonl` each), served by a hub until a signal."""
+def run_import_demo(
+    root: Path, source: Path, *, hub_port: int = 8700, out: TextIO = sys.stdout, catalog: Path | None = None
+) -> int:
+    """A federation of the communities in `source` (one `<community>.jsonl` each), served by a hub until a signal.
+
+    `catalog`: the federation's catalog TOML (hub and nodes), None for the built-in one.
+    """
     started = time.monotonic()
     files = sorted(source.glob("*.jsonl"))
     if not files:
@@ -114,7 +119,7 @@ def run_import_demo(root: Path, source: Path, *, hub_port: int = 8700, out: Text
     say = _sayer(out)
     say(f"Liberation Analytics demo: a hub and {len(files)} communities from {source}")
     with ProcessPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
-        jobs = [pool.submit(_publish_file, str(f), str(root / "nodes" / f.stem)) for f in files]
+        jobs = [pool.submit(_publish_file, str(f), str(root / "nodes" / f.stem), _text(catalog)) for f in files]
         published = [job.result() for job in jobs]
     for *_, line in published:
         say("  " + line)
@@ -122,7 +127,7 @@ def run_import_demo(root: Path, source: Path, *, hub_port: int = 8700, out: Text
     hub = _start("hub", ["hub", "serve"], root / "hub.log", {
         "LIBERATION_HUB_DATA_DIR": str(root / "hub"), "LIBERATION_HUB_PORT": str(hub_port),
         "LIBERATION_HUB_METRICS_PORT": "0", "LIBERATION_HUB_ADMIN_TOKEN": token,
-        "LIBERATION_HUB_EXPORT_AFTER_SECONDS": "0",
+        "LIBERATION_HUB_EXPORT_AFTER_SECONDS": "0", **_catalog_env("HUB", catalog),
     })
     try:
         _wait_url(hub)
@@ -144,6 +149,32 @@ def run_import_demo(root: Path, source: Path, *, hub_port: int = 8700, out: Text
     finally:
         _stop_services([hub], say)
     return 0
+
+
+def _text(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def _catalog_env(service: str, catalog: Path | None) -> dict[str, str]:
+    """The environment that gives a hub or node the federation's catalog (none for the built-in one)."""
+    return {} if catalog is None else {f"LIBERATION_{service}_CATALOG": str(catalog)}
+
+
+def _window_of(catalog: Path | None) -> str:
+    from protocol.catalog import load_catalog
+
+    return load_catalog(catalog).window
+
+
+def _closed_windows(days: int, catalog: Path | None) -> int:
+    """How many windows `days` of history ending today hold that have closed by now (no grace)."""
+    from protocol.catalog import load_catalog
+    from protocol.windows import DAY, window_start
+
+    length = load_catalog(catalog).window_seconds
+    today = int(datetime.now(UTC).timestamp()) // DAY * DAY
+    first, now = window_start(today - days * DAY, length), int(time.time())
+    return len(range(first, window_start(now, length), length))
 
 
 def _sayer(out: TextIO) -> Callable[[str], None]:
@@ -228,8 +259,10 @@ def _free_port(preferred: int) -> int:
             return 0
 
 
-def run_demo(root: Path, *, days: int = HISTORY_DAYS, out: TextIO = sys.stdout, fresh: bool = True) -> int:
-    """Set up and run the demo federation until SIGINT/SIGTERM."""
+def run_demo(
+    root: Path, *, days: int = HISTORY_DAYS, out: TextIO = sys.stdout, fresh: bool = True, catalog: Path | None = None
+) -> int:
+    """Set up and run the demo federation until SIGINT/SIGTERM (`catalog`: hub's and nodes', None = built in)."""
     started = time.monotonic()
     if fresh and root.exists():
         shutil.rmtree(root)
@@ -240,7 +273,8 @@ def run_demo(root: Path, *, days: int = HISTORY_DAYS, out: TextIO = sys.stdout, 
     say(f"Liberation Analytics demo: a hub and {len(COMMUNITIES)} communities, {days} days of history")
     with ProcessPoolExecutor(max_workers=min(3, os.cpu_count() or 1)) as pool:
         jobs = [
-            pool.submit(_import_history, c, str(root / c.name), 1000 + i, days) for i, c in enumerate(COMMUNITIES)
+            pool.submit(_import_history, c, str(root / c.name), 1000 + i, days, _text(catalog))
+            for i, c in enumerate(COMMUNITIES)
         ]
         for job in jobs:
             say("  " + job.result())
@@ -252,6 +286,7 @@ def run_demo(root: Path, *, days: int = HISTORY_DAYS, out: TextIO = sys.stdout, 
             "LIBERATION_HUB_DATA_DIR": str(root / "hub"), "LIBERATION_HUB_PORT": str(_free_port(8700)),
             "LIBERATION_HUB_METRICS_PORT": str(_free_port(9700)),
             "LIBERATION_HUB_ADMIN_TOKEN": token, "LIBERATION_HUB_EXPORT_AFTER_SECONDS": "0",
+            **_catalog_env("HUB", catalog),
         })
         services.append(hub)
         _wait_url(hub)
@@ -269,15 +304,15 @@ def run_demo(root: Path, *, days: int = HISTORY_DAYS, out: TextIO = sys.stdout, 
                 # day is there at start also in the hour after midnight.
                 "LIBERATION_NODE_EXPORT_GRACE_SECONDS": "0",
                 "LIBERATION_NODE_PUSH__HUB_URL": hub.url, "LIBERATION_NODE_PUSH__INTERVAL_SECONDS": "1",
-                "LIBERATION_NODE_CORS_ORIGINS": json.dumps([hub.url]),
+                "LIBERATION_NODE_CORS_ORIGINS": json.dumps([hub.url]), **_catalog_env("NODE", catalog),
             })
             services.append(node)
         for node in services[1:]:
             _wait_url(node)
-        deadline = time.monotonic() + 60
+        deadline, expected = time.monotonic() + 60, _closed_windows(days, catalog)
         while time.monotonic() < deadline and not stop[0]:
             windows = _request(hub.url + "/v1/windows")["windows"]
-            if len(windows) >= days and all(w["nodes"] == len(COMMUNITIES) for w in windows[-days:]):
+            if len(windows) >= expected and all(w["nodes"] == len(COMMUNITIES) for w in windows[-expected:]):
                 break
             time.sleep(0.5)
         say(f"  hub: {len(windows)} windows merged from {len(COMMUNITIES)} nodes "
@@ -289,7 +324,9 @@ def run_demo(root: Path, *, days: int = HISTORY_DAYS, out: TextIO = sys.stdout, 
             say(f"  node {node.name}: {node.url}/  (events: POST {node.url}/v1/events)")
         say(f"  logs and data: {root}")
         say("")
-        say("A live trickle of events keeps going; today's window is published after midnight UTC. Ctrl-C stops.")
+        current = "today's window is published after midnight UTC" if _window_of(catalog) == "day" else (
+            "this week's window is published after Monday 00:00 UTC")
+        say(f"A live trickle of events keeps going; {current}. Ctrl-C stops.")
         trickle = [Traffic(c, 9000 + i) for i, c in enumerate(COMMUNITIES)]
         while not stop[0]:
             now = datetime.now(UTC)

@@ -181,7 +181,7 @@ def open_node(settings: NodeSettings, *, clock: Clock = utc_now) -> Node:
     windows = Windows(
         store,
         SaltKeeper(paths["salts"]),
-        window_seconds=settings.window_seconds,
+        window_seconds=catalog.window_seconds,
         grace_seconds=settings.export_grace_seconds,
         retention_seconds=retention_days * DAY,
         clock=clock,
@@ -196,7 +196,7 @@ def open_node(settings: NodeSettings, *, clock: Clock = utc_now) -> Node:
         key=key,
         windows=windows,
         epsilon_cap_per_day=settings.epsilon_cap_per_day
-        or epsilon_cap_default(catalog, settings.window_seconds),
+        or epsilon_cap_default(catalog),
         record=record,
     )
     outbox = Outbox(
@@ -210,7 +210,6 @@ def open_node(settings: NodeSettings, *, clock: Clock = utc_now) -> Node:
         privacy=PrivacyFilter(
             catalog,
             clock_skew=timedelta(seconds=settings.clock_skew_seconds),
-            window_seconds=settings.window_seconds,
         ),
         salts=windows.salt_for,
         writer=writer,

@@ -3,8 +3,8 @@
 Noise is committed once: the signed envelope is stored with its ledger rows
 and outbox entry in one transaction, and every later export of the window
 returns those same bytes (fresh noise for the same data could be averaged
-away). After export the window's per-session state and, once its day is
-fully exported, the day's salt are destroyed (node/windows.py); raw rows follow retention.
+away). After export the window's per-session state and its salt are destroyed
+(node/windows.py); raw rows follow retention.
 
 The commitment also holds across a restore of the store: each export is recorded
 outside it (node/published.py) before it commits, a window recorded but not stored
@@ -28,7 +28,7 @@ from protocol.catalog import Catalog
 from protocol.errors import LiberationError
 from protocol.keys import SigningKey
 from protocol.snapshot import FORMAT, MetricCells, Snapshot
-from protocol.windows import DAY
+from protocol.windows import DAY, is_window_start
 from protocol.wire import Envelope, EnvelopeError, sign_snapshot, verify_envelope
 
 log = logging.getLogger("liberation.node.export")
@@ -264,8 +264,8 @@ class Publisher:
     def export(self, window_start: int) -> bytes:
         """The signed envelope of a window: built and committed once, then the same bytes forever."""
         windows = self.windows
-        if window_start % windows.seconds:
-            raise ExportError("a window starts on a window boundary")
+        if not is_window_start(window_start, windows.seconds):
+            raise ExportError("a window starts on a window boundary (a UTC day, or an ISO week's Monday)")
         existing = self.stored(window_start)
         if existing is not None:
             return existing
@@ -349,6 +349,6 @@ class Publisher:
         return [LedgerEntry(*(int(r[0]), str(r[1]), float(r[2]), float(r[3]), int(r[4]), str(r[5]), str(r[6]), int(r[7]))) for r in rows]
 
 
-def epsilon_cap_default(catalog: Catalog, window_seconds: int) -> float:
-    """Default cap per UTC day: one window's epsilon times the windows in a day."""
-    return catalog.epsilon_per_window * math.ceil(DAY / window_seconds)
+def epsilon_cap_default(catalog: Catalog) -> float:
+    """Default cap per UTC day: one window's epsilon (a window is a day or a week, so at most one starts a day)."""
+    return catalog.epsilon_per_window * math.ceil(DAY / catalog.window_seconds)

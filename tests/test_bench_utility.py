@@ -14,6 +14,7 @@ FIGURES = {
     "countries_shown", "countries_false", "countries_true_shown", "tools_shown", "tools_false",
     "sessions_err_pct", "sessions_z", "started_abs_err_pct", "rate_abs_err_pp", "top5_overlap",
     "median_err/runway_months", "median_err/real_wage_gap_pct", "hist_tvd", "rms_z",
+    "regions_shown", "regions_false", "attributed_pct",
 }
 
 
