@@ -50,6 +50,7 @@ OTHER_RUNS = 4
 VIEW_NAMES = ("headline", "usage", "completion", "geography", "financial")
 HUB_Z = 3.0  # the central-DP reference's hub threshold, in sd of the range sum
 NAN = float("nan")
+_ADJECTIVE = {"day": "daily", "week": "weekly"}
 HAND_SET_SHARES = {
     "usage_events": 0.06, "usage_sessions": 0.07, "geo_sessions": 0.10, "peak_events": 0.08, "tool_pairs": 0.08,
     "completion": 0.08, "session_tools": 0.05, "session_duration": 0.05, "runway_months": 0.06,
@@ -287,7 +288,7 @@ def ensure_truth(specs: Sequence[FederationSpec], days: int, cache: Path, jobs: 
     if not todo:
         return 0.0
     per_day = sum(c.sessions_per_day for c, _ in todo.values())
-    print(f"generating {len(todo)} communities ({per_day:,} sessions/day x {days} days, {window}ly windows) "
+    print(f"generating {len(todo)} communities ({per_day:,} sessions/day x {days} days, {_ADJECTIVE[window]} windows) "
           "through real nodes ...", flush=True)
     ordered = sorted(todo.values(), key=lambda cs: -cs[0].sessions_per_day)  # the biggest first
     pool = _pool(jobs)
@@ -353,7 +354,7 @@ def truth_line(fed: Prepared) -> str:
     medians = ", ".join(f"median {a} {raw.median(a):.2f}" for a in MEDIAN_ATTRIBUTES if raw.median(a) is not None)
     countries = sum(1 for n in raw.country_tool_sessions.values() if n)
     window = fed.catalog.window
-    return (f"truth: {len(fed.truth.nodes)} nodes, {len(fed.truth.windows)} {window}ly windows, {raw.sessions:,} "
+    return (f"truth: {len(fed.truth.nodes)} nodes, {len(fed.truth.windows)} {_ADJECTIVE[window]} windows, {raw.sessions:,} "
             f"sessions (session-{window}s), {countries} countries; top 5 (sessions) "
             + ", ".join(f"{c} {n:,}" for c, n in top) + f"; completion rates {rates} %; {medians}")
 

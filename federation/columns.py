@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from federation.merge import CellKey, CellSum, ReadTable, Table
-from federation.significance import presence_threshold
+from federation import significance
 from protocol.catalog import Catalog
 
 Array = npt.NDArray[Any]
@@ -147,23 +147,34 @@ def sum_windows(layout: Layout, parts: Sequence[Cells]) -> Cells:
     return Cells(value, variance, nodes, present, order)
 
 
-def presence_thresholds(layout: Layout, catalog: Catalog, cells: Cells) -> Array:
-    """Per position, the least value a present cell needs (`significance.presence_threshold`); 0 for others."""
+def presence_thresholds(
+    layout: Layout, catalog: Catalog, cells: Cells, metrics: Collection[str] | None = None
+) -> Array:
+    """Per position, the least value a present cell needs (`significance.presence_threshold`); 0 for others.
+
+    With `metrics`, only their cells get a bound (a caller that reads those alone).
+    """
     out = np.zeros(len(layout), dtype=np.int64)
     for metric in catalog.metrics:
+        if metrics is not None and metric.name not in metrics:
+            continue
         first, count = layout.offset[(metric.name, "cell")]
         variances = cells.variance[first : first + count]
         # One merged variance per number of draws: a handful of distinct values per metric.
         distinct, inverse = np.unique(variances, return_inverse=True)
-        thresholds = np.array([presence_threshold(catalog, metric, float(v)) for v in distinct], dtype=np.int64)
+        thresholds = np.array(significance.presence_thresholds(catalog, metric, distinct.tolist()), dtype=np.int64)
         out[first : first + count] = thresholds[inverse]
     return out
 
 
-def apply_presence(layout: Layout, cells: Cells, catalog: Catalog) -> Cells:
-    """`merge.apply_presence` over columns: cells not present folded into their prefix's other; others kept."""
+def apply_presence(layout: Layout, cells: Cells, catalog: Catalog, metrics: Collection[str] | None = None) -> Cells:
+    """`merge.apply_presence` over columns: cells not present folded into their prefix's other; others kept.
+
+    With `metrics`, only their cells are folded: the others are left as summed (read them not).
+    """
     order = cells.order
-    low_mask = cells.present & layout.is_cell & (cells.value < presence_thresholds(layout, catalog, cells)).astype(bool)
+    bounds = presence_thresholds(layout, catalog, cells, metrics)
+    low_mask = cells.present & layout.is_cell & (cells.value < bounds).astype(bool)
     low = order[low_mask[order]]  # in the table's order: folds add in that order
     targets = layout.other_of[low]
     size = len(layout)

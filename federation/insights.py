@@ -25,7 +25,7 @@ import numpy as np
 
 from federation.columns import INT64_SAFE, Array, Cells, Layout
 from federation.merge import CellSum, Kind, ReadTable, fold_sums, sd, total_sums
-from federation.significance import presence_threshold
+from federation.significance import presence_threshold, presence_thresholds
 from protocol.catalog import ATTRIBUTE_DIMENSION_PREFIX, STAGES, Catalog, MetricSpec
 from protocol.regions import REGION_NAMES, region_of
 from protocol.windows import DAY
@@ -398,11 +398,13 @@ def _regions(catalog: Catalog, spec: MetricSpec, raw: ReadTable, shown: set[str]
         if region is not None:
             folded[region] = fold_sums(folded.get(region), cs)
             count[region] += 1
-    significant = [
-        (code, cs, count[code]) for code, cs in folded.items()
-        if cs.value >= presence_threshold(catalog, spec, cs.variance)
-    ]
+    bounds = presence_thresholds(catalog, spec, [cs.variance for cs in folded.values()])
+    significant = [(code, cs, count[code]) for (code, cs), bound in zip(folded.items(), bounds) if cs.value >= bound]
     return sorted(significant, key=lambda item: (-item[1].value, item[0]))
+
+
+GEO_METRICS = ("geo_sessions",)
+"""The metrics `geography` reads from its `raw` table: a caller may hand it those alone."""
 
 
 def _geo_metric(catalog: Catalog) -> tuple[MetricSpec | None, str]:

@@ -22,8 +22,10 @@ def _path(name: str, description: str, **schema: Any) -> dict[str, Any]:
 
 CATALOG_PARAM = _query("catalog", "catalog hash (default: the hub's default catalog)", pattern="^[0-9a-f]{64}$")
 RANGE = [
-    _query("from", "first day, inclusive (default: 29 days before `to`)", format="date"),
-    _query("to", "last day, inclusive (default: the latest window with data)", format="date"),
+    _query("from", "first day, inclusive (default: 29 days before `to`); a weekly catalog's range starts "
+           "on that day's ISO week's Monday", format="date"),
+    _query("to", "last day, inclusive (default: the latest window with data); a weekly catalog's range ends "
+           "on that day's ISO week's Sunday", format="date"),
     CATALOG_PARAM,
 ]
 ADMIN: list[dict[str, list[str]]] = [{"bearer": []}]
@@ -53,13 +55,13 @@ def openapi_document() -> dict[str, Any]:
             "/v1/snapshots/{key_id}/{window}": {"get": {
                 "summary": "A stored envelope exactly as accepted, by node key id and window (public, as snapshots are)",
                 "parameters": [_path("key_id", "the node's key id", pattern="^[0-9a-f]{32}$"),
-                               _path("window", "2026-11-23, 2026-11-23T05 or unix seconds")],
+                               _path("window", "2026-11-23, 2026-W48 (an ISO week) or unix seconds")],
                 "responses": {"200": {"description": "the envelope", "content": {"application/msgpack": {"schema": {"type": "string", "format": "binary"}}}},
                               **errors},
             }},
             "/v1/merged/{window}": {"get": {
                 "summary": "One window's merged cells before re-thresholding (for audits)",
-                "parameters": [_path("window", "2026-11-23, 2026-11-23T05 or unix seconds"), CATALOG_PARAM],
+                "parameters": [_path("window", "2026-11-23, 2026-W48 (an ISO week) or unix seconds"), CATALOG_PARAM],
                 "responses": {"200": JSON_OK, **errors},
             }},
             "/v1/export": {"get": {

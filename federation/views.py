@@ -27,6 +27,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -34,6 +35,7 @@ import numpy as np
 from aiohttp import web
 
 from federation.insights import (
+    GEO_METRICS,
     PEAK_METRICS,
     breakdown,
     completion,
@@ -92,18 +94,30 @@ class RangeData:
         return cls(catalog, layout, start, end,
                    {w: WindowCells(layout, catalog, Cells.from_table(layout, tables[w])) for w in sorted(tables)}, nodes)
 
+    @cached_property
+    def _range_sum(self) -> Cells:
+        """Every window of the range summed, every cell: summed once per render, for `combined` and `raw` alike."""
+        windows = list(self.per_window)
+        if len(windows) == 1:
+            return self.per_window[windows[0]].cells
+        return sum_windows(self.layout, [self.per_window[w].cells for w in windows])
+
     @property
     def combined(self) -> Table:
         """The whole range summed, presence inferred over all of its snapshots."""
-        return self._summed(list(self.per_window))
+        windows = list(self.per_window)
+        if len(windows) == 1:
+            return self.per_window[windows[0]].thresholded().to_table(self.layout)
+        return apply_presence(self.layout, self._range_sum, self.catalog).to_table(self.layout)
 
     @property
     def raw(self) -> Table:
         """The whole range summed, every cell (no presence folding): what quantiles read, noise and all."""
-        windows = list(self.per_window)
-        if len(windows) == 1:
-            return self.per_window[windows[0]].cells.to_table(self.layout)
-        return sum_windows(self.layout, [self.per_window[w].cells for w in windows]).to_table(self.layout)
+        return self._range_sum.to_table(self.layout)
+
+    def raw_of(self, metrics: Collection[str]) -> Table:
+        """`raw`, only the cells of `metrics` (a view that reads a few)."""
+        return self._range_sum.to_table(self.layout, metrics)
 
     def thresholded_windows(self) -> dict[int, Cells]:
         return {w: wc.thresholded() for w, wc in self.per_window.items()}
@@ -119,7 +133,7 @@ class RangeData:
         if len(windows) == 1:
             return self.per_window[windows[0]].thresholded().to_table(self.layout, metrics)
         summed = sum_windows(self.layout, [self.per_window[w].cells for w in windows])
-        return apply_presence(self.layout, summed, self.catalog).to_table(self.layout, metrics)
+        return apply_presence(self.layout, summed, self.catalog, metrics).to_table(self.layout, metrics)
 
 
 View = Callable[[RangeData], dict[str, Any]]
@@ -136,7 +150,7 @@ VIEWS: dict[str, tuple[str, View]] = {
                       lambda d: session_shape(d.catalog, d.combined, d.raw)),
     "peak-times": ("Hour-of-week heat map of events (UTC)", lambda d: peak_times(d.catalog, d.by_weekday(PEAK_METRICS))),
     "geography": ("Sessions per country, then per UN M49 region, then the world",
-                  lambda d: geography(d.catalog, d.combined, raw=d.raw)),
+                  lambda d: geography(d.catalog, d.combined, raw=d.raw_of(GEO_METRICS))),
     "financial": ("Runway, real-wage gap, savings, industries, salary, expenses, debt: histograms and quantiles",
                   lambda d: financial(d.catalog, d.combined, d.raw)),
     "breakdown": ("Industry x runway months", lambda d: breakdown(d.catalog, d.combined, raw=d.raw)),
