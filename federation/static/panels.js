@@ -311,7 +311,8 @@ export function renderGeography(env, ctx, world, tool = "") {
           labelEl: h("span", {}, r.name),
           num: r.sessions,
           title: `${r.name}: ${text(r.sessions)} sessions from countries too small to show one by one`,
-        })), { className: "region-list" }))
+        })), { className: "region-list", max: Math.max(1e-9, ...[...regions.map((r) => r.sessions), ...top.map((c) => c.n)]
+          .filter(isNum).map((n) => n.value + n.sd)) }))
     : null;
   const list = barList(top.map((c, i) => ({
     key: c.code,
