@@ -115,12 +115,17 @@ async def node_crashes(kills: int, root: Path, *, rng: random.Random) -> dict[st
 
 async def hub_crashes(kills: int, root: Path, *, rng: random.Random, envelopes_per_round: int = 60) -> dict[str, int]:
     """Kill a hub `kills` times under intake; check envelopes, merged sums and the log."""
+    from protocol.envelope import verify_envelope
     from protocol.keys import SigningKey
-    from protocol.wire import verify_envelope
     from tests.snapshots import DAY, envelope
 
     token = secrets.token_urlsafe(32)
-    env = {"LIBERATION_HUB_DATA_DIR": str(root / "hub"), "LIBERATION_HUB_PORT": "0", "LIBERATION_HUB_METRICS_PORT": "0", "LIBERATION_HUB_ADMIN_TOKEN": token}
+    env = {
+        "LIBERATION_HUB_DATA_DIR": str(root / "hub"),
+        "LIBERATION_HUB_PORT": "0",
+        "LIBERATION_HUB_METRICS_PORT": "0",
+        "LIBERATION_HUB_ADMIN_TOKEN": token,
+    }
     today = int(time.time()) // DAY * DAY
     keys = [SigningKey.generate() for _ in range(envelopes_per_round)]
     pending = [envelope(k, today - (1 + r) * DAY, seed=r) for r in range(kills) for k in keys]
@@ -140,7 +145,11 @@ async def hub_crashes(kills: int, root: Path, *, rng: random.Random, envelopes_p
 
             async def post(data: bytes) -> None:
                 try:
-                    async with http.post(url + "/v1/snapshots", data=data, headers={"Content-Type": "application/msgpack"}) as resp:
+                    async with http.post(
+                        url + "/v1/snapshots",  # noqa: B023 - awaited within this iteration
+                        data=data,
+                        headers={"Content-Type": "application/msgpack"},
+                    ) as resp:
                         if resp.status in (200, 202):
                             acked.add(data)
                 except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError):
@@ -148,7 +157,7 @@ async def hub_crashes(kills: int, root: Path, *, rng: random.Random, envelopes_p
 
             async def load() -> None:
                 nonlocal cursor
-                while not stop.is_set() and cursor < len(pending):
+                while not stop.is_set() and cursor < len(pending):  # noqa: B023 - awaited within this iteration
                     data = pending[cursor]
                     cursor += 1
                     await post(data)
@@ -177,9 +186,9 @@ async def hub_crashes(kills: int, root: Path, *, rng: random.Random, envelopes_p
     for data in stored:
         snap = verify_envelope(data).snapshot
         for name, cells in snap.metrics.items():
-            for i, v in zip(cells.idx, cells.val):
+            for i, v in zip(cells.idx, cells.val, strict=False):
                 expected[(name, "cell", i, snap.window_start)] += v
-            for i, v in zip(cells.other_idx, cells.other_val):
+            for i, v in zip(cells.other_idx, cells.other_val, strict=False):
                 expected[(name, "other", i, snap.window_start)] += v
     from federation.translog import verify_chain
 

@@ -36,12 +36,12 @@ import aiohttp
 import msgpack  # type: ignore[import-untyped]
 
 from bench.bench_ingest import _busy_seconds, _cpu_seconds, wait_for_quiet
-from federation.views import VIEWS
 from protocol.catalog import load_catalog
+from protocol.envelope import SIGNING_PREFIX, sign_snapshot, verify_envelope
 from protocol.keys import PublicKey, SigningKey
-from protocol.wire import SIGNING_PREFIX, sign_snapshot, verify_envelope
 from tests.servers import Process
 from tests.snapshots import DAY, node_snapshot
+from views.ranges import VIEWS
 
 NODES = 1_000
 DAYS = 30
@@ -243,7 +243,10 @@ async def view_latencies(url: str, windows: list[int]) -> list[Latency]:
 
 def fuzz(url: str, key: SigningKey, valid: bytes, examples: int) -> tuple[Counter[str], str | None, float]:
     """The test module's campaign against the hub process: statuses seen, the first violation, seconds."""
-    from tests.test_hub_fuzz import Client, campaign  # hypothesis and pytest: test dependencies
+    from tests.test_hub_fuzz import (  # hypothesis and pytest: test dependencies
+        Client,
+        campaign,
+    )
 
     client = Client(url)
     started = time.perf_counter()
@@ -350,7 +353,7 @@ def main() -> None:
     widths = [max(len(c[i]) for c in cells) for i in range(5)]
     print()
     for c in cells:
-        print("  ".join(text.ljust(width) for text, width in zip(c, widths)).rstrip())
+        print("  ".join(text.ljust(width) for text, width in zip(c, widths, strict=False)).rstrip())
 
 if __name__ == "__main__":
     main()

@@ -7,9 +7,9 @@ import random
 import time
 from collections.abc import Callable
 
+from protocol.envelope import SIGNING_PREFIX, sign_snapshot, verify_envelope
 from protocol.keys import SigningKey
 from protocol.snapshot import FORMAT, MetricCells, Snapshot
-from protocol.wire import SIGNING_PREFIX, sign_snapshot, verify_envelope
 
 SECONDS_PER_CASE = 2.0
 

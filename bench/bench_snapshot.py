@@ -27,7 +27,8 @@ WINDOW = datetime(2026, 11, 20, tzinfo=UTC)
 
 def generate(db: Path, events: int) -> None:
     """Write `events` synthetic rows of one window (and their session state) into a node store."""
-    from node.store import Store, session_table
+    from node.schema import session_table
+    from node.store import Store
     from protocol.catalog import load_catalog
 
     catalog = load_catalog()
@@ -43,7 +44,9 @@ def generate(db: Path, events: int) -> None:
         return f"({literal})[1 + ({expr}) % {len(values)}]"
 
     app_expr = pick(apps, "s")
-    action_expr = f"CASE s % 3 WHEN 0 THEN {pick(actions[0], 'i')} WHEN 1 THEN {pick(actions[1], 'i')} ELSE {pick(actions[2], 'i')} END"
+    action_expr = (
+        f"CASE s % 3 WHEN 0 THEN {pick(actions[0], 'i')} WHEN 1 THEN {pick(actions[1], 'i')} ELSE {pick(actions[2], 'i')} END"
+    )
     attr = {
         "runway_months": f"CASE WHEN s % 3 = 0 THEN {pick(dom['runway_months'], 's + i // 4')} END",
         "savings_band": f"CASE WHEN s % 3 = 0 THEN {pick(dom['savings_band'], 's')} END",
@@ -60,8 +63,9 @@ def generate(db: Path, events: int) -> None:
             f"""
             INSERT INTO events (seq, window_start, hour, session, app, action, country, {", ".join(f'"a_{n}"' for n in attr)})
             SELECT i + 1, {w}, {w} + 3600 * ((s * 7 + i // 8) % 24), (hash(s) >> 1)::BIGINT, {app_expr}, {action_expr},
-                   {pick(countries, 's')}, {", ".join(f'"a_{n}"' for n in attr)}
-            FROM (SELECT i, i // {PER_SESSION} AS s, {columns} FROM (SELECT range AS i, range // {PER_SESSION} AS s FROM range({events})))
+                   {pick(countries, "s")}, {", ".join(f'"a_{n}"' for n in attr)}
+            FROM (SELECT i, i // {PER_SESSION} AS s, {columns}
+                  FROM (SELECT range AS i, range // {PER_SESSION} AS s FROM range({events})))
             """
         )
         con.execute(

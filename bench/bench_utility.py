@@ -39,7 +39,15 @@ from typing import Any
 import numpy as np
 
 from bench import utility_product as product
-from bench.utility_truth import MEDIAN_ATTRIBUTES, REPO, FederationSpec, FederationTruth, RawTruth, cache_stem, generate
+from bench.utility_truth import (
+    MEDIAN_ATTRIBUTES,
+    REPO,
+    FederationSpec,
+    FederationTruth,
+    RawTruth,
+    cache_stem,
+    generate,
+)
 from protocol.catalog import Catalog
 from protocol.regions import region_of
 
@@ -247,7 +255,7 @@ def _tvd(shown: Sequence[float], truth: Sequence[float]) -> float:
         return NAN
     if s <= 0:
         return 1.0
-    return 0.5 * sum(abs(a / s - b / t) for a, b in zip(shown, truth))
+    return 0.5 * sum(abs(a / s - b / t) for a, b in zip(shown, truth, strict=False))
 
 
 def _nanmean(values: Sequence[float]) -> float:
@@ -297,7 +305,7 @@ def ensure_truth(specs: Sequence[FederationSpec], days: int, cache: Path, jobs: 
             generate(community, seed, days, str(cache), window)
     else:
         with pool:
-            list(pool.map(generate, *zip(*[(c, s, days, str(cache), window) for c, s in ordered])))
+            list(pool.map(generate, *zip(*[(c, s, days, str(cache), window) for c, s in ordered], strict=False)))
     return time.perf_counter() - started
 
 

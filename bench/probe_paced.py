@@ -49,8 +49,11 @@ def main(mode: str, rate: float, seconds: float = 8.0) -> None:
             after, commits_after = _process_cpu(pid), _commits(metrics_url(tmp / "node.log"))
     elapsed = measured.load.seconds
     load = measured.load
-    print(f"{mode} {f'paced at {rate:,.0f}/s' if rate else 'unpaced'} over {connections} connections: {load.rps * per:,.0f}/s served, p50 {load.p50_ms:.1f} ms, "
-          f"p99 {load.p99_ms:.1f} ms, server {measured.cpu_us_per_item(per):.1f} µs CPU per event")
+    print(
+        f"{mode} {f'paced at {rate:,.0f}/s' if rate else 'unpaced'} over {connections} connections: "
+        f"{load.rps * per:,.0f}/s served, p50 {load.p50_ms:.1f} ms, "
+        f"p99 {load.p99_ms:.1f} ms, server {measured.cpu_us_per_item(per):.1f} µs CPU per event"
+    )
     print(f"cores: {(after - before) / elapsed:.2f}")
     n = commits_after.get("seconds_count", 0) - commits_before.get("seconds_count", 0)
     if n:

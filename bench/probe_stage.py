@@ -73,7 +73,8 @@ def main(rows: int = 300, rounds: int = 6, drain_rows: int = DRAIN_ROWS) -> None
                 duck.execute("DELETE FROM probe_stage.staged")
                 drain_cpu, drain_wall = _timed(store.drain)
                 parts = "; ".join(
-                    f"{name} {sum(c for c, _ in t) / len(t) * 1000:.2f} ms CPU, {sum(w for _, w in t) / len(t) * 1000:.2f} ms wall"
+                    f"{name} {sum(c for c, _ in t) / len(t) * 1000:.2f} ms CPU, "
+                    f"{sum(w for _, w in t) / len(t) * 1000:.2f} ms wall"
                     for name, t in per.items()
                 )
                 print(f"round {round_}: {n} commits of {rows} rows: {parts} per commit; "

@@ -1,4 +1,6 @@
-"""Latency over minutes of sustained load with new sessions: `python -m bench.probe_sustained [RATE] [SECONDS] [RUN] [EVENTS_PER_SESSION]`.
+"""Latency over minutes of sustained load with new sessions.
+
+`python -m bench.probe_sustained [RATE] [SECONDS] [RUN] [EVENTS_PER_SESSION]`.
 
 Not part of `make bench` (a diagnostic, about SECONDS long). The ingest
 bench's paced runs last seconds and cycle 60,000 session ids; this one
@@ -22,7 +24,7 @@ import urllib.request
 from pathlib import Path
 
 from bench.bench_ingest import metrics_url, node_env, server_process
-from bench.load import Renewal, batch_bodies, run_wrk, wrk_path, write_bodies
+from bench.load import Renewal, batch_bodies, run_wrk, write_bodies, wrk_path
 
 _FOLD = re.compile(r"^liberation_session_fold_seconds_(sum|count) (\S+)$")
 BATCH = 100

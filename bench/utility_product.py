@@ -9,24 +9,32 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from federation.columns import Layout
-from federation.merge import CellSum, ReadTable, Table, combine_windows, fold_sums, merge_tables, snapshot_table
-from federation.views import VIEWS, RangeData
 from node.dp import opendp_laplace
 from node.export import build_snapshot
 from protocol.catalog import Catalog, load_catalog, parse_catalog
 from protocol.noise import laplace_variance
 from protocol.windows import DAY, WINDOW_LENGTHS
+from views.columns import Layout
+from views.merge import (
+    CellSum,
+    ReadTable,
+    Table,
+    combine_windows,
+    fold_sums,
+    merge_tables,
+    snapshot_table,
+)
+from views.ranges import VIEWS, RangeData
 
 __all__ = [
     "CellSum", "ReadTable", "Table", "combine_windows", "fold_sums", "laplace", "noise_variance",
-    "catalog", "catalog_file", "truth_identity", "with_weights", "import_history", "node_id", "publish_window", "hub_range", "render",
-    "Shown",
+    "catalog", "catalog_file", "truth_identity", "with_weights", "import_history", "node_id", "publish_window",
+    "hub_range", "render", "Shown",
 ]
 
 laplace = opendp_laplace
@@ -152,6 +160,10 @@ class Shown:
         self.raw = combined if raw is None else raw  # every cell's sum, for quantiles
         self.per_window = {w: None for w in windows}
         self.nodes = nodes
+
+    def raw_of(self, metrics: Collection[str]) -> Table:
+        """`raw`, only the cells of `metrics`."""
+        return {key: cs for key, cs in self.raw.items() if key[0] in metrics}
 
 
 def render(data: ViewInput, names: Sequence[str]) -> dict[str, Any]:

@@ -84,7 +84,7 @@ def _community(count: int, per_day: int, i: int) -> tuple[Community, int]:
     others = [c for c in countries if c != home]
     neighbours = rng.sample(others, rng.randint(1, min(3, len(others))))
     weights = [rng.uniform(0.2, 1.0) for _ in neighbours]
-    mix = ((home, share),) + tuple((c, (1 - share) * w / sum(weights)) for c, w in zip(neighbours, weights))
+    mix = ((home, share),) + tuple((c, (1 - share) * w / sum(weights)) for c, w in zip(neighbours, weights, strict=False))
     profile = COMMUNITIES[rng.randrange(len(COMMUNITIES))]
     community = Community(
         f"c{count}x{per_day}-{i:03d}", per_day, mix, offset, profile.tool_weights, profile.industries

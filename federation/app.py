@@ -15,7 +15,6 @@ from pathlib import Path
 from aiohttp import web
 
 from federation.archive import Archive
-from federation.dashboard import add_dashboard_routes
 from federation.intake import Intake, size_limit
 from federation.metrics import HubMetrics
 from federation.openapi import openapi_document
@@ -24,7 +23,23 @@ from federation.settings import HubSettings
 from federation.store import HubStore
 from federation.translog import GENESIS, head_message
 from federation.upstream import UpstreamExporter
-from federation.views import (
+from protocol import jsontext
+from protocol.catalog import Catalog, load_catalog
+from protocol.errors import (
+    BadRequest,
+    NotFound,
+    ProblemType,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+from protocol.files import make_private_dir
+from protocol.keys import PublicKey, SigningKey, load_or_create
+from protocol.snapshot import max_envelope_size
+from protocol.windows import parse_window
+from runtime.metrics_listener import add_metrics_listener
+from runtime.problems import problem_middleware
+from views.dashboard import add_dashboard_routes
+from views.ranges import (
     CACHE_CONTROL,
     StoreRanges,
     ViewService,
@@ -33,20 +48,6 @@ from federation.views import (
     views_index,
     windows_document,
 )
-from protocol import jsontext
-from protocol.catalog import Catalog, load_catalog
-from protocol.errors import (
-    BadRequest,
-    NotFound,
-    Unauthorized,
-    UnsupportedMediaType,
-    problem_middleware,
-)
-from protocol.keys import PublicKey, SigningKey, load_or_create
-from protocol.storage import make_private_dir
-from protocol.snapshot import max_envelope_size
-from protocol.windows import parse_window
-from runtime.metrics_listener import add_metrics_listener
 
 log = logging.getLogger("liberation.hub")
 
@@ -142,7 +143,7 @@ async def _post_snapshot(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     if request.content_type not in MSGPACK_TYPES:
         hub.metrics.rejected.labels("unsupported-media-type").inc()
-        raise UnsupportedMediaType("send the envelope as application/msgpack", slug="unsupported-media-type")
+        raise UnsupportedMediaType("send the envelope as application/msgpack", slug=ProblemType.UNSUPPORTED_MEDIA_TYPE)
     data = await request.read()
     result = await hub.intake.submit(data)  # acked after its group commit: acked means durable
     body = {"status": result.status, "node": result.node, "window_start": result.window_start, "digest": result.digest}
@@ -159,11 +160,11 @@ async def _stored_snapshot(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     key_id = request.match_info["key_id"]
     if not KEY_ID.fullmatch(key_id):
-        raise BadRequest("a key id is 32 lowercase hexadecimal characters", slug="invalid-key")
+        raise BadRequest("a key id is 32 lowercase hexadecimal characters", slug=ProblemType.INVALID_KEY)
     window = parse_window(request.match_info["window"])
     envelope = await asyncio.to_thread(hub.store.envelope, key_id, window)
     if envelope is None:
-        raise NotFound("this hub holds no snapshot of that key for that window", slug="no-snapshot")
+        raise NotFound("this hub holds no snapshot of that key for that window", slug=ProblemType.NO_SNAPSHOT)
     # Accepted bytes never change for a (key, window): a different envelope is refused as equivocation.
     return web.Response(
         body=envelope, content_type="application/msgpack", headers={"Cache-Control": "public, max-age=86400, immutable"}
@@ -177,13 +178,13 @@ def _require_admin(request: web.Request) -> Hub:
     hub = request.app[HUB]
     token = hub.settings.admin_token
     if token is None:
-        raise NotFound("the admin API is off (no admin_token configured)", slug="admin-off")
+        raise NotFound("the admin API is off (no admin_token configured)", slug=ProblemType.ADMIN_OFF)
     given = request.headers.get("Authorization", "")
     expected = "Bearer " + token.get_secret_value()
     # Header bytes that are not UTF-8 arrive as lone surrogates, which cannot be encoded; the
     # token is ASCII (settings), so a non-ASCII header is simply not it.
     if not given.isascii() or not hmac.compare_digest(given.encode("ascii"), expected.encode("ascii")):
-        raise Unauthorized("a valid bearer token is required", slug="unauthorized")
+        raise Unauthorized("a valid bearer token is required", slug=ProblemType.UNAUTHORIZED)
     return hub
 
 
@@ -197,19 +198,21 @@ async def _admin_enroll(request: web.Request) -> web.Response:
     try:
         data = jsontext.loads(await request.text())
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadRequest("body must be JSON: {\"name\": ..., \"public_key\": ...}", slug="malformed-body") from None
+        raise BadRequest("body must be JSON: {\"name\": ..., \"public_key\": ...}", slug=ProblemType.MALFORMED_BODY) from None
     if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not isinstance(data.get("public_key"), str):
-        raise BadRequest("`name` and `public_key` (base64 or PEM) are required", slug="invalid-enrollment")
+        raise BadRequest("`name` and `public_key` (base64 or PEM) are required", slug=ProblemType.INVALID_ENROLLMENT)
     kind = data.get("kind", "node")
     if kind not in KINDS:
-        raise BadRequest("`kind` is \"node\" (the default) or \"hub\" (a child hub)", slug="invalid-enrollment")
+        raise BadRequest("`kind` is \"node\" (the default) or \"hub\" (a child hub)", slug=ProblemType.INVALID_ENROLLMENT)
     try:
         public_key = PublicKey.parse(data["public_key"])
     except ValueError:
-        raise BadRequest("`public_key` is not an Ed25519 public key (base64 or PEM)", slug="invalid-key") from None
+        raise BadRequest("`public_key` is not an Ed25519 public key (base64 or PEM)", slug=ProblemType.INVALID_KEY) from None
     known = any(r.key_id == public_key.key_id for r in hub.registry.nodes())
     record = await asyncio.to_thread(hub.registry.enroll, data["name"], public_key, kind)
-    log.info("kind changed" if known else "enrolled", extra={"node": record.key_id, "node_name": record.name, "kind": record.kind})
+    log.info(
+        "kind changed" if known else "enrolled", extra={"node": record.key_id, "node_name": record.name, "kind": record.kind}
+    )
     return web.json_response(record.to_dict(), status=200 if known else 201)
 
 
@@ -224,7 +227,7 @@ async def _admin_incidents(request: web.Request) -> web.Response:
     hub = _require_admin(request)
     rows = hub.store.cursor().execute("SELECT * FROM incidents ORDER BY detected").fetchall()
     keys = ("kind", "node", "window_start", "digest_kept", "digest_offered", "detected")
-    return web.json_response({"incidents": [dict(zip(keys, r)) for r in rows]})
+    return web.json_response({"incidents": [dict(zip(keys, r, strict=False)) for r in rows]})
 
 
 # ---- public: log, health ------------------------------------------------
@@ -236,7 +239,9 @@ async def _log(request: web.Request) -> web.Response:
         after = int(request.query.get("after", "0"))
         limit = min(10_000, int(request.query.get("limit", "1000")))
     except ValueError:
-        raise BadRequest("`after` and `limit` are integers", slug="invalid-query") from None
+        raise BadRequest("`after` and `limit` are integers", slug=ProblemType.INVALID_QUERY) from None
+    if not 0 <= after < 2**63:
+        raise BadRequest("`after` is a log sequence number, 0 <= after < 2^63", slug=ProblemType.INVALID_QUERY)
     rows = hub.store.cursor().execute(
         "SELECT * FROM translog WHERE seq > ? ORDER BY seq LIMIT ?", [after, max(1, limit)]
     ).fetchall()
@@ -293,7 +298,7 @@ async def _export(request: web.Request) -> web.Response:
     catalog = hub.views.catalog(request.query.get("catalog"))
     text = request.query.get("window")
     if not text:
-        raise BadRequest("`window` is required (2026-11-23)", slug="invalid-query")
+        raise BadRequest("`window` is required (2026-11-23)", slug=ProblemType.INVALID_QUERY)
     envelope = await asyncio.to_thread(hub.upstream.export, catalog, parse_window(text))
     return web.Response(
         body=envelope, content_type="application/msgpack", headers={"Cache-Control": "public, max-age=86400"}

@@ -31,11 +31,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from federation.merge import snapshot_rows
 from protocol.catalog import Catalog
-from protocol.storage import PRIVATE_FILE_MODE, make_private_dir
+from protocol.envelope import verify_envelope
+from protocol.files import PRIVATE_FILE_MODE, make_private_dir
 from protocol.snapshot import Snapshot
-from protocol.wire import verify_envelope
+from views.merge import snapshot_rows
 
 SCHEMA = pa.schema(
     [

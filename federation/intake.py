@@ -50,16 +50,26 @@ import duckdb
 import pyarrow as pa
 
 from federation.archive import Accepted, Archive
-from federation.merge import snapshot_rows
 from federation.metrics import HubMetrics
 from federation.registry import Kind, Registry
 from federation.store import HubStore
 from federation.translog import GENESIS, entry_hash
 from protocol.catalog import Catalog
-from protocol.errors import BadRequest, Conflict, PayloadTooLarge, Problem, ServiceUnavailable, Unprocessable
+from protocol.codec import EnvelopeError
+from protocol.envelope import Envelope, SignatureError
+from protocol.errors import (
+    BadRequest,
+    Conflict,
+    PayloadTooLarge,
+    Problem,
+    ProblemType,
+    ServiceUnavailable,
+    Unprocessable,
+)
 from protocol.snapshot import Snapshot, max_envelope_size
 from protocol.windows import WINDOW_LENGTHS, is_window_start
-from protocol.wire import Envelope, EnvelopeError, SignatureError
+from runtime.groupcommit import GroupQueue, StorageUnavailable, storage_unavailable
+from views.merge import snapshot_rows
 
 log = logging.getLogger("liberation.hub.intake")
 
@@ -141,7 +151,7 @@ class Intake:
         self.now = now
         self.max_batch = max_batch
         self._on_accept = on_accept
-        self._queue: list[tuple[Checked, asyncio.Future[Outcome]]] = []
+        self._queue: GroupQueue[Checked] = GroupQueue(max_batch)
         self._committer: asyncio.Task[None] | None = None
         self._checking = 0  # envelopes in checks (4)-(9) in a worker thread, about to queue
         self._arrived = asyncio.Event()  # set when an envelope queues or a check ends
@@ -179,7 +189,7 @@ class Intake:
             self.metrics.rejected.labels("intake-busy").inc()
             raise ServiceUnavailable(
                 "the hub is verifying other large snapshots; retry shortly",
-                retry_after=RETRY_AFTER_SECONDS, slug="intake-busy",
+                retry_after=RETRY_AFTER_SECONDS, slug=ProblemType.INTAKE_BUSY,
             )
         else:
             self._checking += 1
@@ -188,13 +198,16 @@ class Intake:
             finally:
                 self._checking -= 1
                 self._arrived.set()
-        future: asyncio.Future[Outcome] = loop.create_future()
-        self._queue.append((checked, future))
+        future = self._queue.put(checked, 1)
         self._arrived.set()
         if self._committer is None or self._committer.done():
             # Runs while envelopes are queued, then ends: nothing to start or stop with the app.
             self._committer = loop.create_task(self._commit_queued(), name="hub-intake-commit")
-        outcome = await future
+        try:
+            outcome: Outcome = await future
+        except StorageUnavailable:
+            self.metrics.rejected.labels("storage-unavailable").inc()
+            raise storage_unavailable() from None
         if isinstance(outcome, Problem):
             raise outcome
         return outcome
@@ -212,23 +225,18 @@ class Intake:
                 archiving = None
                 continue  # more may have queued meanwhile
             await self._linger()
-            batch = self._queue[: self.max_batch]
-            del self._queue[: len(batch)]
-            checked = [c for c, _ in batch]
+            group = await self._queue.take()
+            checked = group.items
             try:
                 outcomes = await asyncio.to_thread(self._store, checked)
             except Exception as exc:  # noqa: BLE001 - every waiter must hear of it
-                log.error("commit of %d snapshots failed: %s", len(batch), type(exc).__name__)
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(RuntimeError("snapshot commit failed"))
+                log.error("commit of %d snapshots failed: %s", len(checked), type(exc).__name__)
+                self._queue.settle(group, error=StorageUnavailable(type(exc).__name__))
                 continue
             if archiving is not None:
                 await _archived(archiving)
             self._count(checked, outcomes)
-            for (_, future), outcome in zip(batch, outcomes):
-                if not future.done():
-                    future.set_result(outcome)
+            self._queue.settle(group, results=outcomes)
             archiving = asyncio.ensure_future(asyncio.to_thread(self._archive, checked, outcomes))
 
     async def _linger(self) -> None:
@@ -272,7 +280,7 @@ class Intake:
         """(1)-(3): headers and a registry lookup only, whatever the size: safe on the event loop."""
         # (1) size limit, before anything is parsed
         if len(data) > self.max_bytes:
-            raise PayloadTooLarge(f"a snapshot envelope is at most {self.max_bytes} bytes", slug="snapshot-too-large")
+            raise PayloadTooLarge(f"a snapshot envelope is at most {self.max_bytes} bytes", slug=ProblemType.SNAPSHOT_TOO_LARGE)
         try:
             # (2) the envelope's fixed layout; (3) a usable key ...
             envelope = Envelope.from_bytes(data, max_size=self.max_bytes)
@@ -292,7 +300,7 @@ class Intake:
         # (6) catalog known
         catalog = self.catalogs.get(snapshot.catalog)
         if catalog is None:
-            raise Unprocessable("this hub does not merge that catalog", slug="unknown-catalog")
+            raise Unprocessable("this hub does not merge that catalog", slug=ProblemType.UNKNOWN_CATALOG)
         # (7) window sane
         self._check_window(catalog, snapshot)
         # (8) node count and privacy parameters are what the catalog fixes for this kind of key
@@ -307,13 +315,13 @@ class Intake:
             raise Unprocessable(
                 "a window of this catalog is one UTC day" if catalog.window == "day"
                 else "a window of this catalog is one ISO week, from Monday 00:00 UTC",
-                slug="window-out-of-range",
+                slug=ProblemType.WINDOW_OUT_OF_RANGE,
             )
         now = self.now()
         if snapshot.window_end > now + self.skew:
-            raise Unprocessable("the window has not ended yet", slug="window-out-of-range")
+            raise Unprocessable("the window has not ended yet", slug=ProblemType.WINDOW_OUT_OF_RANGE)
         if snapshot.window_start < now - self.horizon:
-            raise Unprocessable("the window is older than this hub's horizon", slug="window-out-of-range")
+            raise Unprocessable("the window is older than this hub's horizon", slug=ProblemType.WINDOW_OUT_OF_RANGE)
 
     # ---- (10) + (11) --------------------------------------------------------------------
 
@@ -339,17 +347,17 @@ class Intake:
         try:
             return self._commit([checked])[0]
         except duckdb.DataError:
-            return Unprocessable("merging this snapshot would overflow a merged sum", slug="cells-out-of-domain")
+            return Unprocessable("merging this snapshot would overflow a merged sum", slug=ProblemType.CELLS_OUT_OF_DOMAIN)
 
     def _archive(self, batch: Sequence[Checked], outcomes: Sequence[Outcome]) -> None:
         self.archive.write([
             Accepted(checked.snapshot, checked.digest, outcome.log_seq, checked.rows)
-            for checked, outcome in zip(batch, outcomes)
+            for checked, outcome in zip(batch, outcomes, strict=False)
             if isinstance(outcome, IntakeResult) and outcome.status == "accepted" and outcome.log_seq is not None
         ])
 
     def _count(self, batch: Sequence[Checked], outcomes: Sequence[Outcome]) -> None:
-        for checked, outcome in zip(batch, outcomes):
+        for checked, outcome in zip(batch, outcomes, strict=False):
             snapshot = checked.snapshot
             if isinstance(outcome, Problem):
                 if outcome.slug == "equivocation":
@@ -374,7 +382,7 @@ class Intake:
             for i in sorted(overlapping := self._overlapping(tx, batch)):
                 outcomes[i] = Unprocessable(
                     "this node sent a window of another length that overlaps this one: a node publishes one "
-                    "window length, or its data would count twice", slug="overlapping-window",
+                    "window length, or its data would count twice", slug=ProblemType.OVERLAPPING_WINDOW,
                     extra={"window_start": batch[i].snapshot.window_start},
                 )
             live = [i for i in range(len(batch)) if i not in overlapping]
@@ -410,7 +418,7 @@ class Intake:
                     # The incident row is committed; the offer itself is refused.
                     incidents.append(["equivocation", *key, kept_digest, checked.digest, received])
                     outcomes[i] = Conflict(
-                        "this node already published different bytes for this window", slug="equivocation",
+                        "this node already published different bytes for this window", slug=ProblemType.EQUIVOCATION,
                         extra={"window_start": snapshot.window_start},
                     )
             for row in incidents:
@@ -419,7 +427,7 @@ class Intake:
                 accepted = [batch[i] for i in fresh]
                 self._merge(tx, accepted)
                 seqs, head = self._append_log(tx, accepted, received)
-                for i, seq in zip(fresh, seqs):
+                for i, seq in zip(fresh, seqs, strict=False):
                     snapshot = batch[i].snapshot
                     outcomes[i] = IntakeResult("accepted", snapshot.node, snapshot.window_start, batch[i].digest, seq)
         self._log_head = head  # committed: this is now the log's head
@@ -596,8 +604,10 @@ def size_limit(catalogs: Mapping[str, Catalog], ceiling: int) -> int:
 def _problem(exc: EnvelopeError) -> Problem:
     """The problem for a refused envelope: a body refused after a good signature is a node bug, not a forgery."""
     if isinstance(exc, SignatureError):
-        return BadRequest(exc.detail, slug="key-mismatch" if exc.reason == "key-mismatch" else "invalid-signature")
-    slug = "malformed-snapshot" if exc.in_body else "malformed-envelope"
+        return BadRequest(
+            exc.detail, slug=ProblemType.KEY_MISMATCH if exc.reason == "key-mismatch" else ProblemType.INVALID_SIGNATURE
+        )
+    slug = ProblemType.MALFORMED_SNAPSHOT if exc.in_body else ProblemType.MALFORMED_ENVELOPE
     return BadRequest(exc.detail, slug=slug, extra={"reason": exc.reason})
 
 
@@ -613,10 +623,12 @@ def _check_declared(catalog: Catalog, snapshot: Snapshot, kind: Kind) -> None:
     if kind == "node" and snapshot.nodes != 1:
         raise Unprocessable(
             "a node's snapshot counts one node (nodes = 1); merged snapshots come from keys enrolled as hubs",
-            slug="invalid-node-count",
+            slug=ProblemType.INVALID_NODE_COUNT,
         )
     if snapshot.nodes > MAX_CHILD_NODES:
-        raise Unprocessable(f"a hub's snapshot merges at most {MAX_CHILD_NODES} node snapshots", slug="invalid-node-count")
+        raise Unprocessable(
+            f"a hub's snapshot merges at most {MAX_CHILD_NODES} node snapshots", slug=ProblemType.INVALID_NODE_COUNT
+        )
     for metric in catalog.metrics:
         cells = snapshot.metrics.get(metric.name)
         if cells is None:
@@ -639,7 +651,7 @@ def _check_declared(catalog: Catalog, snapshot: Snapshot, kind: Kind) -> None:
             field, expected = wrong
             raise Unprocessable(
                 f"metric {metric.name}: a {kind}'s snapshot declares the catalog's {field}, {expected}",
-                slug="privacy-parameters-mismatch", extra={"metric": metric.name, "field": field},
+                slug=ProblemType.PRIVACY_PARAMETERS_MISMATCH, extra={"metric": metric.name, "field": field},
             )
 
 
@@ -647,17 +659,19 @@ def _check_cells(catalog: Catalog, snapshot: Snapshot) -> None:
     """(9) Every metric of the catalog present, every index inside its domain, every number mergeable."""
     expected = {m.name for m in catalog.metrics}
     if set(snapshot.metrics) != expected:
-        raise Unprocessable("the snapshot's metrics are not the catalog's", slug="cells-out-of-domain")
+        raise Unprocessable("the snapshot's metrics are not the catalog's", slug=ProblemType.CELLS_OUT_OF_DOMAIN)
     for metric in catalog.metrics:
         cells = snapshot.metrics[metric.name]
         if cells.idx and cells.idx[-1] >= catalog.domain_size(metric):
-            raise Unprocessable(f"metric {metric.name}: a cell index is outside its domain", slug="cells-out-of-domain")
+            raise Unprocessable(f"metric {metric.name}: a cell index is outside its domain", slug=ProblemType.CELLS_OUT_OF_DOMAIN)
         if cells.other_idx and cells.other_idx[-1] >= catalog.prefix_size(metric):
-            raise Unprocessable(f"metric {metric.name}: an other index is outside its prefix domain", slug="cells-out-of-domain")
+            raise Unprocessable(
+                f"metric {metric.name}: an other index is outside its prefix domain", slug=ProblemType.CELLS_OUT_OF_DOMAIN
+            )
         # An `other` value's variance is up to (size of the last dimension) times the cell variance.
         if cells.variance * catalog.shape(metric)[-1] > MAX_MAGNITUDE or not _bounded(cells.val) or not _bounded(cells.other_val):
             raise Unprocessable(
-                f"metric {metric.name}: a value or variance is beyond {MAX_MAGNITUDE}", slug="cells-out-of-domain"
+                f"metric {metric.name}: a value or variance is beyond {MAX_MAGNITUDE}", slug=ProblemType.CELLS_OUT_OF_DOMAIN
             )
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from federation.store import HubStore
-from protocol.errors import Conflict, Forbidden, NotFound, Unprocessable
+from protocol.errors import Conflict, Forbidden, NotFound, ProblemType, Unprocessable
 from protocol.keys import KeyFormatError, PublicKey
 
 log = logging.getLogger("liberation.hub.registry")
@@ -59,7 +59,7 @@ class Registry:
 
     def _load(self) -> list[NodeRecord]:
         rows = self._store.cursor().execute(
-            "SELECT key_id, name, public_key, enrolled, revoked, coalesce(kind, 'node') FROM nodes ORDER BY enrolled, name"
+            "SELECT key_id, name, public_key, enrolled, revoked, kind FROM nodes ORDER BY enrolled, name"
         ).fetchall()
         records = []
         for k, n, pk, e, r, kind in rows:
@@ -84,9 +84,11 @@ class Registry:
         enrolled before kinds existed was taken for a node.
         """
         if not NAME_PATTERN.match(name):
-            raise Unprocessable("a node name is 1-64 letters, digits, space, dot, dash or underscore", slug="invalid-name")
+            raise Unprocessable(
+                "a node name is 1-64 letters, digits, space, dot, dash or underscore", slug=ProblemType.INVALID_NAME
+            )
         if kind not in KINDS:
-            raise Unprocessable("kind is node or hub", slug="invalid-kind")
+            raise Unprocessable("kind is node or hub", slug=ProblemType.INVALID_KIND)
         record = NodeRecord(public_key.key_id, name, public_key, int(self._now()), None, kind)
         existing = self._cache.get(record.key_id)
         if existing is not None and existing.name == name and existing.kind != kind:
@@ -97,9 +99,9 @@ class Registry:
             return changed
         with self._store.transaction() as tx:
             if tx.execute("SELECT 1 FROM nodes WHERE key_id = ?", [record.key_id]).fetchall():
-                raise Conflict("this key is already enrolled", slug="already-enrolled")
+                raise Conflict("this key is already enrolled", slug=ProblemType.ALREADY_ENROLLED)
             if tx.execute("SELECT 1 FROM nodes WHERE name = ?", [name]).fetchall():
-                raise Conflict("a node of that name is already enrolled", slug="name-taken")
+                raise Conflict("a node of that name is already enrolled", slug=ProblemType.NAME_TAKEN)
             tx.execute(
                 "INSERT INTO nodes (key_id, name, public_key, enrolled, revoked, kind) VALUES (?, ?, ?, ?, NULL, ?)",
                 [record.key_id, name, public_key.raw, record.enrolled, kind],
@@ -113,7 +115,7 @@ class Registry:
         if record is None:
             record = next((r for r in self._cache.values() if r.name == key_id_or_name), None)
         if record is None:
-            raise NotFound("no enrolled node has that key id or name", slug="unknown-node")
+            raise NotFound("no enrolled node has that key id or name", slug=ProblemType.UNKNOWN_NODE)
         return record
 
     def revoke(self, key_id_or_name: str) -> NodeRecord:
@@ -131,7 +133,7 @@ class Registry:
         """Intake's key policy: (3) the key is enrolled and not revoked, else 403; its record."""
         record = self._cache.get(public_key.key_id)
         if record is None or record.public_key.raw != public_key.raw:
-            raise Forbidden("this key is not enrolled at this hub", slug="unknown-key")
+            raise Forbidden("this key is not enrolled at this hub", slug=ProblemType.UNKNOWN_KEY)
         if not record.active:
-            raise Forbidden("this key has been revoked", slug="revoked-key")
+            raise Forbidden("this key has been revoked", slug=ProblemType.REVOKED_KEY)
         return record

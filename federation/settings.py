@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from protocol.config import load_settings
+from runtime.config import load_settings
 
 ENV_PREFIX = "LIBERATION_HUB_"
 # 32 random bytes are 43 characters of base64url: a token the admin API can trust is at least that long.

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import duckdb
 
-from protocol.storage import Database, make_private_dir, make_private_files
+from protocol.files import make_private_dir, make_private_files
+from runtime.storage import Database
 
 Migration = Callable[[duckdb.DuckDBPyConnection], None]
 
@@ -32,7 +33,8 @@ def _v1(con: duckdb.DuckDBPyConnection) -> None:
             name VARCHAR NOT NULL UNIQUE,
             public_key BLOB NOT NULL,
             enrolled BIGINT NOT NULL,
-            revoked BIGINT
+            revoked BIGINT,
+            kind VARCHAR NOT NULL DEFAULT 'node'
         )
         """
     )
@@ -119,13 +121,7 @@ def _v1(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-def _v2(con: duckdb.DuckDBPyConnection) -> None:
-    # What a key publishes: a node's own snapshots (nodes = 1, the catalog's noise) or a child
-    # hub's merged ones. Keys enrolled before were nodes' (a child hub is re-enrolled as a hub).
-    con.execute("ALTER TABLE nodes ADD COLUMN kind VARCHAR DEFAULT 'node'")
-
-
-MIGRATIONS: tuple[Migration, ...] = (_v1, _v2)
+MIGRATIONS: tuple[Migration, ...] = (_v1,)
 """Schema migrations in order; the schema version is their count."""
 
 

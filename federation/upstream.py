@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from federation.merge import CellSum, Table, to_snapshot
 from federation.store import HubStore
 from protocol.catalog import Catalog
-from protocol.errors import Conflict, NotFound
+from protocol.envelope import sign_snapshot
+from protocol.errors import Conflict, NotFound, ProblemType
 from protocol.keys import SigningKey
-from protocol.wire import sign_snapshot
+from views.merge import CellSum, Table, to_snapshot
 
 
 class UpstreamExporter:
@@ -41,12 +41,12 @@ class UpstreamExporter:
             "SELECT window_end, nodes FROM windows WHERE catalog = ? AND window_start = ?", [catalog.hash, window_start]
         ).fetchall()
         if not window:
-            raise NotFound("no merged data for that window", slug="no-window")
+            raise NotFound("no merged data for that window", slug=ProblemType.NO_WINDOW)
         window_end, nodes = int(window[0][0]), int(window[0][1])
         if window_end + self.export_after > self.now():
             raise Conflict(
                 "the window is still open to late node snapshots; try after its export delay",
-                slug="window-not-final",
+                slug=ProblemType.WINDOW_NOT_FINAL,
             )
         rows = con.execute(
             "SELECT metric, kind, idx, value, variance, nodes FROM merged WHERE catalog = ? AND window_start = ?",

@@ -47,8 +47,8 @@ def _print_public(public: object) -> None:
 
 
 def _catalog_show(args: argparse.Namespace) -> int:
-    from federation.significance import presence_threshold
     from protocol.catalog import load_catalog
+    from views.significance import presence_threshold
     
     catalog = load_catalog(args.catalog)
     if args.json:
@@ -71,7 +71,7 @@ def _catalog_show(args: argparse.Namespace) -> int:
         print(f"  {name:20s} {spec.kind.value:8s} {', '.join(spec.domain)}")
     print("\nmetrics:")
     # epsilon: derived from the weights (protocol/catalog.py, epsilon_shares); `shown`: the least
-    # value a cell of one snapshot is shown from (federation/significance.py).
+    # value a cell of one snapshot is shown from (views/significance.py).
     print(f"  {'name':20s} {'unit':8s} {'cells':>6s} {'k*c':>4s} {'weight':>7s} {'epsilon':>8s} {'scale':>7s} "
           f"{'sd':>7s} {'shown':>6s}")
     for m in catalog.metrics:
@@ -105,7 +105,7 @@ def _node_settings(args: argparse.Namespace) -> Any:
 def _node_serve(args: argparse.Namespace) -> int:
     from liberation.server import run_app
     from node.app import create_app
-    from protocol.logs import configure_logging
+    from runtime.logs import configure_logging
 
     settings = _node_settings(args)
     configure_logging(settings.log_level)
@@ -176,7 +176,9 @@ def _node_adopt(args: argparse.Namespace) -> int:
         window = node.adopt(envelope)
     finally:
         close_node(node)
-    print(f"adopted the published snapshot of {datetime.fromtimestamp(window, UTC):%Y-%m-%d %H:%M}Z: the same bytes, no new noise")
+    print(
+        f"adopted the published snapshot of {datetime.fromtimestamp(window, UTC):%Y-%m-%d %H:%M}Z: the same bytes, no new noise"
+    )
     return 0
 
 
@@ -220,7 +222,7 @@ def _hub_settings(args: argparse.Namespace) -> Any:
 def _hub_serve(args: argparse.Namespace) -> int:
     from federation.app import create_app
     from liberation.server import run_app
-    from protocol.logs import configure_logging
+    from runtime.logs import configure_logging
 
     settings = _hub_settings(args)
     configure_logging(settings.log_level)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from liberation.traffic import COMMUNITIES, Community, Traffic
-from protocol.storage import make_private_dir
+from protocol.files import make_private_dir
 
 URL_PATTERN = re.compile(r'"url": "(http://[^"]+)"')
 HISTORY_DAYS = 30
@@ -330,7 +330,7 @@ def run_demo(
         trickle = [Traffic(c, 9000 + i) for i, c in enumerate(COMMUNITIES)]
         while not stop[0]:
             now = datetime.now(UTC)
-            for node, traffic in zip(services[1:], trickle):
+            for node, traffic in zip(services[1:], trickle, strict=False):
                 events = traffic.session(now - timedelta(minutes=1))
                 for event in events:
                     event["timestamp"] = now.isoformat()

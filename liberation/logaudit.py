@@ -30,8 +30,8 @@ from typing import IO, Any
 
 from federation.translog import GENESIS, ChainError, head_message, verify_chain
 from protocol.errors import LiberationError
+from protocol.files import fsync_directory, write_file_then
 from protocol.keys import KeyFormatError, PublicKey
-from protocol.storage import fsync_directory, write_file_then
 
 PAGE_SIZE = 1000
 """Entries asked for per request (the hub answers at most 10,000)."""

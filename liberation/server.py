@@ -9,11 +9,17 @@ import signal
 import traceback
 
 from aiohttp import web
-from aiohttp.web_log import AccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_log import AccessLogger
 
-from protocol.logs import AccessTally
-from runtime.connections import CONNECTIONS, AcceptErrorLog, CappedSite, ConnectionCap, fit_open_files
+from runtime.connections import (
+    CONNECTIONS,
+    AcceptErrorLog,
+    CappedSite,
+    ConnectionCap,
+    fit_open_files,
+)
+from runtime.logs import AccessTally
 
 log = logging.getLogger("liberation.server")
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from node.store import attribute_column, session_state
+from node.schema import attribute_column, session_state
 from protocol.catalog import ATTRIBUTE_DIMENSION_PREFIX, Catalog, MetricSpec, Unit
 
 EVENT_DIMENSIONS: dict[str, tuple[str, ...]] = {
@@ -91,7 +91,7 @@ def _duration_label(expr: str, catalog: Catalog) -> str:
     labels = catalog.domain("duration")
     cases = " ".join(
         f"WHEN {expr} >= {edge!r} THEN {_quote(label)}"
-        for edge, label in reversed(list(zip(edges, labels)))
+        for edge, label in reversed(list(zip(edges, labels, strict=False)))
     )
     return f"CASE {cases} ELSE {_quote(labels[0])} END"
 
@@ -271,7 +271,7 @@ def dense(
     for row in rows:
         index = 0
         column = 0
-        for dim, size, lookup, width in zip(metric.dimensions, shape, positions, widths):
+        for dim, size, lookup, width in zip(metric.dimensions, shape, positions, widths, strict=False):
             position = lookup.get(_label(dim, row[column : column + width]))
             column += width
             if position is None:

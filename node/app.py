@@ -17,38 +17,40 @@ import duckdb
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from federation.dashboard import add_dashboard_routes
-from federation.views import (
-    CACHE_CONTROL,
-    ViewService,
-    catalog_document,
-    view_handler,
-    views_index,
-)
 from node.export import AdoptionRefused, BudgetExceeded, Publisher, epsilon_cap_default
 from node.geo import GeoLocator
 from node.ingest import Clock, Ingestor, utc_now
 from node.metrics import NodeMetrics
 from node.openapi import serve_openapi
 from node.outbox import Outbox
+from node.pacing import Pacing
 from node.privacy import PrivacyFilter
 from node.published import PublishedLog
 from node.ratelimit import RateLimiter
 from node.routes import INGEST, IngestTarget, add_ingest_routes
 from node.salts import SaltKeeper
-from node.windows import Windows
 from node.settings import NodeSettings
 from node.store import Store
 from node.views import SnapshotRanges
 from node.views import windows_document as node_windows_document
-from node.writer import DRAIN_ROWS, Writer
+from node.windows import Windows
+from node.writer import Writer
 from protocol.catalog import Catalog, load_catalog
-from protocol.errors import Forbidden, NotFound, problem_middleware
+from protocol.envelope import verify_envelope
+from protocol.errors import Forbidden, NotFound, ProblemType
+from protocol.files import make_private_dir
 from protocol.keys import SigningKey, load_or_create
-from protocol.storage import make_private_dir
 from protocol.windows import DAY, parse_window
-from protocol.wire import verify_envelope
 from runtime.metrics_listener import add_metrics_listener
+from runtime.problems import problem_middleware
+from views.dashboard import add_dashboard_routes
+from views.ranges import (
+    CACHE_CONTROL,
+    ViewService,
+    catalog_document,
+    view_handler,
+    views_index,
+)
 
 log = logging.getLogger("liberation.node")
 
@@ -86,18 +88,21 @@ class Node:
             now=lambda: self.clock().timestamp(),
         )
 
+    def maintain(self) -> list[int]:
+        """The periodic pass: staged rows into the store and session rows folded, paced; then `export_due`."""
+        pacing = Pacing()
+        self.store.drain(rest=pacing)
+        with self.metrics.fold_seconds.time():
+            self.metrics.fold_rows.inc(self.store.fold_sessions(rest=pacing))
+        return self.export_due()
+
     def export_due(self) -> list[int]:
-        """Fold session rows; export every closed window not yet exported; then retention.
+        """Export every closed window not yet exported; then retention, and the file rewrite it calls for.
 
         A window the ledger refuses is skipped (counted and logged each pass), never a
         stop for the windows after it; retention removes its state all the same.
         """
         with self._exporting:
-            # Every staged row moves to the store, then the session rows logged since
-            # the last pass become per-session state.
-            self.store.drain(pace_below=DRAIN_ROWS)
-            with self.metrics.fold_seconds.time():
-                self.metrics.fold_rows.inc(self.store.fold_sessions(pace=True))
             self._report_missing()
             done = []
             for window in self.windows.due():
@@ -245,13 +250,13 @@ def cors_middleware(settings: NodeSettings) -> Middleware:
         allowed = same_origin or _cors_allowed(settings, origin)
         if request.method == "OPTIONS":
             if not allowed:
-                raise Forbidden("origin is not allowed to send events", slug="origin-not-allowed")
+                raise Forbidden("origin is not allowed to send events", slug=ProblemType.ORIGIN_NOT_ALLOWED)
             response: web.StreamResponse = web.Response(status=204)
             response.headers["Access-Control-Allow-Methods"] = "POST, OPTIONS"
             response.headers["Access-Control-Allow-Headers"] = "Content-Type"
             response.headers["Access-Control-Max-Age"] = "86400"
         elif not allowed:
-            raise Forbidden("origin is not allowed to send events", slug="origin-not-allowed")
+            raise Forbidden("origin is not allowed to send events", slug=ProblemType.ORIGIN_NOT_ALLOWED)
         else:
             response = await handler(request)
         response.headers["Access-Control-Allow-Origin"] = origin
@@ -277,7 +282,7 @@ async def _snapshot(request: web.Request) -> web.Response:
     window = parse_window(request.match_info["window"], node.windows.seconds)
     envelope = await asyncio.to_thread(node.publisher.verified, window)
     if envelope is None:
-        raise NotFound("no published snapshot for that window", slug="no-snapshot")
+        raise NotFound("no published snapshot for that window", slug=ProblemType.NO_SNAPSHOT)
     return web.Response(
         body=envelope,
         content_type="application/msgpack",
@@ -325,7 +330,9 @@ async def _local_summary(request: web.Request) -> web.Response:
     recent = published[-7:]
     windows = []
     for item in recent:
-        envelope = await asyncio.to_thread(node.publisher.verified, int(datetime.fromisoformat(str(item["window_start"]).replace("Z", "+00:00")).timestamp()))
+        envelope = await asyncio.to_thread(
+            node.publisher.verified, int(datetime.fromisoformat(str(item["window_start"]).replace("Z", "+00:00")).timestamp())
+        )
         if envelope is None:
             continue
         snapshot = verify_envelope(envelope).snapshot
@@ -337,7 +344,7 @@ async def _local_summary(request: web.Request) -> web.Response:
                 "sd": round(math.sqrt(cells.variance), 2),
                 "cells": [
                     {"labels": list(node.catalog.cell_labels(spec, i)), "value": v}
-                    for i, v in zip(cells.idx, cells.val)
+                    for i, v in zip(cells.idx, cells.val, strict=False)
                 ],
             }
         windows.append({"window_start": item["window_start"], "window_end": item["window_end"], "metrics": metrics})
@@ -383,7 +390,7 @@ async def _windows(request: web.Request) -> web.Response:
 
 async def _export_step(node: Node, session: aiohttp.ClientSession) -> None:
     await _adopt_hub_copies(node, session)
-    for window in await asyncio.to_thread(node.export_due):
+    for window in await asyncio.to_thread(node.maintain):
         log.info("exported", extra={"window_start": _iso(window)})
 
 

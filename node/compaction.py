@@ -26,7 +26,7 @@ from typing import Any
 
 import duckdb
 
-from protocol.storage import fsync_directory, make_private_files
+from protocol.files import fsync_directory, make_private_files
 
 COMPACT_CATALOG = "node_compact"
 

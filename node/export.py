@@ -25,11 +25,12 @@ from node.published import Publication, PublishedLog
 from node.store import Store
 from node.windows import Windows
 from protocol.catalog import Catalog
+from protocol.codec import EnvelopeError
+from protocol.envelope import Envelope, sign_snapshot, verify_envelope
 from protocol.errors import LiberationError
 from protocol.keys import SigningKey
 from protocol.snapshot import FORMAT, MetricCells, Snapshot
 from protocol.windows import DAY, is_window_start
-from protocol.wire import Envelope, EnvelopeError, sign_snapshot, verify_envelope
 
 log = logging.getLogger("liberation.node.export")
 
@@ -68,7 +69,7 @@ def build_snapshot(
     """Noise every cell of every metric's domain and publish them all: the snapshot body.
 
     Nothing is suppressed here: presence is decided once, on merged sums
-    (federation/significance.py), so every sum over snapshots stays unbiased.
+    (views/significance.py), so every sum over snapshots stays unbiased.
     """
     metrics: dict[str, MetricCells] = {}
     for metric in catalog.metrics:
@@ -290,6 +291,7 @@ class Publisher:
         # No row of the window is appended after this; the drain moves every row already staged.
         windows.close(window_start)
         self.store.drain()
+        self.store.fold_sessions(window=window_start)
         tables = true_tables(self.store.cursor(), self.catalog, window_start)
         with self.store.transaction() as tx:
             # After the highest ever published, not only the highest stored: a lost copy keeps its number.
@@ -346,7 +348,10 @@ class Publisher:
         rows = self.store.cursor().execute(
             "SELECT * FROM ledger ORDER BY window_start, metric"
         ).fetchall()
-        return [LedgerEntry(*(int(r[0]), str(r[1]), float(r[2]), float(r[3]), int(r[4]), str(r[5]), str(r[6]), int(r[7]))) for r in rows]
+        return [
+            LedgerEntry(*(int(r[0]), str(r[1]), float(r[2]), float(r[3]), int(r[4]), str(r[5]), str(r[6]), int(r[7])))
+            for r in rows
+        ]
 
 
 def epsilon_cap_default(catalog: Catalog) -> float:

@@ -2,30 +2,29 @@
 
 The exact path validates each decoded item into a pydantic `Event`, filters
 it into a `FilteredEvent` (node/privacy.py) and turns those into Arrow rows
-(node/rows.py): three Python objects per event, about 17 µs of CPU each
-(docs/benchmarks.md at d566db5). This pass reads the decoded JSON or msgpack
-items once and writes the row tuples (a `RowBlock`) directly.
+(node/rows.py): three Python objects per event. This pass reads the decoded
+JSON or msgpack items once and writes the row tuples (a `RowBlock`) directly.
+Both decide what is stored with the same compiled rules (node/rules.py).
 
 It answers None whenever it is not certain that the exact path would accept
 every event of the batch: a shape it does not know, any fault, a timestamp
 it does not parse itself, a closed window. That batch then takes the exact
 path, which decides and names the faulty field. So this pass never accepts
 what the exact path refuses, and what it stores is what the exact path
-stores; `tests/test_fast_filter.py` checks both on generated batches.
+stores; `tests/test_fast_filter.py` checks both on generated batches, under
+the default catalog and a generated one.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from bisect import bisect_right
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 from node.privacy import PrivacyFilter, SaltSource
 from node.rows import Row, RowBlock, RowLayout
-from protocol.catalog import OTHER
 from protocol.countries import UNKNOWN_COUNTRY
 from protocol.events import (
     ATTRIBUTE_NAME,
@@ -38,33 +37,17 @@ from protocol.events import (
 
 # The RFC 3339 forms every datetime parser agrees on; anything else goes the exact way.
 _TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?(?:Z|[+-][0-9]{2}:[0-9]{2})")
-_NUMBER, _BAND, _CATEGORY = 0, 1, 2
 _EMPTY: dict[str, Any] = {}
-
-# Per declared attribute of an app: (column index, kind, edges or allowed labels, bucket labels)
-_Rule = tuple[int, int, Any, tuple[str, ...]]
 
 
 class FastFilter:
     """The exact path's validation and filter for the common case: every event of a live batch valid."""
 
     def __init__(self, privacy: PrivacyFilter, layout: RowLayout) -> None:
-        catalog = privacy.catalog
+        if layout.attributes != tuple(privacy.catalog.attributes):
+            raise ValueError("the row layout is not the privacy filter's catalog's")
         self._privacy = privacy
         self._attributes = len(layout.attributes)
-        column = {name: i for i, name in enumerate(layout.attributes)}
-        self._apps: dict[str, tuple[frozenset[str], dict[str, _Rule]]] = {}
-        for name, app in catalog.apps.items():
-            rules: dict[str, _Rule] = {}
-            for attribute in app.attributes:
-                spec = catalog.attributes[attribute]
-                if spec.edges is not None:
-                    rules[attribute] = (column[attribute], _NUMBER, spec.edges, spec.domain)
-                elif spec.labels is not None:
-                    rules[attribute] = (column[attribute], _BAND, frozenset(spec.labels), ())
-                else:
-                    rules[attribute] = (column[attribute], _CATEGORY, frozenset(spec.domain), ())
-            self._apps[name] = (frozenset(app.actions), rules)
 
     def run(
         self,
@@ -87,7 +70,7 @@ class FastFilter:
         if slot.hasher is None:
             return None
         skew = self._privacy.clock_skew
-        apps = self._apps
+        apps = self._privacy.rules.apps
         session_hash = slot.hasher
         window, hour, minute = slot.window_unix, slot.hour_unix, slot.minute
         width = self._attributes
@@ -106,7 +89,7 @@ class FastFilter:
             if len(item) != present or type(app) is not str or type(action) is not str:
                 return None  # an unknown key (extra="forbid"), a missing one, or a wrong type
             declared = apps.get(app)
-            if declared is None or action not in declared[0]:
+            if declared is None or action not in declared.actions:
                 return None
             if type(stamp) is not str:
                 return None
@@ -125,7 +108,7 @@ class FastFilter:
             if type(attributes) is not dict or len(attributes) > MAX_ATTRIBUTES:
                 return None
             labels: list[str | None] = [None] * width
-            rules = declared[1]
+            rules = declared.attributes
             for name, value in attributes.items():
                 kind = type(value)
                 if kind is str:
@@ -142,23 +125,11 @@ class FastFilter:
                         return None
                     dropped += 1  # a valid name the app does not declare
                     continue
-                column, how, allowed, bands = rule
-                if how == _NUMBER:
-                    if kind is str or kind is bool:
-                        dropped += 1
-                        continue
-                    label = bands[max(0, bisect_right(allowed, value) - 1)]
-                elif kind is not str:
-                    dropped += 1
+                label = rule.label(value)
+                if label is None:
+                    dropped += 1  # a type or band the attribute's rule does not take
                     continue
-                elif how == _BAND:
-                    if value not in allowed:
-                        dropped += 1
-                        continue
-                    label = value
-                else:
-                    label = value if value in allowed else OTHER
-                labels[column] = label
+                labels[rule.column] = label
             if not geo:
                 if fallback is None:
                     fallback = client_country() or UNKNOWN_COUNTRY

@@ -20,22 +20,28 @@ from pydantic import ValidationError
 from node.fastfilter import FastFilter
 from node.geo import GeoLocator, IPAddress, client_ip, parse_networks
 from node.metrics import NodeMetrics
-from node.privacy import WINDOW_CLOSED, FilteredEvent, PrivacyFilter, Rejection, SaltSource
+from node.privacy import (
+    WINDOW_CLOSED,
+    FilteredEvent,
+    PrivacyFilter,
+    Rejection,
+    SaltSource,
+)
 from node.ratelimit import RateLimiter
 from node.rows import RowBlock, RowLayout
 from node.settings import NodeSettings
 from node.windows import WindowClosed
-from node.writer import StorageUnavailable
+from protocol import jsontext
 from protocol.errors import (
     BadRequest,
     PayloadTooLarge,
-    ServiceUnavailable,
+    ProblemType,
     TooManyRequests,
     Unprocessable,
     UnsupportedMediaType,
 )
-from protocol import jsontext
 from protocol.events import EVENTS_ADAPTER, MAX_BATCH, Event
+from runtime.groupcommit import StorageUnavailable, storage_unavailable
 
 JSON_TYPES = frozenset({"", "application/json", "text/plain", "application/octet-stream"})
 MSGPACK_TYPES = frozenset({"application/msgpack", "application/x-msgpack", "application/vnd.msgpack"})
@@ -95,7 +101,7 @@ def _problem_for(errors: Sequence[FieldError], status_cls: type[BadRequest] | ty
         detail += f" (and {len(errors) - 1} more)"
     return status_cls(
         detail,
-        slug="invalid-event" if status_cls is BadRequest else first.reason,
+        slug=ProblemType.INVALID_EVENT if status_cls is BadRequest else ProblemType(first.reason),
         extra={"errors": [e.to_dict() for e in errors[:100]]},
     )
 
@@ -106,20 +112,22 @@ def decode_body(body: bytes, content_type: str) -> Any:
         try:
             return msgpack.unpackb(body, raw=False, strict_map_key=True)
         except Exception:  # noqa: BLE001 - msgpack raises several unrelated types
-            raise BadRequest("body is not valid msgpack", slug="malformed-body") from None
+            raise BadRequest("body is not valid msgpack", slug=ProblemType.MALFORMED_BODY) from None
     if content_type not in JSON_TYPES:
         raise UnsupportedMediaType(
             "send application/json, text/plain (sendBeacon) or application/msgpack",
-            slug="unsupported-media-type",
+            slug=ProblemType.UNSUPPORTED_MEDIA_TYPE,
         )
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
-        raise BadRequest("body is not UTF-8", slug="malformed-body") from None
+        raise BadRequest("body is not UTF-8", slug=ProblemType.MALFORMED_BODY) from None
     try:
         return jsontext.loads(text)
     except json.JSONDecodeError as exc:
-        raise BadRequest(f"body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})", slug="malformed-body") from None
+        raise BadRequest(
+            f"body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})", slug=ProblemType.MALFORMED_BODY
+        ) from None
 
 
 def _items(data: Any) -> tuple[list[Any], bool]:
@@ -128,19 +136,19 @@ def _items(data: Any) -> tuple[list[Any], bool]:
         return data, True
     if isinstance(data, dict) and set(data) == {"events"}:
         if not isinstance(data["events"], list):
-            raise BadRequest("`events` must be an array", slug="invalid-event", extra={"errors": []})
+            raise BadRequest("`events` must be an array", slug=ProblemType.INVALID_EVENT, extra={"errors": []})
         return data["events"], True
     if isinstance(data, dict):
         return [data], False
-    raise BadRequest("body must be an event object, an array of events or {\"events\": [...]}", slug="invalid-event")
+    raise BadRequest("body must be an event object, an array of events or {\"events\": [...]}", slug=ProblemType.INVALID_EVENT)
 
 
 def validate_all(items: list[Any]) -> list[Event]:
     """Validate a whole batch: any fault rejects all of it (400 naming index and field)."""
     if not items:
-        raise BadRequest("a batch holds at least one event", slug="invalid-event")
+        raise BadRequest("a batch holds at least one event", slug=ProblemType.INVALID_EVENT)
     if len(items) > MAX_BATCH:
-        raise PayloadTooLarge(f"a batch holds at most {MAX_BATCH} events", slug="batch-too-large")
+        raise PayloadTooLarge(f"a batch holds at most {MAX_BATCH} events", slug=ProblemType.BATCH_TOO_LARGE)
     try:
         return EVENTS_ADAPTER.validate_python(items)
     except ValidationError as exc:
@@ -150,7 +158,7 @@ def validate_all(items: list[Any]) -> list[Event]:
 def validate_each(items: list[Any]) -> list[Event | FieldError]:
     """Validate events one by one (partial mode)."""
     if len(items) > MAX_BATCH:
-        raise PayloadTooLarge(f"a batch holds at most {MAX_BATCH} events", slug="batch-too-large")
+        raise PayloadTooLarge(f"a batch holds at most {MAX_BATCH} events", slug=ProblemType.BATCH_TOO_LARGE)
     results: list[Event | FieldError] = []
     for index, item in enumerate(items):
         try:
@@ -234,7 +242,7 @@ class Ingestor:
             await self.writer.submit(rows)
         except StorageUnavailable:
             self.metrics.rejected.labels("storage-unavailable").inc(len(events))
-            raise ServiceUnavailable("storage is unavailable; retry later", retry_after=5, slug="storage-unavailable") from None
+            raise storage_unavailable() from None
         self.metrics.accepted.inc(len(events))
         self.metrics.attributes_dropped.inc(dropped)
 
@@ -309,12 +317,14 @@ async def _post_partial(items: list[Any], address: IPAddress | None, ingestor: I
             accepted.append(outcome)
             results.append({"index": index, "status": "accepted"})
         else:
-            field_error = outcome if isinstance(outcome, FieldError) else FieldError(index, outcome.field, outcome.reason, outcome.message)
+            field_error = (
+                outcome if isinstance(outcome, FieldError) else FieldError(index, outcome.field, outcome.reason, outcome.message)
+            )
             results.append({"status": "rejected", **field_error.to_dict(), "index": index})
     rejected = [r for r in results if r["status"] == "rejected"]
     ingestor.count_rejections([r["reason"] for r in rejected])
     if not accepted:
-        raise Unprocessable("no event of the batch was accepted", slug="nothing-accepted", extra={"results": results})
+        raise Unprocessable("no event of the batch was accepted", slug=ProblemType.NOTHING_ACCEPTED, extra={"results": results})
     try:
         await ingestor.commit(accepted, dropped)
     except WindowClosed:
@@ -323,7 +333,9 @@ async def _post_partial(items: list[Any], address: IPAddress | None, ingestor: I
         for i, result in enumerate(results):
             if result["status"] == "accepted":
                 results[i] = {"status": "rejected", **_closed(i).to_dict()}
-        raise Unprocessable("no event of the batch was accepted", slug="nothing-accepted", extra={"results": results}) from None
+        raise Unprocessable(
+            "no event of the batch was accepted", slug=ProblemType.NOTHING_ACCEPTED, extra={"results": results}
+        ) from None
     return web.json_response(
         {"accepted": len(accepted), "rejected": len(rejected), "dropped_attributes": dropped, "results": results},
         status=202,

@@ -6,16 +6,14 @@ from typing import Any
 
 from aiohttp import web
 
-from federation.openapi import shared_paths
 from protocol.events import (
     MAX_ATTRIBUTE_STRING,
     MAX_ATTRIBUTES,
     MAX_BATCH,
     SLUG_PATTERN,
 )
+from views.paths import JSON_OK, PROBLEM, PROBLEM_RESPONSE, shared_paths
 
-PROBLEM = {"$ref": "#/components/responses/Problem"}
-JSON_OK = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
 MSGPACK = {"schema": {"type": "string", "format": "binary"}}
 SLUG = {"type": "string", "pattern": SLUG_PATTERN}
 
@@ -40,12 +38,21 @@ EVENT: dict[str, Any] = {
                 ]
             },
         },
-        "timestamp": {"type": "string", "format": "date-time",
-                      "description": "RFC 3339 with an offset; live events further than the clock skew from the server clock are refused"},
-        "geo_hint": {"type": ["string", "null"], "maxLength": 64,
-                     "description": "ISO 3166-1 alpha-2; anything else falls back to the client IP's country"},
-        "session_id": {"type": "string", "pattern": "^[\\x21-\\x7e]{8,128}$",
-                       "description": "hashed under the day's salt on arrival; never stored"},
+        "timestamp": {
+            "type": "string",
+            "format": "date-time",
+            "description": "RFC 3339 with an offset; live events further than the clock skew from the server clock are refused",
+        },
+        "geo_hint": {
+            "type": ["string", "null"],
+            "maxLength": 64,
+            "description": "ISO 3166-1 alpha-2; anything else falls back to the client IP's country",
+        },
+        "session_id": {
+            "type": "string",
+            "pattern": "^[\\x21-\\x7e]{8,128}$",
+            "description": "hashed under the day's salt on arrival; never stored",
+        },
     },
 }
 EVENTS_BODY: dict[str, Any] = {
@@ -73,7 +80,7 @@ PREFLIGHT = {
     "responses": {"204": {"description": "allowed"}, "403": PROBLEM},
 }
 WINDOW = {"name": "window", "in": "path", "required": True,
-          "description": "2026-11-23, 2026-11-23T05 or unix seconds: the start of a window",
+          "description": "2026-11-23, 2026-W48 (an ISO week) or unix seconds: the start of a window",
           "schema": {"type": "string"}}
 
 
@@ -95,14 +102,19 @@ def openapi_document() -> dict[str, Any]:
         "paths": {
             "/v1/events": {
                 "post": {
-                    "summary": "Ingest one event, an array, or {\"events\": [...]}; all-or-nothing unless ?partial=1",
-                    "parameters": [{"name": "partial", "in": "query", "required": False,
-                                    "description": "1 or true: accept the valid events and report each one",
-                                    "schema": {"type": "string", "enum": ["1", "true", "0", "false"]}}],
+                    "summary": 'Ingest one event, an array, or {"events": [...]}; all-or-nothing unless ?partial=1',
+                    "parameters": [
+                        {
+                            "name": "partial",
+                            "in": "query",
+                            "required": False,
+                            "description": "1 or true: accept the valid events and report each one",
+                            "schema": {"type": "string", "enum": ["1", "true", "0", "false"]},
+                        }
+                    ],
                     "requestBody": {"required": True, "content": events_content},
                     "responses": {
-                        "202": {"description": "committed (acknowledged only once durable)",
-                                "content": JSON_OK["content"]},
+                        "202": {"description": "committed (acknowledged only once durable)", "content": JSON_OK["content"]},
                         **{str(c): PROBLEM for c in (400, 403, 408, 413, 415, 422, 429, 503)},
                     },
                 },
@@ -111,39 +123,58 @@ def openapi_document() -> dict[str, Any]:
             "/api/event": {
                 "post": {
                     "summary": "Plausible's Events API: sites running Plausible's tracker can point it here",
-                    "requestBody": {"required": True, "content": {"application/json": {"schema": PLAUSIBLE_BODY},
-                                                                  "text/plain": {"schema": {"type": "string"}}}},
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": PLAUSIBLE_BODY}, "text/plain": {"schema": {"type": "string"}}},
+                    },
                     "responses": {
-                        "202": {"description": "ok (x-plausible-dropped: 1 when the event was dropped)",
-                                "content": {"text/plain": {"schema": {"type": "string"}}}},
+                        "202": {
+                            "description": "ok (x-plausible-dropped: 1 when the event was dropped)",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
                         **{str(c): PROBLEM for c in (400, 403, 408, 413, 429, 503)},
                     },
                 },
                 "options": PREFLIGHT,
             },
             "/v1/snapshots": {"get": {"summary": "The node's published snapshots", "responses": {"200": JSON_OK}}},
-            "/v1/snapshots/{window}": {"get": {
-                "summary": "One published snapshot: the signed envelope, exactly as pushed to the hub",
-                "parameters": [WINDOW],
-                "responses": {"200": {"description": "the envelope", "content": {"application/msgpack": MSGPACK}},
-                              "400": PROBLEM, "404": PROBLEM},
-            }},
-            "/v1/ledger": {"get": {"summary": "The privacy ledger: epsilon spent per window and metric",
-                                   "responses": {"200": JSON_OK}}},
-            "/v1/local/summary": {"get": {"summary": "The node's own published view (noised, thresholded)",
-                                          "responses": {"200": JSON_OK}}},
-            "/js/liberation.js": {"get": {"summary": "The client script (no cookies, honours GPC and DNT)", "responses": {
-                "200": {"description": "the script", "content": {"application/javascript": {"schema": {"type": "string"}}}}}}},
+            "/v1/snapshots/{window}": {
+                "get": {
+                    "summary": "One published snapshot: the signed envelope, exactly as pushed to the hub",
+                    "parameters": [WINDOW],
+                    "responses": {
+                        "200": {"description": "the envelope", "content": {"application/msgpack": MSGPACK}},
+                        "400": PROBLEM,
+                        "404": PROBLEM,
+                    },
+                }
+            },
+            "/v1/ledger": {
+                "get": {"summary": "The privacy ledger: epsilon spent per window and metric", "responses": {"200": JSON_OK}}
+            },
+            "/v1/local/summary": {
+                "get": {"summary": "The node's own published view (noised, thresholded)", "responses": {"200": JSON_OK}}
+            },
+            "/js/liberation.js": {
+                "get": {
+                    "summary": "The client script (no cookies, honours GPC and DNT)",
+                    "responses": {
+                        "200": {
+                            "description": "the script",
+                            "content": {"application/javascript": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
             **shared_paths(),
             "/healthz": {"get": {"summary": "Health", "responses": {"200": JSON_OK}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": JSON_OK}}},
         },
         "components": {
             "schemas": {"Event": EVENT},
-            "responses": {"Problem": {"description": "RFC 9457 problem details", "content": {"application/problem+json": {"schema": {
-                "type": "object", "required": ["type", "title", "status", "detail"],
-                "properties": {"type": {"type": "string", "format": "uri"}, "title": {"type": "string"},
-                               "status": {"type": "integer"}, "detail": {"type": "string"}}}}}}},
+            "responses": {
+                "Problem": PROBLEM_RESPONSE
+            },
         },
     }
 

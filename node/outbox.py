@@ -22,7 +22,8 @@ import aiohttp
 
 from node.settings import PushSettings
 from node.store import Store
-from protocol.wire import MAX_ENVELOPE_SIZE, EnvelopeError, verify_envelope
+from protocol.codec import MAX_ENVELOPE_SIZE, EnvelopeError
+from protocol.envelope import verify_envelope
 
 log = logging.getLogger("liberation.node.outbox")
 

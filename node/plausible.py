@@ -25,7 +25,7 @@ from node.privacy import FilteredEvent
 from node.windows import WindowClosed
 from protocol import jsontext
 from protocol.catalog import AttributeKind, Catalog
-from protocol.errors import BadRequest
+from protocol.errors import BadRequest, ProblemType
 from protocol.events import Event
 
 LONG_NAMES = {"n": "name", "u": "url", "d": "domain", "r": "referrer", "p": "props"}
@@ -42,9 +42,9 @@ def _props(raw: Any) -> dict[str, Any]:
         try:
             raw = jsontext.loads(raw)
         except json.JSONDecodeError:
-            raise BadRequest("`props` must be an object or a JSON object string", slug="invalid-event") from None
+            raise BadRequest("`props` must be an object or a JSON object string", slug=ProblemType.INVALID_EVENT) from None
     if not isinstance(raw, dict):
-        raise BadRequest("`props` must be an object", slug="invalid-event")
+        raise BadRequest("`props` must be an object", slug=ProblemType.INVALID_EVENT)
     return raw
 
 
@@ -70,17 +70,17 @@ async def post_plausible_event(request: web.Request, ingestor: Ingestor, catalog
     ingestor.check_rate(address)
     data = decode_body(await request.read(), "application/json")
     if not isinstance(data, dict):
-        raise BadRequest("body must be a JSON object", slug="invalid-event")
+        raise BadRequest("body must be a JSON object", slug=ProblemType.INVALID_EVENT)
     name, url = _field(data, "n"), _field(data, "u")
     if not isinstance(name, str) or not name:
-        raise BadRequest("`n` (name) is required", slug="invalid-event", extra={"field": "name"})
+        raise BadRequest("`n` (name) is required", slug=ProblemType.INVALID_EVENT, extra={"field": "name"})
     if not isinstance(url, str) or not url:
-        raise BadRequest("`u` (url) is required", slug="invalid-event", extra={"field": "url"})
+        raise BadRequest("`u` (url) is required", slug=ProblemType.INVALID_EVENT, extra={"field": "url"})
     domain = _field(data, "d")
     if domain is None:
         domain = urlsplit(url).hostname or ""
     if not isinstance(domain, str):
-        raise BadRequest("`d` (domain) must be a string", slug="invalid-event", extra={"field": "domain"})
+        raise BadRequest("`d` (domain) must be a string", slug=ProblemType.INVALID_EVENT, extra={"field": "domain"})
     props = _props(_field(data, "p"))
 
     settings = ingestor.settings.plausible
@@ -108,7 +108,9 @@ async def post_plausible_event(request: web.Request, ingestor: Ingestor, catalog
             session_id="plausible",  # placeholder: the filter uses session_key instead
         )
     except ValidationError:
-        raise BadRequest("`props` must be at most 32 flat values with slug names", slug="invalid-event", extra={"field": "props"}) from None
+        raise BadRequest(
+            "`props` must be at most 32 flat values with slug names", slug=ProblemType.INVALID_EVENT, extra={"field": "props"}
+        ) from None
     results, dropped = await ingestor.filter([event], address=address, session_keys=[session_key])
     address = None
     accepted = [r for r in results if isinstance(r, FilteredEvent)]

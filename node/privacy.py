@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
+from node.rules import AppRules, StorageRules
 from protocol.catalog import Catalog
 from protocol.countries import UNKNOWN_COUNTRY
 from protocol.events import Event
@@ -115,11 +116,7 @@ class PrivacyFilter:
         self._catalog = catalog
         self._skew = clock_skew
         self._window_seconds = catalog.window_seconds
-        self._apps = {
-            name: (frozenset(app.actions), frozenset(app.attributes))
-            for name, app in catalog.apps.items()
-        }
-        self._attributes = dict(catalog.attributes)
+        self.rules = StorageRules(catalog)
         self._last_slot: tuple[int, bytes | None, Slot] | None = None  # (unix minute, salt, slot)
 
     @property
@@ -185,13 +182,12 @@ class PrivacyFilter:
                 outcomes.append(admitted.rejection)
         return outcomes, dropped
 
-    def _admit(self, event: Event, *, now: datetime, live: bool) -> FilterResult | tuple[frozenset[str], datetime]:
-        """The checks before any salt is touched: a rejection, or (allowed attributes, moment)."""
-        declared = self._apps.get(event.app)
-        if declared is None:
+    def _admit(self, event: Event, *, now: datetime, live: bool) -> FilterResult | tuple[AppRules, datetime]:
+        """The checks before any salt is touched: a rejection, or (the app's rules, moment)."""
+        allowed = self.rules.apps.get(event.app)
+        if allowed is None:
             return _reject("app", "undeclared-app", "app is not declared in the catalog")
-        actions, allowed = declared
-        if event.action not in actions:
+        if event.action not in allowed.actions:
             return _reject("action", "undeclared-action", "action is not declared for this app")
         if live:
             if abs(event.timestamp - now) > self._skew:
@@ -233,22 +229,14 @@ class PrivacyFilter:
     def _keep(
         self,
         event: Event,
-        allowed: frozenset[str],
+        allowed: AppRules,
         slot: Slot,
         session_key: bytes | None,
         client_country: str | None,
     ) -> FilterResult:
         if slot.hasher is None:
             return FilterResult(None, WINDOW_CLOSED, 0)
-        kept: dict[str, str] = {}
-        dropped = 0
-        for name, value in event.attributes.items():
-            spec = self._attributes.get(name) if name in allowed else None
-            label = spec.bucket(value) if spec is not None else None
-            if label is None:
-                dropped += 1
-            else:
-                kept[name] = label
+        kept, dropped = self.rules.labels(allowed, event.attributes)
         key = session_key if session_key is not None else event.session_id.encode()
         filtered = FilteredEvent(
             window=slot.window,

@@ -34,7 +34,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from protocol.errors import LiberationError
-from protocol.storage import PRIVATE_FILE_MODE, fsync_directory, make_private_dir, make_private_files
+from protocol.files import (
+    PRIVATE_FILE_MODE,
+    fsync_directory,
+    make_private_dir,
+    make_private_files,
+)
 
 log = logging.getLogger("liberation.node.published")
 

@@ -86,6 +86,6 @@ class RowLayout:
     def table(self, blocks: Sequence[RowBlock]) -> pa.Table:
         """Blocks -> one Arrow table of this layout (one chunk per column)."""
         rows = blocks[0].rows if len(blocks) == 1 else list(chain.from_iterable(b.rows for b in blocks))
-        columns: Any = zip(*rows) if rows else [()] * len(self.schema)
-        arrays = [pa.array(values, field.type) for values, field in zip(columns, self.schema)]
+        columns: Any = zip(*rows, strict=False) if rows else [()] * len(self.schema)
+        arrays = [pa.array(values, field.type) for values, field in zip(columns, self.schema, strict=False)]
         return pa.Table.from_arrays(arrays, schema=self.schema)

@@ -15,7 +15,7 @@ import threading
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from protocol.storage import fsync_directory
+from protocol.files import fsync_directory
 
 SALT_BYTES = 32
 

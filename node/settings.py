@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from protocol.config import load_settings
+from runtime.config import load_settings
 
 ENV_PREFIX = "LIBERATION_NODE_"
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from protocol.storage import fsync_directory
+from protocol.files import fsync_directory
 
 _HEADER = struct.Struct("<4sII")  # magic, schema length, CRC-32 of the schema
 _RECORD = struct.Struct("<4sQIII")  # magic, first seq, rows, batch length, CRC-32

@@ -10,12 +10,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from federation.columns import Layout
-from federation.merge import Table, snapshot_table
-from federation.views import RangeData
 from node.export import Publisher
 from protocol.catalog import Catalog
-from protocol.wire import verify_envelope
+from protocol.envelope import verify_envelope
+from views.columns import Layout
+from views.merge import Table, snapshot_table
+from views.ranges import RangeData
 
 
 class SnapshotRanges:

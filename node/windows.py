@@ -7,8 +7,9 @@ was read, where it would recreate the window's per-session state for good. Every
 expires `retention` after it closed: its raw rows, session state and salt go, exported or not,
 so an export that stalls (a ledger refusal, a bug) never keeps linkable state forever. A window
 is a UTC day or an ISO week (the catalog's `window`), with one salt of its own: the salt and the
-per-session state live until that window is exported (or expires), and are destroyed then. An expired window that was never exported is
-abandoned: recorded, never published (its rows are gone; a release would show false zeros).
+per-session state live until that window is exported (or expires), and are destroyed then.
+An expired window that was never exported is abandoned: recorded, never published (its rows
+are gone; a release would show false zeros).
 A window the record of published windows lists (node/published.py) is done like an exported one
 even when the store lost its snapshot (a backup restored from before its export): it takes no
 rows and is never due again, so it is never noised twice.
@@ -22,7 +23,8 @@ from datetime import UTC, datetime
 
 from node.rows import RowBlock
 from node.salts import SaltKeeper
-from node.store import Store, session_tables
+from node.schema import session_tables
+from node.store import Store
 from protocol.errors import LiberationError
 from protocol.windows import WINDOW_LENGTHS, window_start
 
@@ -122,7 +124,7 @@ class Windows:
         """Stage the blocks whose windows all take rows (durable on return); which ones were stored."""
         with self._lock:
             admitted = [all(self.accepts(w) for w in {row[0] for row in block.rows}) for block in blocks]
-            kept = [block for block, ok in zip(blocks, admitted) if ok and len(block)]
+            kept = [block for block, ok in zip(blocks, admitted, strict=False) if ok and len(block)]
             if kept:
                 self.store.stage_rows([self.store.layout.table(kept)])
         return admitted
@@ -131,7 +133,7 @@ class Windows:
         """Append, then drain into the store (import): the rows refused because their window closed."""
         admitted = self.append(blocks)
         self.store.drain()
-        return sum(len(block) for block, ok in zip(blocks, admitted) if not ok)
+        return sum(len(block) for block, ok in zip(blocks, admitted, strict=False) if not ok)
 
     # ---- closing, export, expiry --------------------------------------------------------
 

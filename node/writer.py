@@ -9,7 +9,7 @@ A request is answered only after its append returned: acked means durable.
 Once the stages hold `drain_rows`, a background drain moves them into the
 store's DuckDB tables in one transaction, so that work (and DuckDB's
 checkpoints) never delays an ack; it goes a row group at a time and rests
-between them while it is ahead (`Store.drain`), so it never takes a core
+between them while it is ahead (node/pacing.py), so it never takes a core
 from requests for long either.
 """
 
@@ -20,10 +20,11 @@ import logging
 import time
 from collections.abc import Callable
 
-from node.groupqueue import GroupQueue
+from node.pacing import Pacing
 from node.rows import RowBlock
 from node.store import Store
-from node.windows import Windows, WindowClosed
+from node.windows import WindowClosed, Windows
+from runtime.groupcommit import GroupQueue, StorageUnavailable
 
 log = logging.getLogger("liberation.node.writer")
 
@@ -38,10 +39,6 @@ each costs one transaction and one emptying of a stage file. The export pass
 drains first, so no row's minute stays in a stage file past the next pass
 whatever this is.
 """
-
-
-class StorageUnavailable(Exception):
-    """The commit failed (disk full, I/O error): nothing of the request was stored."""
 
 
 class Writer:
@@ -65,6 +62,8 @@ class Writer:
         self._queue: GroupQueue[RowBlock] = GroupQueue(max_rows)
         self._task: asyncio.Task[None] | None = None
         self._draining: asyncio.Task[None] | None = None
+        # A background drain rests between slices while the next one is not due yet.
+        self._pacing = Pacing(urgent=lambda: store.staging.active_rows >= drain_rows)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="stage-writer")
@@ -111,7 +110,7 @@ class Writer:
 
     async def _drain(self) -> None:
         try:
-            await asyncio.to_thread(self._store.drain, pace_below=self._drain_rows)
+            await asyncio.to_thread(self._store.drain, rest=self._pacing)
         except Exception as exc:  # noqa: BLE001 - the rows stay staged and durable; the next drain retries
             log.error("drain failed: %s", type(exc).__name__)
 

@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from functools import cached_property
 from importlib import resources
@@ -73,7 +73,7 @@ def bucket_labels(edges: tuple[float, ...], *, money: bool = False) -> tuple[str
     fmt = _fmt_money if money else _fmt_number
     sep = "-" if money else ".."
     labels = []
-    for lo, hi in zip(edges, edges[1:]):
+    for lo, hi in zip(edges, edges[1:], strict=False):
         if money and lo == 0:
             labels.append(f"<{fmt(hi)}")
         else:
@@ -111,7 +111,7 @@ class AttributeSpec(_Frozen):
         if self.edges is not None:
             if not self.edges or not all(math.isfinite(e) for e in self.edges):
                 raise ValueError("edges must be a non-empty list of finite numbers")
-            if any(b <= a for a, b in zip(self.edges, self.edges[1:])):
+            if any(b <= a for a, b in zip(self.edges, self.edges[1:], strict=False)):
                 raise ValueError("edges must be strictly increasing")
         for name in ("labels", "values"):
             items = getattr(self, name)
@@ -132,15 +132,36 @@ class AttributeSpec(_Frozen):
 
     def bucket(self, value: str | int | float | bool) -> str | None:
         """Map a raw value onto the domain; None means "drop it" (wrong type or unknown band)."""
+        return self.labeler(value)
+
+    @cached_property
+    def labeler(self) -> Callable[[object], str | None]:
+        """`bucket` as one closure over this attribute's domain: what a node's filters call per value."""
+        domain = self.domain
         if self.edges is not None:
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                return None
-            return self.domain[bucket_index(self.edges, value)]
-        if not isinstance(value, str):
-            return None
+            edges = self.edges
+
+            def number(value: object) -> str | None:
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    return None
+                return domain[bucket_index(edges, value)]
+
+            return number
         if self.labels is not None:
-            return value if value in self.labels else None
-        return value if value in self.domain else OTHER
+            bands = frozenset(self.labels)
+
+            def band(value: object) -> str | None:
+                return value if isinstance(value, str) and value in bands else None
+
+            return band
+        values = frozenset(domain)
+
+        def category(value: object) -> str | None:
+            if not isinstance(value, str):
+                return None
+            return value if value in values else OTHER
+
+        return category
 
 
 class AppSpec(_Frozen):
@@ -372,7 +393,7 @@ class Catalog(_Frozen):
         Thresholds per snapshot (about one false cell per metric per snapshot)
         multiplied over the hub's nodes and windows, and sums of what cleared
         them were biased; presence is decided once, on merged sums (the hub's
-        federation/significance.py), and a node suppresses nothing.
+        views/significance.py), and a node suppresses nothing.
         """
         return 0
 

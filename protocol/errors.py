@@ -1,46 +1,162 @@
-"""The one error shape of node and hub: RFC 9457 problem+json, typed problem URIs.
+"""The one error shape of node and hub: RFC 9457 problem+json, one enumerated set of problem types.
 
     LiberationError                 base of every error the project raises on purpose
     ├── Problem                     an HTTP-facing error: status + problem type
     │   ├── BadRequest (400)        malformed body, wrong types, bad field
+    │   ├── Unauthorized (401)
     │   ├── Forbidden (403)
     │   ├── NotFound (404)
-    │   ├── RequestTimeout (408)    the body did not arrive within BODY_DEADLINE_SECONDS
+    │   ├── MethodNotAllowed (405)
+    │   ├── RequestTimeout (408)    the body did not arrive in time
     │   ├── Conflict (409)
     │   ├── PayloadTooLarge (413)
     │   ├── UnsupportedMediaType (415)
     │   ├── Unprocessable (422)     well-formed but refused by the catalog or a rule
     │   ├── TooManyRequests (429)   carries Retry-After
     │   └── ServiceUnavailable (503) carries Retry-After
-    └── (module errors: wire.DecodeError, keys.KeyFileError, catalog.CatalogError, ...)
+    └── (module errors: codec.DecodeError, keys.KeyFileError, catalog.CatalogError, ...)
 
-Handlers raise; `problem_middleware` renders. An unexpected exception is logged
-and answered with a bare 500: never a traceback, never request data.
-
-The middleware also reads each request body before the handler runs, under a
-deadline and the app's size limit: a client that declares too much is refused
-before a byte of body is read, and one that dribbles or stalls is cut off, so
-neither can hold a handler (and its buffer) for long.
+Every problem type a service can answer is a member of `ProblemType`; the
+table in docs/protocol.md is generated from it (`python -m protocol.errors`).
+Rendering over HTTP lives in runtime/problems.py: the contract has no server.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import logging
-import traceback
-from collections.abc import Awaitable, Callable
+import sys
+from enum import StrEnum
 from typing import Any, ClassVar
-
-from aiohttp import web
-from aiohttp.web_protocol import RequestPayloadError
 
 PROBLEM_BASE = "https://liberation-analytics.org/problems/"
 PROBLEM_CONTENT_TYPE = "application/problem+json"
-BODY_DEADLINE_SECONDS = 20.0
-"""How long a client may take to send a whole request body (1 MiB at ~50 KiB/s)."""
 
-log = logging.getLogger("liberation.errors")
+
+class ProblemType(StrEnum):
+    """Every problem type (`PROBLEM_BASE + value`) node, hub and keeper answer; `describe` says when."""
+
+    BAD_REQUEST = "bad-request"
+    MALFORMED_BODY = "malformed-body"
+    INCOMPLETE_BODY = "incomplete-body"
+    INVALID_EVENT = "invalid-event"
+    INVALID_QUERY = "invalid-query"
+    UNKNOWN_VIEW = "unknown-view"
+    INVALID_WINDOW = "invalid-window"
+    INVALID_ENROLLMENT = "invalid-enrollment"
+    INVALID_KEY = "invalid-key"
+    INVALID_SIGNATURE = "invalid-signature"
+    KEY_MISMATCH = "key-mismatch"
+    MALFORMED_ENVELOPE = "malformed-envelope"
+    MALFORMED_SNAPSHOT = "malformed-snapshot"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    ORIGIN_NOT_ALLOWED = "origin-not-allowed"
+    UNKNOWN_KEY = "unknown-key"
+    REVOKED_KEY = "revoked-key"
+    NOT_FOUND = "not-found"
+    ADMIN_OFF = "admin-off"
+    NO_SNAPSHOT = "no-snapshot"
+    NO_WINDOW = "no-window"
+    UNKNOWN_NODE = "unknown-node"
+    METHOD_NOT_ALLOWED = "method-not-allowed"
+    REQUEST_TIMEOUT = "request-timeout"
+    BODY_TIMEOUT = "body-timeout"
+    CONFLICT = "conflict"
+    ALREADY_ENROLLED = "already-enrolled"
+    NAME_TAKEN = "name-taken"
+    EQUIVOCATION = "equivocation"
+    PAYLOAD_TOO_LARGE = "payload-too-large"
+    BATCH_TOO_LARGE = "batch-too-large"
+    SNAPSHOT_TOO_LARGE = "snapshot-too-large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported-media-type"
+    UNPROCESSABLE = "unprocessable"
+    NOTHING_ACCEPTED = "nothing-accepted"
+    UNDECLARED_APP = "undeclared-app"
+    UNDECLARED_ACTION = "undeclared-action"
+    TIMESTAMP_SKEW = "timestamp-skew"
+    TIMESTAMP_FUTURE = "timestamp-future"
+    WINDOW_CLOSED = "window-closed"
+    INVALID_NAME = "invalid-name"
+    INVALID_KIND = "invalid-kind"
+    UNKNOWN_CATALOG = "unknown-catalog"
+    WINDOW_OUT_OF_RANGE = "window-out-of-range"
+    WINDOW_NOT_FINAL = "window-not-final"
+    INVALID_NODE_COUNT = "invalid-node-count"
+    PRIVACY_PARAMETERS_MISMATCH = "privacy-parameters-mismatch"
+    CELLS_OUT_OF_DOMAIN = "cells-out-of-domain"
+    OVERLAPPING_WINDOW = "overlapping-window"
+    RATE_LIMITED = "rate-limited"
+    UNAVAILABLE = "unavailable"
+    STORAGE_UNAVAILABLE = "storage-unavailable"
+    INTAKE_BUSY = "intake-busy"
+
+    @property
+    def description(self) -> str:
+        return _DESCRIPTIONS[self]
+
+
+_DESCRIPTIONS: dict[ProblemType, str] = {
+    ProblemType.BAD_REQUEST: "The request is malformed (a problem of aiohttp's own, or no more specific type).",
+    ProblemType.MALFORMED_BODY: "The body is not valid JSON/msgpack/UTF-8, or its transfer encoding is broken.",
+    ProblemType.INCOMPLETE_BODY: "The connection closed before the whole body arrived.",
+    ProblemType.INVALID_EVENT: "An event is not the ingest schema; `errors` lists field, reason and message per event.",
+    ProblemType.INVALID_QUERY: "A views query parameter is missing, malformed or out of range.",
+    ProblemType.UNKNOWN_VIEW: "No view of that name; the views index lists them.",
+    ProblemType.INVALID_WINDOW: "A window parameter is not an aligned UTC window.",
+    ProblemType.INVALID_ENROLLMENT: "An enrollment request is not `{public_key, name, kind}` as documented.",
+    ProblemType.INVALID_KEY: "A public key is not 32 bytes of base64/hex, or is of small order.",
+    ProblemType.INVALID_SIGNATURE: "An envelope's key is unusable or its signature does not verify.",
+    ProblemType.KEY_MISMATCH: "A signed body names another key than the one that signed it.",
+    ProblemType.MALFORMED_ENVELOPE: "An envelope is not in its one canonical layout; `reason` says how.",
+    ProblemType.MALFORMED_SNAPSHOT: "A signed body is not a canonical snapshot; `reason` says how.",
+    ProblemType.UNAUTHORIZED: "The admin bearer token is missing or wrong.",
+    ProblemType.FORBIDDEN: "The request is not allowed.",
+    ProblemType.ORIGIN_NOT_ALLOWED: "The browser's Origin is not in the node's `cors_origins`.",
+    ProblemType.UNKNOWN_KEY: "The signing key is not enrolled at this hub (a node retries after enrollment).",
+    ProblemType.REVOKED_KEY: "The signing key was revoked by the hub's operator.",
+    ProblemType.NOT_FOUND: "No such route or resource.",
+    ProblemType.ADMIN_OFF: "The admin API is off (no admin token configured).",
+    ProblemType.NO_SNAPSHOT: "No stored snapshot for that key and window.",
+    ProblemType.NO_WINDOW: "No merged data for that window.",
+    ProblemType.UNKNOWN_NODE: "No enrolled node of that name or key id.",
+    ProblemType.METHOD_NOT_ALLOWED: "The route exists but not for this method; `Allow` lists those it takes.",
+    ProblemType.REQUEST_TIMEOUT: "The request took too long.",
+    ProblemType.BODY_TIMEOUT: "The body did not arrive within 20 seconds.",
+    ProblemType.CONFLICT: "The request conflicts with the current state.",
+    ProblemType.ALREADY_ENROLLED: "That key is already enrolled.",
+    ProblemType.NAME_TAKEN: "Another key is enrolled under that name.",
+    ProblemType.EQUIVOCATION: "The node already published different bytes for this window (an incident is recorded).",
+    ProblemType.PAYLOAD_TOO_LARGE: "The body is over the route's size limit; it was not read.",
+    ProblemType.BATCH_TOO_LARGE: "An ingest batch holds more events than allowed.",
+    ProblemType.SNAPSHOT_TOO_LARGE: "An envelope is over the hub's limit derived from its catalogs.",
+    ProblemType.UNSUPPORTED_MEDIA_TYPE: "The Content-Type is not one the route reads.",
+    ProblemType.UNPROCESSABLE: "Well-formed, but refused by a rule.",
+    ProblemType.NOTHING_ACCEPTED: "Every event of the batch was refused; `errors` says why.",
+    ProblemType.UNDECLARED_APP: "The event's app is not declared in the catalog.",
+    ProblemType.UNDECLARED_ACTION: "The event's action is not declared for its app.",
+    ProblemType.TIMESTAMP_SKEW: "A live event's timestamp is too far from the server clock.",
+    ProblemType.TIMESTAMP_FUTURE: "An imported event's timestamp is in the future.",
+    ProblemType.WINDOW_CLOSED: "The event's window is already closed (exported or past its grace).",
+    ProblemType.INVALID_NAME: "A node or site name is not a slug.",
+    ProblemType.INVALID_KIND: "An enrollment kind other than `node` or `hub`.",
+    ProblemType.UNKNOWN_CATALOG: "The catalog hash is not one this hub merges.",
+    ProblemType.WINDOW_OUT_OF_RANGE: "The window is not aligned, has not ended, or is past the horizon.",
+    ProblemType.WINDOW_NOT_FINAL: "The window is still open to late snapshots; export it later.",
+    ProblemType.INVALID_NODE_COUNT: "`nodes` is not 1 for a node key (or over 2^20 for a child hub).",
+    ProblemType.PRIVACY_PARAMETERS_MISMATCH: "A metric's epsilon, scale, threshold or variance is not the catalog's.",
+    ProblemType.CELLS_OUT_OF_DOMAIN: "A metric is missing, or an index or value is outside its domain.",
+    ProblemType.OVERLAPPING_WINDOW: "The node already sent an overlapping window of the other length.",
+    ProblemType.RATE_LIMITED: "Too many requests from this network; `Retry-After` says when to come back.",
+    ProblemType.UNAVAILABLE: "The service cannot take the request now (storage busy or failing); retry.",
+    ProblemType.STORAGE_UNAVAILABLE: "The store could not commit; nothing was acked, retry after `Retry-After`.",
+    ProblemType.INTAKE_BUSY: "Both large-envelope verifiers are busy; retry after `Retry-After`.",
+}
+
+
+def problem_table() -> str:
+    """The Markdown table of every problem type, as docs/protocol.md shows it."""
+    lines = ["| type | when |", "|---|---|"]
+    lines += [f"| `{t.value}` | {t.description} |" for t in ProblemType]
+    return "\n".join(lines) + "\n"
 
 
 class LiberationError(Exception):
@@ -57,13 +173,13 @@ class Problem(LiberationError):
 
     status: ClassVar[int] = 400
     title: ClassVar[str] = "Bad request"
-    default_slug: ClassVar[str] = "bad-request"
+    default_slug: ClassVar[ProblemType] = ProblemType.BAD_REQUEST
 
     def __init__(
         self,
         detail: str,
         *,
-        slug: str | None = None,
+        slug: ProblemType | None = None,
         extra: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
@@ -92,181 +208,80 @@ class Problem(LiberationError):
 class BadRequest(Problem):
     status = 400
     title = "Bad request"
-    default_slug = "bad-request"
+    default_slug = ProblemType.BAD_REQUEST
 
 
 class Unauthorized(Problem):
     status = 401
     title = "Unauthorized"
-    default_slug = "unauthorized"
+    default_slug = ProblemType.UNAUTHORIZED
 
 
 class Forbidden(Problem):
     status = 403
     title = "Forbidden"
-    default_slug = "forbidden"
+    default_slug = ProblemType.FORBIDDEN
 
 
 class NotFound(Problem):
     status = 404
     title = "Not found"
-    default_slug = "not-found"
+    default_slug = ProblemType.NOT_FOUND
 
 
 class MethodNotAllowed(Problem):
     status = 405
     title = "Method not allowed"
-    default_slug = "method-not-allowed"
+    default_slug = ProblemType.METHOD_NOT_ALLOWED
 
 
 class RequestTimeout(Problem):
     status = 408
     title = "Request timeout"
-    default_slug = "request-timeout"
+    default_slug = ProblemType.REQUEST_TIMEOUT
 
 
 class Conflict(Problem):
     status = 409
     title = "Conflict"
-    default_slug = "conflict"
+    default_slug = ProblemType.CONFLICT
 
 
 class PayloadTooLarge(Problem):
     status = 413
     title = "Payload too large"
-    default_slug = "payload-too-large"
+    default_slug = ProblemType.PAYLOAD_TOO_LARGE
 
 
 class UnsupportedMediaType(Problem):
     status = 415
     title = "Unsupported media type"
-    default_slug = "unsupported-media-type"
+    default_slug = ProblemType.UNSUPPORTED_MEDIA_TYPE
 
 
 class Unprocessable(Problem):
     status = 422
     title = "Unprocessable content"
-    default_slug = "unprocessable"
+    default_slug = ProblemType.UNPROCESSABLE
 
 
 class TooManyRequests(Problem):
     status = 429
     title = "Too many requests"
-    default_slug = "rate-limited"
+    default_slug = ProblemType.RATE_LIMITED
 
-    def __init__(self, detail: str, *, retry_after: int, slug: str | None = None) -> None:
+    def __init__(self, detail: str, *, retry_after: int, slug: ProblemType | None = None) -> None:
         super().__init__(detail, slug=slug, headers={"Retry-After": str(retry_after)})
 
 
 class ServiceUnavailable(Problem):
     status = 503
     title = "Service unavailable"
-    default_slug = "unavailable"
+    default_slug = ProblemType.UNAVAILABLE
 
-    def __init__(self, detail: str, *, retry_after: int, slug: str | None = None) -> None:
+    def __init__(self, detail: str, *, retry_after: int, slug: ProblemType | None = None) -> None:
         super().__init__(detail, slug=slug, headers={"Retry-After": str(retry_after)})
 
 
-def problem_response(problem: Problem) -> web.Response:
-    """Render a Problem as an aiohttp response with the problem+json content type."""
-    return web.Response(
-        status=problem.status,
-        body=json.dumps(problem.to_dict()).encode(),
-        content_type=PROBLEM_CONTENT_TYPE,
-        headers=problem.headers,
-    )
-
-
-_HTTP_STATUS_TO_PROBLEM: dict[int, type[Problem]] = {
-    400: BadRequest,
-    401: Unauthorized,
-    403: Forbidden,
-    404: NotFound,
-    405: MethodNotAllowed,
-    408: RequestTimeout,
-    409: Conflict,
-    413: PayloadTooLarge,
-    415: UnsupportedMediaType,
-    422: Unprocessable,
-}
-
-def _problem_for_status(status: int, reason: str) -> Problem:
-    """A Problem of aiohttp's own HTTP error (its reason text, never request data)."""
-    cls = _HTTP_STATUS_TO_PROBLEM.get(status)
-    if cls is not None:
-        return cls(reason)
-    generic: type[Problem] = type("HttpProblem", (Problem,), {"status": status, "title": reason})
-    return generic(reason)
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-async def read_body(request: web.Request) -> None:
-    """Read the body into the request (handlers' `request.read()` then returns it) within limits.
-
-    Without this a client could send headers and then one byte a minute: aiohttp
-    has no body timeout, and the handler would wait on it for as long as the
-    connection stays open.
-    """
-    if not request.body_exists:
-        return
-    limit = request.client_max_size
-    declared = request.content_length
-    if limit and declared is not None and declared > limit:
-        raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
-    if request.content.is_eof():
-        await request.read()  # all there already (a small body comes with its headers): no timer needed
-        return
-    try:
-        async with asyncio.timeout(BODY_DEADLINE_SECONDS):
-            await request.read()
-    except TimeoutError:
-        raise RequestTimeout(
-            f"the body did not arrive within {BODY_DEADLINE_SECONDS:g} seconds", slug="body-timeout"
-        ) from None
-    except RequestPayloadError:
-        raise BadRequest("the body is truncated or its encoding is malformed", slug="malformed-body") from None
-    except ConnectionError:
-        # The client hung up mid-body: nobody will read this answer, but it keeps
-        # the disconnect out of the error log (aiohttp's logs the peer address).
-        raise BadRequest("the connection closed before the body arrived", slug="incomplete-body") from None
-
-
-_CLOSE = frozenset({408, 413})
-"""Problems after which the connection is closed: its unread body is not worth waiting for."""
-
-
-@web.middleware
-async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Render every error of node and hub in one place, as problem+json."""
-    try:
-        await read_body(request)
-        return await handler(request)
-    except Problem as problem:
-        response = problem_response(problem)
-        if problem.status in _CLOSE:
-            response.force_close()
-        return response
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        # aiohttp's own errors (404 route, 405 method, 413 body) get the same shape.
-        # Their text is aiohttp's, never request data, apart from the 413 sizes.
-        http_problem = _problem_for_status(exc.status, exc.reason)
-        response = problem_response(http_problem)
-        if http_problem.status in _CLOSE:
-            response.force_close()
-        if exc.status == 405 and "Allow" in exc.headers:
-            response.headers["Allow"] = exc.headers["Allow"]
-        return response
-    except Exception as exc:
-        # Logged without request data: the route's pattern, not the raw URL, and the
-        # exception's type and frames but not its message, which might quote input.
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "?"
-        frames = "".join(traceback.format_tb(exc.__traceback__))
-        log.error(
-            "unhandled %s in %s %s\n%s", type(exc).__name__, request.method, route, frames
-        )
-        return web.Response(status=500, text="Internal Server Error")
+if __name__ == "__main__":
+    sys.stdout.write(problem_table())

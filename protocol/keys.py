@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from protocol.errors import LiberationError
-from protocol.storage import write_file_then
+from protocol.files import write_file_then
 
 KEY_ID_PREFIX = b"liberation-key-id/v1\x00"
 """Domain-separation prefix hashed before the raw public key to derive a key id."""

@@ -26,8 +26,13 @@ from pydantic import (
 )
 
 from protocol.catalog import MAX_DOMAIN, Catalog
+from protocol.codec import (
+    MAX_ENVELOPE_SIZE,
+    DecodeError,
+    decode_canonical,
+    encode_canonical,
+)
 from protocol.events import SLUG_PATTERN
-from protocol.wire import MAX_ENVELOPE_SIZE, DecodeError, decode_canonical, encode_canonical
 
 FORMAT: Final = "liberation-snapshot/1"
 """The `format` of every body this module reads and writes."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-from protocol.errors import BadRequest
+from protocol.errors import BadRequest, ProblemType
 
 HOUR = 3_600
 DAY = 86_400
@@ -55,8 +55,8 @@ def parse_window(text: str, window_seconds: int | None = None) -> int:
     except ValueError:
         raise BadRequest(
             "a window is a date (2026-11-23), an ISO week (2026-W48), an hour (2026-11-23T05) or unix seconds",
-            slug="invalid-window",
+            slug=ProblemType.INVALID_WINDOW,
         ) from None
     if not is_window_start(ts, window_seconds or HOUR):
-        raise BadRequest("that is not the start of a window", slug="invalid-window")
+        raise BadRequest("that is not the start of a window", slug=ProblemType.INVALID_WINDOW)
     return ts

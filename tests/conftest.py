@@ -52,7 +52,9 @@ def geoip_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from netaddr import IPSet
 
     path = tmp_path_factory.mktemp("geoip") / "country.mmdb"
-    writer = MMDBWriter(ip_version=6, database_type="GeoLite2-Country", languages=["en"], description="test", ipv4_compatible=True)
+    writer = MMDBWriter(
+        ip_version=6, database_type="GeoLite2-Country", languages=["en"], description="test", ipv4_compatible=True
+    )
     writer.insert_network(IPSet(["203.0.113.0/24"]), {"country": {"iso_code": "DE"}})
     writer.insert_network(IPSet(["2001:db8::/32"]), {"country": {"iso_code": "BR"}})
     writer.to_db_file(str(path))

@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 from node.export import build_snapshot
 from protocol.catalog import Catalog, load_catalog
+from protocol.envelope import sign_snapshot
 from protocol.keys import SigningKey
 from protocol.snapshot import Snapshot
-from protocol.wire import sign_snapshot
 from tests.seeded_noise import SeededLaplace
 
 DAY = 86_400

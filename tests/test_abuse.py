@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-import protocol.errors
+import runtime.problems
 from liberation.server import KEEPALIVE_TIMEOUT_SECONDS, LINGERING_SECONDS
 from protocol.catalog import load_catalog
 from protocol.countries import COUNTRY_DOMAIN
@@ -177,7 +177,7 @@ def rows(running: RunningNode) -> int:
 
 
 async def test_a_stalled_or_dribbling_body_gets_408(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(protocol.errors, "BODY_DEADLINE_SECONDS", 0.5)
+    monkeypatch.setattr(runtime.problems, "BODY_DEADLINE_SECONDS", 0.5)
     async with run_node(node_settings(tmp_path)) as running:
         stalled = await slow_request(running.url, post_head(1000) + b'{"app": ', limit=10)
         dribbled = await slow_request(running.url, post_head(1000) + b"[", drip=b" ", every=0.05, limit=10)
@@ -242,7 +242,9 @@ async def test_a_flood_from_one_client_leaves_others_served(tmp_path: Path) -> N
         async def flooder(worker: int, stop: float) -> None:
             i = 0
             while time.monotonic() < stop and sum(flood.values()) < 3000:
-                async with session.post(url, json=event(worker * 10_000 + i), headers={"X-Forwarded-For": "198.51.100.66"}) as resp:
+                async with session.post(
+                    url, json=event(worker * 10_000 + i), headers={"X-Forwarded-For": "198.51.100.66"}
+                ) as resp:
                     flood[resp.status] += 1
                     if resp.status == 429:
                         problem = await resp.json(content_type=None)
@@ -276,7 +278,9 @@ async def test_a_flood_from_one_client_leaves_others_served(tmp_path: Path) -> N
 
 
 def _slug(rng: random.Random) -> str:
-    return rng.choice(string.ascii_lowercase) + "".join(rng.choices(string.ascii_lowercase + string.digits + "_-", k=rng.randint(4, 30)))
+    return rng.choice(string.ascii_lowercase) + "".join(
+        rng.choices(string.ascii_lowercase + string.digits + "_-", k=rng.randint(4, 30))
+    )
 
 
 def hostile_event(rng: random.Random, i: int, kind: str) -> dict[str, Any]:
@@ -376,7 +380,7 @@ async def test_slow_clients_are_cut_off_and_memory_stays_flat(tmp_path: Path) ->
     try:
         await warm_up(proc.url)
         baseline = rss_bytes(proc.proc.pid)
-        deadline = protocol.errors.BODY_DEADLINE_SECONDS
+        deadline = runtime.problems.BODY_DEADLINE_SECONDS
         limit = max(deadline, KEEPALIVE_TIMEOUT_SECONDS) + LINGERING_SECONDS + 10
         header_drip = [  # slowloris: the headers never end
             closed_by_server(proc.url, b"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\n", b"X-a: b\r\n", 1.0, limit)

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from liberation.server import make_runner
-from protocol.logs import AccessTally, JsonFormatter
+from runtime.logs import AccessTally, JsonFormatter
 
 
 @pytest.fixture

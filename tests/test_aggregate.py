@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from node.aggregate import true_tables
-from node.store import Store, session_log_table, session_table
+from node.schema import session_log_table, session_table
+from node.store import Store
 from protocol.catalog import load_catalog, parse_catalog
 from tests.factories import WINDOW, ev, filtered, store_with
 
@@ -21,7 +22,7 @@ W = int(WINDOW.timestamp())
 def cell(metric: str, *labels: str) -> int:
     m = CATALOG.metric(metric)
     index = 0
-    for dim, label in zip(m.dimensions, labels):
+    for dim, label in zip(m.dimensions, labels, strict=False):
         domain = CATALOG.domain(dim)
         index = index * len(domain) + domain.index(label)
     return index
@@ -106,7 +107,7 @@ def test_one_session_moves_each_metric_by_at_most_its_sensitivity(tmp_path: Path
     plus = true_tables(store_with(tmp_path / "d1", crowd() + adversary()).cursor(), CATALOG, W)
     moved_any = False
     for metric in CATALOG.metrics:
-        l1 = sum(abs(a - b) for a, b in zip(base[metric.name], plus[metric.name]))
+        l1 = sum(abs(a - b) for a, b in zip(base[metric.name], plus[metric.name], strict=False))
         assert l1 <= metric.sensitivity, f"{metric.name}: moved {l1} > {metric.sensitivity}"
         moved_any |= l1 == metric.sensitivity
     # The adversary does reach the bound somewhere: the test can tell a loose bound from none.
@@ -118,7 +119,7 @@ def test_the_adversary_saturates_event_metrics(tmp_path: Path, metric: str) -> N
     base = true_tables(store_with(tmp_path / "d", crowd()).cursor(), CATALOG, W)
     plus = true_tables(store_with(tmp_path / "d1", crowd() + adversary()).cursor(), CATALOG, W)
     spec = CATALOG.metric(metric)
-    assert sum(abs(a - b) for a, b in zip(base[metric], plus[metric])) == spec.sensitivity
+    assert sum(abs(a - b) for a, b in zip(base[metric], plus[metric], strict=False)) == spec.sensitivity
 
 
 def test_session_state_split_over_commits_folds_to_the_same_tables(tmp_path: Path) -> None:
@@ -141,7 +142,9 @@ def test_session_state_split_over_commits_folds_to_the_same_tables(tmp_path: Pat
         split.commit_events([event])
         if i == 2:
             assert split.fold_sessions() == 3
-            assert true_tables(split.cursor(), CATALOG, W) == true_tables(store_with(tmp_path / "three", raw[:3]).cursor(), CATALOG, W)
+            assert true_tables(split.cursor(), CATALOG, W) == true_tables(
+                store_with(tmp_path / "three", raw[:3]).cursor(), CATALOG, W
+            )
     assert rows(split, session_log_table(W)) == 3
     assert true_tables(split.cursor(), CATALOG, W) == whole  # folded rows and logged rows together
     assert split.fold_sessions() == 3

@@ -195,7 +195,7 @@ def test_the_epsilon_split_minimises_the_weighted_variance(raw: dict[str, Any]) 
 
     best = weighted_variance(eps)
     names = list(eps)
-    for i, (a, b) in enumerate(zip(names, names[1:] + names[:1])):  # move budget between two metrics
+    for i, (a, b) in enumerate(zip(names, names[1:] + names[:1], strict=True)):  # move budget between two metrics
         for delta in (0.01, -0.01):
             moved = dict(eps)
             moved[a] += delta * eps[a]

@@ -28,7 +28,13 @@ from tests.browser import launch_chromium
 from tests.servers import RunningNode, node_settings, run_node
 
 if TYPE_CHECKING:
-    from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, Request
+    from playwright.async_api import (
+        Browser,
+        BrowserContext,
+        ConsoleMessage,
+        Page,
+        Request,
+    )
 
 # One Chromium serves the whole module (each test gets a fresh context), so the
 # tests, the browser and every server share the module's event loop.

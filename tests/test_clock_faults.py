@@ -15,7 +15,7 @@ import pytest
 
 from node.aggregate import true_tables
 from protocol.catalog import load_catalog
-from protocol.wire import verify_envelope
+from protocol.envelope import verify_envelope
 from tests.servers import RunningNode, node_settings, run_node
 
 START = datetime(2026, 11, 10, 22, 30, tzinfo=UTC)

@@ -151,7 +151,7 @@ async def test_at_the_cap_with_every_request_in_flight_a_newcomer_is_closed_at_o
 
 ACCEPTOR = """
 import asyncio, logging, resource, sys
-from protocol.logs import configure_logging
+from runtime.logs import configure_logging
 from runtime.connections import AcceptErrorLog
 
 resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))

@@ -1,4 +1,4 @@
-"""The dashboard (federation/static, served by federation.dashboard) in headless Chromium against a real hub.
+"""The dashboard (views/static, served by views.dashboard) in headless Chromium against a real hub.
 
 One hub with a plausible movement (3 nodes x 21 daily windows, shaped like
 real use, seeded noise) runs in-process for the whole module; each panel's
@@ -26,13 +26,13 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from federation.dashboard import CONTENT_SECURITY_POLICY, add_dashboard_routes
 from federation.settings import HubSettings
 from protocol.catalog import STAGES, Catalog, load_catalog
 from protocol.keys import SigningKey
 from tests.browser import launch_chromium
 from tests.servers import admin_token
 from tests.snapshots import DAY, envelope
+from views.dashboard import CONTENT_SECURITY_POLICY, add_dashboard_routes
 
 if TYPE_CHECKING:
     from playwright.async_api import (
@@ -88,7 +88,7 @@ def _bucket_probabilities(edges: list[float], cdf: Callable[[float], float]) -> 
     """P(bucket i) for buckets [e_i, e_i+1), the first open below and the last open above."""
     lower = [-math.inf, *edges[1:]]
     upper = [*edges[1:], math.inf]
-    return [cdf(hi) - cdf(lo) for lo, hi in zip(lower, upper)]
+    return [cdf(hi) - cdf(lo) for lo, hi in zip(lower, upper, strict=False)]
 
 
 def _lognormal(centre: float, spread: float) -> Callable[[float], float]:
@@ -419,7 +419,9 @@ async def test_tool_combinations(dashboard: Dashboard, loaded: tuple[Page, Probe
     assert label and await page.locator(f"#{label}").count() == 1
     # "x% used A before B": one sentence per pair with a share, in the direction of the majority.
     ab = d["pairs"]["runway-calculator>real-wage-calculator"]["share_before"]["value"]
-    first, then, share = ("runway-calculator", "real-wage-calculator", ab) if ab >= 0.5 else ("real-wage-calculator", "runway-calculator", 1 - ab)
+    first, then, share = (
+        ("runway-calculator", "real-wage-calculator", ab) if ab >= 0.5 else ("real-wage-calculator", "runway-calculator", 1 - ab)
+    )
     sentence = page.locator(f"#combinations li[data-pair='{first}>{then}']")
     assert (await sentence.locator(".big .value").text_content()) == pct(share, 0)
     assert "opened the" in (await sentence.text_content() or "")
@@ -430,7 +432,7 @@ async def test_session_shape(dashboard: Dashboard, loaded: tuple[Page, Probe]) -
     d = dashboard.views["session-shape"]["data"]
     median = d["duration"]["quantiles"]["p50"]["value"]
     assert (await texts(page, "#shape [data-metric=median-duration] .value")) == [f"{median:.1f} min"]
-    for label, cell in zip(d["tool_count"]["labels"], d["tool_count"]["cells"]):
+    for label, cell in zip(d["tool_count"]["labels"], d["tool_count"]["cells"], strict=False):
         assert (await texts(page, f"#shape [data-label='{label}'] .value")) == [count(cell["value"])]
     assert await page.locator("#shape svg.histogram line.marker.median").count() == 1
 
@@ -485,9 +487,11 @@ async def test_financial_and_breakdown(dashboard: Dashboard, loaded: tuple[Page,
     assert (await texts(page, "[data-metric='runway_months-median'] .value")) == [f"{runway:.1f} months"]
     gap = fin["real_wage_gap"]["quantiles"]["p50"]["value"]
     assert (await texts(page, "[data-metric='real_wage_gap-median'] .value")) == [f"{gap:.1f}"]
-    for label, share in zip(fin["industry"]["labels"], fin["industry"]["share"]):
+    for label, share in zip(fin["industry"]["labels"], fin["industry"]["share"], strict=False):
         shown = await texts(page, f"#fin-industry [data-label='{label}'] .bar-value")
-        assert shown == ([f"{pct(share['value'])} ± {share['sd'] * 100:.1f}"] if share else ["not distinguishable from noise"]), label
+        assert shown == ([f"{pct(share['value'])} ± {share['sd'] * 100:.1f}"] if share else ["not distinguishable from noise"]), (
+            label
+        )
     assert await page.locator("#financial-more article[data-metric]").count() == len(fin) - 4
     b = dashboard.views["breakdown"]["data"]
     assert await page.locator("#breakdown tr[data-row]").count() == len(b["rows"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -15,8 +16,9 @@ from protocol.errors import (
     Conflict,
     Forbidden,
     TooManyRequests,
-    problem_middleware,
+    problem_table,
 )
+from runtime.problems import problem_middleware
 
 SECRET = "203.0.113.77 sess_secret_value"
 
@@ -100,3 +102,10 @@ async def test_unexpected_error_is_a_bare_500(
     # The operator's log names the error and where, but never quotes its message.
     assert "RuntimeError" in caplog.text and "/crash" in caplog.text
     assert SECRET not in caplog.text
+
+
+def test_protocol_doc_lists_exactly_the_problem_types() -> None:
+    """docs/protocol.md's table is `ProblemType`, generated: a new type without its doc line fails here."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+    begin, end = "<!-- problem-types:begin -->\n", "<!-- problem-types:end -->"
+    assert doc[doc.index(begin) + len(begin) : doc.index(end)] == problem_table()

@@ -10,15 +10,22 @@ from pathlib import Path
 import pytest
 
 from node.dp import opendp_laplace
-from node.export import BudgetExceeded, ExportError, Publisher, WindowNotClosed, build_snapshot
+from node.export import (
+    BudgetExceeded,
+    ExportError,
+    Publisher,
+    WindowNotClosed,
+    build_snapshot,
+)
 from node.published import PublishedLog
 from node.salts import SaltKeeper
-from node.store import Store, session_log_table, session_table, session_tables
+from node.schema import session_log_table, session_table, session_tables
+from node.store import Store
 from node.windows import Windows
 from protocol.catalog import load_catalog
-from protocol.noise import laplace_variance
+from protocol.envelope import verify_envelope
 from protocol.keys import SigningKey
-from protocol.wire import verify_envelope
+from protocol.noise import laplace_variance
 from tests.factories import NOW, WINDOW, ev, filtered, store_with
 from tests.seeded_noise import SeededLaplace
 

@@ -3,13 +3,19 @@
 The fast path may give up on any batch (None: the exact path decides), but
 whatever it accepts the exact path accepts too, with the same rows and the
 same count of dropped attributes. Generated batches are mostly near-valid
-events with one or two faults planted, so both outcomes are exercised.
+events with one or two faults planted, so both outcomes are exercised; they
+run under the default catalog and under a generated one (other names, kinds,
+negative and fractional edges), since both paths share one rule set.
 """
 
 from __future__ import annotations
 
+import random
 import string
+import tomllib
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
+from importlib import resources
 from typing import Any
 
 import pyarrow as pa
@@ -21,47 +27,92 @@ from pydantic import ValidationError
 from node.fastfilter import FastFilter
 from node.privacy import FilteredEvent, PrivacyFilter
 from node.rows import RowLayout
-from protocol.catalog import load_catalog
+from protocol.catalog import Catalog, load_catalog, parse_catalog
 from protocol.countries import ISO_CODES
 from protocol.events import EVENTS_ADAPTER
 
-CATALOG = load_catalog()
 NOW = datetime(2026, 11, 24, 13, 37, 21, 123456, tzinfo=UTC)
 SALT = bytes(range(32))
 SKEW = timedelta(minutes=10)
-PRIVACY = PrivacyFilter(CATALOG, clock_skew=SKEW)
-LAYOUT = RowLayout(CATALOG)
-FAST = FastFilter(PRIVACY, LAYOUT)
 CHECKS = settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 
 
-def exact(items: list[Any], client_country: str | None = "KE") -> tuple[pa.Table, int] | None:
+def generated_catalog(seed: int) -> Catalog:
+    """The default catalog's session metrics over generated apps and attributes of every kind."""
+    rng = random.Random(seed)
+    data = tomllib.loads(resources.files("protocol").joinpath("data/default_catalog.toml").read_text())
+    data["metrics"] = [m for m in data["metrics"] if not any(d.startswith("attr:") for d in m["dimensions"])]
+    word = lambda: "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(2, 9)))  # noqa: E731
+    attributes: dict[str, dict[str, Any]] = {}
+    for i, kind in enumerate(["number", "money", "band", "category", "category", "number", "band"]):
+        spec: dict[str, Any] = {"kind": kind}
+        if kind in ("number", "money"):
+            start = rng.choice([-1000.5, -3, 0, 0.25, 7])
+            steps = sorted({round(rng.uniform(0.1, 500), 2) for _ in range(rng.randint(1, 9))})
+            spec["edges"] = [start] + [start + sum(steps[: j + 1]) for j in range(len(steps))]
+        elif kind == "band":
+            spec["labels"] = sorted({f"{word()}-{j}" for j in range(rng.randint(1, 6))})
+        else:
+            values = sorted({word() for _ in range(rng.randint(1, 8))})
+            spec["values"] = values + (["other"] if i % 2 else [])
+        attributes[f"g{i}_{word()}"] = spec
+    names = list(attributes)
+    apps: dict[str, dict[str, Any]] = {}
+    for i in range(4):
+        actions = ["start", "complete", *sorted({word() for _ in range(rng.randint(0, 4))} - {"start", "complete"})]
+        apps[f"tool-{i}-{word()}"] = {"actions": actions, "attributes": rng.sample(names, rng.randint(0, len(names)))}
+    data["apps"], data["attributes"], data["name"] = apps, attributes, "generated"
+    return parse_catalog(data)
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The exact and the fast path of one catalog."""
+
+    catalog: Catalog
+    privacy: PrivacyFilter
+    layout: RowLayout
+    fast: FastFilter
+
+    @classmethod
+    def of(cls, catalog: Catalog) -> Paths:
+        privacy = PrivacyFilter(catalog, clock_skew=SKEW)
+        layout = RowLayout(catalog)
+        return cls(catalog, privacy, layout, FastFilter(privacy, layout))
+
+
+DEFAULT = Paths.of(load_catalog())
+GENERATED = Paths.of(generated_catalog(7))
+CATALOG, PRIVACY, LAYOUT, FAST = DEFAULT.catalog, DEFAULT.privacy, DEFAULT.layout, DEFAULT.fast
+
+
+def exact(items: list[Any], client_country: str | None = "KE", paths: Paths = DEFAULT) -> tuple[pa.Table, int] | None:
     """What the exact path stores of a batch, or None when it refuses any event."""
     try:
         events = EVENTS_ADAPTER.validate_python(items)
     except ValidationError:
         return None
-    outcomes, dropped = PRIVACY.apply_many(events, now=NOW, salt_for=lambda w: SALT, client_country=client_country)
+    outcomes, dropped = paths.privacy.apply_many(events, now=NOW, salt_for=lambda w: SALT, client_country=client_country)
     kept = [o for o in outcomes if isinstance(o, FilteredEvent)]
     if len(kept) != len(outcomes):
         return None
-    return LAYOUT.table([LAYOUT.block(kept)]), dropped
+    return paths.layout.table([paths.layout.block(kept)]), dropped
 
 
-def fast(items: list[Any], client_country: str | None = "KE") -> tuple[pa.Table, int] | None:
-    result = FAST.run(items, now=NOW, salt_for=lambda w: SALT, client_country=lambda: client_country)
+def fast(items: list[Any], client_country: str | None = "KE", paths: Paths = DEFAULT) -> tuple[pa.Table, int] | None:
+    result = paths.fast.run(items, now=NOW, salt_for=lambda w: SALT, client_country=lambda: client_country)
     if result is None:
         return None
     block, dropped = result
-    return LAYOUT.table([block]), dropped
+    return paths.layout.table([block]), dropped
 
 
-def agree(items: list[Any], client_country: str | None = "KE") -> bool:
+def agree(items: list[Any], client_country: str | None = "KE", paths: Paths = DEFAULT) -> bool:
     """Assert the fast path accepts nothing the exact one refuses, and stores the same; True if it accepted."""
-    got = fast(items, client_country)
+    got = fast(items, client_country, paths)
     if got is None:
         return False
-    want = exact(items, client_country)
+    want = exact(items, client_country, paths)
     assert want is not None, f"fast path accepted a batch the exact path refuses: {items!r}"
     assert got[0].schema.equals(want[0].schema)
     assert got[0].to_pylist() == want[0].to_pylist()
@@ -76,7 +127,14 @@ def mostly(valid: st.SearchStrategy[Any], odd: st.SearchStrategy[Any]) -> st.Sea
     return st.integers(0, 24).flatmap(lambda k: valid if k else odd)
 
 
-ODD = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=140) | st.lists(st.integers(), max_size=2)
+ODD = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats()
+    | st.text(max_size=140)
+    | st.lists(st.integers(), max_size=2)
+)
 
 
 def _value(spec: Any) -> st.SearchStrategy[Any]:
@@ -122,15 +180,17 @@ GEO = mostly(st.sampled_from(ISO_CODES[:8]) | st.sampled_from(["de", "Fr", "ZZ",
 
 
 @st.composite
-def events(draw: st.DrawFn) -> Any:
-    app_name = draw(st.sampled_from(sorted(CATALOG.apps)))
-    app = CATALOG.apps[app_name]
+def events(draw: st.DrawFn, catalog: Catalog) -> Any:
+    app_name = draw(st.sampled_from(sorted(catalog.apps)))
+    app = catalog.apps[app_name]
     attributes: dict[Any, Any] = {}
     for name in draw(st.lists(st.sampled_from(app.attributes), unique=True)) if app.attributes else []:
-        attributes[name] = draw(_value(CATALOG.attributes[name]))
-    extra_names = mostly(st.sampled_from(sorted(CATALOG.attributes)) | st.just("other_thing"), st.sampled_from(["Bad", "a b", "ok\n", "-x"]))
+        attributes[name] = draw(_value(catalog.attributes[name]))
+    extra_names = mostly(
+        st.sampled_from(sorted(catalog.attributes)) | st.just("other_thing"), st.sampled_from(["Bad", "a b", "ok\n", "-x"])
+    )
     for name in draw(st.lists(extra_names, max_size=2)):
-        attributes.setdefault(name, draw(_value(CATALOG.attributes[name]) if name in CATALOG.attributes else ODD))
+        attributes.setdefault(name, draw(_value(catalog.attributes[name]) if name in catalog.attributes else ODD))
     event: dict[str, Any] = {
         "app": draw(mostly(st.just(app_name), st.sampled_from(["nope", app_name.upper()]) | ODD)),
         "action": draw(mostly(st.sampled_from(app.actions), st.just("nope") | ODD)),
@@ -149,10 +209,27 @@ def events(draw: st.DrawFn) -> Any:
     return event
 
 
+@pytest.mark.parametrize("paths", [DEFAULT, GENERATED], ids=["default-catalog", "generated-catalog"])
 @CHECKS
-@given(st.lists(events(), min_size=1, max_size=3), st.sampled_from(["KE", None]))
-def test_generated_batches_agree_with_the_exact_path(items: list[Any], client_country: str | None) -> None:
-    agree(items, client_country)
+@given(data=st.data(), client_country=st.sampled_from(["KE", None]))
+def test_generated_batches_agree_with_the_exact_path(paths: Paths, data: st.DataObject, client_country: str | None) -> None:
+    items = data.draw(st.lists(events(paths.catalog), min_size=1, max_size=3))
+    agree(items, client_country, paths)
+
+
+def test_the_generated_catalog_takes_the_fast_path_too() -> None:
+    """The generated catalog's valid events are accepted by both paths, with every attribute kept."""
+    catalog = GENERATED.catalog
+    batch = []
+    for i, (name, app) in enumerate(sorted(catalog.apps.items())):
+        attributes: dict[str, Any] = {}
+        for attribute in app.attributes:
+            spec = catalog.attributes[attribute]
+            attributes[attribute] = spec.edges[-1] + 1 if spec.edges else (spec.labels or spec.values or ("",))[0]
+        batch.append(dict(app=name, action=app.actions[-1], attributes=attributes,
+                          timestamp="2026-11-24T13:35:00Z", session_id=f"tab-{i:08d}"))
+    assert agree(batch, paths=GENERATED)
+    assert fast(batch, paths=GENERATED)[1] == 0  # type: ignore[index]
 
 
 VALID = {
@@ -167,8 +244,15 @@ VALID = {
 def test_plain_valid_batches_take_the_fast_path() -> None:
     """The common case must be fast: a checker that always gave up would pass everything else here."""
     batch = [dict(VALID, session_id=f"tab-{i:08d}", geo_hint=["DE", "br", None][i % 3]) for i in range(300)]
-    batch += [{"app": "cognitive-debt-assessment", "action": "start", "timestamp": "2026-11-24T13:40:00.5+02:00".replace("13:40", "15:40"),
-               "session_id": "another-session", "attributes": {"debt_level": "high", "undeclared": True}}]
+    batch += [
+        {
+            "app": "cognitive-debt-assessment",
+            "action": "start",
+            "timestamp": "2026-11-24T13:40:00.5+02:00".replace("13:40", "15:40"),
+            "session_id": "another-session",
+            "attributes": {"debt_level": "high", "undeclared": True},
+        }
+    ]
     assert agree(batch)
     rows, dropped = fast(batch)  # type: ignore[misc]
     assert rows.num_rows == 301 and dropped == 1

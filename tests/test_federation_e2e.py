@@ -19,9 +19,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from protocol.envelope import sign_snapshot, verify_envelope
 from protocol.errors import PROBLEM_BASE
 from protocol.keys import SigningKey
-from protocol.wire import sign_snapshot, verify_envelope
 from tests.servers import Process, admin_token
 from tests.snapshots import node_snapshot
 
@@ -69,18 +69,25 @@ def sum_published(envelopes: list[bytes]) -> Counter[tuple[str, str, int]]:
     total: Counter[tuple[str, str, int]] = Counter()
     for data in envelopes:
         for name, cells in verify_envelope(data).snapshot.metrics.items():
-            for i, v in zip(cells.idx, cells.val):
+            for i, v in zip(cells.idx, cells.val, strict=False):
                 total[(name, "cell", i)] += v
-            for i, v in zip(cells.other_idx, cells.other_val):
+            for i, v in zip(cells.other_idx, cells.other_val, strict=False):
                 total[(name, "other", i)] += v
     return total
 
 
 @pytest.mark.slow
 async def test_three_nodes_and_a_hub(tmp_path: Path) -> None:
-    hub = Process(["hub", "serve"], tmp_path / "hub.log", env={
-        "LIBERATION_HUB_DATA_DIR": str(tmp_path / "hub"), "LIBERATION_HUB_PORT": "0", "LIBERATION_HUB_METRICS_PORT": "0", "LIBERATION_HUB_ADMIN_TOKEN": TOKEN,
-    })
+    hub = Process(
+        ["hub", "serve"],
+        tmp_path / "hub.log",
+        env={
+            "LIBERATION_HUB_DATA_DIR": str(tmp_path / "hub"),
+            "LIBERATION_HUB_PORT": "0",
+            "LIBERATION_HUB_METRICS_PORT": "0",
+            "LIBERATION_HUB_ADMIN_TOKEN": TOKEN,
+        },
+    )
     nodes: list[Process] = []
     auth = {"Authorization": f"Bearer {TOKEN}"}
     try:
@@ -89,15 +96,26 @@ async def test_three_nodes_and_a_hub(tmp_path: Path) -> None:
                 data = tmp_path / f"node{i}"
                 liberation("node", "import", "-", "--data-dir", str(data), stdin=history(i, sessions))
                 public = liberation("node", "key", "--data-dir", str(data)).split("public key:")[1].split()[0]
-                async with http.post(hub.url + "/v1/admin/nodes", json={"name": f"community-{i}", "public_key": public}, headers=auth) as resp:
+                async with http.post(
+                    hub.url + "/v1/admin/nodes", json={"name": f"community-{i}", "public_key": public}, headers=auth
+                ) as resp:
                     assert resp.status == 201
             for i in range(3):
-                nodes.append(Process(["node", "serve"], tmp_path / f"node{i}.log", env={
-                    "LIBERATION_NODE_DATA_DIR": str(tmp_path / f"node{i}"), "LIBERATION_NODE_PORT": "0", "LIBERATION_NODE_METRICS_PORT": "0",
-                    "LIBERATION_NODE_PUSH__HUB_URL": hub.url, "LIBERATION_NODE_PUSH__INTERVAL_SECONDS": "0.2",
-                    # No grace: yesterday is closed at start even in the hour after midnight UTC.
-                    "LIBERATION_NODE_EXPORT_GRACE_SECONDS": "0",
-                }))
+                nodes.append(
+                    Process(
+                        ["node", "serve"],
+                        tmp_path / f"node{i}.log",
+                        env={
+                            "LIBERATION_NODE_DATA_DIR": str(tmp_path / f"node{i}"),
+                            "LIBERATION_NODE_PORT": "0",
+                            "LIBERATION_NODE_METRICS_PORT": "0",
+                            "LIBERATION_NODE_PUSH__HUB_URL": hub.url,
+                            "LIBERATION_NODE_PUSH__INTERVAL_SECONDS": "0.2",
+                            # No grace: yesterday is closed at start even in the hour after midnight UTC.
+                            "LIBERATION_NODE_EXPORT_GRACE_SECONDS": "0",
+                        },
+                    )
+                )
 
             async def settled() -> bool:
                 async with http.get(hub.url + "/v1/windows") as resp:
@@ -129,7 +147,9 @@ async def test_three_nodes_and_a_hub(tmp_path: Path) -> None:
                 assert any(c["nodes"] == 3 for parts in merged.values() for c in parts["cells"])
 
             async def post(data: bytes) -> tuple[int, dict[str, object]]:
-                async with http.post(hub.url + "/v1/snapshots", data=data, headers={"Content-Type": "application/msgpack"}) as resp:
+                async with http.post(
+                    hub.url + "/v1/snapshots", data=data, headers={"Content-Type": "application/msgpack"}
+                ) as resp:
                     return resp.status, json.loads(await resp.text())
 
             first = published[days[0]][0]
@@ -152,7 +172,9 @@ async def test_three_nodes_and_a_hub(tmp_path: Path) -> None:
             assert (status, body["type"]) == (403, PROBLEM_BASE + "unknown-key")
             # Revoked.
             revoked = SigningKey.generate()
-            async with http.post(hub.url + "/v1/admin/nodes", json={"name": "leaver", "public_key": revoked.public.b64}, headers=auth) as resp:
+            async with http.post(
+                hub.url + "/v1/admin/nodes", json={"name": "leaver", "public_key": revoked.public.b64}, headers=auth
+            ) as resp:
                 assert resp.status == 201
             async with http.delete(hub.url + "/v1/admin/nodes/leaver", headers=auth) as resp:
                 assert resp.status == 200

@@ -30,16 +30,24 @@ import msgpack
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from node.ingest import JSON_TYPES, MSGPACK_TYPES, _items, decode_body, validate_all, validate_each
+from node.ingest import (
+    JSON_TYPES,
+    MSGPACK_TYPES,
+    _items,
+    decode_body,
+    validate_all,
+    validate_each,
+)
 from node.privacy import FilteredEvent, PrivacyFilter, Rejection
 from protocol.catalog import Catalog, load_catalog, parse_catalog
+from protocol.codec import EnvelopeError, decode_canonical, encode_canonical
 from protocol.countries import COUNTRY_DOMAIN, ISO_CODES
+from protocol.envelope import sign_body, verify_envelope
 from protocol.errors import Problem
 from protocol.events import MAX_ATTRIBUTES, SLUG_PATTERN, Event
 from protocol.keys import SigningKey
 from protocol.snapshot import Snapshot
 from protocol.windows import DAY, WEEK, is_window_start
-from protocol.wire import EnvelopeError, decode_canonical, encode_canonical, sign_body, verify_envelope
 from tests.snapshots import node_snapshot
 
 CATALOG = load_catalog()
@@ -51,6 +59,8 @@ def _with_window(seconds: int) -> Catalog:
     return CATALOG if seconds == CATALOG.window_seconds else parse_catalog(
         {**CATALOG.model_dump(mode="json"), "window": "week" if seconds == WEEK else "day"}
     )
+
+
 EXAMPLES = 300  # per target in `make test`; bench/bench_fuzz.py runs many more
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 
@@ -193,7 +203,9 @@ def events(draw: st.DrawFn) -> Event:
     """Valid Events: declared and undeclared apps, actions and attributes, any values and times."""
     app = draw(st.sampled_from(sorted(CATALOG.apps)) | SLUGS)
     declared = CATALOG.apps.get(app)
-    action = draw(st.sampled_from(sorted(declared.actions)) if declared and draw(st.booleans()) else st.sampled_from(ALL_ACTIONS) | SLUGS)
+    action = draw(
+        st.sampled_from(sorted(declared.actions)) if declared and draw(st.booleans()) else st.sampled_from(ALL_ACTIONS) | SLUGS
+    )
     names = st.sampled_from(ATTRIBUTE_NAMES) | SLUGS
     attributes = draw(st.dictionaries(names, ATTRIBUTE_VALUES, max_size=MAX_ATTRIBUTES))
     return Event.model_validate({
@@ -272,13 +284,19 @@ JSON_VALUES = st.recursive(
     max_leaves=20,
 )
 EVENT_FIELDS = {
-    "app": SLUGS | JSON_VALUES, "action": SLUGS | JSON_VALUES, "attributes": st.dictionaries(SLUGS | TEXT, JSON_VALUES, max_size=6) | JSON_VALUES,
-    "timestamp": TIMESTAMPS.map(datetime.isoformat) | JSON_VALUES, "geo_hint": JSON_VALUES,
-    "session_id": st.text(string.printable[:94], min_size=8, max_size=20) | JSON_VALUES, "extra": JSON_VALUES,
+    "app": SLUGS | JSON_VALUES,
+    "action": SLUGS | JSON_VALUES,
+    "attributes": st.dictionaries(SLUGS | TEXT, JSON_VALUES, max_size=6) | JSON_VALUES,
+    "timestamp": TIMESTAMPS.map(datetime.isoformat) | JSON_VALUES,
+    "geo_hint": JSON_VALUES,
+    "session_id": st.text(string.printable[:94], min_size=8, max_size=20) | JSON_VALUES,
+    "extra": JSON_VALUES,
 }
 EVENT_LIKE = st.fixed_dictionaries({}, optional=EVENT_FIELDS)
 BODY_VALUES = st.one_of(
-    EVENT_LIKE, st.lists(EVENT_LIKE, max_size=5), st.fixed_dictionaries({"events": st.lists(EVENT_LIKE, max_size=5) | JSON_VALUES}),
+    EVENT_LIKE,
+    st.lists(EVENT_LIKE, max_size=5),
+    st.fixed_dictionaries({"events": st.lists(EVENT_LIKE, max_size=5) | JSON_VALUES}),
     JSON_VALUES,
 )
 

@@ -31,9 +31,10 @@ from hypothesis import strategies as st
 
 import federation.intake as intake_module
 from federation.settings import HubSettings
+from protocol.codec import EnvelopeError, decode_canonical, encode_canonical
+from protocol.envelope import sign_body, verify_envelope
 from protocol.errors import PROBLEM_BASE, PROBLEM_CONTENT_TYPE
 from protocol.keys import SigningKey
-from protocol.wire import EnvelopeError, decode_canonical, encode_canonical, sign_body, verify_envelope
 from tests.servers import admin_token, run_hub
 from tests.snapshots import DAY, envelope
 

@@ -14,14 +14,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from federation.merge import snapshot_table
 from federation.settings import HubSettings
-from federation.views import VIEWS
 from protocol.catalog import load_catalog
+from protocol.envelope import verify_envelope
 from protocol.keys import SigningKey
-from protocol.wire import verify_envelope
 from tests.servers import RunningHub, admin_token, run_hub
 from tests.snapshots import DAY, envelope
+from views.merge import snapshot_table
+from views.ranges import VIEWS
 
 TOKEN = admin_token()
 NOW = datetime(2026, 11, 24, 12, tzinfo=UTC).timestamp()
@@ -161,7 +161,7 @@ async def test_hub_of_hubs(hub: RunningHub, tmp_path: Path) -> None:
         child = hub.hub.store.cursor().execute(
             "SELECT metric, kind, idx, value, variance, nodes FROM merged WHERE window_start = ?", [WINDOWS[0]]
         ).fetchall()
-        from federation.merge import CellSum
+        from views.merge import CellSum
 
         # The child publishes every merged cell: the parent holds the same sums and infers presence itself.
         expected = {(m, k, int(i)): CellSum(int(v), float(var), int(n)) for m, k, i, v, var, n in child}

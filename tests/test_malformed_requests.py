@@ -45,7 +45,9 @@ def assert_quiet_log(log: Path) -> list[dict[str, object]]:
 
 
 def tallied(entries: list[dict[str, object]], route: str, status: int) -> int:
-    return sum(int(str(e["count"])) for e in entries if e["message"] == "requests" and e["route"] == route and e["status"] == status)
+    return sum(
+        int(str(e["count"])) for e in entries if e["message"] == "requests" and e["route"] == route and e["status"] == status
+    )
 
 
 async def test_hub_admin_with_a_non_utf8_token_is_401_and_malformed_requests_400(tmp_path: Path) -> None:

@@ -14,7 +14,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from federation.insights import (
+from node.dp import opendp_laplace
+from node.export import build_snapshot
+from protocol.catalog import load_catalog
+from protocol.noise import laplace_parameter, laplace_variance
+from protocol.snapshot import FORMAT, MetricCells, Snapshot
+from tests.seeded_noise import SeededLaplace
+from views.insights import (
     breakdown,
     completion,
     financial,
@@ -28,7 +34,7 @@ from federation.insights import (
     usage,
     weekday,
 )
-from federation.merge import (
+from views.merge import (
     CellKey,
     CellSum,
     Table,
@@ -41,13 +47,7 @@ from federation.merge import (
     snapshot_table,
     to_snapshot,
 )
-from federation.significance import noise_threshold, presence_threshold
-from node.dp import opendp_laplace
-from node.export import build_snapshot
-from protocol.noise import laplace_parameter, laplace_variance
-from protocol.catalog import load_catalog
-from protocol.snapshot import FORMAT, MetricCells, Snapshot
-from tests.seeded_noise import SeededLaplace
+from views.significance import noise_threshold, presence_threshold
 
 CATALOG = load_catalog()
 NODE_A, NODE_B, HUB = "a" * 32, "b" * 32, "c" * 32
@@ -439,7 +439,7 @@ def test_tool_combinations_share_before_and_sankey() -> None:
     assert result["pairs"][ab]["from"] == APPS[0] and result["pairs"][ab]["to"] == APPS[2]
     sankey = result["sankey"]
     assert sankey["labels"] == [*APPS, *APPS]
-    flows = sorted(zip(sankey["sources"], sankey["targets"], sankey["values"]))
+    flows = sorted(zip(sankey["sources"], sankey["targets"], sankey["values"], strict=False))
     assert flows == [(0, 3 + 2, 30), (1, 3 + 0, 50), (2, 3 + 0, 10)]
 
 

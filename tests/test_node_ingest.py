@@ -269,7 +269,8 @@ async def test_operations_endpoints(node: RunningNode) -> None:
             assert "liberation_events_accepted_total 15.0" in text
             assert "liberation_rows 15.0" in text
             assert "liberation_commit_seconds_count" in text
-            assert float(next(l for l in text.splitlines() if l.startswith("liberation_db_memory_bytes ")).split()[1]) > 0
+            memory = next(line for line in text.splitlines() if line.startswith("liberation_db_memory_bytes "))
+            assert float(memory.split()[1]) > 0
         async with session.get(node.url + "/v1/local/summary") as resp:
             summary = await resp.json()
             # Nothing exported yet: today's window is open, and nothing un-noised is ever shown.

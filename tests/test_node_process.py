@@ -64,10 +64,14 @@ async def test_no_ip_or_session_id_anywhere_on_disk_or_in_logs(tmp_path: Path, g
         async with aiohttp.ClientSession() as session:
             for ip in (CANARY_IP4, CANARY_IP6):
                 headers = {"X-Forwarded-For": ip, "User-Agent": "CanaryAgent/1.0"}
-                async with session.post(proc.url + "/v1/events", json=[event(CANARY_SESSION) for _ in range(5)], headers=headers) as resp:
+                async with session.post(
+                    proc.url + "/v1/events", json=[event(CANARY_SESSION) for _ in range(5)], headers=headers
+                ) as resp:
                     assert resp.status == 202
                 plausible = {"n": "pageview", "u": "https://wage.example.org/", "d": "wage.example.org"}
-                async with session.post(proc.url + "/api/event", data=json.dumps(plausible), headers={**headers, "Content-Type": "text/plain"}) as resp:
+                async with session.post(
+                    proc.url + "/api/event", data=json.dumps(plausible), headers={**headers, "Content-Type": "text/plain"}
+                ) as resp:
                     assert resp.status == 202 and "x-plausible-dropped" not in resp.headers
                 # Rejected requests must not leak either: not in the answer, not in the log.
                 bad = event(CANARY_SESSION, app="Not A Slug")

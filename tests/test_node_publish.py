@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from protocol.wire import verify_envelope
+from protocol.envelope import verify_envelope
 from tests.conftest import HubStandIn
 from tests.servers import Process
 

@@ -13,7 +13,7 @@ from aiohttp import web
 from node.outbox import Outbox, backoff
 from node.settings import PushSettings
 from node.store import Store
-from protocol.wire import verify_envelope
+from protocol.envelope import verify_envelope
 from tests.conftest import HubStandIn
 from tests.factories import NOW, W_DAY, ev, store_with
 from tests.test_export import publisher

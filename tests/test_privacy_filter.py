@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import ipaddress
 
 from node.geo import client_ip, parse_ip, parse_networks
 from node.privacy import PrivacyFilter, SessionHasher, session_hash, window_of
@@ -186,7 +185,8 @@ def test_batch_filter_equals_one_by_one(window: str) -> None:
     keys = [f"key-{i}".encode() for i in range(60)]
     batch, dropped = privacy.apply_many(events, now=NOW, salt_for=salt_for, session_keys=keys, client_country="KE")
     one_by_one = [
-        privacy.apply(e, now=NOW, salt_for=salt_for, session_key=k, client_country="KE") for e, k in zip(events, keys)
+        privacy.apply(e, now=NOW, salt_for=salt_for, session_key=k, client_country="KE")
+        for e, k in zip(events, keys, strict=False)
     ]
     assert batch == [r.event if r.event is not None else r.rejection for r in one_by_one]
     assert dropped == sum(r.dropped_attributes for r in one_by_one if r.event is not None)

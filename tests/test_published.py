@@ -29,9 +29,9 @@ from node.app import close_node, open_node
 from node.export import AdoptionRefused, PublishedCopyMissing
 from node.importer import import_lines
 from node.published import Publication, PublishedLog, PublishedLogDamaged
-from node.store import session_tables
+from node.schema import session_tables
+from protocol.envelope import sign_snapshot, verify_envelope
 from protocol.keys import PublicKey, SigningKey
-from protocol.wire import sign_snapshot, verify_envelope
 from tests.factories import W_DAY, ev, store_with
 from tests.servers import Process, admin_token, node_settings, run_hub, run_node
 from tests.test_export import CATALOG, busy_window, publisher
@@ -276,8 +276,10 @@ def test_lost_copies_keep_their_numbers_budget_and_are_adopted_only_as_recorded(
     (tmp_path / "keys" / "published.log").unlink()
     pub = publisher(store, tmp_path, clock=lambda: datetime.fromtimestamp(W_DAY + 3 * DAY, UTC))
     assert pub.record.get(W_DAY) is None and W_DAY in pub.windows.due()
-    stranger = sign_snapshot(verify_envelope(first).snapshot.model_copy(update={"node": SigningKey.from_seed(b"s" * 32).public.key_id}),
-                             SigningKey.from_seed(b"s" * 32))
+    stranger = sign_snapshot(
+        verify_envelope(first).snapshot.model_copy(update={"node": SigningKey.from_seed(b"s" * 32).public.key_id}),
+        SigningKey.from_seed(b"s" * 32),
+    )
     with pytest.raises(AdoptionRefused, match="not signed by its key"):
         pub.adopt(stranger)
     assert pub.adopt(first) == W_DAY and pub.stored(W_DAY) == first

@@ -13,13 +13,13 @@ import aiohttp
 import pytest
 
 from federation.settings import HubSettings
-from federation.significance import presence_threshold
 from protocol.catalog import load_catalog
 from protocol.countries import COUNTRY_DOMAIN, UNKNOWN_COUNTRY
 from protocol.keys import SigningKey
 from protocol.regions import M49_REGIONS, REGION_NAMES, REGION_OF, region_of
 from tests.servers import admin_token, run_hub
 from tests.snapshots import DAY, envelope
+from views.significance import presence_threshold
 
 CATALOG = load_catalog()
 GEO = CATALOG.metric("geo_sessions")

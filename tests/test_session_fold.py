@@ -4,20 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import duckdb
-
 from node.aggregate import true_tables
-from node.store import (
-    MIGRATIONS,
-    Store,
-    fold_steps,
-    session_folding_table,
-    session_log_table,
-    session_table,
-    session_tables,
-)
+from node.schema import session_folding_table, session_log_table, session_table, session_tables
+from node.sessionfold import fold_steps
+from node.store import Store
 from protocol.catalog import load_catalog
-from protocol.storage import Database
 from tests.factories import W_DAY as W
 from tests.factories import ev, filtered
 
@@ -107,41 +98,19 @@ def test_export_drops_every_session_table_of_its_window(tmp_path: Path) -> None:
     assert session_tables(store.cursor()) == []
 
 
-def test_a_store_with_keyed_session_state_loses_the_key_and_keeps_every_row(tmp_path: Path) -> None:
-    path = tmp_path / "node.duckdb"
-    old = Database(duckdb.connect(str(path)), MIGRATIONS[:2], memory_limit="256MB")  # schema 2: state had a primary key
-    old.cursor().execute(
-        f"CREATE TABLE {session_table(W)} (session BIGINT NOT NULL, app VARCHAR NOT NULL, first_seq BIGINT NOT NULL, "
-        "first_minute SMALLINT NOT NULL, last_minute SMALLINT NOT NULL, PRIMARY KEY (session, app))"
-    )
-    old.cursor().execute(f"INSERT INTO {session_table(W)} VALUES (7, 'runway-calculator', 1, 3, 9), (8, 'x', 2, 0, 0)")
-    old.close()
-    store = Store(path, CATALOG)
-    try:
-        assert state(store) == [(7, "runway-calculator", 1, 3, 9), (8, "x", 2, 0, 0)]
-        keys = store.cursor().execute(
-            "SELECT count(*) FROM duckdb_constraints() WHERE table_name = ? AND constraint_type = 'PRIMARY KEY'",
-            [session_table(W)],
-        ).fetchall()[0][0]
-        assert keys == 0
-        assert store.schema_version == len(MIGRATIONS)
-    finally:
-        store.close()
-
-
 def test_a_paced_fold_runs_duckdb_on_one_thread_and_gives_the_others_back(tmp_path: Path) -> None:
     store = Store(tmp_path / "node.duckdb", CATALOG)
     store.commit_events(filtered(CATALOG, visits(range(30))))
     threads = store.cursor().execute("SELECT current_setting('threads')").fetchall()[0][0]
     seen: list[int] = []
-    original = store._fold_window
+    original = store.sessions._fold_window
 
     def watched(window: int, **kwargs: object) -> int:
         seen.append(store.cursor().execute("SELECT current_setting('threads')").fetchall()[0][0])
         return original(window, **kwargs)  # type: ignore[arg-type]
 
-    store._fold_window = watched  # type: ignore[method-assign]
-    assert store.fold_sessions(pace=True, step_rows=16) == 90
+    store.sessions._fold_window = watched  # type: ignore[method-assign]
+    assert store.fold_sessions(rest=lambda elapsed: None, step_rows=16) == 90
     assert seen == [1]
     assert store.cursor().execute("SELECT current_setting('threads')").fetchall()[0][0] == threads
     store.commit_events(filtered(CATALOG, visits(range(30, 40))))

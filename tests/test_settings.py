@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from federation.settings import HubSettings, load_hub_settings
 from node.settings import NodeSettings, load_node_settings
-from protocol.config import ConfigError
+from runtime.config import ConfigError
 
 DEPLOY = Path(__file__).parent.parent / "deploy"
 

@@ -12,9 +12,10 @@ import duckdb
 
 from node.dimensions import dimension_domains, enum_values, fit_dimensions
 from node.privacy import FilteredEvent
-from node.store import MIGRATIONS, Store
+from node.schema import MIGRATIONS
+from node.store import Store
 from protocol.catalog import Catalog, load_catalog, parse_catalog
-from protocol.storage import Database
+from runtime.storage import Database
 
 WINDOW = datetime(2026, 11, 23, tzinfo=UTC)
 W = int(WINDOW.timestamp())
@@ -91,7 +92,7 @@ def test_rows_staged_under_an_older_catalog_move_after_their_column_widens(tmp_p
         store.cursor().execute(f'ALTER TABLE events ALTER COLUMN "{column}" TYPE VARCHAR')
     event = FilteredEvent(WINDOW, WINDOW, 4, 99, "runway-calculator", "start", "DE", {"industry": "retail"})
     store.stage_rows([store.layout.table([store.layout.block([event])])])
-    for stage in store._stages:  # killed with the row staged
+    for stage in store.staging._stages:  # killed with the row staged
         stage.close()
     Database.close(store)
     # It restarts upgraded, with a catalog that dropped the staged value: the new ENUM has to take it.

@@ -19,10 +19,14 @@ def test_trim_cache_drops_cached_blocks_and_keeps_every_row(tmp_path: Path) -> N
         # Drains of more than a row group, as the node's are (smaller ones wait in the WAL,
         # their blocks pinned, until a checkpoint).
         for batch in range(15):
-            store.commit_events([
-                FilteredEvent(WINDOW, WINDOW.replace(hour=batch % 24), batch, (batch * 20_000 + i) % 7_000, *APPS[i % 3], "DE", {})
-                for i in range(20_000)
-            ])
+            store.commit_events(
+                [
+                    FilteredEvent(
+                        WINDOW, WINDOW.replace(hour=batch % 24), batch, (batch * 20_000 + i) % 7_000, *APPS[i % 3], "DE", {}
+                    )
+                    for i in range(20_000)
+                ]
+            )
         limit = store.cursor().execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
         cached = dict(store.cursor().execute("SELECT tag, memory_usage_bytes FROM duckdb_memory()").fetchall())
         assert cached.get("BASE_TABLE", 0) > 4 * 2**20, cached  # DuckDB kept blocks it wrote

@@ -11,12 +11,12 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from node import stagelog
-from node import store as node_store
+from node import pacing, stagelog
 from node.privacy import FilteredEvent
-from node.store import ROW_GROUP_ROWS, Store, session_log_table, stage_path
+from node.schema import ROW_GROUP_ROWS, session_log_table, stage_path
+from node.store import Store
 from protocol.catalog import load_catalog
-from protocol.storage import Database
+from runtime.storage import Database
 
 WINDOW = datetime(2026, 11, 23, tzinfo=UTC)
 W = int(WINDOW.timestamp())
@@ -30,7 +30,7 @@ def staged(store: Store, sessions: range) -> None:
 
 def crash(store: Store) -> None:
     """Close the store's files as a killed process would leave them: no drain on the way out."""
-    for stage in store._stages:
+    for stage in store.staging._stages:
         stage.close()
     Database.close(store)
 
@@ -51,7 +51,7 @@ def test_staged_rows_reach_events_and_the_session_log_on_drain(tmp_path: Path) -
         log = store.cursor().execute(f"SELECT count(*) FROM {session_log_table(W)}").fetchall()
         assert log == [(8,)]
         assert store.staged_rows == 0 and store.drain() == 0
-        for stage in store._stages:  # drained stages are emptied
+        for stage in store.staging._stages:  # drained stages are emptied
             assert stage.records() == []
     finally:
         store.close()
@@ -62,7 +62,7 @@ def test_a_crash_between_the_move_and_clearing_the_stage_moves_nothing_twice(tmp
     path = tmp_path / "node.duckdb"
     store = Store(path, load_catalog())
     staged(store, range(0, 50))
-    store._move([0, 1])  # the move committed ...
+    store.staging._move([0, 1])  # the move committed ...
     assert store.row_count() == 50  # each row counted once, moved and not yet cleared
     crash(store)  # ... and the process died before the stage was cleared
     reopened = Store(path, load_catalog())
@@ -194,7 +194,7 @@ def test_a_stage_file_holds_exactly_its_acked_records_in_memory(tmp_path: Path, 
     try:
         for start in range(0, 600, 2):  # more appends than are kept apart before merging
             staged(store, range(start, start + 2))
-        stage = store._stages[store._active]
+        stage = store.staging._stages[store.staging._active]
         held = stage.held()
         assert held is not None
         from_file = pa.Table.from_batches([batch for _, batch in stage.records()])
@@ -206,7 +206,7 @@ def test_a_stage_file_holds_exactly_its_acked_records_in_memory(tmp_path: Path, 
         # Past the memory bound a stage stops holding its rows, and a drain reads the file.
         monkeypatch.setattr(stagelog, "HELD_BYTES", 1)
         staged(store, range(600, 610))
-        assert store._stages[store._active].held() is None
+        assert store.staging._stages[store.staging._active].held() is None
         assert store.drain() == 10
         assert [s for _, s in stored(store)] == list(range(610))
         monkeypatch.undo()
@@ -223,34 +223,61 @@ def test_a_stage_file_holds_exactly_its_acked_records_in_memory(tmp_path: Path, 
         reopened.close()
 
 
-def test_a_paced_drain_rests_between_row_groups_only_while_it_is_ahead_of_the_writer(
+def test_a_paced_drain_rests_between_slices_outside_its_transactions_only_while_ahead(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Background drains leave the cores to requests between slices, unless the stages are filling faster than they move."""
+    """Background drains leave the cores to requests between slices, never holding the write lock (and so a
+    transaction) while they rest, unless the stages fill faster than they move."""
     store = Store(tmp_path / "node.duckdb", load_catalog())
     rests: list[float] = []
-    monkeypatch.setattr(node_store.time, "sleep", rests.append)
+
+    def sleep(seconds: float) -> None:
+        assert not store._lock.locked(), "rested inside a transaction"
+        rests.append(seconds)
+
+    monkeypatch.setattr(pacing.time, "sleep", sleep)
+    behind: list[bool] = []
+    paced = pacing.Pacing(urgent=lambda: bool(behind))
     try:
         rows = 3 * ROW_GROUP_ROWS + 10  # four slices
         staged(store, range(rows))
         assert store.drain() == rows and rests == []  # not paced: the caller waits on it
         staged(store, range(rows, 2 * rows))
-        assert store.drain(pace_below=rows) == rows
+        assert store.drain(rest=paced) == rows
         assert len(rests) == 3 and all(r > 0 for r in rests)  # after every slice but the last
         # Behind: the writer staged a drain's worth again while this drain's rows wait to move.
         rests.clear()
+        behind.append(True)
         staged(store, range(2 * rows, 3 * rows))
-        full = store._active
-        store._active = 1 - full  # the swap `drain` does, then the writer refills the other stage
-        staged(store, range(3 * rows, 4 * rows))
-        with store._drain_lock:
-            assert store._move([full], pace_below=rows) == rows
-        store._clear(full)
+        assert store.drain(rest=paced) == rows
         assert rests == []
-        assert store.drain() == rows
-        assert [seq for seq, _ in stored(store)] == list(range(1, 4 * rows + 1))
+        assert [seq for seq, _ in stored(store)] == list(range(1, 3 * rows + 1))
     finally:
         store.close()
+
+
+def test_a_crash_mid_drain_keeps_the_slices_it_committed_and_moves_the_rest_once(tmp_path: Path) -> None:
+    """Each slice commits with the raised mark: a drain killed between slices loses and doubles nothing."""
+    path = tmp_path / "node.duckdb"
+    store = Store(path, load_catalog())
+    rows = 2 * ROW_GROUP_ROWS + 5
+
+    class Killed(Exception):
+        pass
+
+    def die(elapsed: float) -> None:
+        raise Killed
+
+    staged(store, range(rows))
+    with pytest.raises(Killed):
+        store.drain(rest=die)  # dies after the first slice committed
+    assert len(stored(store)) == ROW_GROUP_ROWS
+    crash(store)
+    reopened = Store(path, load_catalog())
+    try:
+        assert [seq for seq, _ in stored(reopened)] == list(range(1, rows + 1))
+    finally:
+        reopened.close()
 
 
 def test_held_rows_stay_in_order_when_small_and_big_appends_mix(tmp_path: Path) -> None:
@@ -262,7 +289,7 @@ def test_held_rows_stay_in_order_when_small_and_big_appends_mix(tmp_path: Path) 
         for size in sizes:
             staged(store, range(start, start + size))
             start += size
-        stage = store._stages[store._active]
+        stage = store.staging._stages[store.staging._active]
         held = stage.held()
         assert held is not None
         assert held.equals(pa.Table.from_batches([batch for _, batch in stage.records()]))

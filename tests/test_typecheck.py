@@ -1,4 +1,4 @@
-"""`mypy --strict` holds on every package (pyproject's [tool.mypy]: protocol, runtime, node, federation, liberation)."""
+"""`mypy --strict` holds on every package (pyproject's [tool.mypy]: protocol, runtime, views, node, federation, liberation)."""
 
 from __future__ import annotations
 

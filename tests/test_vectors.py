@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
+from protocol.codec import EnvelopeError, encode_canonical
+from protocol.envelope import SIGNING_PREFIX, verify_envelope
 from protocol.keys import PublicKey, SigningKey
 from protocol.snapshot import Snapshot
-from protocol.wire import SIGNING_PREFIX, EnvelopeError, encode_canonical, verify_envelope
 from tests.vectors import make_vectors
 
 VECTOR_DIR = Path(__file__).parent / "vectors"

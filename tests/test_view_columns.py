@@ -13,17 +13,23 @@ import pyarrow as pa  # type: ignore[import-untyped]
 import pytest
 
 from federation.app import open_hub
-from federation.columns import Cells, Layout, sum_windows
-from federation.columns import apply_presence as apply_presence_cells
-from federation.insights import (
+from federation.settings import HubSettings
+from federation.store import HubStore
+from protocol.catalog import STAGES, Catalog, load_catalog
+from protocol.keys import SigningKey
+from tests.servers import admin_token
+from tests.snapshots import DAY, envelope
+from views.columns import Cells, Layout, sum_windows
+from views.columns import apply_presence as apply_presence_cells
+from views.insights import (
     STARTED,
     _geo_metric,
-    _significance,
     _get,
     _grid_cells,
     _growth,
     _metric,
     _num,
+    _significance,
     breakdown,
     completion,
     financial,
@@ -35,14 +41,16 @@ from federation.insights import (
     usage,
     weekday,
 )
-from federation.merge import CellKey, CellSum, ReadTable, Table, apply_presence, combine_windows, fold_sums
-from federation.settings import HubSettings
-from federation.store import HubStore
-from federation.views import VIEWS, StoreRanges, ViewService
-from protocol.catalog import STAGES, Catalog, load_catalog
-from protocol.keys import SigningKey
-from tests.servers import admin_token
-from tests.snapshots import DAY, envelope
+from views.merge import (
+    CellKey,
+    CellSum,
+    ReadTable,
+    Table,
+    apply_presence,
+    combine_windows,
+    fold_sums,
+)
+from views.ranges import VIEWS, StoreRanges, ViewService
 
 CATALOG = load_catalog()
 LAYOUT = Layout.from_catalog(CATALOG)
@@ -126,7 +134,11 @@ def reference_view(store: HubStore, name: str, start: int, end: int) -> Any:
         "SELECT window_start, metric, kind, idx, value, variance, nodes FROM merged WHERE window_start >= ? AND window_start < ?",
         [start, end],
     ).fetchall()
-    counts = dict(con.execute("SELECT window_start, nodes FROM windows WHERE window_start >= ? AND window_start < ?", [start, end]).fetchall())
+    counts = dict(
+        con.execute(
+            "SELECT window_start, nodes FROM windows WHERE window_start >= ? AND window_start < ?", [start, end]
+        ).fetchall()
+    )
     rows.sort(key=lambda r: (r[0], LAYOUT.position[(r[1], r[2], r[3])]))
     tables: dict[int, Table] = {w: {} for w in sorted(counts)}
     for w, metric, kind, idx, value, variance, nodes in rows:

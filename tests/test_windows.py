@@ -1,4 +1,4 @@
-"""Windows: ISO-week and day alignment (protocol/windows.py), and the lifecycle (node/windows.py): closing, expiry, salts, length."""
+"""Windows: ISO-week and day alignment (protocol/windows.py); the lifecycle (node/windows.py): closing, expiry, salts."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import pytest
 from pydantic import ValidationError
 
 from node.app import close_node, open_node
-from node.store import session_tables
+from node.schema import session_tables
 from node.windows import WindowClosed, WindowLengthChanged
+from protocol.envelope import verify_envelope
 from protocol.errors import BadRequest
 from protocol.events import Event
 from protocol.windows import DAY, WEEK, is_window_start, parse_window, window_start
-from protocol.wire import verify_envelope
 from tests.factories import weekly_catalog
 from tests.servers import node_settings, run_node
 
@@ -70,7 +70,9 @@ def test_a_refused_window_does_not_stop_later_ones_and_expiry_removes_state(tmp_
     try:
         for day in range(3):
             clock.now = MIDNIGHT - timedelta(days=3 - day, hours=-10)
-            result = node.ingestor.privacy.apply(live_event(clock, f"window-session-{day}"), now=clock.now, salt_for=node.windows.salt_for)
+            result = node.ingestor.privacy.apply(
+                live_event(clock, f"window-session-{day}"), now=clock.now, salt_for=node.windows.salt_for
+            )
             assert result.event is not None
             node.windows.commit([node.ingestor.layout.block([result.event])])
         first = int((MIDNIGHT - timedelta(days=3)).timestamp())

@@ -12,9 +12,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from protocol.codec import encode_canonical
+from protocol.envelope import ENVELOPE_VERSION, SIGNING_PREFIX
 from protocol.keys import SigningKey
 from protocol.snapshot import FORMAT, INT64_MAX, INT64_MIN, MetricCells, Snapshot
-from protocol.wire import ENVELOPE_VERSION, SIGNING_PREFIX, encode_canonical
 
 HERE = Path(__file__).parent
 SEED = bytes(range(32))

@@ -1,6 +1,6 @@
 """The dashboard's static assets: `GET /` (index.html) and `GET /static/{path}`, under a strict CSP.
 
-The dashboard is plain HTML, CSS and ES modules from `federation/static/`
+The dashboard is plain HTML, CSS and ES modules from `views/static/`
 (no build step); it reads the views API of the same origin, so the hub and a
 community node can both serve it. Responses never set cookies, carry a
 Content-Security-Policy that allows nothing but this origin (no inline
@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 
 from aiohttp import web
 
-from protocol.errors import NotFound
+from protocol.errors import NotFound, ProblemType
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -59,14 +59,14 @@ ASSET_CACHE = "public, max-age=3600"
 def _resolve(static_dir: Path, relative: str) -> Path:
     """The file `relative` names inside `static_dir`, or NotFound for anything else."""
     if not relative or "\\" in relative or "\x00" in relative:
-        raise NotFound("no such file", slug="not-found")
+        raise NotFound("no such file", slug=ProblemType.NOT_FOUND)
     parts = PurePosixPath(relative).parts
     if not parts or any(p in ("", ".", "..") or p.startswith(".") for p in parts) or parts[0] == "/":
-        raise NotFound("no such file", slug="not-found")
+        raise NotFound("no such file", slug=ProblemType.NOT_FOUND)
     root = static_dir.resolve()
     path = root.joinpath(*parts).resolve()
     if not path.is_relative_to(root) or path.suffix.lower() not in CONTENT_TYPES or not path.is_file():
-        raise NotFound("no such file", slug="not-found")
+        raise NotFound("no such file", slug=ProblemType.NOT_FOUND)
     return path
 
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from node.groupqueue import GroupQueue
+from runtime.groupcommit import GroupQueue
 
 
 async def test_submissions_gather_into_groups_cut_at_max_rows_in_arrival_order() -> None:

@@ -9,7 +9,7 @@
 
 Every number carries its noise sd and the number of nodes behind it. Over
 the range, a cell is shown as present only when its sum clears a
-false-discovery bound over every snapshot in it (federation/significance.py);
+false-discovery bound over every snapshot in it (views/significance.py);
 the rest folds into `other`, so totals stay unbiased. Responses are
 cached per (view, range, data version): intake bumps the version.
 """
@@ -27,14 +27,18 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, Protocol
 
 import numpy as np
 from aiohttp import web
 
-from federation.insights import (
+from protocol.catalog import Catalog
+from protocol.errors import BadRequest, NotFound, ProblemType
+from protocol.windows import DAY, window_start
+from views.columns import Cells, Layout, apply_presence, sum_windows
+from views.insights import (
     GEO_METRICS,
     PEAK_METRICS,
     breakdown,
@@ -49,13 +53,8 @@ from federation.insights import (
     usage,
     weekday,
 )
-from federation.columns import Cells, Layout, sum_windows
-from federation.columns import apply_presence
-from federation.merge import ReadTable, Table
-from federation.significance import presence_threshold
-from protocol.catalog import Catalog
-from protocol.errors import BadRequest, NotFound
-from protocol.windows import DAY, window_start
+from views.merge import ReadTable, Table
+from views.significance import presence_threshold
 
 DEFAULT_RANGE_DAYS = 30
 MAX_RANGE_DAYS = 366
@@ -89,7 +88,9 @@ class RangeData:
     nodes: int  # most node snapshots merged into one window of the range
 
     @classmethod
-    def from_tables(cls, catalog: Catalog, layout: Layout, start: int, end: int, tables: Mapping[int, ReadTable], nodes: int) -> RangeData:
+    def from_tables(
+        cls, catalog: Catalog, layout: Layout, start: int, end: int, tables: Mapping[int, ReadTable], nodes: int
+    ) -> RangeData:
         """A range from dict tables per window (a node's own snapshots)."""
         return cls(catalog, layout, start, end,
                    {w: WindowCells(layout, catalog, Cells.from_table(layout, tables[w])) for w in sorted(tables)}, nodes)
@@ -290,7 +291,7 @@ class ViewService:
             return next(iter(self._catalogs.values()))
         catalog = self._catalogs.get(hash_)
         if catalog is None:
-            raise NotFound("no data for that catalog here", slug="unknown-catalog")
+            raise NotFound("no data for that catalog here", slug=ProblemType.UNKNOWN_CATALOG)
         return catalog
 
     def date_range(self, catalog: Catalog, query: Mapping[str, str]) -> tuple[int, int]:
@@ -306,9 +307,9 @@ class ViewService:
             try:
                 day = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
             except ValueError:
-                raise BadRequest(f"`{name}` must be a date like 2026-11-23", slug="invalid-query") from None
+                raise BadRequest(f"`{name}` must be a date like 2026-11-23", slug=ProblemType.INVALID_QUERY) from None
             if day.year < 1970:
-                raise BadRequest(f"`{name}` must be 1970-01-01 or later: windows are unix times", slug="invalid-query")
+                raise BadRequest(f"`{name}` must be 1970-01-01 or later: windows are unix times", slug=ProblemType.INVALID_QUERY)
             return int(day.timestamp())
 
         length = catalog.window_seconds
@@ -319,9 +320,9 @@ class ViewService:
         if start is None:
             start = max(0, last - (DEFAULT_RANGE_DAYS - 1) * DAY)
         if start > last:
-            raise BadRequest("`from` is after `to`", slug="invalid-query")
+            raise BadRequest("`from` is after `to`", slug=ProblemType.INVALID_QUERY)
         if last - start > MAX_RANGE_DAYS * DAY:
-            raise BadRequest(f"a range spans at most {MAX_RANGE_DAYS} days", slug="invalid-query")
+            raise BadRequest(f"a range spans at most {MAX_RANGE_DAYS} days", slug=ProblemType.INVALID_QUERY)
         return max(0, window_start(start, length)), window_start(last, length) + length
 
     def render(self, name: str, catalog: Catalog, start: int, end: int, fmt: str) -> tuple[bytes, str]:
@@ -368,7 +369,7 @@ def flatten(data: Any, path: tuple[str, ...] = ()) -> list[tuple[str, Any, Any, 
             if key == "labels":
                 continue
             if labels is not None and isinstance(value, list) and len(value) == len(labels):
-                for label, item in zip(labels, value):
+                for label, item in zip(labels, value, strict=False):
                     rows += flatten(item, path + (str(key), str(label)))
             else:
                 rows += flatten(value, path + (str(key),))
@@ -401,7 +402,7 @@ def wants_csv(request: web.Request) -> bool:
     fmt = request.query.get("format")
     if fmt is not None:
         if fmt not in {"json", "csv"}:
-            raise BadRequest("`format` is json or csv", slug="invalid-query")
+            raise BadRequest("`format` is json or csv", slug=ProblemType.INVALID_QUERY)
         return fmt == "csv"
     return "text/csv" in request.headers.get("Accept", "")
 
@@ -413,7 +414,7 @@ async def view_handler(request: web.Request, service: ViewService) -> web.Stream
     """`GET /v1/views/{name}`."""
     name = request.match_info["name"]
     if name not in VIEWS:
-        raise NotFound("no such view; see /v1/views", slug="unknown-view")
+        raise NotFound("no such view; see /v1/views", slug=ProblemType.UNKNOWN_VIEW)
     catalog = service.catalog(request.query.get("catalog"))
     start, end = await asyncio.to_thread(service.date_range, catalog, request.query)
     fmt = "csv" if wants_csv(request) else "json"
@@ -481,7 +482,10 @@ def windows_document(store: Any, catalog: Catalog) -> dict[str, Any]:
     ).fetchall()
     return {
         "catalog": catalog.hash,
-        "windows": [{"window_start": _day(int(w)) if int(w) % DAY == 0 else int(w), "start": int(w), "end": int(e), "nodes": int(n)} for w, e, n in rows],
+        "windows": [
+            {"window_start": _day(int(w)) if int(w) % DAY == 0 else int(w), "start": int(w), "end": int(e), "nodes": int(n)}
+            for w, e, n in rows
+        ],
     }
 
 
@@ -491,7 +495,7 @@ def merged_document(store: Any, catalog: Catalog, window: int) -> dict[str, Any]
         [catalog.hash, window],
     ).fetchall()
     if not rows:
-        raise NotFound("no merged data for that window", slug="no-window")
+        raise NotFound("no merged data for that window", slug=ProblemType.NO_WINDOW)
     metrics: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for metric, kind, idx, value, variance, nodes in rows:
         entry: dict[str, Any] = {"index": int(idx), "value": int(value), "sd": math.sqrt(float(variance)), "nodes": int(nodes)}

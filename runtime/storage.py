@@ -1,18 +1,16 @@
-"""What node and hub stores share: numbered migrations, one writer at a time, reader cursors, private file modes.
+"""What node and hub stores share: numbered migrations, one writer at a time, reader cursors.
 
-Typed against a small `Connection` protocol rather than duckdb itself, so
-`protocol` stays free of the database (node and hub hand in DuckDB).
+Typed against a small `Connection` protocol rather than duckdb itself (node and hub hand in DuckDB).
 """
 
 from __future__ import annotations
 
-import os
-import secrets
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Protocol
+
+from protocol.errors import LiberationError
 
 
 class Connection(Protocol):
@@ -28,65 +26,8 @@ class Connection(Protocol):
 Migration = Callable[[Any], None]
 
 
-PRIVATE_DIR_MODE = 0o700
-PRIVATE_FILE_MODE = 0o600
-"""Modes of everything in a data dir: raw rows, session state and secrets are for the service's user only."""
-
-
-def make_private_dir(path: os.PathLike[str] | str) -> None:
-    """Create `path` and its missing parents with mode 0700, whatever the umask; existing directories keep theirs."""
-    missing: list[Path] = []
-    current = Path(path)
-    while not current.exists() and current.parent != current:
-        missing.append(current)
-        current = current.parent
-    for directory in reversed(missing):
-        try:
-            os.mkdir(directory, PRIVATE_DIR_MODE)
-        except FileExistsError:
-            continue  # created meanwhile: mkdir(exist_ok) semantics, its creator chose the mode
-        os.chmod(directory, PRIVATE_DIR_MODE)  # exactly 0700: a umask such as 0o022 is not ours to trust
-
-
-def make_private_files(*paths: os.PathLike[str] | str) -> None:
-    """chmod 0600 the files that exist among `paths`: for files a library (DuckDB) created with the umask's mode."""
-    for path in paths:
-        try:
-            os.chmod(path, PRIVATE_FILE_MODE)
-        except FileNotFoundError:
-            pass
-
-
-def write_file_then(path: Path, data: bytes, mode: int, publish: Callable[[Path, Path], None]) -> None:
-    """Write `data` to a fresh temporary file of `mode` beside `path`, synced, then `publish(tmp, path)`.
-
-    `os.replace` for a file replaced whole, `os.link` for one that must not exist yet.
-    """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(tmp, flags, mode)
-    try:
-        try:
-            os.fchmod(fd, mode)  # exactly `mode`, whatever the umask took away
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        publish(tmp, path)
-    finally:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-
-
-def fsync_directory(path: os.PathLike[str] | str) -> None:
-    """Make a directory's entries durable: a file created, renamed or removed there survives a crash."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+class StoreVersionError(LiberationError):
+    """A store made by a version of the software this one cannot read."""
 
 
 class Database:
@@ -95,7 +36,7 @@ class Database:
     def __init__(
         self, con: Connection, migrations: Sequence[Migration], *, memory_limit: str, catalog: str | None = None
     ) -> None:
-        """`catalog`: the attached database the stores' tables live in, if `con` was opened on another (`USE`d by every cursor)."""
+        """`catalog`: the attached database holding the tables, if `con` was opened on another (`USE`d by every cursor)."""
         self._con = con
         self._catalog = catalog
         self._lock = threading.Lock()
@@ -105,6 +46,11 @@ class Database:
         con.execute("SET memory_limit = ?", [memory_limit])
         con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         current = con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchall()[0][0]
+        if current > len(migrations):
+            raise StoreVersionError(
+                f"this store has schema version {current}, and this version of the software knows {len(migrations)}: "
+                "it was made by a newer (or a pre-release) version"
+            )
         for version, migration in enumerate(migrations, start=1):
             if version > current:
                 with self.transaction() as tx:

@@ -1,7 +1,9 @@
-"""Group commit's queue: concurrent submissions gathered into groups, each submitter told its group's outcome.
+"""Group commit, for node and hub alike: concurrent submissions gathered into groups, each told its outcome.
 
-The writer takes whatever requests arrived while its last commit was out
-and handles them as one group. Every single-event request passes through here,
+A writer (the node's event writer, the hub's snapshot intake) takes whatever
+arrived while its last commit was out and commits it as one group. A commit
+that fails settles its group with `StorageUnavailable`, which both services
+answer the same way (`storage_unavailable`: 503, nothing acked, retry). Every single-event request passes through here,
 so it is lean: a submission appends to the newest group and gets a future
 of its own (a shared one would be cancelled with any one waiter), and
 settling a group resolves those futures in one loop. With an `asyncio.Queue`
@@ -13,10 +15,26 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
+from protocol.errors import ProblemType, ServiceUnavailable
+
 T = TypeVar("T")
+
+STORAGE_RETRY_AFTER = 5
+"""Seconds a client is told to wait after a failed commit."""
+
+
+class StorageUnavailable(Exception):
+    """A group's commit failed (disk full, I/O error): nothing of it was stored."""
+
+
+def storage_unavailable() -> ServiceUnavailable:
+    """The answer to a submission whose group failed to commit: 503, retry."""
+    return ServiceUnavailable(
+        "storage is unavailable; retry later", retry_after=STORAGE_RETRY_AFTER, slug=ProblemType.STORAGE_UNAVAILABLE
+    )
 
 
 class Group(Generic[T]):
@@ -55,6 +73,10 @@ class GroupQueue(Generic[T]):
         self._idle.clear()
         return waiter
 
+    def __len__(self) -> int:
+        """Items queued and not taken yet."""
+        return sum(len(group.items) for group in self._groups)
+
     async def take(self) -> Group[T]:
         """The oldest group, once there is one; the caller must `settle` it."""
         while not self._groups:
@@ -69,18 +91,21 @@ class GroupQueue(Generic[T]):
         result: Any = None,
         error: BaseException | None = None,
         refused: Mapping[int, BaseException] | None = None,
+        results: Sequence[Any] | None = None,
     ) -> None:
         """Tell every waiter of `group` its outcome (a waiter cancelled meanwhile hears nothing).
 
-        `refused`: items (by index in the group) that get their own exception instead.
+        `error`: the whole group failed. `refused`: items (by index in the
+        group) that get their own exception instead of `result`; `results`:
+        one result per item instead of one for all.
         """
         for index, waiter in enumerate(group.waiters):
             if not waiter.done():
                 own = error if refused is None or error is not None else refused.get(index)
-                if own is None:
-                    waiter.set_result(result)
-                else:
+                if own is not None:
                     waiter.set_exception(own)
+                else:
+                    waiter.set_result(result if results is None else results[index])
         self._taken -= 1
         if not self._groups and not self._taken:
             self._idle.set()

@@ -3,7 +3,7 @@
 Everything here is post-processing of published values (noised, signed by
 their nodes): no function sees a raw event or a true count, so none
 spends privacy budget. Pure: no I/O.
-The insights built on these sums are in federation/insights.py.
+The insights built on these sums are in views/insights.py.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-from federation.significance import presence_threshold
 from protocol.catalog import Catalog
 from protocol.snapshot import FORMAT, MetricCells, Snapshot
+from views.significance import presence_threshold
 
 Kind = Literal["cell", "other"]
 CellKey = tuple[str, Kind, int]
@@ -55,11 +55,11 @@ def snapshot_table(snapshot: Snapshot, catalog: Catalog | None = None) -> Table:
     """
     table: Table = {}
     for name, cells in snapshot.metrics.items():
-        for index, value in zip(cells.idx, cells.val):
+        for index, value in zip(cells.idx, cells.val, strict=False):
             table[(name, "cell", index)] = CellSum(value, cells.variance, snapshot.nodes)
         last = _last_dim(catalog, name)
         published = Counter(index // last for index in cells.idx) if last else Counter[int]()
-        for prefix, value in zip(cells.other_idx, cells.other_val):
+        for prefix, value in zip(cells.other_idx, cells.other_val, strict=False):
             folded = max(1, last - published[prefix]) if last else 1
             table[(name, "other", prefix)] = CellSum(value, cells.variance * folded, snapshot.nodes)
     return table
@@ -137,7 +137,7 @@ def combine_windows(tables: Iterable[ReadTable]) -> Table:
 
 
 def apply_presence(catalog: Catalog, table: ReadTable) -> Table:
-    """Fold every cell not shown as present (federation/significance.py) into its prefix's `other`.
+    """Fold every cell not shown as present (views/significance.py) into its prefix's `other`.
 
     Post-processing: it reads only noisy published values, so it costs no
     privacy budget. A cell is present when its merged sum clears the

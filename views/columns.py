@@ -10,16 +10,16 @@ dicts' key order; `Cells.order` records it.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from federation.merge import CellKey, CellSum, ReadTable, Table
-from federation import significance
 from protocol.catalog import Catalog
+from views import significance
+from views.merge import CellKey, CellSum, ReadTable, Table
 
 Array = npt.NDArray[Any]
 INT64_SAFE = 2**62
@@ -59,7 +59,7 @@ class Layout:
     def positions(self, metrics: Sequence[str], kinds: Sequence[str], indices: Sequence[int]) -> Array:
         """The positions of keys given as columns; ValueError for a key outside the catalog."""
         out = np.empty(len(indices), dtype=np.int64)
-        for i, (metric, kind, index) in enumerate(zip(metrics, kinds, indices)):
+        for i, (metric, kind, index) in enumerate(zip(metrics, kinds, indices, strict=False)):
             first, count = self.offset.get((metric, kind), (0, 0))
             if not 0 <= index < count:
                 raise ValueError(f"cell {(metric, kind, index)} is not in the catalog")
@@ -114,7 +114,11 @@ class Cells:
         return {
             keys[i]: CellSum(v, var, n)
             for i, v, var, n in zip(
-                order.tolist(), self.value[order].tolist(), self.variance[order].tolist(), self.nodes[order].tolist()
+                order.tolist(),
+                self.value[order].tolist(),
+                self.variance[order].tolist(),
+                self.nodes[order].tolist(),
+                strict=False,
             )
         }
 
@@ -196,9 +200,3 @@ def apply_presence(layout: Layout, cells: Cells, catalog: Catalog, metrics: Coll
     new = targets[np.sort(first_fold)]
     new = new[~cells.present[new]]
     return Cells(value, variance, nodes, keep, np.concatenate([order[keep[order]], new[keep[new]]]))
-
-
-def tables_as_cells(layout: Layout, tables: Mapping[int, ReadTable]) -> dict[int, Cells]:
-    """Dict tables per window as columns."""
-    return {w: Cells.from_table(layout, t) for w, t in tables.items()}
-

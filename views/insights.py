@@ -7,7 +7,7 @@ JSON-ready, with one convention throughout:
   many node snapshots contributed (for a sum or ratio of several cells, the
   most that any one part had);
 - a number the table lacks is `None`, never zero: the cell's sum did not
-  stand clear of its noise (federation/significance.py; its value went into
+  stand clear of its noise (views/significance.py; its value went into
   `other`), not zero with certainty;
 - a rate or share outside [0, 1] (noise) is clipped and says so: `clipped`.
   Sums run over the parts present and are None when none is; a ratio is None
@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from federation.columns import INT64_SAFE, Array, Cells, Layout
-from federation.merge import CellSum, Kind, ReadTable, fold_sums, sd, total_sums
-from federation.significance import presence_threshold, presence_thresholds
 from protocol.catalog import ATTRIBUTE_DIMENSION_PREFIX, STAGES, Catalog, MetricSpec
 from protocol.regions import REGION_NAMES, region_of
 from protocol.windows import DAY
+from views.columns import INT64_SAFE, Array, Cells, Layout
+from views.merge import CellSum, Kind, ReadTable, fold_sums, sd, total_sums
+from views.significance import presence_threshold, presence_thresholds
 
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 STARTED, COMPLETED = STAGES.index("started"), STAGES.index("completed")
@@ -72,7 +72,7 @@ def _share(x: float, var_x: float, y: float, var_y: float, nodes: int) -> Num | 
 
 
 Significant = Callable[[CellSum], bool]
-"""Whether a sum stands clear of its noise (federation/significance.py); growth needs both of its ends to."""
+"""Whether a sum stands clear of its noise (views/significance.py); growth needs both of its ends to."""
 
 
 def _growth(series: Sequence[CellSum | None], significant: Significant | None = None) -> Num | None:
@@ -109,7 +109,7 @@ def quantiles(
     counts cumulated, and the quantile interpolated linearly inside its bucket.
     """
     points = _quantile_points(edges, counts, qs, top, None)
-    return {_qname(q): None if p is None else p[0] for q, p in zip(qs, points)}
+    return {_qname(q): None if p is None else p[0] for q, p in zip(qs, points, strict=False)}
 
 
 def _qname(q: float) -> str:
@@ -138,7 +138,7 @@ def _quantile_points(
         if not 0 <= q <= 1:
             raise ValueError(f"quantile {q} is outside [0, 1]")
         target, below, k = q * total, 0.0, 0
-        for k, c in enumerate(clipped):
+        for k, c in enumerate(clipped):  # noqa: B007 - k is read after the break
             if c > 0 and below + c >= target:
                 break
             below += c
@@ -149,7 +149,7 @@ def _quantile_points(
             # value = lo + (q T - below) / c_k * width; its partial derivatives
             # in a bucket below, at, and above k (a clipped bucket: 0).
             grads = [(q - 1) * width / c_k] * k + [(q - frac) * width / c_k] + [q * width / c_k] * (len(edges) - k - 1)
-            spread = math.sqrt(math.fsum(g * g * v for g, v, c in zip(grads, variances, clipped) if c > 0))
+            spread = math.sqrt(math.fsum(g * g * v for g, v, c in zip(grads, variances, clipped, strict=False) if c > 0))
         points.append((edges[k] + frac * width, spread))
     return points
 
@@ -164,7 +164,9 @@ def _quantile_nums(
     variances = [0.0 if c is None else c.variance for c in cells]
     nodes = max((c.nodes for c in cells if c is not None), default=0)
     points = _quantile_points(edges, counts, qs, None, variances)
-    return {_qname(q): None if p is None else {"value": p[0], "sd": p[1], "nodes": nodes} for q, p in zip(qs, points)}
+    return {
+        _qname(q): None if p is None else {"value": p[0], "sd": p[1], "nodes": nodes} for q, p in zip(qs, points, strict=False)
+    }
 
 
 # ---- insights ----------------------------------------------------------------
@@ -323,7 +325,7 @@ def breakdown(
         "columns": list(cols),
         "cells": [[_num(cs) for cs in row] for row in grid],
         "other": [_num(cs) for cs in others],
-        "row_total": [_num(total_sums([*row, other])) for row, other in zip(grid, others)],
+        "row_total": [_num(total_sums([*row, other])) for row, other in zip(grid, others, strict=False)],
         "median": None if edges is None else [
             _quantile_nums(edges, row, (0.5,))["p50"]
             for row in (grid if raw is None else [
@@ -399,7 +401,8 @@ def _regions(catalog: Catalog, spec: MetricSpec, raw: ReadTable, shown: set[str]
             folded[region] = fold_sums(folded.get(region), cs)
             count[region] += 1
     bounds = presence_thresholds(catalog, spec, [cs.variance for cs in folded.values()])
-    significant = [(code, cs, count[code]) for (code, cs), bound in zip(folded.items(), bounds) if cs.value >= bound]
+    significant = [(code, cs, count[code]) for (code, cs), bound in zip(folded.items(), bounds, strict=True)
+                   if cs.value >= bound]
     return sorted(significant, key=lambda item: (-item[1].value, item[0]))
 
 
@@ -561,7 +564,8 @@ def _country_series(
     out = []
     for c in ranked:
         series = [
-            {"value": v, "sd": s, "nodes": k} if p else None for v, s, k, p in zip(values[c], sds[c], counts[c], held[c])
+            {"value": v, "sd": s, "nodes": k} if p else None
+            for v, s, k, p in zip(values[c], sds[c], counts[c], held[c], strict=False)
         ]
         growth = None
         if half and firsts[3][c] and seconds[3][c]:
@@ -622,7 +626,9 @@ def _cell(layout: Layout, cells: Cells, spec: MetricSpec | None, index: int) -> 
     i = layout.position[(spec.name, "cell", index)]
     if not cells.present[i]:
         return None
-    return CellSum(cells.value[i].item() if cells.value.dtype != object else cells.value[i], cells.variance[i].item(), cells.nodes[i].item())
+    return CellSum(
+        cells.value[i].item() if cells.value.dtype != object else cells.value[i], cells.variance[i].item(), cells.nodes[i].item()
+    )
 
 
 def _get(table: ReadTable, spec: MetricSpec | None, kind: Kind, index: int) -> CellSum | None:

@@ -1,0 +1,1 @@
+"""What node page and hub both serve: merged cells, ranges of windows, insights, significance, the dashboard."""
