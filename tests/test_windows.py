@@ -13,12 +13,14 @@ from pydantic import ValidationError
 from node.app import close_node, open_node
 from node.schema import session_tables
 from node.windows import WindowClosed, WindowLengthChanged
+from protocol.catalog import Catalog, load_catalog
 from protocol.envelope import verify_envelope
 from protocol.errors import BadRequest
 from protocol.events import Event
 from protocol.windows import DAY, WEEK, is_window_start, parse_window, window_start
 from tests.factories import weekly_catalog
 from tests.servers import node_settings, run_node
+from views.ranges import RangeData, ViewService
 
 MIDNIGHT = datetime(2026, 11, 11, tzinfo=UTC)
 W = int((MIDNIGHT - timedelta(days=1)).timestamp())
@@ -188,3 +190,30 @@ def test_a_day_that_does_not_start_a_week_is_not_a_weekly_window() -> None:
     assert parse_window("2026-11-09", WEEK) == int(datetime(2026, 11, 9, tzinfo=UTC).timestamp())
     with pytest.raises(BadRequest, match="ISO week"):
         parse_window("2026-W99", WEEK)
+
+
+class _Latest:
+    """A range source that only knows its latest window (date_range reads nothing else)."""
+
+    def __init__(self, latest: int | None) -> None:
+        self.latest = latest
+
+    def latest_window(self, catalog: Catalog) -> int | None:
+        return self.latest
+
+    def load(self, catalog: Catalog, start: int, end: int) -> RangeData:
+        raise AssertionError("date_range loads nothing")
+
+
+def test_a_views_range_is_widened_to_whole_windows(tmp_path: Path) -> None:
+    """A weekly catalog's range runs from the Monday of `from` to the Sunday of `to`; a daily one is as asked."""
+    _, weekly = weekly_catalog(tmp_path)
+    daily = load_catalog()
+    monday = int(datetime(2026, 11, 9, tzinfo=UTC).timestamp())
+    for catalog, expected in ((weekly, (monday, monday + 2 * WEEK)), (daily, (monday + 2 * DAY, monday + 10 * DAY))):
+        service = ViewService(_Latest(None), {catalog.hash: catalog}, lambda: 0)
+        assert service.date_range(catalog, {"from": "2026-11-11", "to": "2026-11-18"}) == expected
+    # Without `to`: the latest window, whole (its Sunday for a week).
+    service = ViewService(_Latest(monday + WEEK), {weekly.hash: weekly}, lambda: 0)
+    start, end = service.date_range(weekly, {})
+    assert end == monday + 2 * WEEK and is_window_start(start, WEEK) and end - start <= 5 * WEEK
