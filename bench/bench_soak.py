@@ -3,7 +3,7 @@
     1. measure    SOAK_PROBE_SECONDS (10) of closed-loop 100-event batches on 8 connections: the max rate
     2. soak       an open-loop client at half that rate for SOAK_MINUTES (10), fresh timestamps every
                   minute, sessions drawn from SESSIONS, sampling the node's RSS and the memory DuckDB
-                  reports (`liberation_db_memory_bytes`) every 5 s
+                  reports (`liberation_node_db_memory_bytes`) every 5 s
     3. verdict    RSS growth < 10% from minute 2 (the first after a minute of warm-up) to the last,
                   each the mean of its samples, and every minute's p99 within 2x of the median
                   minute's p99 (and no request failed)
@@ -95,7 +95,7 @@ class Run:
     statuses: Counter[int] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     rss: list[tuple[float, int]] = field(default_factory=list)  # (seconds since start, bytes)
-    db_memory: list[tuple[float, int]] = field(default_factory=list)  # the node's liberation_db_memory_bytes
+    db_memory: list[tuple[float, int]] = field(default_factory=list)  # the node's liberation_node_db_memory_bytes
     late: int = 0  # sends that could not keep to the schedule
     sent: int = 0
 
@@ -145,7 +145,7 @@ async def soak(url: str, metrics_url: str, pid: int, rate: float, minutes: float
             async with session.get(metrics_url + "/metrics") as resp:
                 text = await resp.text()
             run.db_memory.append((at, int(float(next(
-                line.split()[1] for line in text.splitlines() if line.startswith("liberation_db_memory_bytes ")
+                line.split()[1] for line in text.splitlines() if line.startswith("liberation_node_db_memory_bytes ")
             )))))
             if time.monotonic() >= stop:
                 return
@@ -222,7 +222,7 @@ def report(max_rate: float, rate: float, minutes: float, run: Run) -> bool:
     print(f"  single samples: {point / mib:.1f} MiB at minute 1, {run.rss[-1][1] / mib:.1f} at the end "
           f"({(run.rss[-1][1] - point) / point * 100:+.1f}%)")
     db_first, db_last = _mean_between(run.db_memory, 60, 120), _mean_between(run.db_memory, minutes * 60 - 60, minutes * 60 + 1)
-    print(f"of which DuckDB (liberation_db_memory_bytes): {db_first / mib:.1f} -> {db_last / mib:.1f} MiB; "
+    print(f"of which DuckDB (liberation_node_db_memory_bytes): {db_first / mib:.1f} -> {db_last / mib:.1f} MiB; "
           f"the rest of the process: {(first - db_first) / mib:.1f} -> {(last - db_last) / mib:.1f} MiB "
           f"({((last - db_last) - (first - db_first)) / (first - db_first) * 100:+.1f}%)")
     typical = statistics.median(p99s)

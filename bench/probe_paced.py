@@ -22,7 +22,7 @@ from pathlib import Path
 from bench.bench_ingest import measure, metrics_url, node_env, server_process
 from bench.load import batch_bodies, single_bodies, write_bodies
 
-_COMMIT = re.compile(r"^liberation_commit_(seconds|rows)_(sum|count) (\S+)$")
+_COMMIT = re.compile(r"^liberation_node_commit_(seconds|rows)_(sum|count) (\S+)$")
 
 
 def _process_cpu(pid: int) -> float:

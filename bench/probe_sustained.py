@@ -26,7 +26,7 @@ from pathlib import Path
 from bench.bench_ingest import metrics_url, node_env, server_process
 from bench.load import Renewal, batch_bodies, run_wrk, write_bodies, wrk_path
 
-_FOLD = re.compile(r"^liberation_session_fold_seconds_(sum|count) (\S+)$")
+_FOLD = re.compile(r"^liberation_node_session_fold_seconds_(sum|count) (\S+)$")
 BATCH = 100
 TAG = "sustain"
 

@@ -9,11 +9,13 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
 
+from federation import admin
 from federation.archive import Archive
 from federation.intake import Intake, size_limit
 from federation.metrics import HubMetrics
@@ -32,12 +34,15 @@ from protocol.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from protocol.files import make_private_dir
-from protocol.keys import PublicKey, SigningKey, load_or_create
+from protocol.keys import SigningKey, load_or_create
 from protocol.snapshot import max_envelope_size
 from protocol.windows import parse_window
+from runtime.admin import add_admin_socket
+from runtime.datadir import SERVICE_WAIT_SECONDS, DataDirLock
 from runtime.metrics_listener import add_metrics_listener
 from runtime.problems import problem_middleware
+from runtime.version import liberation_version
+from views.cors import views_cors_middleware
 from views.dashboard import add_dashboard_routes
 from views.ranges import (
     CACHE_CONTROL,
@@ -48,6 +53,7 @@ from views.ranges import (
     views_index,
     windows_document,
 )
+from views.tidy import cells_handler
 
 log = logging.getLogger("liberation.hub")
 
@@ -70,6 +76,7 @@ class Hub:
     upstream: UpstreamExporter
     now: Now
     version: list[int] = field(default_factory=lambda: [0])  # bumped on every accepted snapshot
+    lock: DataDirLock | None = None  # this process's hold on the data dir, released by close_hub
 
     @property
     def default_catalog(self) -> Catalog:
@@ -94,10 +101,41 @@ def load_catalogs(settings: HubSettings) -> dict[str, Catalog]:
     return merged
 
 
-def open_hub(settings: HubSettings, *, now: Now = time.time) -> Hub:
-    """Open (creating on first start) everything a hub needs; no server involved."""
+def open_hub(settings: HubSettings, *, now: Now = time.time, wait_seconds: float = 0.0) -> Hub:
+    """Open (creating on first start) everything a hub needs; no server involved.
+
+    The data dir's lock comes first: nothing in it is opened while another process holds it (a
+    service waits `wait_seconds` for a command on its files to finish).
+    """
+    # The dir is made 0700 whatever the umask: envelopes, registry, keys.
+    lock = DataDirLock.acquire(settings.data_dir, "hub", wait_seconds=wait_seconds)
+    try:
+        hub = _open(settings, now)
+    except BaseException:
+        lock.release()
+        raise
+    hub.lock = lock
+    return hub
+
+
+def close_hub(hub: Hub) -> None:
+    hub.store.close()
+    if hub.lock is not None:
+        hub.lock.release()
+
+
+@asynccontextmanager
+async def offline_hub(settings: HubSettings) -> AsyncIterator[Hub]:
+    """A stopped hub opened by this process: how the CLI works on its files."""
+    hub = await asyncio.to_thread(open_hub, settings)
+    try:
+        yield hub
+    finally:
+        close_hub(hub)
+
+
+def _open(settings: HubSettings, now: Now) -> Hub:
     paths = data_paths(settings)
-    make_private_dir(settings.data_dir)  # 0700 whatever the umask: envelopes, registry, keys
     key = load_or_create(paths["key"])
     store = HubStore(paths["db"], memory_limit=settings.memory_limit)
     registry = Registry(store, now=now)
@@ -190,7 +228,7 @@ def _require_admin(request: web.Request) -> Hub:
 
 async def _admin_nodes(request: web.Request) -> web.Response:
     hub = _require_admin(request)
-    return web.json_response({"nodes": [r.to_dict() for r in hub.registry.nodes()]})
+    return web.json_response((await admin.list_nodes(hub, admin.NoParams())).model_dump())
 
 
 async def _admin_enroll(request: web.Request) -> web.Response:
@@ -204,23 +242,14 @@ async def _admin_enroll(request: web.Request) -> web.Response:
     kind = data.get("kind", "node")
     if kind not in KINDS:
         raise BadRequest("`kind` is \"node\" (the default) or \"hub\" (a child hub)", slug=ProblemType.INVALID_ENROLLMENT)
-    try:
-        public_key = PublicKey.parse(data["public_key"])
-    except ValueError:
-        raise BadRequest("`public_key` is not an Ed25519 public key (base64 or PEM)", slug=ProblemType.INVALID_KEY) from None
-    known = any(r.key_id == public_key.key_id for r in hub.registry.nodes())
-    record = await asyncio.to_thread(hub.registry.enroll, data["name"], public_key, kind)
-    log.info(
-        "kind changed" if known else "enrolled", extra={"node": record.key_id, "node_name": record.name, "kind": record.kind}
-    )
-    return web.json_response(record.to_dict(), status=200 if known else 201)
+    done = await admin.enroll(hub, admin.EnrollParams(name=data["name"], public_key=data["public_key"], kind=kind))
+    return web.json_response(done.record.model_dump(), status=200 if done.changed else 201)
 
 
 async def _admin_revoke(request: web.Request) -> web.Response:
     hub = _require_admin(request)
-    record = await asyncio.to_thread(hub.registry.revoke, request.match_info["node"])
-    log.info("revoked", extra={"node": record.key_id, "node_name": record.name})
-    return web.json_response(record.to_dict())
+    done = await admin.revoke(hub, admin.RevokeParams(node=request.match_info["node"]))
+    return web.json_response(done.record.model_dump())
 
 
 async def _admin_incidents(request: web.Request) -> web.Response:
@@ -272,6 +301,16 @@ async def _view(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def _about(request: web.Request) -> web.Response:
+    """Who serves this page: a hub merges many communities (the dashboard's node page says otherwise)."""
+    return web.json_response({"kind": "hub", "key_id": request.app[HUB].key.public.key_id},
+                             headers={"Cache-Control": CACHE_CONTROL})
+
+
+async def _cells(request: web.Request) -> web.StreamResponse:
+    return await cells_handler(request, request.app[HUB].views)
+
+
 async def _windows(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     catalog = hub.views.catalog(request.query.get("catalog"))
@@ -311,7 +350,9 @@ async def _openapi(request: web.Request) -> web.Response:
 
 async def _healthz(request: web.Request) -> web.Response:
     hub = request.app[HUB]
-    return web.json_response({"status": "ok", "key_id": hub.key.public.key_id, "catalogs": list(hub.catalogs)})
+    return web.json_response(
+        {"status": "ok", "version": liberation_version(), "key_id": hub.key.public.key_id, "catalogs": list(hub.catalogs)}
+    )
 
 
 Route = tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]
@@ -319,19 +360,26 @@ Route = tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]
 
 def create_app(settings: HubSettings, *, now: Now = time.time) -> web.Application:
     """Build the hub's aiohttp application; resources open in cleanup_ctx, not at import."""
-    app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_snapshot_bytes + 1)
+    app = web.Application(
+        middlewares=[views_cors_middleware(settings.views_cors_origins), problem_middleware],
+        client_max_size=settings.max_snapshot_bytes + 1,
+    )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        hub = await asyncio.to_thread(open_hub, settings, now=now)
+        hub = await asyncio.to_thread(open_hub, settings, now=now, wait_seconds=SERVICE_WAIT_SECONDS)
         app[HUB] = hub
         log.info("hub ready", extra={
             "key_id": hub.key.public.key_id, "admin_api": settings.admin_token is not None,
             "max_snapshot_bytes": hub.intake.max_bytes,
         })
         yield
-        hub.store.close()
+        close_hub(hub)
 
     app.cleanup_ctx.append(lifecycle)
+    add_admin_socket(
+        app, service="hub", version=liberation_version(), data_dir=settings.data_dir,
+        target=lambda app: app[HUB], operations=admin.HUB_OPERATIONS,
+    )
     add_metrics_listener(
         app, service="hub", host=settings.metrics_host, port=settings.metrics_port,
         render=lambda app: app[HUB].metrics.render,
@@ -346,6 +394,8 @@ def create_app(settings: HubSettings, *, now: Now = time.time) -> web.Applicatio
         ("GET", "/v1/log", _log),
         ("GET", "/v1/views", views_index),
         ("GET", "/v1/views/{name}", _view),
+        ("GET", "/v1/about", _about),
+        ("GET", "/v1/cells", _cells),
         ("GET", "/v1/windows", _windows),
         ("GET", "/v1/merged/{window}", _merged),
         ("GET", "/v1/catalog", _catalog),

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+from runtime.standard_metrics import register_standard_metrics
+
+PREFIX = "liberation_hub_"
+"""Every metric of a hub starts with it (a node's with liberation_node_)."""
+
 
 class HubMetrics:
     """Counters of intake outcomes (one label value per intake check) and view latency."""
@@ -11,6 +16,7 @@ class HubMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        register_standard_metrics(r, PREFIX)
         self.accepted = Counter("liberation_hub_snapshots_accepted", "Snapshots verified and merged", registry=r)
         self.duplicates = Counter(
             "liberation_hub_snapshots_duplicate", "Replays of an accepted snapshot (idempotent)", registry=r

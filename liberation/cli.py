@@ -1,19 +1,56 @@
-"""Parse the command line, build settings, hand over to node, hub or protocol. No logic here."""
+"""Parse the command line, build settings, hand over to node, hub or protocol, print. No logic here.
+
+A command on a service's data (`node budget`, `hub enroll`, ...) runs through the service's admin
+socket when it runs, and on its files when it does not (runtime/admin.py picks); the operation
+itself lives in node/admin.py or federation/admin.py. Every error reaches the user as one line
+on stderr and a non-zero exit code (`main`), never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from liberation.setup_cli import add_catalog_check_command, add_sites_commands
 from protocol.errors import LiberationError
 
+if TYPE_CHECKING:
+    from federation.app import Hub
+    from federation.settings import HubSettings
+    from node.app import Node
+    from node.settings import NodeSettings
+    from protocol.keys import PublicKey
+    from runtime.admin import Channel
+
 KEY_FILE = "signing.key"
+EXIT_ERROR = 1
+EXIT_BUG = 70  # EX_SOFTWARE: an error the program did not expect
+EXIT_PIPE = 141  # 128 + SIGPIPE, as a shell reports a writer whose reader left
+EXIT_INTERRUPTED = 130
 
 Command = Callable[[argparse.Namespace], int]
+T = TypeVar("T")
+
+RUNS_WHILE_SERVING = "Runs whether or not the service runs: through its admin socket if it does, on its files if not."
+
+
+def _run(coroutine: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coroutine)
+
+
+def _print_lines(lines: Iterable[str]) -> None:
+    for line in lines:
+        print(line)
+
+
+# ---- keys, catalog ------------------------------------------------------------------------
 
 
 def _keys_generate(args: argparse.Namespace) -> int:
@@ -37,10 +74,7 @@ def _keys_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_public(public: object) -> None:
-    from protocol.keys import PublicKey
-
-    assert isinstance(public, PublicKey)
+def _print_public(public: PublicKey) -> None:
     print(f"key id:     {public.key_id}")
     print(f"public key: {public.b64}")
     print(public.pem.rstrip())
@@ -49,7 +83,7 @@ def _print_public(public: object) -> None:
 def _catalog_show(args: argparse.Namespace) -> int:
     from protocol.catalog import load_catalog
     from views.significance import presence_threshold
-    
+
     catalog = load_catalog(args.catalog)
     if args.json:
         print(catalog.canonical_json.decode())
@@ -90,16 +124,46 @@ def _catalog_hash(args: argparse.Namespace) -> int:
     return 0
 
 
-def _settings(args: argparse.Namespace, load: Callable[..., Any], env_config: str) -> Any:
+# ---- settings and channels -------------------------------------------------------------------
+
+
+def _settings(args: argparse.Namespace, load: Callable[..., T], env_config: str) -> T:
     """Settings of a service: its TOML (--config or $..._CONFIG), the environment, then flags."""
     overrides = {k: getattr(args, k, None) for k in ("host", "port", "data_dir")}
     return load(args.config or os.environ.get(env_config), **overrides)
 
 
-def _node_settings(args: argparse.Namespace) -> Any:
+def _node_settings(args: argparse.Namespace) -> NodeSettings:
     from node.settings import load_node_settings
 
     return _settings(args, load_node_settings, "LIBERATION_NODE_CONFIG")
+
+
+def _hub_settings(args: argparse.Namespace) -> HubSettings:
+    from federation.settings import load_hub_settings
+
+    return _settings(args, load_hub_settings, "LIBERATION_HUB_CONFIG")
+
+
+def _node_channel(args: argparse.Namespace) -> AbstractAsyncContextManager[Channel[Node]]:
+    """The running node's socket, or the node's files opened here."""
+    from node.app import offline_node
+    from runtime.admin import open_channel
+
+    settings = _node_settings(args)
+    return open_channel("node", settings.data_dir, lambda: offline_node(settings))
+
+
+def _hub_channel(args: argparse.Namespace) -> AbstractAsyncContextManager[Channel[Hub]]:
+    """The running hub's socket, or the hub's files opened here."""
+    from federation.app import offline_hub
+    from runtime.admin import open_channel
+
+    settings = _hub_settings(args)
+    return open_channel("hub", settings.data_dir, lambda: offline_hub(settings))
+
+
+# ---- node -----------------------------------------------------------------------------------
 
 
 def _node_serve(args: argparse.Namespace) -> int:
@@ -117,26 +181,41 @@ def _node_key(args: argparse.Namespace) -> int:
     from node.app import data_paths
     from protocol.keys import load_or_create
 
-    settings = _node_settings(args)
-    _print_public(load_or_create(data_paths(settings)["key"]).public)
+    _print_public(load_or_create(data_paths(_node_settings(args))["key"]).public)
     return 0
 
 
-def _node_import(args: argparse.Namespace) -> int:
-    from node.app import close_node, open_node
-    from node.importer import import_lines, progress_bar
+def _batches(lines: Iterable[str], size: int) -> Iterator[list[str]]:
+    iterator = iter(lines)
+    while batch := list(islice(iterator, size)):
+        yield batch
 
-    settings = _node_settings(args)
-    node = open_node(settings)
-    try:
-        show = progress_bar(sys.stderr) if sys.stderr.isatty() and not args.quiet else None
-        if args.file == "-":
-            summary = import_lines(node, sys.stdin, progress=show)
-        else:
-            with open(args.file, encoding="utf-8") as lines:
-                summary = import_lines(node, lines, progress=show)
-    finally:
-        close_node(node)
+
+@asynccontextmanager
+async def _lines(name: str) -> AsyncIterator[Iterable[str]]:
+    if name == "-":
+        yield sys.stdin
+        return
+    with open(name, encoding="utf-8", errors="replace") as lines:  # a bad byte: that line is malformed JSON
+        yield lines
+
+
+def _node_import(args: argparse.Namespace) -> int:
+    from node.admin import IMPORT, ImportParams
+    from node.importer import BATCH_LINES, ImportSummary, progress_bar
+
+    show = progress_bar(sys.stderr) if sys.stderr.isatty() and not args.quiet else None
+
+    async def run() -> ImportSummary:
+        total = ImportSummary()
+        async with _lines(args.file) as lines, _node_channel(args) as node:
+            for batch in _batches(lines, BATCH_LINES):
+                total.add(await node.call(IMPORT, ImportParams(lines=batch)))
+                if show is not None:
+                    show(total)
+        return total
+
+    summary = _run(run())
     if show is not None:
         print(file=sys.stderr)
     print(summary.render())
@@ -144,79 +223,61 @@ def _node_import(args: argparse.Namespace) -> int:
 
 
 def _node_export(args: argparse.Namespace) -> int:
-    from node.app import close_node, open_node
-    from protocol.windows import parse_window
+    from node.admin import EXPORT, ExportParams
 
-    settings = _node_settings(args)
-    node = open_node(settings)
-    try:
-        window = parse_window(args.window, node.catalog.window_seconds)
-        envelope = node.publisher.export(window)
-    finally:
-        close_node(node)
+    if not args.out and sys.stdout.isatty():
+        print("liberation: the envelope is binary; give --out FILE or redirect stdout", file=sys.stderr)
+        return EXIT_ERROR
+
+    async def run() -> bytes:
+        async with _node_channel(args) as node:
+            return (await node.call(EXPORT, ExportParams(window=args.window))).envelope
+
+    envelope = _run(run())
     if args.out:
         Path(args.out).write_bytes(envelope)
         print(f"wrote {len(envelope)} bytes to {args.out}", file=sys.stderr)
-    elif sys.stdout.isatty():
-        print("liberation: the envelope is binary; give --out FILE or redirect stdout", file=sys.stderr)
-        return 1
     else:
         sys.stdout.buffer.write(envelope)
     return 0
 
 
 def _node_adopt(args: argparse.Namespace) -> int:
-    from datetime import UTC, datetime
-
-    from node.app import close_node, open_node
+    from node.admin import ADOPT, AdoptParams
 
     envelope = Path(args.file).read_bytes()
-    node = open_node(_node_settings(args))
-    try:
-        window = node.adopt(envelope)
-    finally:
-        close_node(node)
-    print(
-        f"adopted the published snapshot of {datetime.fromtimestamp(window, UTC):%Y-%m-%d %H:%M}Z: the same bytes, no new noise"
-    )
+
+    async def run() -> str:
+        async with _node_channel(args) as node:
+            return (await node.call(ADOPT, AdoptParams(envelope=envelope))).render()
+
+    print(_run(run()))
     return 0
 
 
 def _node_budget(args: argparse.Namespace) -> int:
-    from datetime import UTC, datetime
+    from node.admin import BUDGET, NoParams
 
-    from node.app import close_node, open_node
+    async def run() -> list[str]:
+        async with _node_channel(args) as node:
+            return (await node.call(BUDGET, NoParams())).render(verbose=args.verbose)
 
-    node = open_node(_node_settings(args))
-    try:
-        entries = node.publisher.ledger()
-        missing = node.publisher.missing()
-        cap = node.publisher.cap
-    finally:
-        close_node(node)
-    print(f"epsilon cap per UTC day: {cap:g}")
-    per_window: dict[int, float] = {}
-    for entry in entries:
-        per_window[entry.window_start] = per_window.get(entry.window_start, 0.0) + entry.epsilon
-    notes = {}
-    for lost in missing:  # published, the store lost the copy and its ledger rows: spent all the same
-        if lost.window_start not in per_window:
-            per_window[lost.window_start] = lost.epsilon
-            notes[lost.window_start] = "  (copy missing: `liberation node adopt`)"
-    if not per_window:
-        print("no window exported yet: nothing spent")
-    for window, spent in sorted(per_window.items()):
-        print(f"  {datetime.fromtimestamp(window, UTC):%Y-%m-%d %H:%M}Z  epsilon {spent:.4f}{notes.get(window, '')}")
-    if args.verbose:
-        for entry in entries:
-            print(f"    {entry.metric:20s} epsilon {entry.epsilon:.4f}  scale {entry.scale:8.2f}  threshold {entry.threshold}")
+    _print_lines(_run(run()))
     return 0
 
 
-def _hub_settings(args: argparse.Namespace) -> Any:
-    from federation.settings import load_hub_settings
+def _node_push(args: argparse.Namespace) -> int:
+    from node.admin import PUSH, PushParams
 
-    return _settings(args, load_hub_settings, "LIBERATION_HUB_CONFIG")
+    async def run() -> list[str]:
+        async with _node_channel(args) as node:
+            return (await node.call(PUSH, PushParams(retry=args.retry))).render()
+
+    _print_lines(_run(run()))
+    return 0
+
+
+# ---- hub ------------------------------------------------------------------------------------
 
 
 def _hub_serve(args: argparse.Namespace) -> int:
@@ -230,67 +291,68 @@ def _hub_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_hub(args: argparse.Namespace) -> Any:
-    from federation.app import open_hub
-
-    return open_hub(_hub_settings(args))
+def _key_text(arg: str) -> str:
+    """A key given as text, or the file holding it."""
+    try:
+        is_file = Path(arg).is_file()
+    except (OSError, ValueError):  # a name too long, a NUL: not a file name, so key text
+        is_file = False
+    return Path(arg).read_text(encoding="utf-8") if is_file else arg
 
 
 def _hub_enroll(args: argparse.Namespace) -> int:
-    from protocol.keys import PublicKey
+    from federation.admin import ENROLL, EnrollParams
 
-    text = Path(args.key).read_text() if Path(args.key).is_file() else args.key
-    public_key = PublicKey.parse(text.strip())
-    hub = _open_hub(args)
-    try:
-        known = any(r.key_id == public_key.key_id for r in hub.registry.nodes())
-        record = hub.registry.enroll(args.name, public_key, "hub" if args.hub else "node")
-    finally:
-        hub.store.close()
-    print(f"{'changed' if known else 'enrolled'} {record.name} ({record.kind}): key id {record.key_id}")
+    params = EnrollParams(name=args.name, public_key=_key_text(args.key), kind="hub" if args.hub else "node")
+
+    async def run() -> str:
+        async with _hub_channel(args) as hub:
+            return (await hub.call(ENROLL, params)).render()
+
+    print(_run(run()))
     return 0
 
 
 def _hub_revoke(args: argparse.Namespace) -> int:
-    hub = _open_hub(args)
-    try:
-        record = hub.registry.revoke(args.node)
-    finally:
-        hub.store.close()
-    print(f"revoked {record.name}: key id {record.key_id}")
+    from federation.admin import REVOKE, RevokeParams
+
+    async def run() -> str:
+        async with _hub_channel(args) as hub:
+            return (await hub.call(REVOKE, RevokeParams(node=args.node))).render()
+
+    print(_run(run()))
     return 0
 
 
 def _hub_nodes(args: argparse.Namespace) -> int:
-    hub = _open_hub(args)
-    try:
-        records = hub.registry.nodes()
-    finally:
-        hub.store.close()
-    if not records:
-        print("no node enrolled")
-    for r in records:
-        state = "active" if r.active else "revoked"
-        print(f"{r.key_id}  {state:8s} {r.kind:5s} {r.name}")
+    from federation.admin import NODES, NoParams
+
+    async def run() -> list[str]:
+        async with _hub_channel(args) as hub:
+            return (await hub.call(NODES, NoParams())).render()
+
+    _print_lines(_run(run()))
     return 0
 
 
 def _hub_import(args: argparse.Namespace) -> int:
-    from protocol.errors import Problem
+    from federation.admin import IMPORT, ImportParams
+    from runtime.admin import Refused
 
-    hub = _open_hub(args)
-    failures = 0
-    try:
-        for name in args.files:
-            try:
-                result = hub.intake.accept(Path(name).read_bytes())
-                print(f"{name}: {result.status} (node {result.node}, window {result.window_start})")
-            except Problem as problem:
-                failures += 1
-                print(f"{name}: refused ({problem.slug}): {problem.detail}")
-    finally:
-        hub.store.close()
-    return 1 if failures else 0
+    envelopes = [(name, Path(name).read_bytes()) for name in args.files]
+
+    async def run() -> int:
+        failures = 0
+        async with _hub_channel(args) as hub:
+            for name, envelope in envelopes:
+                try:
+                    print((await hub.call(IMPORT, ImportParams(envelope=envelope))).render(name))
+                except Refused as refused:
+                    failures += 1
+                    print(f"{name}: refused ({refused.slug}): {refused.detail}")
+        return failures
+
+    return EXIT_ERROR if _run(run()) else 0
 
 
 def _hub_log_verify(args: argparse.Namespace) -> int:
@@ -311,11 +373,18 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.data_dir), days=args.days, fresh=not args.keep, catalog=catalog)
 
 
+# ---- the command tree -------------------------------------------------------------------------
+
+
 def _service_options(parser: argparse.ArgumentParser, service: str) -> None:
     parser.add_argument(
-        "--config", metavar="FILE", help=f"{service} settings TOML (or $LIBERATION_{service.upper()}_CONFIG)"
+        "--config", metavar="FILE", help=f"the {service}'s settings TOML (default: $LIBERATION_{service.upper()}_CONFIG, "
+        "else defaults and the environment)",
     )
-    parser.add_argument("--data-dir", dest="data_dir", metavar="DIR", help=f"data directory (default ./data/{service})")
+    parser.add_argument(
+        "--data-dir", dest="data_dir", metavar="DIR",
+        help=f"the {service}'s data directory (default: the settings' data_dir, ./data/{service})",
+    )
 
 
 def _node_options(parser: argparse.ArgumentParser) -> None:
@@ -326,99 +395,125 @@ def _hub_options(parser: argparse.ArgumentParser) -> None:
     _service_options(parser, "hub")
 
 
+def _serve_options(parser: argparse.ArgumentParser, port: int) -> None:
+    parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help=f"port to bind; 0 picks a free one, logged as `url` (default {port})")
+
+
+def _leaf(
+    parent: argparse._SubParsersAction[argparse.ArgumentParser], name: str, func: Command, help_text: str,
+    *, description: str | None = None, while_serving: bool = False,
+) -> argparse.ArgumentParser:
+    text = description or help_text[:1].upper() + help_text[1:] + "."
+    parser = parent.add_parser(
+        name, help=help_text, description=f"{text} {RUNS_WHILE_SERVING}" if while_serving else text,
+    )
+    parser.set_defaults(func=func)
+    return parser
+
+
+def _version() -> str:
+    from runtime.version import liberation_version
+
+    return f"liberation {liberation_version()}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command tree; each leaf sets `func`."""
     parser = argparse.ArgumentParser(
         prog="liberation",
         description="Privacy-first federated movement analytics: track the movement, never the individual.",
     )
+    parser.add_argument("--version", action="version", version=_version(), help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     keys = sub.add_parser("keys", help="Ed25519 signing keys").add_subparsers(
         dest="keys_command", required=True, metavar="SUBCOMMAND"
     )
-    gen = keys.add_parser("generate", help="generate a signing key in DIR (private key mode 0600)")
-    gen.add_argument("--out", required=True, metavar="DIR")
-    gen.set_defaults(func=_keys_generate)
-    show = keys.add_parser("show", help="print the key id and public key of the key in DIR")
-    show.add_argument("dir", metavar="DIR")
-    show.set_defaults(func=_keys_show)
+    gen = _leaf(keys, "generate", _keys_generate, "generate a signing key in DIR (private key mode 0600)")
+    gen.add_argument("--out", required=True, metavar="DIR", help="directory to write signing.key into (made if missing)")
+    show = _leaf(keys, "show", _keys_show, "print the key id and public key of the key in DIR")
+    show.add_argument("dir", metavar="DIR", help="a directory holding signing.key, or the key file itself")
 
     catalog = sub.add_parser("catalog", help="the metric catalog").add_subparsers(
         dest="catalog_command", required=True, metavar="SUBCOMMAND"
     )
-    cshow = catalog.add_parser("show", help="what the catalog collects and publishes")
-    cshow.add_argument("--catalog", metavar="FILE", help="a catalog TOML file (default: built in)")
-    cshow.add_argument("--json", action="store_true", help="print the canonical JSON form")
-    cshow.set_defaults(func=_catalog_show)
-    chash = catalog.add_parser("hash", help="the catalog's content hash")
-    chash.add_argument("--catalog", metavar="FILE")
-    chash.set_defaults(func=_catalog_hash)
+    cshow = _leaf(catalog, "show", _catalog_show, "what the catalog collects and publishes, with epsilon and noise scales")
+    cshow.add_argument("--catalog", metavar="FILE", help="a catalog TOML file (default: the built-in catalog)")
+    cshow.add_argument("--json", action="store_true", help="print the canonical JSON form (what the hash is taken of)")
+    chash = _leaf(catalog, "hash", _catalog_hash, "the catalog's content hash")
+    chash.add_argument("--catalog", metavar="FILE", help="a catalog TOML file (default: the built-in catalog)")
+    add_catalog_check_command(catalog)
 
     node = sub.add_parser("node", help="the community node").add_subparsers(
         dest="node_command", required=True, metavar="SUBCOMMAND"
     )
-    serve = node.add_parser("serve", help="run the node's HTTP server")
+    serve = _leaf(node, "serve", _node_serve, "run the node: HTTP server, exporter, pusher, admin socket")
     _node_options(serve)
-    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to bind; 0 picks a free one (default 8701)")
-    serve.set_defaults(func=_node_serve)
-    nkey = node.add_parser("key", help="print the node's key id and public key, for enrollment")
+    _serve_options(serve, 8701)
+    nkey = _leaf(node, "key", _node_key, "print the node's key id and public key, for enrollment at a hub",
+                 description="Print the node's key id and public key (base64 and PEM), for enrollment at a hub; "
+                             "the key is made on first use. Runs whether or not the node runs.")
     _node_options(nkey)
-    nkey.set_defaults(func=_node_key)
-    nimport = node.add_parser("import", help="import historical events from a JSONL file (or -)")
+    nimport = _leaf(node, "import", _node_import, "import historical events from a JSONL file (or -) through the filter",
+                    description="Import historical events, one JSON event per line, through the node's privacy "
+                                "filter and writer (the live ingest path). Windows already exported or closed for "
+                                "export refuse their events (window-closed).", while_serving=True)
     _node_options(nimport)
-    nimport.add_argument("file", metavar="FILE")
-    nimport.add_argument("--quiet", action="store_true", help="no progress bar")
-    nimport.set_defaults(func=_node_import)
-
-    nexport = node.add_parser("export", help="export a closed window: the signed envelope, for offline transfer")
+    nimport.add_argument("file", metavar="FILE", help="a JSONL file of events, or - for standard input")
+    nimport.add_argument("--quiet", action="store_true", help="no progress line on a terminal")
+    nexport = _leaf(node, "export", _node_export, "the signed envelope of a closed window, for offline transfer",
+                    description="Write the signed envelope of a closed window, exporting it now if the node has not "
+                                "yet (the same bytes every time after).", while_serving=True)
     _node_options(nexport)
-    nexport.add_argument("--window", required=True, help="2026-11-23 (or 2026-11-23T05 with hourly windows)")
-    nexport.add_argument("--out", metavar="FILE", help="write the envelope here (default: stdout)")
-    nexport.set_defaults(func=_node_export)
-    nadopt = node.add_parser(
-        "adopt", help="store again the lost copy of a window this node published (an envelope file it signed)"
-    )
+    nexport.add_argument("--window", required=True,
+                         help="the window's start: 2026-11-23, 2026-11-23T05 (hourly windows) or unix seconds")
+    nexport.add_argument("--out", metavar="FILE", help="write the envelope here (default: standard output, not a terminal)")
+    nadopt = _leaf(node, "adopt", _node_adopt,
+                   "store again the lost copy of a window this node published (an envelope file it signed)",
+                   while_serving=True)
     _node_options(nadopt)
     nadopt.add_argument("file", metavar="FILE", help="the envelope, as `node export` or a hub's /v1/snapshots/KEY/WINDOW gave it")
-    nadopt.set_defaults(func=_node_adopt)
-    nbudget = node.add_parser("budget", help="print the privacy ledger: epsilon spent per window")
+    nbudget = _leaf(node, "budget", _node_budget, "print the privacy ledger: epsilon spent per window, and the cap",
+                    while_serving=True)
     _node_options(nbudget)
-    nbudget.add_argument("--verbose", "-v", action="store_true", help="one line per metric")
-    nbudget.set_defaults(func=_node_budget)
+    nbudget.add_argument("--verbose", "-v", action="store_true", help="one line per metric: epsilon, scale, threshold")
+    npush = _leaf(node, "push", _node_push, "send the snapshots waiting for the hub now, backoff or not",
+                  description="Send every snapshot waiting in the outbox to push.hub_url now, whatever its backoff "
+                              "(after the hub enrolled this node, say), and print what the hub answered.",
+                  while_serving=True)
+    _node_options(npush)
+    npush.add_argument("--retry", action="store_true", help="also send again the snapshots the hub refused")
+    add_sites_commands(node, _node_options)
 
     hub = sub.add_parser("hub", help="the federation hub").add_subparsers(
         dest="hub_command", required=True, metavar="SUBCOMMAND"
     )
-    hserve = hub.add_parser("serve", help="run the hub's HTTP server")
+    hserve = _leaf(hub, "serve", _hub_serve, "run the hub: HTTP server (intake, views, admin API), admin socket")
     _hub_options(hserve)
-    hserve.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    hserve.add_argument("--port", type=int, help="port to bind; 0 picks a free one (default 8700)")
-    hserve.set_defaults(func=_hub_serve)
-    henroll = hub.add_parser("enroll", help="enroll a node's public key (hub stopped; else use the admin API)")
+    _serve_options(hserve, 8700)
+    henroll = _leaf(hub, "enroll", _hub_enroll, "enroll a node's public key", while_serving=True)
     _hub_options(henroll)
-    henroll.add_argument("--name", required=True)
-    henroll.add_argument("--key", required=True, metavar="BASE64|FILE", help="base64 or PEM, or a file holding either")
+    henroll.add_argument("--name", required=True,
+                         help="a unique name for the node: 1-64 letters, digits, space, dot, dash or underscore")
+    henroll.add_argument("--key", required=True, metavar="BASE64|FILE",
+                         help="the node's public key (`liberation node key`): base64 or PEM, or a file holding either")
     henroll.add_argument("--hub", action="store_true", help="the key is a child hub's: its snapshots merge many nodes")
-    henroll.set_defaults(func=_hub_enroll)
-    hrevoke = hub.add_parser("revoke", help="revoke a node, by key id or name")
+    hrevoke = _leaf(hub, "revoke", _hub_revoke, "revoke a node: its later snapshots are refused", while_serving=True)
     _hub_options(hrevoke)
-    hrevoke.add_argument("node", metavar="NODE")
-    hrevoke.set_defaults(func=_hub_revoke)
-    hnodes = hub.add_parser("nodes", help="list enrolled nodes")
+    hrevoke.add_argument("node", metavar="NODE", help="the node's key id (32 hex characters) or its enrolled name")
+    hnodes = _leaf(hub, "nodes", _hub_nodes, "list enrolled nodes: key id, state, kind, name", while_serving=True)
     _hub_options(hnodes)
-    hnodes.set_defaults(func=_hub_nodes)
-    himport = hub.add_parser("import", help="import snapshot envelopes carried by hand (same checks as intake)")
+    himport = _leaf(hub, "import", _hub_import, "import snapshot envelopes carried by hand (same checks as intake)",
+                    while_serving=True)
     _hub_options(himport)
-    himport.add_argument("files", nargs="+", metavar="FILE")
-    himport.set_defaults(func=_hub_import)
+    himport.add_argument("files", nargs="+", metavar="FILE", help="envelope files, as `liberation node export` wrote them")
     hlog = hub.add_parser("log", help="the transparency log").add_subparsers(
         dest="log_command", required=True, metavar="SUBCOMMAND"
     )
-    hverify = hlog.add_parser(
-        "verify",
-        help="verify a hub's log: its head signed by the pinned hub key, its chain, and that it extends the last check",
+    hverify = _leaf(
+        hlog, "verify", _hub_log_verify,
+        "verify a hub's log: its head signed by the pinned hub key, its chain, and that it extends the last check",
         description=(
             "Fetch a hub's transparency log, check that its head is signed by the pinned hub key and that "
             "its entries chain up to that head. With --state, remember the head per hub key and require "
@@ -427,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
             "in the log once, with the epsilon its ledger recorded. Any failure: one line, exit code 1."
         ),
     )
-    hverify.add_argument("url", metavar="URL", help="the hub's base URL")
+    hverify.add_argument("url", metavar="URL", help="the hub's base URL, with its scheme: https://hub.example.org")
     hverify.add_argument(
         "--key", metavar="BASE64|FILE",
         help="required: the hub's public key (base64 or PEM, or a file of it), obtained apart from the hub's answers",
@@ -435,14 +530,15 @@ def build_parser() -> argparse.ArgumentParser:
     hverify.add_argument("--state", metavar="FILE", help="remember the last verified head here (mode 0600), per hub key")
     hverify.add_argument(
         "--node", metavar="URL", action="append", default=[],
-        help="a node whose published snapshots must each be in the log once, with its ledger's epsilon (repeatable)",
+        help="a node's base URL whose published snapshots must each be in the log once, with its ledger's epsilon "
+             "(repeatable)",
     )
     hverify.add_argument("--page-size", dest="page_size", type=int, default=1000, metavar="N",
                          help="log entries fetched per request (default 1000)")
-    hverify.set_defaults(func=_hub_log_verify)
 
-    demo = sub.add_parser("demo", help="run a demo federation: a hub, three nodes, a month of traffic")
-    demo.add_argument("--data-dir", dest="data_dir", default="data/demo", metavar="DIR")
+    demo = _leaf(sub, "demo", _demo, "run a demo federation: a hub, three nodes, a month of traffic")
+    demo.add_argument("--data-dir", dest="data_dir", default="data/demo", metavar="DIR",
+                      help="where the demo's data and logs go (default data/demo, recreated unless --keep)")
     demo.add_argument("--days", type=int, default=30, help="days of history (default 30)")
     demo.add_argument("--keep", action="store_true", help="keep an existing demo data dir instead of starting afresh")
     demo.add_argument("--import", dest="source", metavar="DIR",
@@ -453,12 +549,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--catalog", metavar="FILE",
                       help="the federation's catalog TOML for the hub and every node (e.g. one with "
                            'window = "week"); default: the built-in catalog')
-    demo.set_defaults(func=_demo)
     return parser
 
 
+def _os_error(exc: OSError) -> str:
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or type(exc).__name__}"
+
+
+def _quiet_stdout() -> None:
+    """The reader of stdout left (`| head`): what is still buffered goes nowhere, without a second error at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `liberation` console script."""
+    """Entry point of the `liberation` console script: one line on stderr and a non-zero code for any error."""
     args = build_parser().parse_args(argv)
     func: Command = args.func
     # What a command creates is for its user only (the systemd units say UMask=0077 too). Our
@@ -466,9 +573,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     # spill files with the umask's.
     os.umask(os.umask(0o077) | 0o077)
     try:
-        return func(args)
+        code = func(args)
+        sys.stdout.flush()  # here, not at exit: a reader that left is a BrokenPipeError we can handle
+        return code
+    except BrokenPipeError:
+        _quiet_stdout()
+        return EXIT_PIPE
     except LiberationError as exc:
         print(f"liberation: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except OSError as exc:
+        print(f"liberation: {_os_error(exc)}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - the one boundary: a user sees a line, never a traceback
+        said = (str(exc).splitlines() or [""])[0][:200]
+        print(f"liberation: unexpected error ({type(exc).__name__}: {said}); please report it", file=sys.stderr)
+        return EXIT_BUG
+    return EXIT_ERROR

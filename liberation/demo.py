@@ -33,10 +33,15 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from liberation.traffic import COMMUNITIES, Community, Traffic
+from protocol.errors import LiberationError
 from protocol.files import make_private_dir
 
 URL_PATTERN = re.compile(r'"url": "(http://[^"]+)"')
 HISTORY_DAYS = 30
+
+
+class DemoError(LiberationError):
+    """A part of the demo could not start."""
 
 
 @dataclass
@@ -225,7 +230,7 @@ def _wait_url(service: Service, timeout: float = 60) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if service.proc.poll() is not None:
-            raise RuntimeError(f"{service.name} exited: see {service.log}")
+            raise DemoError(f"the demo's {service.name} stopped at start: see {service.log}")
         found = URL_PATTERN.findall(service.log.read_text(errors="replace"))
         if found:
             try:
@@ -235,7 +240,7 @@ def _wait_url(service: Service, timeout: float = 60) -> str:
             except OSError:
                 pass
         time.sleep(0.1)
-    raise TimeoutError(f"{service.name} did not start: see {service.log}")
+    raise DemoError(f"the demo's {service.name} did not start within {timeout:g} s: see {service.log}")
 
 
 def _request(url: str, data: Any = None, token: str | None = None, method: str | None = None) -> Any:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
+import os
 import signal
 import traceback
 
@@ -12,6 +14,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_log import AccessLogger
 
+from protocol.errors import LiberationError
 from runtime.connections import (
     CONNECTIONS,
     AcceptErrorLog,
@@ -93,6 +96,20 @@ def tune_gc() -> None:
     gc.set_threshold(GC_THRESHOLD, 20, 100)
 
 
+class ListenError(LiberationError):
+    """A listener could not be opened (the port taken, the address not this machine's)."""
+
+
+def _hint(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return " (another process has that port: stop it, or choose another with --port; 0 picks a free one)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return " (that address is not one of this machine's: check --host)"
+    if exc.errno == errno.EACCES:
+        return " (ports below 1024 need privileges: use a higher one behind a reverse proxy)"
+    return ""
+
+
 def base_url(host: str, port: int) -> str:
     return f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
 
@@ -115,16 +132,20 @@ async def _serve(app: web.Application, host: str, port: int, name: str, max_conn
             "max_connections lowered to fit the open-file limit: raise the limit (LimitNOFILE, ulimit -n)",
             extra={"service": name, "max_connections": limit, "open_file_limit": open_files},
         )
-    cap = ConnectionCap(limit)
+    cap = ConnectionCap(limit, prefix=f"liberation_{name}_")
     app[CONNECTIONS] = cap
     runner = make_runner(app, name)
-    await runner.setup()
-    site = CappedSite(runner, host, port, cap)
-    await site.start()
-    bound_host, bound_port = runner.addresses[0][:2]
-    tune_gc()
-    log.info("listening", extra={"service": name, "url": base_url(bound_host, bound_port), "max_connections": limit})
     try:
+        await runner.setup()  # opens the service's files, its metrics listener and admin socket
+        site = CappedSite(runner, host, port, cap)
+        try:
+            await site.start()
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ListenError(f"cannot listen on {base_url(host, port)}: {reason}{_hint(exc)}") from None
+        bound_host, bound_port = runner.addresses[0][:2]
+        tune_gc()
+        log.info("listening", extra={"service": name, "url": base_url(bound_host, bound_port), "max_connections": limit})
         await wait_for_signal()
     finally:
         log.info("stopping", extra={"service": name})

@@ -8,6 +8,7 @@ import logging
 import math
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,13 +16,14 @@ from pathlib import Path
 import aiohttp
 import duckdb
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
+from node.admin import NODE_OPERATIONS
 from node.export import AdoptionRefused, BudgetExceeded, Publisher, epsilon_cap_default
 from node.geo import GeoLocator
 from node.ingest import Clock, Ingestor, utc_now
 from node.metrics import NodeMetrics
 from node.openapi import serve_openapi
+from node.origins import cors_middleware
 from node.outbox import Outbox
 from node.pacing import Pacing
 from node.privacy import PrivacyFilter
@@ -30,6 +32,7 @@ from node.ratelimit import RateLimiter
 from node.routes import INGEST, IngestTarget, add_ingest_routes
 from node.salts import SaltKeeper
 from node.settings import NodeSettings
+from node.setupcheck import setup_routes
 from node.store import Store
 from node.views import SnapshotRanges
 from node.views import windows_document as node_windows_document
@@ -37,12 +40,15 @@ from node.windows import Windows
 from node.writer import Writer
 from protocol.catalog import Catalog, load_catalog
 from protocol.envelope import verify_envelope
-from protocol.errors import Forbidden, NotFound, ProblemType
-from protocol.files import make_private_dir
+from protocol.errors import NotFound, ProblemType
 from protocol.keys import SigningKey, load_or_create
 from protocol.windows import DAY, parse_window
+from runtime.admin import add_admin_socket
+from runtime.datadir import SERVICE_WAIT_SECONDS, DataDirLock
 from runtime.metrics_listener import add_metrics_listener
 from runtime.problems import problem_middleware
+from runtime.version import liberation_version
+from views.cors import views_cors_middleware
 from views.dashboard import add_dashboard_routes
 from views.ranges import (
     CACHE_CONTROL,
@@ -51,11 +57,9 @@ from views.ranges import (
     view_handler,
     views_index,
 )
+from views.tidy import cells_handler
 
 log = logging.getLogger("liberation.node")
-
-INGEST_PATHS = frozenset({"/v1/events", "/api/event"})
-
 
 @dataclass
 class Node:
@@ -73,6 +77,7 @@ class Node:
     publisher: Publisher
     outbox: Outbox
     clock: Clock
+    lock: DataDirLock | None = None  # this process's hold on the data dir, released by close_node
     views: ViewService = field(init=False)
     # Export passes never overlap (the periodic task, and a call from a test or tool).
     _exporting: threading.Lock = field(init=False, default_factory=threading.Lock)
@@ -107,12 +112,11 @@ class Node:
             done = []
             for window in self.windows.due():
                 try:
-                    self.publisher.export(window)
+                    self._export(window)
                 except BudgetExceeded as exc:
                     self.metrics.exports_refused.labels("budget").inc()
                     log.error("export refused: %s", exc, extra={"window_start": _iso(window)})
                     continue
-                self.metrics.snapshots_exported.inc()
                 done.append(window)
             for window in self.windows.expire():
                 self.metrics.exports_refused.labels("expired").inc()
@@ -124,6 +128,18 @@ class Node:
             # so the node's memory stays flat instead of growing toward memory_limit.
             self.store.trim_cache()
             return done
+
+    def export(self, window: int) -> bytes:
+        """One window's envelope, exported now if it was not yet (`liberation node export`), between export passes."""
+        with self._exporting:
+            return self._export(window)
+
+    def _export(self, window: int) -> bytes:
+        fresh = window not in self.windows.exported
+        envelope = self.publisher.export(window)
+        if fresh:
+            self.metrics.snapshots_exported.inc()
+        return envelope
 
     def adopt(self, envelope: bytes) -> int:
         """Store the lost copy of a published window (node/export.py `Publisher.adopt`); its window."""
@@ -174,11 +190,26 @@ def data_paths(settings: NodeSettings) -> dict[str, Path]:
     }
 
 
-def open_node(settings: NodeSettings, *, clock: Clock = utc_now) -> Node:
-    """Open (creating on first start) everything a node needs; no server involved."""
+def open_node(settings: NodeSettings, *, clock: Clock = utc_now, wait_seconds: float = 0.0) -> Node:
+    """Open (creating on first start) everything a node needs; no server involved.
+
+    The data dir's lock comes first: nothing in it is opened or cleaned up while another process
+    holds it (a service waits `wait_seconds` for a command on its files to finish).
+    """
     catalog = load_catalog(settings.catalog)
+    # The dir is made 0700 whatever the umask: raw rows, salts, keys.
+    lock = DataDirLock.acquire(settings.data_dir, "node", wait_seconds=wait_seconds)
+    try:
+        node = _open(settings, catalog, clock)
+    except BaseException:
+        lock.release()
+        raise
+    node.lock = lock
+    return node
+
+
+def _open(settings: NodeSettings, catalog: Catalog, clock: Clock) -> Node:
     paths = data_paths(settings)
-    make_private_dir(settings.data_dir)  # 0700 whatever the umask: raw rows, salts, keys
     key = load_or_create(paths["key"])
     record = PublishedLog(paths["published"])
     store = Store(paths["db"], catalog, memory_limit=settings.memory_limit)
@@ -192,7 +223,10 @@ def open_node(settings: NodeSettings, *, clock: Clock = utc_now) -> Node:
         clock=clock,
         published=[entry.window_start for entry in record.entries()],
     )
-    metrics = NodeMetrics(rows=store.row_count, db_bytes=store.size_bytes, db_memory=store.memory_bytes)
+    metrics = NodeMetrics(
+        rows=store.row_count, db_bytes=store.size_bytes, db_memory=store.memory_bytes,
+        last_export=lambda: publisher.last_export(), last_push=lambda: outbox.last_success(),
+    )
     writer = Writer(store, windows, max_rows=settings.commit_max_rows, observe=metrics.observe_commit)
     geo = GeoLocator(settings.geoip_database)
     publisher = Publisher(
@@ -229,52 +263,52 @@ def open_node(settings: NodeSettings, *, clock: Clock = utc_now) -> Node:
 def close_node(node: Node) -> None:
     node.geo.close()
     node.store.close()
+    if node.lock is not None:
+        node.lock.release()
 
 
-def _cors_allowed(settings: NodeSettings, origin: str) -> bool:
-    return "*" in settings.cors_origins or origin in settings.cors_origins
+@asynccontextmanager
+async def offline_node(settings: NodeSettings) -> AsyncIterator[Node]:
+    """A stopped node opened by this process with its writer running: how the CLI works on its files.
+
+    On the way out every staged row moves into the store and the session log is folded, as
+    the running node's next export pass would: no event's minute stays behind in a stage file.
+    """
+    node = await asyncio.to_thread(open_node, settings)
+    try:
+        await node.writer.start()
+        try:
+            yield node
+        finally:
+            await node.writer.stop()
+            await asyncio.to_thread(_settle, node)
+    finally:
+        close_node(node)
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def cors_middleware(settings: NodeSettings) -> Middleware:
-    """Answer preflights and tag responses for configured origins; refuse events from others."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        origin = request.headers.get("Origin")
-        if origin is None or request.path not in INGEST_PATHS:
-            return await handler(request)
-        same_origin = origin == f"{request.scheme}://{request.host}"
-        allowed = same_origin or _cors_allowed(settings, origin)
-        if request.method == "OPTIONS":
-            if not allowed:
-                raise Forbidden("origin is not allowed to send events", slug=ProblemType.ORIGIN_NOT_ALLOWED)
-            response: web.StreamResponse = web.Response(status=204)
-            response.headers["Access-Control-Allow-Methods"] = "POST, OPTIONS"
-            response.headers["Access-Control-Allow-Headers"] = "Content-Type"
-            response.headers["Access-Control-Max-Age"] = "86400"
-        elif not allowed:
-            raise Forbidden("origin is not allowed to send events", slug=ProblemType.ORIGIN_NOT_ALLOWED)
-        else:
-            response = await handler(request)
-        response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers["Vary"] = "Origin"
-        return response
-
-    return middleware
+def _settle(node: Node) -> None:
+    node.store.drain()
+    node.store.fold_sessions()
 
 
 async def _healthz(request: web.Request) -> web.Response:
     node = request.app[NODE]
     return web.json_response(
-        {"status": "ok", "key_id": node.key.public.key_id, "catalog": node.catalog.hash}
+        {"status": "ok", "version": liberation_version(), "key_id": node.key.public.key_id, "catalog": node.catalog.hash}
     )
 
 
 def _iso(ts: int) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def _about(request: web.Request) -> web.Response:
+    """Who serves this page: a node shows one community's own published numbers (the dashboard says so)."""
+    node = request.app[NODE]
+    return web.json_response(
+        {"kind": "node", "name": node.settings.display_name, "key_id": node.key.public.key_id, "communities": 1},
+        headers={"Cache-Control": CACHE_CONTROL},
+    )
 
 
 async def _snapshot(request: web.Request) -> web.Response:
@@ -378,6 +412,10 @@ async def _view(request: web.Request) -> web.StreamResponse:
     return await view_handler(request, request.app[NODE].views)
 
 
+async def _cells(request: web.Request) -> web.StreamResponse:
+    return await cells_handler(request, request.app[NODE].views)
+
+
 async def _catalog(request: web.Request) -> web.Response:
     return web.json_response(catalog_document(request.app[NODE].catalog), headers={"Cache-Control": CACHE_CONTROL})
 
@@ -422,12 +460,12 @@ async def _push_loop(node: Node, stop: asyncio.Event) -> None:
 def create_app(settings: NodeSettings, *, clock: Clock = utc_now) -> web.Application:
     """Build the node's aiohttp application; resources open in cleanup_ctx, not at import."""
     app = web.Application(
-        middlewares=[problem_middleware, cors_middleware(settings)],
+        middlewares=[views_cors_middleware(settings.views_cors_origins), problem_middleware, cors_middleware(settings)],
         client_max_size=settings.max_body_bytes,
     )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        node = await asyncio.to_thread(open_node, settings, clock=clock)
+        node = await asyncio.to_thread(open_node, settings, clock=clock, wait_seconds=SERVICE_WAIT_SECONDS)
         app[NODE] = node
         app[INGEST] = IngestTarget(node.ingestor, node.catalog)
         await node.writer.start()
@@ -443,9 +481,14 @@ def create_app(settings: NodeSettings, *, clock: Clock = utc_now) -> web.Applica
         close_node(node)
 
     app.cleanup_ctx.append(lifecycle)
+    add_admin_socket(
+        app, service="node", version=liberation_version(), data_dir=settings.data_dir,
+        target=lambda app: app[NODE], operations=NODE_OPERATIONS,
+    )
     add_metrics_listener(
         app, service="node", host=settings.metrics_host, port=settings.metrics_port,
         render=lambda app: app[NODE].metrics.render,
+        pages=lambda app: setup_routes(app[NODE]),  # the operator's setup check, never on the public port
     )
     add_ingest_routes(app)
     app.router.add_get("/healthz", _healthz)
@@ -456,6 +499,8 @@ def create_app(settings: NodeSettings, *, clock: Clock = utc_now) -> web.Applica
     app.router.add_get("/v1/views", views_index)
     app.router.add_get("/v1/views/{name}", _view)
     app.router.add_get("/v1/catalog", _catalog)
+    app.router.add_get("/v1/about", _about)
+    app.router.add_get("/v1/cells", _cells)
     app.router.add_get("/v1/windows", _windows)
     add_dashboard_routes(app)  # the node's own published view, same dashboard as the hub
     app.router.add_get("/openapi.json", serve_openapi)

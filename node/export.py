@@ -343,6 +343,11 @@ class Publisher:
             return None
         return envelope
 
+    def last_export(self) -> int:
+        """When the newest snapshot in the store was made (unix seconds, to the minute; 0 = none yet)."""
+        rows = self.store.cursor().execute("SELECT coalesce(max(created), 0) FROM snapshots").fetchall()
+        return int(rows[0][0])
+
     def ledger(self) -> list[LedgerEntry]:
         """Every ledger row, in order."""
         rows = self.store.cursor().execute(

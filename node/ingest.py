@@ -30,6 +30,7 @@ from node.privacy import (
 from node.ratelimit import RateLimiter
 from node.rows import RowBlock, RowLayout
 from node.settings import NodeSettings
+from node.tally import ACCEPTED, DayTally
 from node.windows import WindowClosed
 from protocol import jsontext
 from protocol.errors import (
@@ -194,6 +195,7 @@ class Ingestor:
         self.metrics = metrics
         self.clock = clock
         self._trusted = parse_networks(settings.trusted_proxies)
+        self.today = DayTally(clock)  # for the operator's setup check
 
     def client_address(self, request: web.Request) -> IPAddress | None:
         """The client's IP, for the rate limit, the country lookup and Plausible's session key only."""
@@ -241,14 +243,20 @@ class Ingestor:
         try:
             await self.writer.submit(rows)
         except StorageUnavailable:
-            self.metrics.rejected.labels("storage-unavailable").inc(len(events))
+            self.refuse("storage-unavailable", len(events))
             raise storage_unavailable() from None
         self.metrics.accepted.inc(len(events))
         self.metrics.attributes_dropped.inc(dropped)
+        self.today.add(ACCEPTED, len(events))
 
     def count_rejections(self, reasons: Sequence[str]) -> None:
         for reason in reasons:
-            self.metrics.rejected.labels(reason).inc()
+            self.refuse(reason)
+
+    def refuse(self, reason: str, n: int = 1) -> None:
+        """Count `n` events refused for `reason`, in the metrics and in today's tally."""
+        self.metrics.rejected.labels(reason).inc(n)
+        self.today.add(reason, n)
 
 
 async def post_events(request: web.Request, ingestor: Ingestor) -> web.Response:

@@ -75,6 +75,19 @@ PLAUSIBLE_BODY: dict[str, Any] = {
         "p": {"type": ["object", "string"]}, "props": {"type": ["object", "string"]},
     },
 }
+UMAMI_BODY: dict[str, Any] = {
+    "type": "object",
+    "description": "What Umami's tracker sends; `payload.website` picks the app, `payload.name` the action "
+                   "(none: `pageview`), `payload.data` the attributes. Other payload fields are read by nobody.",
+    "required": ["type", "payload"],
+    "properties": {
+        "type": {"enum": ["event", "identify", "performance", "engagement"]},
+        "payload": {"type": "object", "required": ["website"], "properties": {
+            "website": {"type": "string"}, "name": {"type": "string"}, "data": {"type": "object"},
+            "hostname": {"type": "string"}, "url": {"type": "string"},
+        }},
+    },
+}
 PREFLIGHT = {
     "summary": "CORS preflight (answered for the configured origins)",
     "responses": {"204": {"description": "allowed"}, "403": PROBLEM},
@@ -132,6 +145,18 @@ def openapi_document() -> dict[str, Any]:
                             "description": "ok (x-plausible-dropped: 1 when the event was dropped)",
                             "content": {"text/plain": {"schema": {"type": "string"}}},
                         },
+                        **{str(c): PROBLEM for c in (400, 403, 408, 413, 429, 503)},
+                    },
+                },
+                "options": PREFLIGHT,
+            },
+            "/api/send": {
+                "post": {
+                    "summary": "Umami's collect endpoint: sites running Umami's tracker can point it here",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": UMAMI_BODY}}},
+                    "responses": {
+                        "202": {"description": '{"accepted": 1, ...}, or {"accepted": 0, "dropped": REASON}',
+                                "content": {"application/json": {"schema": {"type": "object"}}}},
                         **{str(c): PROBLEM for c in (400, 403, 408, 413, 429, 503)},
                     },
                 },

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from runtime.config import load_settings
+from runtime.config import (
+    HttpUrl,
+    Off,
+    Section,
+    ServiceSettings,
+    StrTuple,
+    load_settings,
+)
 
 ENV_PREFIX = "LIBERATION_NODE_"
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PlausibleSettings(_Section):
+class PlausibleSettings(Section):
     """The Plausible Events API endpoint (`POST /api/event`)."""
 
     # Site domain as the tracker sends it (`d`) -> catalog app. Unknown domains are dropped.
@@ -26,49 +30,64 @@ class PlausibleSettings(_Section):
     events: dict[str, str] = Field(default_factory=dict)
 
 
-class RateLimitSettings(_Section):
+class UmamiSettings(Section):
+    """Umami's collect endpoint (`POST /api/send`)."""
+
+    # Website id (the tracker's data-website-id) -> catalog app. Unknown ids are dropped.
+    websites: dict[str, str] = Field(default_factory=dict)
+    # Event name -> catalog action, where they differ; a send without a name is "pageview".
+    events: dict[str, str] = Field(default_factory=dict)
+
+
+class RateLimitSettings(Section):
     """Per-client token bucket, keyed by an HMAC of the IP (IPv6: its /64) under a key that lives in memory only."""
 
     requests_per_second: float = Field(default=20.0, ge=0)  # 0 turns the limit off
     burst: int = Field(default=60, ge=1)
 
 
-class PushSettings(_Section):
+class PushSettings(Section):
     """Where and how the node pushes its signed snapshots."""
 
-    hub_url: str | None = None  # e.g. "https://hub.example.org"; None = keep snapshots local
+    hub_url: Annotated[HttpUrl | None, Off] = None  # e.g. "https://hub.example.org"; None = keep snapshots local
     interval_seconds: float = Field(default=10.0, gt=0)  # how often the outbox is looked at
     min_backoff_seconds: float = Field(default=2.0, gt=0)
     max_backoff_seconds: float = Field(default=600.0, gt=0)
+    # A snapshot the hub refused as unknown-key (pushed before the node was enrolled) is offered
+    # again after about this long (jittered), until the hub takes it.
+    enrollment_retry_seconds: float = Field(default=900.0, gt=0)
     timeout_seconds: float = Field(default=30.0, gt=0)
 
 
-class NodeSettings(_Section):
+class NodeSettings(ServiceSettings):
     """Everything a node operator can set; every field is documented in deploy/node.example.toml."""
 
     data_dir: Path = Path("data/node")
+    display_name: str | None = Field(default=None, max_length=120)  # whose node: shown on its own page
     host: str = "127.0.0.1"
     port: int = Field(default=8701, ge=0, le=65535)
     # The operator's listener for /metrics (never the public port); None = no metrics served.
     metrics_host: str = "127.0.0.1"
-    metrics_port: int | None = Field(default=9701, ge=0, le=65535)
+    metrics_port: Annotated[Annotated[int, Field(ge=0, le=65535)] | None, Off] = 9701
     # Most client connections open at once on the public port; at the cap a newcomer closes the
     # longest-open idle one (or is closed, if every one is busy). Fitted to the open-file limit.
     max_connections: int = Field(default=4096, ge=1)
-    catalog: Path | None = None  # a catalog TOML; None = the built-in default catalog
-    geoip_database: Path | None = None  # a MaxMind-format country .mmdb; None = country ZZ
-    trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-For is believed
-    cors_origins: tuple[str, ...] = ()  # origins allowed to post events; "*" = any
+    catalog: Annotated[Path | None, Off] = None  # a catalog TOML; None = the built-in default catalog
+    geoip_database: Annotated[Path | None, Off] = None  # a MaxMind-format country .mmdb; None = country ZZ
+    trusted_proxies: StrTuple = ()  # CIDRs whose X-Forwarded-For is believed
+    cors_origins: StrTuple = ()  # origins allowed to post events; "*" = any
+    views_cors_origins: StrTuple = ("*",)  # origins that may GET the public views; () = no CORS
     max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
     clock_skew_seconds: int = Field(default=600, ge=0)  # live events further off are refused
-    retention_days: int | None = Field(default=None, ge=0)  # None = the catalog's
+    retention_days: Annotated[Annotated[int, Field(ge=0)] | None, Off] = None  # None = the catalog's
     commit_max_rows: int = Field(default=50_000, ge=1)  # most rows in one group commit
     memory_limit: str = Field(default="640MB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|KiB|MiB|GiB)$")  # DuckDB's
     export_grace_seconds: int = Field(default=3600, ge=0)  # a window closes this long after its end
     export_interval_seconds: float = Field(default=60.0, gt=0)  # how often closed windows are looked for
-    epsilon_cap_per_day: float | None = Field(default=None, gt=0)  # None = one day's worth of windows
+    epsilon_cap_per_day: Annotated[Annotated[float, Field(gt=0)] | None, Off] = None  # None = one day's worth of windows
     log_level: str = "INFO"
     plausible: PlausibleSettings = Field(default_factory=PlausibleSettings)
+    umami: UmamiSettings = Field(default_factory=UmamiSettings)
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
     push: PushSettings = Field(default_factory=PushSettings)
 
@@ -95,6 +114,8 @@ class NodeSettings(_Section):
         return value
 
 
-def load_node_settings(path: Path | str | None = None, **overrides: Any) -> NodeSettings:
-    """Settings from an optional TOML file, the environment, then command-line overrides."""
-    return load_settings(NodeSettings, path, ENV_PREFIX, overrides=overrides)
+def load_node_settings(
+    path: Path | str | None = None, *, environ: Mapping[str, str] | None = None, **overrides: Any
+) -> NodeSettings:
+    """Settings from an optional TOML file, the environment (`environ`, default os.environ), then command-line overrides."""
+    return load_settings(NodeSettings, path, ENV_PREFIX, environ=environ, overrides=overrides)

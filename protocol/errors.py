@@ -88,6 +88,8 @@ class ProblemType(StrEnum):
     UNAVAILABLE = "unavailable"
     STORAGE_UNAVAILABLE = "storage-unavailable"
     INTAKE_BUSY = "intake-busy"
+    NOT_OWNER = "not-owner"
+    OPERATION_FAILED = "operation-failed"
 
     @property
     def description(self) -> str:
@@ -149,6 +151,8 @@ _DESCRIPTIONS: dict[ProblemType, str] = {
     ProblemType.UNAVAILABLE: "The service cannot take the request now (storage busy or failing); retry.",
     ProblemType.STORAGE_UNAVAILABLE: "The store could not commit; nothing was acked, retry after `Retry-After`.",
     ProblemType.INTAKE_BUSY: "Both large-envelope verifiers are busy; retry after `Retry-After`.",
+    ProblemType.NOT_OWNER: "The admin socket refuses a process of another user than the service's (or root).",
+    ProblemType.OPERATION_FAILED: "An operator command failed unexpectedly on the admin socket; the service's log says why.",
 }
 
 

@@ -21,6 +21,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from runtime.standard_metrics import no_created_series
+
 LISTEN_BACKLOG = 128
 """Pending connections the kernel queues; asyncio also accepts up to this many in one go."""
 RESERVED_FILES = 64 + LISTEN_BACKLOG
@@ -110,7 +112,9 @@ class ConnectionCap:
     at once, since its descriptor is released within the loop's next turn.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, prefix: str = "liberation_") -> None:
+        """`prefix`: the service's metric prefix (liberation_node_, liberation_hub_)."""
+        no_created_series()
         self.limit = limit
         self._server: web.Server | None = None
         self._open: dict[_Counted, None] = {}  # made and not yet lost, oldest first
@@ -118,16 +122,16 @@ class ConnectionCap:
         self._leaving = 0  # closed by the cap, not yet lost
         self.registry = CollectorRegistry(auto_describe=True)
         self._closed = Counter(
-            "liberation_connections_closed",
+            f"{prefix}connections_closed",
             "Connections closed at the cap: the longest-open idle one, to make room (idle), "
             "or a newcomer when none was idle: every one busy, or arriving in the same burst (full)",
             ["reason"], registry=self.registry,
         )
         Gauge(
-            "liberation_connections_open", "Client connections open on the public port", registry=self.registry
+            f"{prefix}connections_open", "Client connections open on the public port", registry=self.registry
         ).set_function(self.count)
         Gauge(
-            "liberation_connections_max",
+            f"{prefix}connections_max",
             "The cap on client connections (max_connections, fitted to the open-file limit)",
             registry=self.registry,
         ).set(limit)

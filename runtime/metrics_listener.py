@@ -3,18 +3,21 @@
 Exact counters move with every event a person sends, within milliseconds: anyone who can poll
 them learns who used a tool when (epsilon = infinity for a session-day). So they are served on a
 separate listener, loopback by default, its own port (Prometheus's convention), with a routing
-table that holds nothing else; the public app has no `/metrics` route at all.
+table that holds nothing else but the service's operator pages (a node's setup check); the public
+app has no `/metrics` route at all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
 
+from protocol.errors import LiberationError
 from runtime.connections import CONNECTIONS
 
 log = logging.getLogger("liberation.metrics")
@@ -32,8 +35,8 @@ class MetricsListener:
 METRICS_LISTENER = web.AppKey("metrics_listener", MetricsListener)
 
 
-def metrics_app(render: Callable[[], bytes]) -> web.Application:
-    """An app with one route, `GET /metrics`: the text exposition that `render` produces."""
+def metrics_app(render: Callable[[], bytes], pages: Sequence[web.RouteDef] = ()) -> web.Application:
+    """An app with `GET /metrics` (the text exposition that `render` produces) and the operator's `pages`."""
 
     async def metrics(request: web.Request) -> web.Response:
         body = await asyncio.to_thread(render)
@@ -41,6 +44,7 @@ def metrics_app(render: Callable[[], bytes]) -> web.Application:
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)
+    app.router.add_routes(pages)
     return app
 
 
@@ -55,10 +59,12 @@ def add_metrics_listener(
     host: str,
     port: int | None,
     render: Callable[[web.Application], Callable[[], bytes]],
+    pages: Callable[[web.Application], Sequence[web.RouteDef]] | None = None,
 ) -> None:
     """Serve `render(app)` on host:port while `app` runs (after the contexts added before this one),
     followed by the metrics of the app's connection cap if it has one.
 
+    `pages(app)`: more routes for the operator only (exact, live figures: never on a public port).
     `port` 0 picks a free port; None leaves metrics unserved. The bound URL is logged as
     `metrics_url` and kept in `app[METRICS_LISTENER]`.
     """
@@ -74,10 +80,19 @@ def add_metrics_listener(
         def everything() -> bytes:
             return service_metrics() + (cap.render() if cap is not None else b"")
 
-        runner = web.AppRunner(metrics_app(everything), access_log=None, handle_signals=False)
+        routes = pages(app) if pages is not None else ()
+        runner = web.AppRunner(metrics_app(everything, routes), access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise LiberationError(
+                f"cannot listen for metrics on {_url(host, port)}: {os.strerror(exc.errno) if exc.errno else exc} "
+                "(set metrics_port: "
+                "0 picks a free port, off serves no metrics)"
+            ) from None
         bound_host, bound_port = runner.addresses[0][:2]
         url = _url(bound_host, bound_port)
         app[METRICS_LISTENER] = MetricsListener(url)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from protocol.errors import PROBLEM_BASE
 from tests.servers import RunningNode, node_settings, run_node
 
 
@@ -15,13 +16,17 @@ class HubStandIn:
     """Answers POST /v1/snapshots with the statuses queued in `answers` (then 202)."""
 
     def __init__(self) -> None:
-        self.answers: list[int] = []
+        self.answers: list[int | tuple[int, str]] = []  # a status, or a status and a problem type
         self.received: list[bytes] = []
 
     async def handle(self, request: web.Request) -> web.Response:
         self.received.append(await request.read())
-        status = self.answers.pop(0) if self.answers else 202
-        return web.Response(status=status, text="{}")
+        answer = self.answers.pop(0) if self.answers else 202
+        if isinstance(answer, tuple):
+            status, slug = answer
+            body = {"type": PROBLEM_BASE + slug, "title": "Forbidden", "status": status, "detail": f"the hub says {slug}"}
+            return web.json_response(body, status=status, content_type="application/problem+json")
+        return web.Response(status=answer, text="{}")
 
 
 @pytest.fixture

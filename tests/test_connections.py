@@ -51,14 +51,14 @@ async def metrics(proc: Process) -> str:
 
 async def until_open(proc: Process, at_most: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
-    while metric(await metrics(proc), "liberation_connections_open") > at_most:
+    while metric(await metrics(proc), "liberation_node_connections_open") > at_most:
         assert time.monotonic() < deadline, "connections the clients closed are still counted"
         await asyncio.sleep(0.05)
 
 
 async def until_closed_idle(proc: Process, at_least: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
-    while metric(await metrics(proc), 'liberation_connections_closed_total{reason="idle"}') < at_least:
+    while metric(await metrics(proc), 'liberation_node_connections_closed_total{reason="idle"}') < at_least:
         assert time.monotonic() < deadline, "the node did not take more connections than it has descriptors"
         await asyncio.sleep(0.05)
 
@@ -105,8 +105,8 @@ async def test_idle_sockets_past_the_open_file_limit_leave_requests_served(node:
             writer.close()
     assert status == 202 and seconds < 1.0, (status, seconds)
     assert held <= before + CAP + 2, (before, held)  # never more sockets than the cap
-    assert metric(text, "liberation_connections_max") == CAP
-    assert metric(text, 'liberation_connections_closed_total{reason="idle"}') >= OPEN_FILES - CAP
+    assert metric(text, "liberation_node_connections_max") == CAP
+    assert metric(text, 'liberation_node_connections_closed_total{reason="idle"}') >= OPEN_FILES - CAP
     node.stop()
     lines = node.log_path.read_text().splitlines()
     assert len(lines) < 20, lines[:5]
@@ -142,8 +142,8 @@ async def test_at_the_cap_with_every_request_in_flight_a_newcomer_is_closed_at_o
             w.close()
     assert closed == b"" and seconds < 1.0, seconds
     assert not cut, "a request in flight was cut to make room"
-    assert metric(text, 'liberation_connections_closed_total{reason="full"}') >= 1
-    assert metric(text, 'liberation_connections_closed_total{reason="idle"}') == 0
+    assert metric(text, 'liberation_node_connections_closed_total{reason="full"}') >= 1
+    assert metric(text, 'liberation_node_connections_closed_total{reason="idle"}') == 0
     await until_open(node, 0)  # the clients hung up: nothing stays counted
 
 

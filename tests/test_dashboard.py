@@ -463,7 +463,10 @@ async def test_geography(dashboard: Dashboard, loaded: tuple[Page, Probe]) -> No
     assert await first.get_attribute("data-label") == top["country"]
     assert (await first.locator(".value").text_content()) == count(top["sessions"]["value"])
     assert "United States" in (await first.text_content() or "")
-    assert await page.locator("#geography .country-list li").count() == min(12, len(d["countries"]))
+    shown = await page.locator("#geography .country-list li").count()
+    assert shown == min(12, len(d["countries"]))
+    # The heading's number is the list's length.
+    assert (await page.text_content("#geography h4") or "").startswith(f"Top {shown} countries")
     # The map colours every country with data, and only those.
     painted = await page.eval_on_selector_all(
         "#geography svg.map [data-country]", "els => els.filter(e => !e.classList.contains('land')).map(e => e.dataset.country)"
@@ -507,7 +510,11 @@ async def test_trends(dashboard: Dashboard, loaded: tuple[Page, Probe]) -> None:
     tools = dashboard.views["trends"]["data"]["tools"]
     for app, t in tools.items():
         card = page.locator(f"#trend-tools [data-app='{app}']")
-        assert await card.locator("svg.line-chart circle").count() == len(t["series"]) == 21
+        assert len(t["series"]) == 21
+        present = sum(1 for n in t["series"] if n is not None)
+        assert await card.locator("svg.line-chart circle").count() == present
+        # A suppressed day is a hatched column, never a point on the zero line.
+        assert await card.locator("svg.line-chart rect.null-band").count() == len(t["series"]) - present
         if t["growth"] is not None:
             assert (await card.locator(".growth .value").text_content()) == growth(t["growth"]["value"])
 
@@ -693,6 +700,35 @@ async def test_api_base_is_configurable(browser: Browser, dashboard: Dashboard) 
         assert api and all("/mirror/v1/" in u for u in api)
         d = dashboard.views["headline"]["data"]
         assert (await texts(page, "#headline [data-metric=sessions] .value")) == [count(d["sessions"]["value"])]
+        assert probe.errors == []
+    finally:
+        await context.close()
+
+
+async def test_phone_layout_does_not_scroll_sideways(browser: Browser, dashboard: Dashboard) -> None:
+    context = await browser.new_context(viewport={"width": 375, "height": 812}, device_scale_factor=2, is_mobile=True,
+                                        has_touch=True, locale="en-US")
+    context.set_default_timeout(PAGE_TIMEOUT_MS)
+    try:
+        page = await context.new_page()
+        probe = watch(page)
+        await page.goto(dashboard.url + "/")
+        await page.wait_for_selector("body[data-loaded='true']")
+        widths = await page.evaluate(
+            "() => [document.scrollingElement.scrollWidth, document.scrollingElement.clientWidth]"
+        )
+        # For the message: the elements that stick out, outside any scroller of their own.
+        wide = await page.evaluate("""() => {
+            const cw = document.scrollingElement.clientWidth;
+            const clipped = (e) => { for (let a = e.parentElement; a; a = a.parentElement) {
+                if (['auto', 'scroll', 'hidden', 'clip'].includes(getComputedStyle(a).overflowX)) return true; } return false; };
+            const right = (e) => Math.round(e.getBoundingClientRect().right);
+            return [...document.body.querySelectorAll('*')].filter((e) => right(e) > cw + 0.5 && !clipped(e))
+                .slice(0, 8).map((e) => `${e.tagName}#${e.id}.${e.getAttribute('class')} ${right(e)}`);
+        }""")
+        assert widths[0] <= widths[1], (widths, wide)
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "dashboard-phone.png"), full_page=True)
         assert probe.errors == []
     finally:
         await context.close()

@@ -75,3 +75,31 @@ def test_dockerfile_runs_as_a_non_root_user() -> None:
     users = [line.split()[1] for line in text.splitlines() if line.startswith("USER ")]
     assert users and users[-1] not in {"root", "0"}
     assert "ADD http" not in text and "curl" not in text  # nothing fetched outside the package index
+
+
+def test_dockerfile_pins_its_base_and_checks_health() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    image = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.M)
+    assert image and re.fullmatch(r"python:[\w.-]+@sha256:[0-9a-f]{64}", image.group(1)), "base image not pinned by digest"
+    froms = [line.split()[1] for line in text.splitlines() if line.startswith("FROM ")]
+    assert froms and all(f == "${PYTHON_IMAGE}" for f in froms)
+    health = [line for line in text.splitlines() if line.startswith("HEALTHCHECK ")]
+    assert len(health) == 1 and "/healthz" in text.split("HEALTHCHECK", 1)[1].split("ENTRYPOINT")[0]
+
+
+def test_dockerfile_copies_every_package() -> None:
+    """The image once lacked `runtime/`: every package the distribution ships is copied in."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    pyproject = (DEPLOY.parent / "pyproject.toml").read_text()
+    packages = re.findall(r'"(\w+)\*"', pyproject.split("[tool.setuptools.packages.find]", 1)[1].split("\n\n", 1)[0])
+    assert packages
+    for package in packages:
+        assert f"COPY {package} ./{package}" in text, package
+
+
+def test_volume_ownership_is_documented() -> None:
+    """The service runs as uid 10001 with /data 0700: a bind-mounted directory must be made for it."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert "useradd --system --uid 10001" in text and "chmod 0700 /data" in text
+    operations = (DEPLOY.parent / "docs" / "operations.md").read_text()
+    assert "10001" in operations and "install -d -m 0700 -o 10001 -g 10001" in operations

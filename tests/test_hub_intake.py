@@ -19,7 +19,7 @@ import duckdb
 import pytest
 
 import federation.intake as intake_module
-from federation.app import Hub, open_hub
+from federation.app import Hub, close_hub, open_hub
 from federation.intake import IntakeResult
 from federation.settings import HubSettings
 from federation.translog import verify_chain
@@ -235,7 +235,7 @@ def test_archive_is_one_file_per_window_per_commit_and_reconciled_after_a_crash(
         (hub.archive.root / files[0]).unlink()  # as if killed after the commit, before the archive
         (hub.archive.root / files[3]).unlink()
     finally:
-        hub.store.close()
+        close_hub(hub)
     hub = open_hub(settings, now=lambda: NOW)
     try:
         rows = duckdb.sql(
@@ -248,7 +248,7 @@ def test_archive_is_one_file_per_window_per_commit_and_reconciled_after_a_crash(
         assert sum(r[3] for r in rows) == merged_total
         assert hub.archive.reconcile(hub.store, hub.catalogs) == 0  # nothing left to write
     finally:
-        hub.store.close()
+        close_hub(hub)
 
 
 IDENTITY_KEY = bytes([1]) + bytes(31)
@@ -281,12 +281,12 @@ def test_a_small_order_key_enrolled_before_the_fix_is_left_out_not_fatal(tmp_pat
                 [key_id_of(IDENTITY_KEY), "old", IDENTITY_KEY, 1],
             )
     finally:
-        hub.store.close()
+        close_hub(hub)
     hub = open_hub(settings, now=lambda: NOW)  # starts; the key is not usable
     try:
         assert hub.registry.nodes() == []
     finally:
-        hub.store.close()
+        close_hub(hub)
 
 
 # ---- review H2: what an unauthenticated sender can cost, and a free event loop ----------------
@@ -310,13 +310,13 @@ def test_the_size_limit_is_derived_from_the_catalogs(tmp_path: Path) -> None:
     try:
         assert hub.intake.max_bytes == 2 * max_envelope_size(CATALOG) < 32 * 1024  # 16,726 bytes
     finally:
-        hub.store.close()
+        close_hub(hub)
     ceiling = HubSettings(data_dir=tmp_path / "low", port=0, max_snapshot_bytes=10_000)  # type: ignore[arg-type]
     hub = open_hub(ceiling, now=lambda: NOW)
     try:
         assert hub.intake.max_bytes == 10_000
     finally:
-        hub.store.close()
+        close_hub(hub)
 
 
 def test_regression_unauthenticated_bodies_are_refused_at_once_and_store_nothing(tmp_path: Path) -> None:
@@ -343,7 +343,7 @@ def test_regression_unauthenticated_bodies_are_refused_at_once_and_store_nothing
             assert cpu < (0.5 if slug == "invalid-signature" else 0.05), (slug, cpu)  # a signature hashes 8 MiB
         assert _stored(hub) == dict.fromkeys(("envelopes", "merged", "windows", "incidents", "translog", "archive files"), 0)
     finally:
-        hub.store.close()
+        close_hub(hub)
 
 
 async def test_large_envelopes_are_checked_off_the_event_loop_and_503_when_busy(
@@ -486,7 +486,7 @@ def test_regression_declared_privacy_parameters_are_the_catalogs(tmp_path: Path,
         assert _stored(hub)["translog"] == 0
         assert isinstance(hub.intake.accept(sign_snapshot(honest, key)), IntakeResult)  # the honest one still goes in
     finally:
-        hub.store.close()
+        close_hub(hub)
 
 
 def test_a_child_hubs_variance_is_at_least_a_nodes(tmp_path: Path) -> None:
@@ -504,7 +504,7 @@ def test_a_child_hubs_variance_is_at_least_a_nodes(tmp_path: Path) -> None:
         empty = _with_metric(merged_snapshot, metric.name, idx=(), val=(), other_idx=(), other_val=(), variance=0.0)
         hub.intake.check(sign_snapshot(empty, key))  # no value published: nothing for a variance to describe
     finally:
-        hub.store.close()
+        close_hub(hub)
 
 
 async def test_enrollment_records_the_kind_of_key(hub: RunningHub, tmp_path: Path) -> None:
@@ -533,7 +533,7 @@ def test_a_store_of_a_newer_schema_is_refused_with_a_message(tmp_path: Path) -> 
     hub = open_hub(settings, now=lambda: NOW)
     with hub.store.transaction() as tx:
         tx.execute("INSERT INTO schema_version VALUES (99)")
-    hub.store.close()
+    close_hub(hub)
     with pytest.raises(StoreVersionError, match="schema version 99"):
         open_hub(settings, now=lambda: NOW)
 
@@ -641,4 +641,4 @@ def test_overlapping_windows_within_one_commit(tmp_path: Path) -> None:
         ]
         assert _stored(hub)["translog"] == 2
     finally:
-        hub.store.close()
+        close_hub(hub)

@@ -1,5 +1,7 @@
 """No internal route is reachable from a public port, whatever the path's spelling (raw sockets).
 
+The operator's commands (budget, enroll, ...) are served on the admin socket's routing table only.
+
 Exact metrics (`/metrics`) move with each visit; the node's salts and counters were once served
 to an ingest tier. Both live on no public routing table: the metrics on a listener of their own.
 """
@@ -13,7 +15,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from federation.admin import HUB_OPERATIONS
 from federation.settings import HubSettings
+from node.admin import NODE_OPERATIONS
 from tests.servers import node_settings, run_hub, run_node
 
 SPELLINGS = (
@@ -51,8 +55,8 @@ def internal_paths() -> list[tuple[str, str, bytes]]:
     return [
         ("GET", "metrics", b""),
         ("GET", f"_internal/salt/{future}", b""),
-        ("POST", "_internal/counts", b'{"liberation_events_accepted": 1000000}'),
-    ]
+        ("POST", "_internal/counts", b'{"liberation_node_events_accepted": 1000000}'),
+    ] + [("POST", op.name, b"{}") for op in NODE_OPERATIONS]  # the admin socket's: on its own routing table
 
 
 @pytest.mark.parametrize("spelling", SPELLINGS)
@@ -69,6 +73,8 @@ async def test_the_node_serves_no_internal_route_on_its_public_port(tmp_path: Pa
 async def test_the_hub_serves_no_metrics_on_its_public_port(tmp_path: Path, spelling: str) -> None:
     async with run_hub(HubSettings(data_dir=tmp_path / "hub", port=0, metrics_port=0)) as hub:
         assert await raw_status(hub.url, "GET", spelling.format(p="metrics")) in (400, 404)
+        for op in HUB_OPERATIONS:  # the admin socket's, and only there
+            assert await raw_status(hub.url, "POST", spelling.format(p=op.name), b"{}") in (400, 404), op.name
 
 
 async def test_metrics_have_their_own_loopback_listener_and_routes(tmp_path: Path) -> None:
@@ -77,7 +83,8 @@ async def test_metrics_have_their_own_loopback_listener_and_routes(tmp_path: Pat
         run_hub(HubSettings(data_dir=tmp_path / "hub", port=0, metrics_port=0)) as hub,
         aiohttp.ClientSession() as session,
     ):
-        for service, prefix in ((node, "liberation_events_accepted_total"), (hub, "liberation_hub_snapshots_accepted_total")):
+        pairs = ((node, "liberation_node_events_accepted_total"), (hub, "liberation_hub_snapshots_accepted_total"))
+        for service, prefix in pairs:
             assert service.metrics_url.startswith("http://127.0.0.1:") and service.metrics_url != service.url
             async with session.get(service.metrics_url + "/metrics") as resp:
                 assert resp.status == 200 and prefix in await resp.text()

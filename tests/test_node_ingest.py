@@ -266,10 +266,10 @@ async def test_operations_endpoints(node: RunningNode) -> None:
             assert resp.status == 404  # exact counters are the operator's: never on the public port
         async with session.get(node.metrics_url + "/metrics") as resp:
             text = await resp.text()
-            assert "liberation_events_accepted_total 15.0" in text
-            assert "liberation_rows 15.0" in text
-            assert "liberation_commit_seconds_count" in text
-            memory = next(line for line in text.splitlines() if line.startswith("liberation_db_memory_bytes "))
+            assert "liberation_node_events_accepted_total 15.0" in text
+            assert "liberation_node_rows 15.0" in text
+            assert "liberation_node_commit_seconds_count" in text
+            memory = next(line for line in text.splitlines() if line.startswith("liberation_node_db_memory_bytes "))
             assert float(memory.split()[1]) > 0
         async with session.get(node.url + "/v1/local/summary") as resp:
             summary = await resp.json()

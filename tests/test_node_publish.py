@@ -74,7 +74,7 @@ async def test_import_serve_export_push(tmp_path: Path, hub: tuple[HubStandIn, s
                 ledger = await resp.json()
             assert len(ledger["entries"]) == 3 * 17
             async with session.get(proc.metrics_url + "/metrics") as resp:
-                assert "liberation_snapshots_exported_total 3.0" in await resp.text()
+                assert "liberation_node_snapshots_exported_total 3.0" in await resp.text()
             async with session.get(proc.url + "/v1/local/summary") as resp:
                 summary = await resp.json()
             assert len(summary["windows"]) == 3

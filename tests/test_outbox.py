@@ -162,3 +162,44 @@ async def test_a_redirect_is_not_followed_and_is_retried(tmp_path: Path, status:
         assert await outbox.push_due(session) == 0
         assert [line.split()[1] for line in seen] == ["/v1/snapshots", "/v1/snapshots"]
         assert outbox.entries()[0].attempts == 2 and results == ["retry", "retry"]
+
+
+async def test_unknown_key_is_offered_again_later_and_the_problem_type_logged(
+    tmp_path: Path, hub: tuple[HubStandIn, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pushed before the hub's operator enrolled the node: it used to be dropped for good."""
+    stand_in, url = hub
+    stand_in.answers = [(403, "unknown-key"), (403, "unknown-key")]
+    store = exported_store(tmp_path)
+    clock = Clock()
+    outbox = Outbox(store, PushSettings(hub_url=url, enrollment_retry_seconds=900), now=clock)
+    async with aiohttp.ClientSession() as session:
+        with caplog.at_level("WARNING", logger="liberation.node.outbox"):
+            assert await outbox.push_due(session) == 0
+        entry = outbox.entries()[0]
+        assert entry.state == "pending" and entry.last_status == 403
+        assert entry.last_error == "the hub says unknown-key"
+        assert clock.t + 450 <= entry.next_attempt <= clock.t + 900  # long, jittered
+        assert [getattr(r, "problem", None) for r in caplog.records] == ["unknown-key"]
+        clock.t += 300
+        assert await outbox.push_due(session) == 0 and len(stand_in.received) == 1  # not before its time
+        clock.t = entry.next_attempt
+        assert await outbox.push_due(session) == 0 and len(stand_in.received) == 2  # still unknown
+        attempts = await outbox.push_now(session)  # the operator, once the hub enrolled it: now, backoff or not
+    assert [(a.outcome, a.status) for a in attempts] == [("sent", 202)]
+    assert attempts[0].render().endswith(": sent (202)")
+    assert outbox.entries()[0].state == "sent" and outbox.last_success() == int(clock.t)
+
+
+async def test_a_refusal_is_final_until_push_retry(tmp_path: Path, hub: tuple[HubStandIn, str]) -> None:
+    stand_in, url = hub
+    stand_in.answers = [(403, "revoked-key")]
+    store = exported_store(tmp_path)
+    outbox = Outbox(store, PushSettings(hub_url=url))
+    async with aiohttp.ClientSession() as session:
+        assert await outbox.push_due(session) == 0
+        assert outbox.entries()[0].state == "rejected"
+        assert await outbox.push_now(session) == []  # a refused snapshot is not pending
+        line = (await outbox.push_now(session, retry_rejected=True))[0].render()
+    assert line.endswith(": sent (202)") and len(stand_in.received) == 2
+    assert outbox.entries()[0].state == "sent"

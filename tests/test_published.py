@@ -110,7 +110,7 @@ def test_a_database_restored_from_before_an_export_never_publishes_the_window_ag
     restore(tmp_path / "backup", data_dir)
     proc = Process(["node", "serve"], tmp_path / "second.log", env=env)
     try:
-        missing = 'liberation_exports_refused_total{reason="published-copy-missing"}'
+        missing = 'liberation_node_exports_refused_total{reason="published-copy-missing"}'
         deadline = time.monotonic() + 60
         while metric(proc.metrics_url, missing) < 1:
             status, body = get(f"{proc.url}/v1/snapshots/{label}")
@@ -163,7 +163,7 @@ async def test_a_restored_node_adopts_the_hubs_copy_byte_identical(tmp_path: Pat
     back_up(settings.data_dir, tmp_path / "backup")
     hub_settings = HubSettings(data_dir=tmp_path / "hub", port=0, metrics_port=0, admin_token=admin_token())  # type: ignore[arg-type]
     pushing = node_settings(tmp_path / "node", export_grace_seconds=0,
-                            push={"hub_url": "", "interval_seconds": 0.2, "min_backoff_seconds": 0.1})
+                            push={"hub_url": None, "interval_seconds": 0.2, "min_backoff_seconds": 0.1})
     async with run_hub(hub_settings) as hub, aiohttp.ClientSession() as http:
         hub.hub.registry.enroll("restored", PublicKey.from_b64(key.b64))
         pushing = pushing.model_copy(update={"push": pushing.push.model_copy(update={"hub_url": hub.url})})

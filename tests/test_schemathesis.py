@@ -267,7 +267,9 @@ def test_hub_api(case: schemathesis.Case, hub_server: Served, http: requests.Ses
 def test_generated_events_reached_the_store(node_server: Served, http: requests.Session) -> None:
     """The runs above were not all refusals: generated events went through the filter into the store."""
     text = http.get(node_server.metrics_url + "/metrics", timeout=30).text
-    accepted = next(float(line.split()[-1]) for line in text.splitlines() if line.startswith("liberation_events_accepted_total"))
+    accepted = next(
+        float(line.split()[-1]) for line in text.splitlines() if line.startswith("liberation_node_events_accepted_total")
+    )
     assert accepted > 400  # the 400 of the setup, and some of schemathesis'
 
 

@@ -113,3 +113,77 @@ def test_a_weak_admin_token_is_refused_with_a_hint(token: str) -> None:
 def test_a_strong_admin_token_is_accepted(token: str) -> None:
     settings = load_hub_settings(None, admin_token=token)
     assert settings.admin_token is not None and settings.admin_token.get_secret_value() == token
+
+
+def test_a_hub_url_without_its_scheme_is_refused_with_the_fix() -> None:
+    """It used to start and retry `127.0.0.1:8700/v1/snapshots` forever."""
+    with pytest.raises(ConfigError, match=r"push.hub_url: a URL starts with its scheme: https://127.0.0.1:8700"):
+        load_node_settings(None, environ={"LIBERATION_NODE_PUSH__HUB_URL": "127.0.0.1:8700"})
+    with pytest.raises(ConfigError, match="push.hub_url"):
+        load_node_settings(None, environ={"LIBERATION_NODE_PUSH__HUB_URL": "ftp://hub.example.org"})
+    url = load_node_settings(None, environ={"LIBERATION_NODE_PUSH__HUB_URL": "https://hub.example.org/"}).push.hub_url
+    assert url == "https://hub.example.org"
+
+
+@pytest.mark.parametrize("word", ["null", "None", "", "false"])
+def test_an_admin_token_of_null_is_refused_not_taken_for_off(word: str) -> None:
+    with pytest.raises(ConfigError, match="admin_token: .* not a token; to turn the admin API off"):
+        load_hub_settings(None, environ={"LIBERATION_HUB_ADMIN_TOKEN": word})
+
+
+def test_off_turns_an_optional_setting_off() -> None:
+    hub = load_hub_settings(None, environ={"LIBERATION_HUB_ADMIN_TOKEN": "off", "LIBERATION_HUB_METRICS_PORT": "off"})
+    assert hub.admin_token is None and hub.metrics_port is None
+    node = load_node_settings(None, environ={"LIBERATION_NODE_METRICS_PORT": "null", "LIBERATION_NODE_RETENTION_DAYS": "off"})
+    assert node.metrics_port is None and node.retention_days is None
+
+
+def test_numeric_looking_strings_stay_strings() -> None:
+    """The old loader parsed every value as JSON first: an all-digit token became a number and failed."""
+    token = "".join(secrets.choice("0123456789") for _ in range(64))
+    settings = load_hub_settings(None, environ={"LIBERATION_HUB_ADMIN_TOKEN": token})
+    assert settings.admin_token is not None and settings.admin_token.get_secret_value() == token
+    node = load_node_settings(None, environ={"LIBERATION_NODE_PLAUSIBLE__DOMAINS": '{"123.example": "456"}'})
+    assert node.plausible.domains == {"123.example": "456"}
+
+
+def test_lists_from_the_environment_as_json_or_commas() -> None:
+    given = {"LIBERATION_NODE_TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1/32"}
+    assert load_node_settings(None, environ=given).trusted_proxies == ("10.0.0.0/8", "127.0.0.1/32")
+    given = {"LIBERATION_NODE_TRUSTED_PROXIES": '["10.0.0.0/8"]'}
+    assert load_node_settings(None, environ=given).trusted_proxies == ("10.0.0.0/8",)
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "message"),
+    [
+        pytest.param("prot = 9000\n", {}, "prot: not a setting; did you mean port?", id="toml-top"),
+        pytest.param('[push]\nhub_ulr = "https://h.example"\n', {}, "push.hub_ulr: not a setting; did you mean hub_url?",
+                     id="toml-table"),
+        pytest.param("", {"LIBERATION_NODE_PROT": "1"},
+                     "LIBERATION_NODE_PROT is not a setting; did you mean LIBERATION_NODE_PORT?", id="env-top"),
+        pytest.param("", {"LIBERATION_NODE_RATE_LIMIT__BRUST": "3"},
+                     "did you mean LIBERATION_NODE_RATE_LIMIT__BURST?", id="env-table"),
+    ],
+)
+def test_a_typo_names_the_closest_setting(tmp_path: Path, toml: str, env: dict[str, str], message: str) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text(toml)
+    with pytest.raises(ConfigError) as caught:
+        load_node_settings(config, environ=env)
+    assert message in str(caught.value)
+
+
+def test_a_missing_or_broken_settings_file_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read settings file .*: No such file or directory"):
+        load_node_settings(tmp_path / "absent.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("port = \n")
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        load_node_settings(broken)
+
+
+def test_settings_built_in_code_never_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A demo or a test that builds settings in code gets exactly what it asked for."""
+    monkeypatch.setenv("LIBERATION_NODE_PUSH__HUB_URL", "https://elsewhere.example")
+    assert NodeSettings(data_dir=Path("x")).push.hub_url is None

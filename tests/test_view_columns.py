@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow as pa  # type: ignore[import-untyped]
 import pytest
 
-from federation.app import open_hub
+from federation.app import close_hub, open_hub
 from federation.settings import HubSettings
 from federation.store import HubStore
 from protocol.catalog import STAGES, Catalog, load_catalog
@@ -213,4 +213,4 @@ def test_an_accepted_snapshot_invalidates_its_window(tmp_path: Path) -> None:
         assert after["data"] == reference_view(hub.store, name, start, end), name
         assert after != json.loads(before[name]), f"{name} is stale after intake"
     assert json.loads(hub.views.render("headline", CATALOG, start, end, "json")[0])["nodes"] == 3
-    hub.store.close()
+    close_hub(hub)

@@ -75,6 +75,27 @@ def shared_paths() -> dict[str, Any]:
                 },
             }
         },
+        "/v1/about": {
+            "get": {
+                "summary": "Who serves this page: {kind: hub|node, key_id}; a node adds its name and communities: 1",
+                "responses": {"200": JSON_OK},
+            }
+        },
+        "/v1/cells": {
+            "get": {
+                "summary": "The shown cells of every window of a range as a tidy CSV: window,metric,<dimensions>,value,sd,nodes",
+                "parameters": [*RANGE, query_param("metric", "metric names, comma-separated (default: all)")],
+                "responses": {
+                    "200": {
+                        "description": "one row per window and shown cell; absent cells have no row (not zero)",
+                        "headers": {"ETag": {"schema": {"type": "string"}}},
+                        "content": {"text/csv": {"schema": {"type": "string"}}},
+                    },
+                    "304": {"description": "not modified (If-None-Match)"},
+                    **errors,
+                },
+            }
+        },
         "/v1/windows": {
             "get": {
                 "summary": "Windows with data and their node counts",

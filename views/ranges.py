@@ -331,6 +331,14 @@ class ViewService:
         etag = 'W/"' + hashlib.sha256(repr(key).encode()).hexdigest()[:32] + '"'
         return self._cached(key, lambda: self._render(name, catalog, start, end, fmt)), etag
 
+    def render_range(
+        self, name: str, catalog: Catalog, start: int, end: int, make: Callable[[RangeData], bytes]
+    ) -> tuple[bytes, str]:
+        """`make` over the range's data (another body than a view's, e.g. the tidy cells), cached alike, and its ETag."""
+        key = (name, catalog.hash, start, end, self._version())
+        etag = 'W/"' + hashlib.sha256(repr(key).encode()).hexdigest()[:32] + '"'
+        return self._cached(key, lambda: make(self._source.load(catalog, start, end))), etag
+
     def _render(self, name: str, catalog: Catalog, start: int, end: int, fmt: str) -> bytes:
         data = self._source.load(catalog, start, end)
         result = VIEWS[name][1](data)

@@ -117,7 +117,8 @@ async function loadViews() {
   for (const n of Object.keys(VIEWS)) if (!names.includes(n)) setOffered(n, false);
   tidySections();
   document.querySelector("main").setAttribute("aria-busy", "true");
-  setStatus(`Loading ${fmtRange(state.range.from, state.range.to)}…`);
+  // No range yet on a server with no published window: the views pick their default.
+  setStatus(state.range.from ? `Loading ${fmtRange(state.range.from, state.range.to)}…` : "Loading…");
   const results = await Promise.allSettled(names.map((n) => view(n, state.range)));
   if (seq !== state.loadSeq) return; // a newer range superseded this one
   const envs = {};
@@ -238,6 +239,22 @@ function initPanelControls() {
   });
 }
 
+// ---- whose page --------------------------------------------------------------------------------
+
+/** On a community node the page shows that one community's own published numbers: say so, and whose. */
+function showNode(about) {
+  const who = about.name || `community node ${about.key_id}`;
+  document.body.dataset.kind = "node";
+  document.title = `${who} — Liberation Analytics`;
+  $("overview-title").textContent = "This community at a glance";
+  const note = $("whose");
+  note.replaceChildren(
+    h("strong", { text: who }),
+    ": this node's own page. It shows one community's published numbers (noised, signed snapshots), not the movement's: the federation hub merges many communities.",
+  );
+  note.hidden = false;
+}
+
 // ---- boot ---------------------------------------------------------------------------------------
 
 async function boot() {
@@ -246,11 +263,13 @@ async function boot() {
   initPanelControls();
   initTypical();
   const world = fetch("static/world.json", { credentials: "omit" }).then((r) => (r.ok ? r.json() : null)).catch(() => null);
-  const [index, windows, catalog] = await Promise.all([
+  const [index, windows, catalog, about] = await Promise.all([
     optional("/v1/views").catch(() => null),
     optional("/v1/windows").catch(() => null),
     optional("/v1/catalog").catch(() => null),
+    optional("/v1/about").catch(() => null),
   ]);
+  if (about && about.kind === "node") showNode(about);
   if (index && Array.isArray(index.views)) state.offered = new Set(index.views.map((v) => v.name));
   if (catalog) {
     for (const [name, app] of Object.entries(catalog.apps || {})) {

@@ -357,7 +357,12 @@ export function lineChart(series, windows, { label, className = "", fmtX, width 
   const present = series.filter(isNum);
   const maxV = Math.max(1, ...present.map((n) => n.value + n.sd));
   const n = series.length;
-  const x = (i) => m.left + (n <= 1 ? iw / 2 : (i / (n - 1)) * iw);
+  // Positioned by time, not by index: a day with no data at all leaves its place empty.
+  const t0 = n ? windows[0] : 0;
+  const span = n > 1 ? windows[n - 1] - t0 : 0;
+  let step = Infinity;
+  for (let i = 1; i < n; i += 1) step = Math.min(step, windows[i] - windows[i - 1]);
+  const x = (i) => m.left + (span <= 0 ? iw / 2 : ((windows[i] - t0) / span) * iw);
   const y = (v) => m.top + ih - (clamp(v, 0, maxV) / maxV) * ih;
   const svg = chartSvg(W, H, label, `chart line-chart ${className}`);
   for (const t of niceTicks(maxV, 3)) {
@@ -366,14 +371,16 @@ export function lineChart(series, windows, { label, className = "", fmtX, width 
       s("text", { class: "axis-label", x: m.left - 5, y: y(t) + 4, "text-anchor": "end", text: fmtCompact(t) }),
     );
   }
-  // Runs of present points: band and line break at nulls (a gap, not a dip to zero).
+  // Runs of present points on consecutive windows: band and line break at a suppressed (null)
+  // point and at an absent window, a gap and never a dip to zero.
   const runs = [];
   let run = [];
   series.forEach((p, i) => {
-    if (isNum(p)) run.push(i);
-    else if (run.length) {
-      runs.push(run);
-      run = [];
+    const adjacent = run.length && windows[i] - windows[run[run.length - 1]] <= step;
+    if (isNum(p) && (adjacent || !run.length)) run.push(i);
+    else {
+      if (run.length) runs.push(run);
+      run = isNum(p) ? [i] : [];
     }
   });
   if (run.length) runs.push(run);
@@ -384,11 +391,13 @@ export function lineChart(series, windows, { label, className = "", fmtX, width 
     svg.append(s("polygon", { class: "band", points: [...upper, ...lower].join(" ") }));
     svg.append(s("polyline", { class: "line", points: r.map((i) => `${x(i)},${y(series[i].value)}`).join(" ") }));
   }
+  // A suppressed point is a hatched column over the whole height: unknown, not zero.
+  const slot = n > 1 ? Math.max(2, Math.min(10, (iw * (Number.isFinite(step) ? step : span)) / Math.max(span, 1) - 1)) : 10;
   series.forEach((p, i) => {
     if (isNum(p)) {
       svg.append(s("circle", { class: "dot", cx: x(i), cy: y(p.value), r: n > 40 ? 1.5 : 2.6 }, s("title", { text: `${fmtX(windows[i])}: ${text(p)}` })));
     } else {
-      svg.append(s("circle", { class: "null-dot", cx: x(i), cy: m.top + ih, r: 3 }, s("title", { text: `${fmtX(windows[i])}: ${BELOW}` })));
+      svg.append(s("rect", { class: "null-band", x: x(i) - slot / 2, y: m.top, width: slot, height: ih }, s("title", { text: `${fmtX(windows[i])}: ${BELOW}` })));
     }
   });
   svg.append(s("line", { class: "baseline", x1: m.left, x2: W - m.right, y1: m.top + ih, y2: m.top + ih }));

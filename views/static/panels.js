@@ -285,13 +285,15 @@ export function countryTotals(d, tool) {
   return totals;
 }
 
+const TOP_COUNTRIES = 12;
+
 export function renderGeography(env, ctx, world, tool = "") {
   const d = env.data;
   const totals = countryTotals(d, tool);
   let ranked;
   if (!tool) ranked = d.countries.map((c) => ({ code: c.country, n: c.sessions }));
-  else ranked = [...totals.entries()].filter(([, n]) => isNum(n)).map(([code, n]) => ({ code, n })).sort((a, b) => b.n.value - a.n.value).slice(0, 20);
-  const top = ranked.slice(0, 12);
+  else ranked = [...totals.entries()].filter(([, n]) => isNum(n)).map(([code, n]) => ({ code, n })).sort((a, b) => b.n.value - a.n.value);
+  const top = ranked.slice(0, TOP_COUNTRIES);
   const mapLabel = `World map of sessions by country${tool ? ` for the ${title(ctx, tool)}` : ""}; ${totals.size} countries have published sessions`;
   const mapPart = world
     ? (() => {
@@ -327,7 +329,8 @@ export function renderGeography(env, ctx, world, tool = "") {
     h("div", { class: "map-layout" },
       mapPart,
       h("div", {},
-        h("h4", { text: tool ? `Top countries — ${title(ctx, tool)}` : "Top countries" }),
+        // The heading says how many the list shows: the list is the whole truth of it.
+        h("h4", { text: `Top ${plural(top.length, "country", "countries")}${tool ? ` — ${title(ctx, tool)}` : ""}` }),
         list,
         regionList,
         h("div", { class: "map-foot" },

@@ -1,0 +1,129 @@
+"""The hub operator's commands, each one function: run by the hub's admin socket, its admin HTTP API, or the CLI on its files.
+
+`HUB_OPERATIONS` is what the socket serves (federation/app.py); `federation.app.offline_hub` opens
+a stopped hub for the CLI (runtime/admin.py picks the way). Results are data; `render` gives the CLI's lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from federation.registry import Kind, NodeRecord
+from protocol.errors import BadRequest, ProblemType
+from protocol.keys import PublicKey
+from runtime.admin import Blob, Operation
+
+if TYPE_CHECKING:
+    from federation.app import Hub  # which serves these operations on its socket
+
+log = logging.getLogger("liberation.hub")
+
+
+class NoParams(BaseModel):
+    pass
+
+
+class Enrolled(BaseModel):
+    """One enrolled key, as the admin API and the CLI show it."""
+
+    key_id: str
+    name: str
+    public_key: str
+    enrolled: int
+    revoked: int | None
+    active: bool
+    kind: Kind
+
+    @classmethod
+    def of(cls, record: NodeRecord) -> Enrolled:
+        return cls.model_validate(record.to_dict())
+
+    def line(self) -> str:
+        return f"{self.key_id}  {'active' if self.active else 'revoked':8s} {self.kind:5s} {self.name}"
+
+
+class Nodes(BaseModel):
+    nodes: list[Enrolled]
+
+    def render(self) -> list[str]:
+        return [n.line() for n in self.nodes] or ["no node enrolled"]
+
+
+async def list_nodes(hub: Hub, params: NoParams) -> Nodes:
+    return Nodes(nodes=[Enrolled.of(r) for r in hub.registry.nodes()])
+
+
+class EnrollParams(BaseModel):
+    name: str
+    public_key: str  # base64 or PEM
+    kind: Kind = "node"
+
+
+class Enrollment(BaseModel):
+    record: Enrolled
+    changed: bool  # the key was enrolled already, under the other kind: its kind changed
+
+    def render(self) -> str:
+        r = self.record
+        return f"{'changed' if self.changed else 'enrolled'} {r.name} ({r.kind}): key id {r.key_id}"
+
+
+async def enroll(hub: Hub, params: EnrollParams) -> Enrollment:
+    """Enroll a node's (or a child hub's) public key; the same key and name with the other kind changes its kind."""
+    try:
+        public_key = PublicKey.parse(params.public_key.strip())
+    except ValueError:
+        raise BadRequest("the public key is not an Ed25519 public key (base64 or PEM)", slug=ProblemType.INVALID_KEY) from None
+    known = any(r.key_id == public_key.key_id for r in hub.registry.nodes())
+    record = await asyncio.to_thread(hub.registry.enroll, params.name, public_key, params.kind)
+    log.info("kind changed" if known else "enrolled",
+             extra={"node": record.key_id, "node_name": record.name, "kind": record.kind})
+    return Enrollment(record=Enrolled.of(record), changed=known)
+
+
+class RevokeParams(BaseModel):
+    node: str  # key id or name
+
+
+class Revoked(BaseModel):
+    record: Enrolled
+
+    def render(self) -> str:
+        return f"revoked {self.record.name}: key id {self.record.key_id}"
+
+
+async def revoke(hub: Hub, params: RevokeParams) -> Revoked:
+    """Revoke a node by key id or name: its later snapshots are refused, what was merged stays."""
+    record = await asyncio.to_thread(hub.registry.revoke, params.node)
+    log.info("revoked", extra={"node": record.key_id, "node_name": record.name})
+    return Revoked(record=Enrolled.of(record))
+
+
+class ImportParams(BaseModel):
+    envelope: Blob
+
+
+class Imported(BaseModel):
+    status: str  # accepted or duplicate
+    node: str
+    window_start: int
+
+    def render(self, name: str) -> str:
+        return f"{name}: {self.status} (node {self.node}, window {self.window_start})"
+
+
+async def import_envelope(hub: Hub, params: ImportParams) -> Imported:
+    """A snapshot envelope carried by hand, through the same checks and group commit as `POST /v1/snapshots`."""
+    result = await hub.intake.submit(params.envelope)
+    return Imported(status=result.status, node=result.node, window_start=result.window_start)
+
+
+NODES: Operation[Hub, NoParams, Nodes] = Operation("nodes", NoParams, Nodes, list_nodes)
+ENROLL: Operation[Hub, EnrollParams, Enrollment] = Operation("enroll", EnrollParams, Enrollment, enroll)
+REVOKE: Operation[Hub, RevokeParams, Revoked] = Operation("revoke", RevokeParams, Revoked, revoke)
+IMPORT: Operation[Hub, ImportParams, Imported] = Operation("import", ImportParams, Imported, import_envelope)
+HUB_OPERATIONS: tuple[Operation[Hub, Any, Any], ...] = (NODES, ENROLL, REVOKE, IMPORT)
