@@ -2,7 +2,8 @@
 
 Three federations (the demo's three communities, 20 x 200 and 100 x 30 sessions a
 day; bench/utility_truth.py) are generated once through real nodes, which gives
-each node's bounded true tables per daily window and the raw truth. Each design
+each node's bounded true tables per window (daily, or weekly with `--window week`)
+and the raw truth. Each design
 then turns those tables into what the hub shows, with fresh OpenDP noise per run,
 and the hub's own view functions render it (bench/utility_product.py). A design
 is one function from a federation's truth to the views' input: add one to DESIGNS.
@@ -48,6 +49,7 @@ from bench.utility_truth import (
     generate,
 )
 from protocol.catalog import Catalog
+from protocol.regions import region_of
 
 FEDERATIONS = ("demo", "20x200", "100x30")
 DAYS = 28
@@ -56,6 +58,14 @@ OTHER_RUNS = 4
 VIEW_NAMES = ("headline", "usage", "completion", "geography", "financial")
 HUB_Z = 3.0  # the central-DP reference's hub threshold, in sd of the range sum
 NAN = float("nan")
+_ADJECTIVE = {"day": "daily", "week": "weekly"}
+HAND_SET_SHARES = {
+    "usage_events": 0.06, "usage_sessions": 0.07, "geo_sessions": 0.10, "peak_events": 0.08, "tool_pairs": 0.08,
+    "completion": 0.08, "session_tools": 0.05, "session_duration": 0.05, "runway_months": 0.06,
+    "real_wage_gap": 0.06, "savings_band": 0.05, "industry": 0.06, "salary_band": 0.04, "monthly_expenses": 0.03,
+    "debt_level": 0.04, "questions_answered": 0.03, "industry_runway": 0.06,
+}
+"""Catalog v2's hand-set epsilon shares, before they were derived from weights: the reference split."""
 
 
 # ---- designs: a federation's truth -> what the views read -------------------------------------------
@@ -84,7 +94,20 @@ def current(fed: Prepared) -> product.ViewInput:
 
 def snapshots_only(fed: Prepared) -> product.ViewInput:
     """The product without share keepers: every node's noised snapshot, merged and summed by the hub."""
-    truth, catalog = fed.truth, fed.catalog
+    return _product(fed, fed.catalog)
+
+
+def hand_set(fed: Prepared) -> product.ViewInput:
+    """Reference: snapshots only, with catalog v2's hand-set epsilon shares instead of the split its weights derive.
+
+    Weights w_j = share_j^3 / (k_j c_j)^2 make the derivation give back exactly those shares.
+    """
+    weights = {m.name: HAND_SET_SHARES[m.name] ** 3 / m.sensitivity**2 for m in fed.catalog.metrics}
+    return _product(fed, product.with_weights(fed.catalog, weights))
+
+
+def _product(fed: Prepared, catalog: Catalog) -> product.ViewInput:
+    truth = fed.truth
     merged = {
         w: product.publish_window(catalog, truth.window_tables(i), window_start=w, seq=i + 1)
         for i, w in enumerate(truth.windows)
@@ -147,6 +170,7 @@ class Design:
 DESIGNS = (
     Design("current", "current", current),
     Design("snapshots only (no keepers)", "snapshots", snapshots_only, targets=False),
+    Design("hand-set ε split", "handset", hand_set, targets=False),
     Design("central DP ideal", "central", central_dp),
     Design("bounded truth (no noise)", "exact", bounded_truth, targets=False, deterministic=True),
 )
@@ -169,6 +193,17 @@ def measure(fed: Prepared, views: dict[str, Any], table: product.ReadTable) -> d
     out["countries_shown"] = head["countries"]
     out["countries_false"] = len(shown - true_countries)
     out["countries_true_shown"] = len(shown & true_countries)
+    # A region holds the countries not shown; its truth is theirs. Attributed: in its own country, or its region.
+    region_truth: dict[str, int] = defaultdict(int)
+    for country, n in raw.country_sessions.items():
+        region = region_of(country)
+        if country not in shown and region is not None:
+            region_truth[region] += n
+    regions = [row["region"] for row in geo.get("regions", [])]
+    out["regions_shown"] = len(regions)
+    out["regions_false"] = sum(1 for r in regions if region_truth[r] == 0)
+    attributed = sum(raw.country_sessions[c] for c in shown) + sum(region_truth[r] for r in regions)
+    out["attributed_pct"] = 100 * attributed / raw.sessions if raw.sessions else NAN
     used = {
         app for app, entry in views["usage"]["apps"].items()
         if any((_value(a["events"]) or 0) > 0 or (_value(a["sessions"]) or 0) > 0 for a in entry["actions"].values())
@@ -244,18 +279,18 @@ def _nanmean(values: Sequence[float]) -> float:
 
 
 @lru_cache(maxsize=2)
-def prepared(federation: str, days: int, cache: str) -> Prepared:
-    truth = FederationTruth.load(FederationSpec.parse(federation), days, Path(cache))
-    catalog = product.catalog()
-    if catalog.hash != truth.catalog_hash:
-        raise ValueError("the nodes' catalog is not the default catalog")
+def prepared(federation: str, days: int, cache: str, window: str = "day") -> Prepared:
+    truth = FederationTruth.load(FederationSpec.parse(federation), days, Path(cache), window)
+    catalog = product.catalog(window)
+    if product.truth_identity(catalog) != truth.catalog_identity:
+        raise ValueError(f"the nodes' catalog is not the default catalog with {window} windows")
     sums = truth.federation_sum()
     return Prepared(truth, catalog, sums, {name: counts.sum(axis=0) for name, counts in sums.items()})
 
 
-def run_once(federation: str, days: int, cache: str, design: str) -> dict[str, float]:
+def run_once(federation: str, days: int, cache: str, design: str, window: str = "day") -> dict[str, float]:
     """One run of one design on one federation (a pool task): build, render the hub's views, measure."""
-    fed = prepared(federation, days, cache)
+    fed = prepared(federation, days, cache, window)
     build = next(d for d in DESIGNS if d.name == design).build
     data = build(fed)
     return measure(fed, product.render(data, VIEW_NAMES), data.combined)
@@ -265,29 +300,29 @@ def _pool(jobs: int) -> ProcessPoolExecutor | None:
     return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) if jobs > 1 else None
 
 
-def ensure_truth(specs: Sequence[FederationSpec], days: int, cache: Path, jobs: int) -> float:
+def ensure_truth(specs: Sequence[FederationSpec], days: int, cache: Path, jobs: int, window: str = "day") -> float:
     """Generate (through real nodes) every community not cached yet; the seconds it took."""
     started = time.perf_counter()
     todo = {c.name: (c, seed) for spec in specs for c, seed in spec.communities
-            if not cache_stem(cache, c, seed, days).with_suffix(".json").exists()}
+            if not cache_stem(cache, c, seed, days, window).with_suffix(".json").exists()}
     if not todo:
         return 0.0
     per_day = sum(c.sessions_per_day for c, _ in todo.values())
-    print(f"generating {len(todo)} communities ({per_day:,} sessions/day x {days} days) through real nodes ...",
-          flush=True)
+    print(f"generating {len(todo)} communities ({per_day:,} sessions/day x {days} days, {_ADJECTIVE[window]} windows) "
+          "through real nodes ...", flush=True)
     ordered = sorted(todo.values(), key=lambda cs: -cs[0].sessions_per_day)  # the biggest first
     pool = _pool(jobs)
     if pool is None:
         for community, seed in ordered:
-            generate(community, seed, days, str(cache))
+            generate(community, seed, days, str(cache), window)
     else:
         with pool:
-            list(pool.map(generate, *zip(*[(c, s, days, str(cache)) for c, s in ordered], strict=False)))
+            list(pool.map(generate, *zip(*[(c, s, days, str(cache), window) for c, s in ordered], strict=False)))
     return time.perf_counter() - started
 
 
 def run_all(federations: Sequence[str], days: int, cache: Path, runs: dict[str, int], designs: Sequence[Design],
-            jobs: int) -> dict[tuple[str, str], list[dict[str, float]]]:
+            jobs: int, window: str = "day") -> dict[tuple[str, str], list[dict[str, float]]]:
     """Every (federation, design, run), the costliest first so the pool ends together."""
     tasks = [(f, d.name) for f in federations for d in designs for _ in range(1 if d.deterministic else runs[f])]
     sizes = {f: len(FederationSpec.parse(f).communities) for f in federations}
@@ -296,10 +331,10 @@ def run_all(federations: Sequence[str], days: int, cache: Path, runs: dict[str, 
     pool = _pool(jobs)
     if pool is None:
         for f, d in tasks:
-            results[(f, d)].append(run_once(f, days, str(cache), d))
+            results[(f, d)].append(run_once(f, days, str(cache), d, window))
         return results
     with pool:
-        futures = [(task, pool.submit(run_once, task[0], days, str(cache), task[1])) for task in tasks]
+        futures = [(task, pool.submit(run_once, task[0], days, str(cache), task[1], window)) for task in tasks]
         for task, future in futures:
             results[task].append(future.result())
     return results
@@ -338,8 +373,9 @@ def truth_line(fed: Prepared) -> str:
     rates = " / ".join(f"{100 * raw.completed[a] / raw.started[a]:.1f}" for a in fed.catalog.apps if raw.started[a])
     medians = ", ".join(f"median {a} {raw.median(a):.2f}" for a in MEDIAN_ATTRIBUTES if raw.median(a) is not None)
     countries = sum(1 for n in raw.country_tool_sessions.values() if n)
-    return (f"truth: {len(fed.truth.nodes)} nodes, {len(fed.truth.windows)} daily windows, {raw.sessions:,} sessions "
-            f"(session-days), {countries} countries; top 5 (sessions) "
+    window = fed.catalog.window
+    return (f"truth: {len(fed.truth.nodes)} nodes, {len(fed.truth.windows)} {_ADJECTIVE[window]} windows, {raw.sessions:,} "
+            f"sessions (session-{window}s), {countries} countries; top 5 (sessions) "
             + ", ".join(f"{c} {n:,}" for c, n in top) + f"; completion rates {rates} %; {medians}")
 
 
@@ -348,15 +384,17 @@ def tables(fed: Prepared, summaries: dict[str, dict[str, dict[str, float]]], run
     raw, apps = fed.truth.raw, list(fed.catalog.apps)
     true_countries = sum(1 for n in raw.country_tool_sessions.values() if n)
     lines = [
-        f"| design | runs | countries shown (true {true_countries}) | false | true shown | tools shown / false "
+        f"| design | runs | countries shown (true {true_countries}) | false | true shown | regions shown / false "
+        "| sessions in own country or region % | tools shown / false "
         "| sessions err % | sessions z | started err % (mean abs) | rate err pp (mean abs) | top-5 overlap "
         "| median runway err (mo) | median gap err (pp) | hist TVD | RMS z shown cells |",
-        "|---" * 15 + "|",
+        "|---" * 17 + "|",
     ]
     for design, s in summaries.items():
         lines.append(
             f"| {design} | {runs[design]} | {_f(s['countries_shown'], sd=True)} | {_f(s['countries_false'])} "
-            f"| {_f(s['countries_true_shown'])} | {_f(s['tools_shown'])} / {_f(s['tools_false'])} "
+            f"| {_f(s['countries_true_shown'])} | {_f(s['regions_shown'])} / {_f(s['regions_false'])} "
+            f"| {_f(s['attributed_pct'])} | {_f(s['tools_shown'])} / {_f(s['tools_false'])} "
             f"| {_f(s['sessions_err_pct'], 2, sd=True, sign=True)} | {_f(s['sessions_z'], sd=True, sign=True)} "
             f"| {_f(s['started_abs_err_pct'])} | {_f(s['rate_abs_err_pp'])} | {_f(s['top5_overlap'])} "
             f"| {_f(s['median_err/runway_months'], 2)} | {_f(s['median_err/real_wage_gap_pct'], 2)} "
@@ -437,7 +475,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--federations", default=",".join(FEDERATIONS),
                         help="comma-separated: demo, or NxS for N communities of S sessions a day "
                         "(default: %(default)s)")
-    parser.add_argument("--days", type=int, default=DAYS, help="daily windows of history (default: %(default)s)")
+    parser.add_argument("--days", type=int, default=DAYS, help="days of history (default: %(default)s)")
+    parser.add_argument("--window", choices=("day", "week"), default="day",
+                        help="the nodes' window: the default catalog's, or the same catalog with weekly windows "
+                        "(days must then be whole ISO weeks; default: %(default)s)")
     parser.add_argument("--runs", type=int, default=None,
                         help="noise runs per design and federation (default: demo 20, 20x200 8, others 4)")
     parser.add_argument("--designs", default=",".join(d.key for d in DESIGNS),
@@ -465,19 +506,20 @@ def main(argv: Sequence[str] = ()) -> dict[str, Any]:
     designs = [d for d in DESIGNS if d.key in args.designs]
     runs = {f: args.runs or RUNS.get(f, OTHER_RUNS) for f in args.federations}
     args.cache.mkdir(parents=True, exist_ok=True)
-    generated = ensure_truth(specs, args.days, args.cache, args.jobs)
+    generated = ensure_truth(specs, args.days, args.cache, args.jobs, args.window)
     print(f"ground truth ready ({'cached' if not generated else f'{generated:.0f} s'}; cache {args.cache})", flush=True)
     measured = time.perf_counter()
-    results = run_all(args.federations, args.days, args.cache, runs, designs, args.jobs)
+    results = run_all(args.federations, args.days, args.cache, runs, designs, args.jobs, args.window)
     report: dict[str, Any] = {
         "bench": "utility", "commit": _commit(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "params": {"federations": args.federations, "days": args.days, "runs": runs, "jobs": args.jobs,
+        "params": {"federations": args.federations, "days": args.days, "window": args.window, "runs": runs,
+                   "jobs": args.jobs,
                    "designs": [d.name for d in designs], "hub_z": HUB_Z},
         "federations": {},
     }
     for spec in specs:
-        fed = prepared(spec.name, args.days, str(args.cache))
+        fed = prepared(spec.name, args.days, str(args.cache), args.window)
         summaries = {d.name: summarize(results[(spec.name, d.name)]) for d in designs}
         design_runs = {d.name: len(results[(spec.name, d.name)]) for d in designs}
         checks = [t for d in designs if d.targets for t in targets(fed, d.name, summaries[d.name])]

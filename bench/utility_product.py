@@ -8,7 +8,8 @@ node/windows.py, federation/intake.py or the release semantics touches this file
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+import json
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,10 +18,10 @@ import numpy as np
 
 from keeper.answer import keeper_noise
 from node.export import build_snapshot
-from protocol.catalog import Catalog, load_catalog
+from protocol.catalog import Catalog, load_catalog, parse_catalog
 from protocol.noise import laplace_variance
 from protocol.rounds import federation_vector
-from protocol.windows import DAY
+from protocol.windows import DAY, WINDOW_LENGTHS
 from runtime.dp import opendp_laplace
 from views.columns import Cells, Layout
 from views.merge import (
@@ -36,8 +37,8 @@ from views.ranges import VIEWS, RangeData, WindowCells, round_cells
 
 __all__ = [
     "CellSum", "ReadTable", "Table", "combine_windows", "fold_sums", "laplace", "noise_variance",
-    "catalog", "import_history", "node_id", "publish_window", "hub_range", "render", "Shown", "round_window",
-    "hub_range_with_rounds", "KEEPERS",
+    "catalog", "catalog_file", "truth_identity", "with_weights", "import_history", "node_id", "publish_window",
+    "hub_range", "render", "Shown", "round_window", "hub_range_with_rounds", "KEEPERS",
 ]
 
 laplace = opendp_laplace
@@ -46,9 +47,47 @@ laplace = opendp_laplace
 noise_variance = laplace_variance
 
 
-def catalog() -> Catalog:
-    """The catalog a node with default settings uses."""
-    return load_catalog()
+def catalog(window: str = "day") -> Catalog:
+    """The catalog a node with default settings uses, or the same with weekly windows (`catalog_file`)."""
+    default = load_catalog()
+    if window == default.window:
+        return default
+    return parse_catalog({**default.model_dump(mode="json"), "window": window})
+
+
+def catalog_file(window: str, directory: Path) -> Path | None:
+    """A catalog TOML for the nodes of a federation of `window`s: None for the default catalog's own window.
+
+    The default catalog's text with its `window` line changed, so the nodes load exactly what
+    `catalog(window)` describes (the bench checks the hashes agree).
+    """
+    if window not in WINDOW_LENGTHS:
+        raise ValueError(f"a window is one of {sorted(WINDOW_LENGTHS)}, not {window!r}")
+    default = load_catalog()
+    if window == default.window:
+        return None
+    text = (Path(__file__).resolve().parent.parent / "protocol" / "data" / "default_catalog.toml").read_text()
+    line = f'window = "{default.window}"'
+    if text.count(line) != 1:
+        raise ValueError(f"the default catalog has no single `{line}` line to change")
+    path = directory / f"catalog-{window}.toml"
+    path.write_text(text.replace(line, f'window = "{window}"'))
+    return path
+
+
+def truth_identity(catalog: Catalog) -> str:
+    """A digest of what decides a catalog's true tables: all of it but the metric weights (they only split epsilon)."""
+    data = catalog.model_dump(mode="json")
+    for metric in data["metrics"]:
+        metric.pop("weight")
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def with_weights(base: Catalog, weights: Mapping[str, float]) -> Catalog:
+    """The catalog with other metric weights (so another epsilon split); domains, bounds and windows unchanged."""
+    data = base.model_dump(mode="json")
+    data["metrics"] = [{**m, "weight": weights.get(m["name"], m["weight"])} for m in data["metrics"]]
+    return parse_catalog(data)
 
 
 def node_id(name: str) -> str:
@@ -57,13 +96,14 @@ def node_id(name: str) -> str:
 
 
 def import_history(
-    lines: Iterable[str], data_dir: Path, *, windows: Sequence[int], today: datetime
+    lines: Iterable[str], data_dir: Path, *, windows: Sequence[int], today: datetime, catalog_path: Path | None = None
 ) -> tuple[str, dict[int, dict[str, list[int]]]]:
     """JSONL events through a fresh node's import path (filter, store, session fold); its true tables per window.
 
     As `liberation demo` imports history (`node import`'s code path), with the node's clock
     fixed an hour into `today`; `true_tables` is what `Publisher.export` noises. Returns the
     node's catalog hash and, per window start, every metric's bounded true counts.
+    `catalog_path`: the nodes' catalog (`catalog_file`), None for the default.
     """
     from node.aggregate import true_tables
     from node.app import close_node, open_node
@@ -72,7 +112,8 @@ def import_history(
 
     days = (int(today.timestamp()) - min(windows)) // DAY
     node = open_node(
-        NodeSettings(data_dir=data_dir, retention_days=days + 1), clock=lambda: today + timedelta(hours=1)
+        NodeSettings(data_dir=data_dir, retention_days=days + 1, catalog=catalog_path),
+        clock=lambda: today + timedelta(hours=1),
     )
     try:
         import_lines(node, lines)
@@ -89,8 +130,8 @@ def publish_window(
     """Every node's snapshot of one window (OpenDP noise on every cell, all published), merged as the hub merges."""
     snapshots = [
         build_snapshot(
-            catalog, tables, node=node, window_start=window_start, window_end=window_start + DAY,
-            seq=seq, created=window_start + DAY,
+            catalog, tables, node=node, window_start=window_start, window_end=window_start + catalog.window_seconds,
+            seq=seq, created=window_start + catalog.window_seconds,
         )
         for node, tables in tables_by_node.items()
     ]
@@ -137,7 +178,7 @@ def hub_range_with_rounds(
 
 def hub_range(catalog: Catalog, merged_by_window: Mapping[int, ReadTable], nodes: int) -> RangeData:
     """The hub's view input over the windows given: window sums, presence inferred, as the views read them."""
-    start, end = min(merged_by_window), max(merged_by_window) + DAY
+    start, end = min(merged_by_window), max(merged_by_window) + catalog.window_seconds
     return RangeData.from_tables(catalog, Layout.from_catalog(catalog), start, end, dict(merged_by_window), nodes)
 
 
@@ -161,6 +202,10 @@ class Shown:
         self.raw = combined if raw is None else raw  # every cell's sum, for quantiles
         self.per_window = {w: None for w in windows}
         self.nodes = nodes
+
+    def raw_of(self, metrics: Collection[str]) -> Table:
+        """`raw`, only the cells of `metrics`."""
+        return {key: cs for key, cs in self.raw.items() if key[0] in metrics}
 
 
 def render(data: ViewInput, names: Sequence[str]) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 A community's events come from `liberation.traffic.Traffic` (the demo's session
 model) and go through a real node (bench/utility_product.py); the raw truth is
-counted from the same generated events, per session-day (the privacy unit: a
-session that crosses midnight UTC is two session-days, as the daily salt makes it).
+counted from the same generated events, per session-window (the privacy unit: a
+session that crosses a window's end is two sessions, as the window's salt makes it),
+with daily or weekly windows.
 Each community is generated once and cached, keyed by the sources that decide
 its numbers, so a rerun of the bench costs only its noise runs.
 """
@@ -29,11 +30,11 @@ import numpy as np
 
 from bench import utility_product as product
 from liberation.traffic import COMMUNITIES, Community, Traffic
-from protocol.windows import DAY
+from protocol.windows import DAY, WINDOW_LENGTHS, is_window_start, window_start
 
 TODAY = datetime(2026, 3, 2, tzinfo=UTC)  # the reviewer's fixed date: the same windows every run
 MEDIAN_ATTRIBUTES = ("runway_months", "real_wage_gap_pct")
-CACHE_FORMAT = "1"  # of the files `generate` writes: bump it when they change
+CACHE_FORMAT = "2"  # of the files `generate` writes: bump it when they change
 REPO = Path(__file__).resolve().parent.parent
 
 # Regions of neighbouring countries and a UTC offset each: a small or medium community
@@ -93,7 +94,7 @@ def _community(count: int, per_day: int, i: int) -> tuple[Community, int]:
 
 @dataclass
 class RawTruth:
-    """What is true in a range, counted from generated events per session-day (before any bounding)."""
+    """What is true in a range, counted from generated events per session-window (before any bounding)."""
 
     sessions: int = 0
     country_sessions: Counter[str] = field(default_factory=Counter)
@@ -135,9 +136,9 @@ class RawTruth:
 class _Observer:
     """Counts the raw truth of events as they stream past, one session at a time."""
 
-    def __init__(self, windows: Sequence[int]) -> None:
-        self.catalog = product.catalog()
-        self.days = {datetime.fromtimestamp(w, UTC).date().isoformat() for w in windows}
+    def __init__(self, windows: Sequence[int], window: str) -> None:
+        self.catalog = product.catalog(window)
+        self.windows, self.length = set(windows), WINDOW_LENGTHS[window]
         self.truth = RawTruth()
         self._session: str | None = None
         self._events: list[dict[str, Any]] = []
@@ -153,13 +154,13 @@ class _Observer:
         self._flush()
 
     def _flush(self) -> None:
-        by_day: dict[str, list[dict[str, Any]]] = {}
+        by_window: dict[int, list[dict[str, Any]]] = {}
         for event in self._events:
-            moment = datetime.fromisoformat(event["timestamp"]).astimezone(UTC)
-            by_day.setdefault(moment.date().isoformat(), []).append(event)
+            moment = int(datetime.fromisoformat(event["timestamp"]).timestamp())
+            by_window.setdefault(window_start(moment, self.length), []).append(event)
         self._events = []
-        for day, events in by_day.items():
-            if day in self.days:
+        for window, events in by_window.items():
+            if window in self.windows:
                 self._count(events)
 
     def _count(self, events: list[dict[str, Any]]) -> None:
@@ -188,10 +189,12 @@ class _Observer:
                 truth.values.setdefault(name, []).append(float(value))
 
 
-def windows_before(today: datetime, days: int) -> list[int]:
-    """The `days` daily windows before `today`, oldest first."""
-    end = int(today.timestamp())
-    return [end - back * DAY for back in range(days, 0, -1)]
+def windows_before(today: datetime, days: int, window: str = "day") -> list[int]:
+    """The windows of the `days` days before `today` (a whole number of windows, ending at a window's start), oldest first."""
+    end, length = int(today.timestamp()), WINDOW_LENGTHS[window]
+    if not is_window_start(end, length) or (days * DAY) % length:
+        raise ValueError(f"{days} days before {today:%Y-%m-%d} are not a whole number of {window}s")
+    return [end - back * length for back in range(days * DAY // length, 0, -1)]
 
 
 @lru_cache(maxsize=1)
@@ -199,38 +202,47 @@ def source_digest() -> str:
     """A digest of every source that decides a community's truth: a cached one from other code is never used."""
     digest = hashlib.sha256()
     paths = [*sorted((REPO / "node").glob("*.py")), *sorted((REPO / "protocol").rglob("*.py")),
-             *sorted((REPO / "protocol" / "data").glob("*.toml")), REPO / "liberation" / "traffic.py"]
+             REPO / "liberation" / "traffic.py"]
     for path in paths:
         digest.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes())
+    # The catalog decides the truth but for its weights, which only split epsilon: a new weight keeps the cache.
+    digest.update(product.truth_identity(product.catalog()).encode())
     for code in (RawTruth, _Observer, product.import_history):
         digest.update(inspect.getsource(code).encode())
     digest.update(CACHE_FORMAT.encode())
     return digest.hexdigest()[:16]
 
 
-def cache_stem(cache: Path, community: Community, seed: int, days: int) -> Path:
-    key = hashlib.sha256(repr((community, seed, days, TODAY.isoformat(), source_digest())).encode()).hexdigest()[:16]
+def cache_stem(cache: Path, community: Community, seed: int, days: int, window: str = "day") -> Path:
+    key = hashlib.sha256(
+        repr((community, seed, days, window, TODAY.isoformat(), source_digest())).encode()
+    ).hexdigest()[:16]
     return cache / f"{community.name}-{key}"
 
 
-def generate(community: Community, seed: int, days: int, cache: str) -> str:
+def generate(community: Community, seed: int, days: int, cache: str, window: str = "day") -> str:
     """Generate one community's history through a node and cache its true tables and raw truth (a pool task)."""
-    stem = cache_stem(Path(cache), community, seed, days)
+    stem = cache_stem(Path(cache), community, seed, days, window)
     if stem.with_suffix(".json").exists():
         return community.name
-    windows = windows_before(TODAY, days)
-    observer = _Observer(windows)
+    windows = windows_before(TODAY, days, window)
+    observer = _Observer(windows, window)
     work = Path(tempfile.mkdtemp(prefix=f"utility-{community.name}-"))
     try:
         lines = observer.watch(Traffic(community, seed).history_lines(days, TODAY))
-        catalog_hash, tables = product.import_history(lines, work, windows=windows, today=TODAY)
+        catalog_hash, tables = product.import_history(
+            lines, work, windows=windows, today=TODAY, catalog_path=product.catalog_file(window, work)
+        )
+        if catalog_hash != product.catalog(window).hash:
+            raise ValueError("the nodes did not load the catalog the bench describes")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     names = list(tables[windows[0]])
     arrays = {name: np.array([tables[w][name] for w in windows], dtype=np.int64) for name in names}
     np.savez_compressed(stem.with_suffix(".npz"), **arrays)
     # The JSON is written last: its presence says the cache entry is whole.
-    stem.with_suffix(".json").write_text(json.dumps({"catalog": catalog_hash, "windows": windows,
+    identity = product.truth_identity(product.catalog(window))
+    stem.with_suffix(".json").write_text(json.dumps({"catalog": identity, "windows": windows,
                                                      "truth": observer.truth.to_json()}))
     return community.name
 
@@ -240,17 +252,17 @@ class FederationTruth:
     """A federation's true tables per node and window, their sums, and its raw truth."""
 
     spec: FederationSpec
-    catalog_hash: str
+    catalog_identity: str  # utility_product.truth_identity of the nodes' catalog
     windows: list[int]
     nodes: dict[str, dict[str, np.ndarray]]  # node id -> metric -> (windows x cells) true counts
     raw: RawTruth
 
     @classmethod
-    def load(cls, spec: FederationSpec, days: int, cache: Path) -> FederationTruth:
+    def load(cls, spec: FederationSpec, days: int, cache: Path, window: str = "day") -> FederationTruth:
         raw, nodes = RawTruth(), {}
         hashes, windows = set(), None
         for community, seed in spec.communities:
-            stem = cache_stem(cache, community, seed, days)
+            stem = cache_stem(cache, community, seed, days, window)
             meta = json.loads(stem.with_suffix(".json").read_text())
             with np.load(stem.with_suffix(".npz")) as arrays:
                 nodes[product.node_id(community.name)] = {name: arrays[name] for name in arrays.files}

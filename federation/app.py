@@ -102,9 +102,12 @@ def data_paths(settings: HubSettings) -> dict[str, Path]:
 
 
 def load_catalogs(settings: HubSettings) -> dict[str, Catalog]:
-    """The catalogs this hub merges, by hash; the built-in default first."""
-    catalogs = [load_catalog()] + [load_catalog(p) for p in settings.catalogs]
-    return {c.hash: c for c in catalogs}
+    """The catalogs this hub merges, by hash: the federation's first (the views' default), then the built-in default."""
+    catalogs = [load_catalog(settings.catalog), load_catalog()] + [load_catalog(p) for p in settings.catalogs]
+    merged: dict[str, Catalog] = {}
+    for catalog in catalogs:
+        merged.setdefault(catalog.hash, catalog)
+    return merged
 
 
 def open_hub(settings: HubSettings, *, now: Now = time.time, wait_seconds: float = 0.0) -> Hub:

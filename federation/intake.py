@@ -6,7 +6,9 @@
     (4) signature over the bytes received   400 invalid-signature / key-mismatch
     (5) body decodes to a snapshot          400 malformed-snapshot
     (6) catalog known                       422 unknown-catalog
-    (7) window sane                         422 window-out-of-range
+    (7) window sane: the catalog's length   422 window-out-of-range
+        (a UTC day, or an ISO week from
+        Monday), ended, inside the horizon
     (8) what the snapshot declares is the   422 invalid-node-count: a node's counts 1 node, a child hub's
         catalog's                               at most MAX_CHILD_NODES
                                             422 privacy-parameters-mismatch: epsilon, scale, variance,
@@ -63,6 +65,7 @@ from protocol.errors import (
     Unprocessable,
 )
 from protocol.snapshot import Snapshot, max_envelope_size
+from protocol.windows import WINDOW_LENGTHS, is_window_start
 from runtime.groupcommit import GroupQueue, StorageUnavailable, storage_unavailable
 from runtime.registry import Kind, Registry
 from views.merge import snapshot_rows
@@ -71,7 +74,6 @@ log = logging.getLogger("liberation.hub.intake")
 
 _T = TypeVar("_T")
 
-WINDOW_LENGTHS = (3_600, 86_400)
 MAX_MAGNITUDE = 2**53
 """Largest |value| and variance merged: exact as a float64 and in JSON, and far from overflowing an int64 sum."""
 MAX_CHILD_NODES = 2**20
@@ -301,17 +303,21 @@ class Intake:
         if catalog is None:
             raise Unprocessable("this hub does not merge that catalog", slug=ProblemType.UNKNOWN_CATALOG)
         # (7) window sane
-        self._check_window(snapshot)
+        self._check_window(catalog, snapshot)
         # (8) node count and privacy parameters are what the catalog fixes for this kind of key
         _check_declared(catalog, snapshot, kind)
         # (9) cells inside the catalog's public domains
         _check_cells(catalog, snapshot)
         return Checked(verified.envelope, verified.digest, snapshot, snapshot_rows(snapshot, catalog), started)
 
-    def _check_window(self, snapshot: Snapshot) -> None:
-        length = snapshot.window_end - snapshot.window_start
-        if length not in WINDOW_LENGTHS or snapshot.window_start % length:
-            raise Unprocessable("a window is one aligned UTC hour or day", slug=ProblemType.WINDOW_OUT_OF_RANGE)
+    def _check_window(self, catalog: Catalog, snapshot: Snapshot) -> None:
+        length = catalog.window_seconds
+        if snapshot.window_end - snapshot.window_start != length or not is_window_start(snapshot.window_start, length):
+            raise Unprocessable(
+                "a window of this catalog is one UTC day" if catalog.window == "day"
+                else "a window of this catalog is one ISO week, from Monday 00:00 UTC",
+                slug=ProblemType.WINDOW_OUT_OF_RANGE,
+            )
         now = self.now()
         if snapshot.window_end > now + self.skew:
             raise Unprocessable("the window has not ended yet", slug=ProblemType.WINDOW_OUT_OF_RANGE)
@@ -441,7 +447,7 @@ class Intake:
         )
         # A stored window overlapping [start, end) starts after start minus the longest window length:
         # the literal bounds let DuckDB skip row groups by their min/max.
-        low = min(s.window_start for s in snapshots) - max(WINDOW_LENGTHS)
+        low = min(s.window_start for s in snapshots) - max(WINDOW_LENGTHS.values())
         high = max(s.window_end for s in snapshots)
         with _registered(tx, "incoming_windows", rows):
             hits = tx.execute(

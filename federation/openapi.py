@@ -48,7 +48,7 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "A stored envelope exactly as accepted, by node key id and window (public, as snapshots are)",
                     "parameters": [
                         path_param("key_id", "the node's key id", pattern="^[0-9a-f]{32}$"),
-                        path_param("window", "2026-11-23, 2026-11-23T05 or unix seconds"),
+                        path_param("window", "2026-11-23, 2026-W48 (an ISO week) or unix seconds"),
                     ],
                     "responses": {
                         "200": {
@@ -90,7 +90,7 @@ def openapi_document() -> dict[str, Any]:
             "/v1/merged/{window}": {
                 "get": {
                     "summary": "One window's merged cells before re-thresholding (for audits)",
-                    "parameters": [path_param("window", "2026-11-23, 2026-11-23T05 or unix seconds"), CATALOG_PARAM],
+                    "parameters": [path_param("window", "2026-11-23, 2026-W48 (an ISO week) or unix seconds"), CATALOG_PARAM],
                     "responses": {"200": JSON_OK, **errors},
                 }
             },

@@ -38,7 +38,10 @@ class HubSettings(ServiceSettings):
     # Most client connections open at once on the public port; at the cap a newcomer closes the
     # longest-open idle one (or is closed, if every one is busy). Fitted to the open-file limit.
     max_connections: int = Field(default=4096, ge=1)
-    # Catalog TOML files this hub merges, besides the built-in default catalog.
+    # The federation's catalog TOML (its window length, metrics, weights): what the views show
+    # unless a request names another. None = the built-in default catalog.
+    catalog: Path | None = None
+    # Catalog TOML files this hub merges besides it (and the built-in default catalog).
     catalogs: PathTuple = ()
     views_cors_origins: StrTuple = ("*",)  # origins that may GET the public views; () = no CORS
     # Bearer token of the admin API (enroll, revoke, list nodes, incidents). None (unset, or "off") = admin API off.

@@ -89,8 +89,9 @@ def _catalog_show(args: argparse.Namespace) -> int:
         print(catalog.canonical_json.decode())
         return 0
     print(f"catalog {catalog.name} v{catalog.version}  hash {catalog.hash}")
+    window = "one UTC day" if catalog.window == "day" else "one ISO week (from Monday 00:00 UTC)"
     print(
-        f"epsilon per window {catalog.epsilon_per_window:g} (community snapshot {catalog.epsilon_community:g}, "
+        f"window: {window}; epsilon per window {catalog.epsilon_per_window:g} (community snapshot {catalog.epsilon_community:g}, "
         f"federation round {catalog.epsilon_federation:g}), k_min {catalog.k_min}, "
         f"at most {catalog.max_events_per_session} events per session, "
         f"raw rows kept {catalog.retention_days} days after export"
@@ -104,13 +105,15 @@ def _catalog_show(args: argparse.Namespace) -> int:
     for name, spec in catalog.attributes.items():
         print(f"  {name:20s} {spec.kind.value:8s} {', '.join(spec.domain)}")
     print("\nmetrics:")
-    # `shown`: the least value a cell of one snapshot is shown from (views/significance.py).
-    print(f"  {'name':20s} {'unit':8s} {'cells':>6s} {'k*c':>4s} {'epsilon':>8s} {'scale':>7s} {'shown':>6s}")
+    # epsilon: derived from the weights (protocol/catalog.py, epsilon_shares); `shown`: the least
+    # value a cell of one snapshot is shown from (views/significance.py).
+    print(f"  {'name':20s} {'unit':8s} {'cells':>6s} {'k*c':>4s} {'weight':>7s} {'epsilon':>8s} {'scale':>7s} "
+          f"{'sd':>7s} {'shown':>6s}")
     for m in catalog.metrics:
         shown = presence_threshold(catalog, m, catalog.variance(m))
         print(
-            f"  {m.name:20s} {m.unit.value:8s} {catalog.domain_size(m):6d} {m.sensitivity:4d} "
-            f"{catalog.epsilon(m):8.3f} {catalog.scale(m):7.1f} {shown:6d}"
+            f"  {m.name:20s} {m.unit.value:8s} {catalog.domain_size(m):6d} {m.sensitivity:4d} {m.weight:7g} "
+            f"{catalog.epsilon(m):8.4f} {catalog.scale(m):7.2f} {catalog.variance(m) ** 0.5:7.1f} {shown:6d}"
         )
     if catalog.federation is not None:
         from protocol.noise import laplace_variance
@@ -450,9 +453,10 @@ def _hub_log_verify(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from liberation.demo import run_demo, run_import_demo
 
+    catalog = Path(args.catalog).resolve() if args.catalog else None
     if args.source is not None:
-        return run_import_demo(Path(args.data_dir), Path(args.source), hub_port=args.hub_port)
-    return run_demo(Path(args.data_dir), days=args.days, fresh=not args.keep)
+        return run_import_demo(Path(args.data_dir), Path(args.source), hub_port=args.hub_port, catalog=catalog)
+    return run_demo(Path(args.data_dir), days=args.days, fresh=not args.keep, catalog=catalog)
 
 
 # ---- the command tree -------------------------------------------------------------------------
@@ -653,6 +657,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "format), every closed window published and merged; no synthetic communities, no trickle")
     demo.add_argument("--hub-port", dest="hub_port", type=int, default=8700,
                       help="with --import: the hub's port (default 8700; 0 picks a free one)")
+    demo.add_argument("--catalog", metavar="FILE",
+                      help="the federation's catalog TOML for the hub and every node (e.g. one with "
+                           'window = "week"); default: the built-in catalog')
     return parser
 
 

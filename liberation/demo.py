@@ -66,7 +66,7 @@ ROUNDS_ENV = {
 }
 
 
-def _start_keepers(root: Path, hub: Service, token: str, *, fixed_ports: bool) -> list[Service]:
+def _start_keepers(root: Path, hub: Service, token: str, *, fixed_ports: bool, catalog: Path | None = None) -> list[Service]:
     """Two keepers answering this hub only, enrolled at it (kind keeper, with their URL)."""
     hub_key = (root / "hub" / "keys" / "signing.pub").read_text().strip()
     keepers = [
@@ -75,6 +75,7 @@ def _start_keepers(root: Path, hub: Service, token: str, *, fixed_ports: bool) -
             "LIBERATION_KEEPER_PORT": str(_free_port(8710 + k) if fixed_ports else 0),
             "LIBERATION_KEEPER_METRICS_PORT": str(_free_port(9710 + k) if fixed_ports else 0),
             "LIBERATION_KEEPER_ADMIN_TOKEN": token, "LIBERATION_KEEPER_HUB_KEYS": json.dumps([hub_key]),
+            **({} if catalog is None else {"LIBERATION_KEEPER_CATALOGS": json.dumps([str(catalog)])}),
         })
         for k in range(KEEPERS)
     ]
@@ -115,14 +116,14 @@ def _rounds_line(rounds: list[dict[str, Any]]) -> str:
     return line
 
 
-def _import_history(community: Community, data_dir: str, seed: int, days: int) -> str:
+def _import_history(community: Community, data_dir: str, seed: int, days: int, catalog: str | None = None) -> str:
     """One node's history through the import path (run in a worker process)."""
     from node.app import close_node, open_node
     from node.importer import import_lines
     from node.settings import NodeSettings
 
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    node = open_node(NodeSettings(data_dir=Path(data_dir), retention_days=days + 1))
+    node = open_node(NodeSettings(data_dir=Path(data_dir), retention_days=days + 1, catalog=catalog))
     try:
         summary = import_lines(node, Traffic(community, seed).history_lines(days, today))
     finally:
@@ -135,7 +136,7 @@ IMPORT_RETENTION_DAYS = 400
 
 
 def _publish_file(
-    path: str, data_dir: str, keepers: list[str], listing: dict[str, Any]
+    path: str, data_dir: str, keepers: list[str], listing: dict[str, Any], catalog: str | None = None
 ) -> tuple[str, str, list[bytes], list[bytes], str]:
     """One community's file through a node of its own: import, export every closed window (run in a worker).
 
@@ -148,7 +149,7 @@ def _publish_file(
 
     name = Path(path).stem
     settings = NodeSettings(data_dir=Path(data_dir), retention_days=IMPORT_RETENTION_DAYS,
-                            rounds={"keepers": keepers})
+                            rounds={"keepers": keepers}, catalog=catalog)
     node = open_node(settings)
     try:
         if node.publisher.keepers is not None:
@@ -177,8 +178,13 @@ def _post_envelope(url: str, envelope: bytes, path: str = "/v1/snapshots") -> No
         pass
 
 
-def run_import_demo(root: Path, source: Path, *, hub_port: int = 8700, out: TextIO = sys.stdout) -> int:
-    """A federation of the communities in `source` (one `<community>.jsonl` each), served by a hub until a signal."""
+def run_import_demo(
+    root: Path, source: Path, *, hub_port: int = 8700, out: TextIO = sys.stdout, catalog: Path | None = None
+) -> int:
+    """A federation of the communities in `source` (one `<community>.jsonl` each), served by a hub until a signal.
+
+    `catalog`: the federation's catalog TOML (hub and nodes), None for the built-in one.
+    """
     started = time.monotonic()
     files = sorted(source.glob("*.jsonl"))
     if not files:
@@ -195,16 +201,18 @@ def run_import_demo(root: Path, source: Path, *, hub_port: int = 8700, out: Text
         "LIBERATION_HUB_DATA_DIR": str(root / "hub"), "LIBERATION_HUB_PORT": str(hub_port),
         "LIBERATION_HUB_METRICS_PORT": "0", "LIBERATION_HUB_ADMIN_TOKEN": token,
         "LIBERATION_HUB_EXPORT_AFTER_SECONDS": "0", **ROUNDS_ENV, "LIBERATION_HUB_ROUNDS__COLLECT_SECONDS": "5",
+        **_catalog_env("HUB", catalog),
     })
     services = [hub]
     try:
         _wait_url(hub)
-        keepers = _start_keepers(root, hub, token, fixed_ports=False)
+        keepers = _start_keepers(root, hub, token, fixed_ports=False, catalog=catalog)
         services += keepers
         listing = _request(hub.url + "/v1/keepers")
         keeper_ids = [k.key_id for k in keepers]
         with ProcessPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
-            jobs = [pool.submit(_publish_file, str(f), str(root / "nodes" / f.stem), keeper_ids, listing) for f in files]
+            jobs = [pool.submit(_publish_file, str(f), str(root / "nodes" / f.stem), keeper_ids, listing, _text(catalog))
+                    for f in files]
             published = [job.result() for job in jobs]
         for *_, line in published:
             say("  " + line)
@@ -229,6 +237,32 @@ def run_import_demo(root: Path, source: Path, *, hub_port: int = 8700, out: Text
     finally:
         _stop_services(services, say)
     return 0
+
+
+def _text(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def _catalog_env(service: str, catalog: Path | None) -> dict[str, str]:
+    """The environment that gives a hub or node the federation's catalog (none for the built-in one)."""
+    return {} if catalog is None else {f"LIBERATION_{service}_CATALOG": str(catalog)}
+
+
+def _window_of(catalog: Path | None) -> str:
+    from protocol.catalog import load_catalog
+
+    return load_catalog(catalog).window
+
+
+def _closed_windows(days: int, catalog: Path | None) -> int:
+    """How many windows `days` of history ending today hold that have closed by now (no grace)."""
+    from protocol.catalog import load_catalog
+    from protocol.windows import DAY, window_start
+
+    length = load_catalog(catalog).window_seconds
+    today = int(datetime.now(UTC).timestamp()) // DAY * DAY
+    first, now = window_start(today - days * DAY, length), int(time.time())
+    return len(range(first, window_start(now, length), length))
 
 
 def _sayer(out: TextIO) -> Callable[[str], None]:
@@ -313,8 +347,10 @@ def _free_port(preferred: int) -> int:
             return 0
 
 
-def run_demo(root: Path, *, days: int = HISTORY_DAYS, out: TextIO = sys.stdout, fresh: bool = True) -> int:
-    """Set up and run the demo federation until SIGINT/SIGTERM."""
+def run_demo(
+    root: Path, *, days: int = HISTORY_DAYS, out: TextIO = sys.stdout, fresh: bool = True, catalog: Path | None = None
+) -> int:
+    """Set up and run the demo federation until SIGINT/SIGTERM (`catalog`: hub's and nodes', None = built in)."""
     started = time.monotonic()
     if fresh and root.exists():
         shutil.rmtree(root)
@@ -326,7 +362,8 @@ def run_demo(root: Path, *, days: int = HISTORY_DAYS, out: TextIO = sys.stdout, 
         f"{days} days of history")
     with ProcessPoolExecutor(max_workers=min(3, os.cpu_count() or 1)) as pool:
         jobs = [
-            pool.submit(_import_history, c, str(root / c.name), 1000 + i, days) for i, c in enumerate(COMMUNITIES)
+            pool.submit(_import_history, c, str(root / c.name), 1000 + i, days, _text(catalog))
+            for i, c in enumerate(COMMUNITIES)
         ]
         for job in jobs:
             say("  " + job.result())
@@ -338,10 +375,11 @@ def run_demo(root: Path, *, days: int = HISTORY_DAYS, out: TextIO = sys.stdout, 
             "LIBERATION_HUB_DATA_DIR": str(root / "hub"), "LIBERATION_HUB_PORT": str(_free_port(8700)),
             "LIBERATION_HUB_METRICS_PORT": str(_free_port(9700)),
             "LIBERATION_HUB_ADMIN_TOKEN": token, "LIBERATION_HUB_EXPORT_AFTER_SECONDS": "0", **ROUNDS_ENV,
+            **_catalog_env("HUB", catalog),
         })
         services.append(hub)
         _wait_url(hub)
-        keepers = _start_keepers(root, hub, token, fixed_ports=True)
+        keepers = _start_keepers(root, hub, token, fixed_ports=True, catalog=catalog)
         services += keepers
         nodes: list[Service] = []
         for i, community in enumerate(COMMUNITIES):
@@ -358,17 +396,17 @@ def run_demo(root: Path, *, days: int = HISTORY_DAYS, out: TextIO = sys.stdout, 
                 # day is there at start also in the hour after midnight.
                 "LIBERATION_NODE_EXPORT_GRACE_SECONDS": "0",
                 "LIBERATION_NODE_PUSH__HUB_URL": hub.url, "LIBERATION_NODE_PUSH__INTERVAL_SECONDS": "1",
-                "LIBERATION_NODE_CORS_ORIGINS": json.dumps([hub.url]),
+                "LIBERATION_NODE_CORS_ORIGINS": json.dumps([hub.url]), **_catalog_env("NODE", catalog),
                 "LIBERATION_NODE_ROUNDS__KEEPERS": json.dumps([k.key_id for k in keepers]),
             })
             nodes.append(node)
         services += nodes
         for node in nodes:
             _wait_url(node)
-        deadline = time.monotonic() + 60
+        deadline, expected = time.monotonic() + 60, _closed_windows(days, catalog)
         while time.monotonic() < deadline and not stop[0]:
             windows = _request(hub.url + "/v1/windows")["windows"]
-            if len(windows) >= days and all(w["nodes"] == len(COMMUNITIES) for w in windows[-days:]):
+            if len(windows) >= expected and all(w["nodes"] == len(COMMUNITIES) for w in windows[-expected:]):
                 break
             time.sleep(0.5)
         say(f"  hub: {len(windows)} windows merged from {len(COMMUNITIES)} nodes "
@@ -383,7 +421,9 @@ def run_demo(root: Path, *, days: int = HISTORY_DAYS, out: TextIO = sys.stdout, 
             say(f"  share keeper {keeper.name}: {keeper.url}/v1/ledger")
         say(f"  logs and data: {root}")
         say("")
-        say("A live trickle of events keeps going; today's window is published after midnight UTC. Ctrl-C stops.")
+        current = "today's window is published after midnight UTC" if _window_of(catalog) == "day" else (
+            "this week's window is published after Monday 00:00 UTC")
+        say(f"A live trickle of events keeps going; {current}. Ctrl-C stops.")
         trickle = [Traffic(c, 9000 + i) for i, c in enumerate(COMMUNITIES)]
         while not stop[0]:
             now = datetime.now(UTC)

@@ -222,7 +222,7 @@ def _open(settings: NodeSettings, catalog: Catalog, clock: Clock) -> Node:
     windows = Windows(
         store,
         SaltKeeper(paths["salts"]),
-        window_seconds=settings.window_seconds,
+        window_seconds=catalog.window_seconds,
         grace_seconds=settings.export_grace_seconds,
         retention_seconds=retention_days * DAY,
         clock=clock,
@@ -240,7 +240,7 @@ def _open(settings: NodeSettings, catalog: Catalog, clock: Clock) -> Node:
         key=key,
         windows=windows,
         epsilon_cap_per_day=settings.epsilon_cap_per_day
-        or epsilon_cap_default(catalog, settings.window_seconds),
+        or epsilon_cap_default(catalog),
         record=record,
         keepers=KeeperDirectory(store, settings.rounds.keepers),
         keeper_wait_seconds=settings.rounds.wait_for_keepers_seconds,
@@ -256,7 +256,6 @@ def _open(settings: NodeSettings, catalog: Catalog, clock: Clock) -> Node:
         privacy=PrivacyFilter(
             catalog,
             clock_skew=timedelta(seconds=settings.clock_skew_seconds),
-            window_seconds=settings.window_seconds,
         ),
         salts=windows.salt_for,
         writer=writer,

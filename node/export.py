@@ -3,8 +3,8 @@
 Noise is committed once: the signed envelope is stored with its ledger rows
 and outbox entry in one transaction, and every later export of the window
 returns those same bytes (fresh noise for the same data could be averaged
-away). After export the window's per-session state and, once its day is
-fully exported, the day's salt are destroyed (node/windows.py); raw rows follow retention.
+away). After export the window's per-session state and its salt are destroyed
+(node/windows.py); raw rows follow retention.
 
 A node that takes part in federation rounds (its settings pin share keepers) builds its
 contribution in the same pass and transaction, from the same bounded tables: the federation
@@ -41,7 +41,7 @@ from protocol.errors import LiberationError
 from protocol.keys import SigningKey
 from protocol.rounds import KeeperKey, build_contribution, federation_vector, verify_contribution
 from protocol.snapshot import FORMAT, MetricCells, Snapshot
-from protocol.windows import DAY
+from protocol.windows import DAY, is_window_start
 from runtime.dp import NoiseSampler, opendp_laplace, privacy_loss
 
 log = logging.getLogger("liberation.node.export")
@@ -319,8 +319,8 @@ class Publisher:
     def export(self, window_start: int) -> bytes:
         """The signed envelope of a window: built and committed once, then the same bytes forever."""
         windows = self.windows
-        if window_start % windows.seconds:
-            raise ExportError("a window starts on a window boundary")
+        if not is_window_start(window_start, windows.seconds):
+            raise ExportError("a window starts on a window boundary (a UTC day, or an ISO week's Monday)")
         existing = self.stored(window_start)
         if existing is not None:
             return existing
@@ -437,6 +437,6 @@ class Publisher:
         ]
 
 
-def epsilon_cap_default(catalog: Catalog, window_seconds: int) -> float:
-    """Default cap per UTC day: one window's epsilon times the windows in a day."""
-    return catalog.epsilon_per_window * math.ceil(DAY / window_seconds)
+def epsilon_cap_default(catalog: Catalog) -> float:
+    """Default cap per UTC day: one window's epsilon (a window is a day or a week, so at most one starts a day)."""
+    return catalog.epsilon_per_window * math.ceil(DAY / catalog.window_seconds)

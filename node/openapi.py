@@ -93,7 +93,7 @@ PREFLIGHT = {
     "responses": {"204": {"description": "allowed"}, "403": PROBLEM},
 }
 WINDOW = {"name": "window", "in": "path", "required": True,
-          "description": "2026-11-23, 2026-11-23T05 or unix seconds: the start of a window",
+          "description": "2026-11-23, 2026-W48 (an ISO week) or unix seconds: the start of a window",
           "schema": {"type": "string"}}
 
 

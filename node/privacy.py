@@ -5,7 +5,7 @@ Runs before anything touches storage (DESIGN.md, Privacy filter):
    numbers are bucketed, money banded, unknown categories become `other`;
 2. geography: a valid `geo_hint`, else the country the caller resolved from the
    IP (the IP itself never comes in here);
-3. sessions: HMAC-SHA256 of the session key under the day's secret salt;
+3. sessions: HMAC-SHA256 of the session key under the window's secret salt;
 4. time: the UTC hour only, and the minute inside the window for the session's
    first/last-minute state; live events far from the server clock are refused.
 No I/O here: the salt and the clock come in as arguments.
@@ -24,14 +24,14 @@ from node.rules import AppRules, StorageRules
 from protocol.catalog import Catalog
 from protocol.countries import UNKNOWN_COUNTRY
 from protocol.events import Event
-from protocol.windows import window_start
+from protocol.windows import DAY, window_start
 
 SaltSource = Callable[[datetime], bytes | None]
 """Gives the secret salt of a window, or None when that window is closed to new events."""
 
 
-def window_of(moment: datetime, window_seconds: int = 86_400) -> datetime:
-    """Start of the window (UTC day by default, or hour) holding `moment`."""
+def window_of(moment: datetime, window_seconds: int = DAY) -> datetime:
+    """Start of the window (a UTC day by default, or an ISO week) holding `moment`."""
     return datetime.fromtimestamp(window_start(int(moment.timestamp()), window_seconds), UTC)
 
 
@@ -39,7 +39,7 @@ def session_hash(salt: bytes, session_key: bytes) -> int:
     """HMAC-SHA256(salt, key), first 8 bytes as a signed int64: the only session id stored.
 
     With the salt destroyed at export, the stored value cannot be linked back
-    to the raw id nor to the same person's sessions on other days. 64 bits
+    to the raw id nor to the same person's sessions in other windows. 64 bits
     keep collisions negligible at a day's volume (n^2 / 2^65).
     """
     digest = hmac.new(salt, session_key, hashlib.sha256).digest()
@@ -53,20 +53,18 @@ class SessionHasher:
     hashed once, and each session key costs two state copies. That is about
     twice as fast as copying an `hmac.HMAC` (whose Python wrapper dominates
     at a few dozen bytes), with the same digest (tests/test_privacy_filter.py).
-    `prefix` goes before every key (the window start, for windows shorter than a day).
     """
 
-    __slots__ = ("inner", "outer", "prefix")
+    __slots__ = ("inner", "outer")
 
-    def __init__(self, salt: bytes, prefix: bytes = b"") -> None:
+    def __init__(self, salt: bytes) -> None:
         block = (salt if len(salt) <= _SHA256_BLOCK else hashlib.sha256(salt).digest()).ljust(_SHA256_BLOCK, b"\0")
         self.inner = hashlib.sha256(block.translate(_IPAD))
         self.outer = hashlib.sha256(block.translate(_OPAD))
-        self.prefix = prefix
 
     def __call__(self, session_key: bytes) -> int:
         inner = self.inner.copy()
-        inner.update(self.prefix + session_key)
+        inner.update(session_key)
         outer = self.outer.copy()
         outer.update(inner.digest())
         return int.from_bytes(outer.digest()[:8], "big", signed=True)
@@ -81,7 +79,7 @@ _OPAD = bytes(b ^ 0x5C for b in range(256))
 class FilteredEvent:
     """What the store may keep of one event: no raw id, no exact time, declared values only."""
 
-    window: datetime  # window start (UTC day, or hour)
+    window: datetime  # window start (a UTC day, or an ISO week's Monday)
     hour: datetime  # UTC hour
     minute: int  # minutes since the window start (session state only, deleted at export)
     session: int
@@ -114,10 +112,10 @@ class FilterResult:
 class PrivacyFilter:
     """Applies the catalog's allowlist and domains; pure, so it is tested without a server."""
 
-    def __init__(self, catalog: Catalog, *, clock_skew: timedelta, window_seconds: int = 86_400) -> None:
+    def __init__(self, catalog: Catalog, *, clock_skew: timedelta) -> None:
         self._catalog = catalog
         self._skew = clock_skew
-        self._window_seconds = window_seconds
+        self._window_seconds = catalog.window_seconds
         self.rules = StorageRules(catalog)
         self._last_slot: tuple[int, bytes | None, Slot] | None = None  # (unix minute, salt, slot)
 
@@ -219,11 +217,9 @@ class PrivacyFilter:
             window=window,
             hour=hour,
             minute=int((moment - window).total_seconds() // 60),
-            # Shorter windows: a session is cut at window boundaries, so that it
-            # belongs to exactly one window (the day's cap bounds its total loss).
-            hasher=None if salt is None else SessionHasher(
-                salt, b"" if self._window_seconds == 86_400 else int(window.timestamp()).to_bytes(8, "big")
-            ),
+            # One salt per window: a session is cut at window boundaries, so that
+            # each part belongs to exactly one window (the one it starts in).
+            hasher=None if salt is None else SessionHasher(salt),
             window_unix=int(window.timestamp()),
             hour_unix=int(hour.timestamp()),
         )

@@ -1,9 +1,10 @@
-"""The daily session salts: one secret per UTC day, kept in its own file, destroyed at export.
+"""The session salts: one secret per window (a UTC day or an ISO week), kept in its own file, destroyed at export.
 
-Each salt lives in `salts/YYYY-MM-DD.salt` (mode 0600) rather than in DuckDB,
-so destroying it is an unlink of a small file, not a row deletion that a
-database might keep in free pages. Once a day's salt is gone, the stored
-session hashes of that day can no longer be linked to any session id.
+Each salt lives in `salts/YYYY-MM-DD.salt` (mode 0600), named by its window's
+first day, rather than in DuckDB, so destroying it is an unlink of a small
+file, not a row deletion that a database might keep in free pages. Once a
+window's salt is gone, the stored session hashes of that window can no longer
+be linked to any session id.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ SALT_BYTES = 32
 
 
 class SaltKeeper:
-    """Creates, caches and destroys the per-day salts of one node."""
+    """Creates, caches and destroys the per-window salts of one node (node/windows.py decides when)."""
 
     def __init__(self, directory: Path) -> None:
         self._dir = directory
@@ -32,7 +33,7 @@ class SaltKeeper:
         return self._dir / f"{day.isoformat()}.salt"
 
     def get(self, window: datetime) -> bytes:
-        """The salt of the UTC day starting at `window`, created on first use."""
+        """The salt of the window starting at `window` (its first day names it), created on first use."""
         day = window.astimezone(UTC).date()
         salt = self._cache.get(day)
         if salt is not None:
@@ -58,7 +59,7 @@ class SaltKeeper:
             return salt
 
     def destroy(self, window: datetime) -> None:
-        """Forget the day's salt for good: cache entry and file."""
+        """Forget the salt of the window starting at `window` for good: cache entry and file."""
         day = window.astimezone(UTC).date()
         with self._lock:
             self._cache.pop(day, None)
@@ -66,5 +67,5 @@ class SaltKeeper:
             fsync_directory(self._dir)
 
     def days(self) -> list[date]:
-        """Days whose salt still exists."""
+        """First days of the windows whose salt still exists."""
         return sorted(date.fromisoformat(p.stem) for p in self._dir.glob("*.salt"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
 
@@ -93,7 +93,6 @@ class NodeSettings(ServiceSettings):
     retention_days: Annotated[Annotated[int, Field(ge=0)] | None, Off] = None  # None = the catalog's
     commit_max_rows: int = Field(default=50_000, ge=1)  # most rows in one group commit
     memory_limit: str = Field(default="640MB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|KiB|MiB|GiB)$")  # DuckDB's
-    window: Literal["day", "hour"] = "day"  # the snapshot window (one granularity only)
     export_grace_seconds: int = Field(default=3600, ge=0)  # a window closes this long after its end
     export_interval_seconds: float = Field(default=60.0, gt=0)  # how often closed windows are looked for
     epsilon_cap_per_day: Annotated[Annotated[float, Field(gt=0)] | None, Off] = None  # None = one day's worth of windows
@@ -112,11 +111,12 @@ class NodeSettings(ServiceSettings):
                 "`ingest_workers` was removed: a node is one process, which takes tens of "
                 "thousands of events a second (docs/operations.md); delete the setting"
             )
+        if isinstance(data, dict) and "window" in data:
+            raise ValueError(
+                "`window` moved to the catalog: a federation has one window length, "
+                '`window = "day"` or `"week"` in its catalog (docs/privacy.md); delete the setting'
+            )
         return data
-
-    @property
-    def window_seconds(self) -> int:
-        return 86_400 if self.window == "day" else 3_600
 
     @field_validator("trusted_proxies")
     @classmethod

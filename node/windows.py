@@ -4,10 +4,12 @@ A window takes rows while it is open. Export marks it closing under the lock of 
 append (`append`), then drains: an event filtered at 23:59:59 whose append comes after the
 export pass of 00:00:01 began is refused (window-closed) instead of landing after its window
 was read, where it would recreate the window's per-session state for good. Every window
-expires `retention` after it closed: its raw rows, session state and, once its day has no live
-window left, the day's salt go, exported or not, so an export that stalls (a ledger refusal, a
-bug) never keeps linkable state forever. An expired window that was never exported is
-abandoned: recorded, never published (its rows are gone; a release would show false zeros).
+expires `retention` after it closed: its raw rows, session state and salt go, exported or not,
+so an export that stalls (a ledger refusal, a bug) never keeps linkable state forever. A window
+is a UTC day or an ISO week (the catalog's `window`), with one salt of its own: the salt and the
+per-session state live until that window is exported (or expires), and are destroyed then.
+An expired window that was never exported is abandoned: recorded, never published (its rows
+are gone; a release would show false zeros).
 A window the record of published windows lists (node/published.py) is done like an exported one
 even when the store lost its snapshot (a backup restored from before its export): it takes no
 rows and is never due again, so it is never noised twice.
@@ -24,7 +26,7 @@ from node.salts import SaltKeeper
 from node.schema import session_tables
 from node.store import Store
 from protocol.errors import LiberationError
-from protocol.windows import DAY, window_start
+from protocol.windows import WINDOW_LENGTHS, window_start
 
 Clock = Callable[[], datetime]
 
@@ -52,8 +54,8 @@ class Windows:
         published: Iterable[int] = (),
     ) -> None:
         """`published`: windows the node's record says were published (node/published.py), copy held or not."""
-        if DAY % window_seconds:
-            raise ValueError("a window length divides a day")
+        if window_seconds not in WINDOW_LENGTHS.values():
+            raise ValueError("a window is a day or a week")
         self.store = store
         self.salts = salts
         self.seconds = window_seconds
@@ -113,7 +115,7 @@ class Windows:
         )
 
     def salt_for(self, window: datetime) -> bytes | None:
-        """The salt that hashes sessions of `window`, or None when the window takes no rows."""
+        """The salt that hashes sessions of `window` (its start), or None when the window takes no rows."""
         return self.salts.get(window) if self.accepts(int(window.timestamp())) else None
 
     # ---- the durable append -----------------------------------------------------------
@@ -198,12 +200,12 @@ class Windows:
         return unexported
 
     def destroy_salts(self) -> int:
-        """Destroy the salt of every day none of whose windows can still take rows or await export."""
+        """Destroy the salt of every window that can no longer take rows nor await export: published, abandoned or expired."""
         destroyed, first = 0, self.first_window()
         for day in self.salts.days():
-            start = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp())
-            windows = range(start, start + DAY, self.seconds)
-            if all(w in self.published or w in self.abandoned or w < first or self.is_expired(w) for w in windows):
-                self.salts.destroy(datetime.fromtimestamp(start, UTC))
+            start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            w = window_start(int(start.timestamp()), self.seconds)
+            if w in self.published or w in self.abandoned or w < first or self.is_expired(w):
+                self.salts.destroy(start)
                 destroyed += 1
         return destroyed

@@ -18,7 +18,7 @@ from enum import StrEnum
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -26,6 +26,7 @@ from protocol.countries import COUNTRY_DOMAIN
 from protocol.errors import LiberationError
 from protocol.events import SLUG_PATTERN
 from protocol.noise import laplace_variance
+from protocol.windows import WINDOW_LENGTHS
 
 Slug = Annotated[str, Field(pattern=SLUG_PATTERN)]
 OTHER = "other"
@@ -194,7 +195,17 @@ class MetricSpec(_Frozen):
     dimensions: tuple[str, ...]
     max_cells: int = Field(ge=1)  # k: distinct cells one session may touch
     cell_cap: int = Field(default=1, ge=1)  # c: most one session adds to one cell
-    epsilon_share: float = Field(gt=0, le=1)
+    weight: float = Field(default=1.0, gt=0, le=1e6)  # w: worth of a unit of noise variance in one cell
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "epsilon_share" in data:
+            raise ValueError(
+                "`epsilon_share` was replaced by `weight`: the split of epsilon across metrics is derived "
+                "from the weights and sensitivities (docs/privacy.md, the epsilon split)"
+            )
+        return data
 
     @property
     def sensitivity(self) -> int:
@@ -238,6 +249,7 @@ class Catalog(_Frozen):
     """Spent per window on a node's own snapshot (noise added at the node)."""
     epsilon_federation: float = Field(default=0.0, ge=0, le=100)
     """Spent per window on a node's contribution to the federation round (noise added once, by the keepers)."""
+    window: Literal["day", "week"] = "day"  # the federation's window: a UTC day, or an ISO week (Monday 00:00 UTC)
     max_events_per_session: int = Field(ge=1)
     retention_days: int = Field(default=7, ge=0)
     apps: dict[Slug, AppSpec]
@@ -270,9 +282,8 @@ class Catalog(_Frozen):
             raise ValueError("metrics must be non-empty with unique names")
         for metric in self.metrics:
             self._check_metric(metric)
-        total = math.fsum(m.epsilon_share for m in self.metrics)
-        if abs(total - 1.0) > 1e-9:
-            raise ValueError(f"metric epsilon shares add up to {total:.6g}, not 1")
+        if not all(math.isfinite(m.weight) for m in self.metrics):
+            raise ValueError("metric weights must be finite")
         self._check_federation(set(names))
         return self
 
@@ -389,6 +400,13 @@ class Catalog(_Frozen):
             labels.append(domain[rest])
         return tuple(reversed(labels))
 
+    # ---- windows ----------------------------------------------------------------
+
+    @property
+    def window_seconds(self) -> int:
+        """The length of every window of this catalog's federation, in seconds (a day or a week)."""
+        return WINDOW_LENGTHS[self.window]
+
     # ---- differential privacy ------------------------------------------------
 
     @property
@@ -396,9 +414,22 @@ class Catalog(_Frozen):
         """What one session-day (a session of one window) is protected with: community plus federation epsilon."""
         return self.epsilon_community + self.epsilon_federation
 
+    @cached_property
+    def epsilon_shares(self) -> Mapping[str, float]:
+        """Each metric's share of the community snapshot's epsilon, derived from its weight and sensitivity.
+
+        Minimising the weighted noise variance sum_j w_j Var_j subject to sum_j eps_j = eps,
+        with Var_j = 2 (k_j c_j / eps_j)^2 (discrete Laplace for large scales): by Lagrange,
+        w_j (k_j c_j)^2 / eps_j^3 is the same for every j, so eps_j is proportional to
+        (w_j (k_j c_j)^2)^(1/3). The shares add up to 1.
+        """
+        parts = {m.name: (m.weight * m.sensitivity**2) ** (1 / 3) for m in self.metrics}
+        total = math.fsum(parts.values())
+        return {name: part / total for name, part in parts.items()}
+
     def epsilon(self, metric: MetricSpec) -> float:
-        """The metric's share of the community snapshot's epsilon."""
-        return self.epsilon_community * metric.epsilon_share
+        """The metric's share of the community snapshot's epsilon (`epsilon_shares`)."""
+        return self.epsilon_community * self.epsilon_shares[metric.name]
 
     def scale(self, metric: MetricSpec) -> float:
         """Discrete Laplace scale b = sensitivity / epsilon for the metric's cells."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -50,3 +51,12 @@ def store_with(tmp: Path, raw: Iterable[dict[str, Any]], catalog: Catalog | None
     for start in range(0, len(events), 10_000):
         store.commit_events(events[start : start + 10_000])
     return store
+
+
+def weekly_catalog(directory: Path) -> tuple[Path, Catalog]:
+    """The default catalog with weekly windows, as a TOML file a node loads (and the catalog it describes)."""
+    text = resources.files("protocol").joinpath("data/default_catalog.toml").read_text()
+    assert text.count('window = "day"') == 1
+    path = directory / "weekly.toml"
+    path.write_text(text.replace('window = "day"', 'window = "week"'))
+    return path, load_catalog(path)

@@ -28,7 +28,7 @@ def node_snapshot(
     fill = counts or (lambda metric, i: 400 if i % 3 == 0 else 0)
     tables = {m.name: [fill(m.name, i) for i in range(catalog.domain_size(m))] for m in catalog.metrics}
     return build_snapshot(
-        catalog, tables, node=key.public.key_id, window_start=window_start, window_end=window_start + DAY,
+        catalog, tables, node=key.public.key_id, window_start=window_start, window_end=window_start + catalog.window_seconds,
         seq=seq, created=window_start + DAY + 3600, sampler=SeededLaplace(seed),
     )
 

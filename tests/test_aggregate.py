@@ -12,7 +12,7 @@ import pytest
 from node.aggregate import true_tables
 from node.schema import session_log_table, session_table
 from node.store import Store
-from protocol.catalog import load_catalog
+from protocol.catalog import load_catalog, parse_catalog
 from tests.factories import WINDOW, ev, filtered, store_with
 
 CATALOG = load_catalog()
@@ -114,7 +114,7 @@ def test_one_session_moves_each_metric_by_at_most_its_sensitivity(tmp_path: Path
     assert moved_any
 
 
-@pytest.mark.parametrize("metric", ["usage_events", "geo_sessions", "peak_events"])
+@pytest.mark.parametrize("metric", ["usage_events", "geo_sessions", "peak_events", "completion"])
 def test_the_adversary_saturates_event_metrics(tmp_path: Path, metric: str) -> None:
     base = true_tables(store_with(tmp_path / "d", crowd()).cursor(), CATALOG, W)
     plus = true_tables(store_with(tmp_path / "d1", crowd() + adversary()).cursor(), CATALOG, W)
@@ -192,20 +192,37 @@ def test_commits_recreate_a_session_log_dropped_behind_the_stores_back(tmp_path:
     assert rows(store, session_log_table(W + 86_400)) == 1
 
 
-def test_completion_keeps_or_cuts_a_tools_stages_together(tmp_path: Path) -> None:
-    """One session, 5 events, three tools: k = 4 cells must never count a completion without its start.
+FIVE_EVENTS = [
+    ev("three-tools", "runway-calculator", "start", 0),
+    ev("three-tools", "runway-calculator", "complete", 1),
+    ev("three-tools", "real-wage-calculator", "start", 2),
+    ev("three-tools", "cognitive-debt-assessment", "start", 3),
+    ev("three-tools", "cognitive-debt-assessment", "complete", 4),
+]
+"""One session, 5 events, three tools: the completion-cut regression."""
+
+
+def test_completion_counts_every_stage_of_every_tool(tmp_path: Path) -> None:
+    """k = 6 = 2 x 3 tools: nothing is cut, so no tool's `started` is undercounted.
+
+    (With k = 4, the first two tools by first use were kept: the third, mostly the
+    assessment, lost its sessions, cognitive-debt `started` -19 % in every federation.)
+    """
+    assert CATALOG.metric("completion").max_cells == 2 * len(CATALOG.apps)
+    t = true_tables(store_with(tmp_path, FIVE_EVENTS).cursor(), CATALOG, W)["completion"]
+    assert t == [1, 1, 1, 0, 1, 1]  # (runway, wage, assessment) x (started, completed)
+
+
+def test_a_completion_cut_keeps_or_cuts_a_tools_stages_together(tmp_path: Path) -> None:
+    """With k = 4 cells (fewer than 2 per tool), never a completion without its start.
 
     (Cut by cell, first use then label, 'completed' < 'started' kept the third tool's completion
     and dropped its start: cognitive-debt `started` -15 % in every federation.)
     """
-    raw = [
-        ev("three-tools", "runway-calculator", "start", 0),
-        ev("three-tools", "runway-calculator", "complete", 1),
-        ev("three-tools", "real-wage-calculator", "start", 2),
-        ev("three-tools", "cognitive-debt-assessment", "start", 3),
-        ev("three-tools", "cognitive-debt-assessment", "complete", 4),
-    ]
-    t = true_tables(store_with(tmp_path, raw).cursor(), CATALOG, W)["completion"]
+    data = CATALOG.model_dump(mode="json")
+    data["metrics"] = [{**m, "max_cells": 4} if m["name"] == "completion" else m for m in data["metrics"]]
+    four = parse_catalog(data)
+    t = true_tables(store_with(tmp_path, FIVE_EVENTS, four).cursor(), four, W)["completion"]
     for app in CATALOG.apps:
         assert t[cell("completion", app, "completed")] <= t[cell("completion", app, "started")], app
     assert t[cell("completion", "runway-calculator", "started")] == t[cell("completion", "runway-calculator", "completed")] == 1
@@ -213,8 +230,9 @@ def test_completion_keeps_or_cuts_a_tools_stages_together(tmp_path: Path) -> Non
     # Two tools fit k = 4 cells: the third is cut, whether or not it was completed.
     assert t[cell("completion", "cognitive-debt-assessment", "started")] == 0
     assert t[cell("completion", "cognitive-debt-assessment", "completed")] == 0
-    assert sum(t) <= CATALOG.metric("completion").max_cells
+    assert sum(t) <= four.metric("completion").max_cells
     # The same session with the third tool only started: cut all the same (the cut ignores outcomes).
-    started_only = [e for e in raw if not (e["app"] == "cognitive-debt-assessment" and e["action"] == "complete")]
-    t2 = true_tables(store_with(tmp_path / "b", started_only).cursor(), CATALOG, W)["completion"]
+    started_only = [e for e in FIVE_EVENTS if not (e["app"] == "cognitive-debt-assessment" and e["action"] == "complete")]
+    t2 = true_tables(store_with(tmp_path / "b", started_only, four).cursor(), four, W)["completion"]
     assert t2[cell("completion", "cognitive-debt-assessment", "started")] == 0
+

@@ -14,6 +14,7 @@ FIGURES = {
     "countries_shown", "countries_false", "countries_true_shown", "tools_shown", "tools_false",
     "sessions_err_pct", "sessions_z", "started_abs_err_pct", "rate_abs_err_pp", "top5_overlap",
     "median_err/runway_months", "median_err/real_wage_gap_pct", "hist_tvd", "rms_z",
+    "regions_shown", "regions_false", "attributed_pct",
 }
 
 
@@ -52,3 +53,18 @@ def _leaves(node: object) -> list[object]:
     if isinstance(node, list):
         return [leaf for value in node for leaf in _leaves(value)]
     return [node]
+
+
+def test_tiny_weekly_federation(tmp_path: Path) -> None:
+    """`--window week`: nodes with the weekly catalog, one ISO week of truth, the same report."""
+    report = bench_utility.main(
+        ["--federations", "2x12", "--days", "7", "--window", "week", "--runs", "1", "--jobs", "1",
+         "--designs", "current,exact", "--cache", str(tmp_path / "cache"), "--json", str(tmp_path / "week.json")]
+    )
+    fed = report["federations"]["2x12"]
+    assert report["params"]["window"] == "week" and fed["truth"]["windows"] == 1
+    exact = fed["designs"]["bounded truth (no noise)"]["summary"]
+    assert exact["sessions_err_pct"]["mean"] == 0 and exact["countries_false"]["mean"] == 0
+    with pytest.raises(ValueError, match="whole number of weeks"):
+        bench_utility.main(["--federations", "2x12", "--days", "3", "--window", "week", "--jobs", "1",
+                            "--cache", str(tmp_path / "cache"), "--json", str(tmp_path / "bad.json")])

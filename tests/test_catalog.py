@@ -109,7 +109,7 @@ def test_bucket_index_edges() -> None:
 def test_dp_parameters_follow_the_formulas() -> None:
     catalog = load_catalog()
     total = math.fsum(catalog.epsilon(m) for m in catalog.metrics)
-    assert total == pytest.approx(catalog.epsilon_community)
+    assert total == pytest.approx(catalog.epsilon_community, rel=1e-12)
     for m in catalog.metrics:
         assert catalog.scale(m) == pytest.approx(m.max_cells * m.cell_cap / catalog.epsilon(m))
         assert catalog.threshold(m) == 0  # snapshots suppress nothing; presence is the hub's inference
@@ -141,7 +141,10 @@ def _mutate(raw: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("path", "value", "message"),
     [
-        pytest.param("metrics.0.epsilon_share", 0.5, "add up", id="shares-dont-add-up"),
+        pytest.param("metrics.0.epsilon_share", 0.5, "replaced by `weight`", id="hand-set-share"),
+        pytest.param("metrics.0.weight", 0, "greater than", id="zero-weight"),
+        pytest.param("metrics.0.weight", float("inf"), "less than", id="infinite-weight"),
+        pytest.param("window", "hour", "'day' or 'week'", id="hourly-window"),
         pytest.param("metrics.1.cell_cap", 3, "cell_cap 1", id="sessions-metric-with-cap"),
         pytest.param("metrics.6.max_cells", 9, "exceeds", id="k-over-domain"),
         pytest.param("metrics.0.dimensions", ["colour"], "unknown dimension", id="unknown-dim"),
@@ -174,3 +177,47 @@ def test_unreadable_catalog_file(tmp_path: Any) -> None:
         load_catalog(bad)
     with pytest.raises(CatalogError, match="cannot read"):
         load_catalog(tmp_path / "missing.toml")
+
+
+def test_the_epsilon_split_minimises_the_weighted_variance(raw: dict[str, Any]) -> None:
+    """eps_j proportional to (w_j (k_j c_j)^2)^(1/3), summing to eps: no other split has less sum w_j Var_j."""
+    catalog = load_catalog()
+    eps = {m.name: catalog.epsilon(m) for m in catalog.metrics}
+    assert math.fsum(eps.values()) == pytest.approx(catalog.epsilon_community, rel=1e-12)
+    ratios = {m.name: eps[m.name] / (m.weight * m.sensitivity**2) ** (1 / 3) for m in catalog.metrics}
+    assert max(ratios.values()) == pytest.approx(min(ratios.values()), rel=1e-12)
+    # The values docs/privacy.md prints: geography's weight 64 with k*c = 1, completion's 4 with k = 6.
+    assert catalog.epsilon(catalog.metric("geo_sessions")) == pytest.approx(0.0591, abs=5e-5)
+    assert catalog.epsilon(catalog.metric("completion")) == pytest.approx(0.0774, abs=5e-5)
+
+    def weighted_variance(split: dict[str, float]) -> float:
+        return math.fsum(m.weight * 2 * (m.sensitivity / split[m.name]) ** 2 for m in catalog.metrics)
+
+    best = weighted_variance(eps)
+    names = list(eps)
+    for i, (a, b) in enumerate(zip(names, names[1:] + names[:1], strict=True)):  # move budget between two metrics
+        for delta in (0.01, -0.01):
+            moved = dict(eps)
+            moved[a] += delta * eps[a]
+            moved[b] -= delta * eps[a]
+            assert weighted_variance(moved) > best, (i, a, b, delta)
+    # Scaling every weight by a constant changes nothing; a heavier metric gets more, in the cube root.
+    heavier = copy.deepcopy(raw)
+    for metric in heavier["metrics"]:
+        metric["weight"] = 3 * metric.get("weight", 1.0)
+    assert parse_catalog(heavier).epsilon_shares == pytest.approx(dict(catalog.epsilon_shares), rel=1e-12)
+    geo8 = copy.deepcopy(raw)
+    for metric in geo8["metrics"]:
+        if metric["name"] == "geo_sessions":
+            metric["weight"] *= 8
+    other = parse_catalog(geo8)
+    ratio = other.epsilon_shares["geo_sessions"] / other.epsilon_shares["session_tools"]
+    assert ratio == pytest.approx(2 * catalog.epsilon_shares["geo_sessions"] / catalog.epsilon_shares["session_tools"])
+
+
+def test_a_catalog_fixes_one_window_length(raw: dict[str, Any]) -> None:
+    catalog = load_catalog()
+    assert catalog.window == "day" and catalog.window_seconds == 86_400
+    weekly = parse_catalog(_mutate(raw, "window", "week"))
+    assert weekly.window_seconds == 7 * 86_400
+    assert weekly.hash != catalog.hash  # a hub never merges windows of two lengths under one catalog

@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from liberation.traffic import COMMUNITIES, Traffic
+from protocol.windows import WEEK, is_window_start
+from tests.factories import weekly_catalog
 
 
 def write_history(directory: Path, *, communities: int, days: int, sessions_per_day: int) -> None:
@@ -76,3 +78,39 @@ def test_demo_import_of_an_empty_directory_says_so(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 1 and "no <community>.jsonl file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_demo_import_of_a_weekly_federation(tmp_path: Path) -> None:
+    """`--catalog` with `window = "week"`: nodes publish ISO weeks, the hub merges and shows them."""
+    source = tmp_path / "history"
+    write_history(source, communities=2, days=15, sessions_per_day=20)
+    catalog, _ = weekly_catalog(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "liberation", "demo", "--import", str(source), "--data-dir", str(tmp_path / "demo"),
+         "--hub-port", "0", "--catalog", str(catalog)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+            if "dashboard:" in line:
+                break
+        url = lines[-1].split("dashboard:", 1)[1].strip().rstrip("/")
+        windows = get(url + "/v1/windows")["windows"]
+        assert isinstance(windows, list) and len(windows) >= 2  # 15 days hold two closed ISO weeks at least
+        for w in windows:
+            assert w["end"] - w["start"] == WEEK and is_window_start(w["start"], WEEK) and w["nodes"] == 2
+        view = get(url + "/v1/views/headline")
+        assert view["window"] == "week" and view["windows"] == len(windows)
+        assert datetime.strptime(str(view["from"]), "%Y-%m-%d").weekday() == 0  # the range is whole weeks
+        assert get(url + "/v1/catalog")["window"] == "week"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, "".join(lines) + rest
+    assert "Traceback" not in "".join(lines) + rest

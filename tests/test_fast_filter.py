@@ -42,10 +42,6 @@ def generated_catalog(seed: int) -> Catalog:
     rng = random.Random(seed)
     data = tomllib.loads(resources.files("protocol").joinpath("data/default_catalog.toml").read_text())
     data["metrics"] = [m for m in data["metrics"] if not any(d.startswith("attr:") for d in m["dimensions"])]
-    shares = sum(m.get("epsilon_share", 0.0) for m in data["metrics"])
-    for metric in data["metrics"]:
-        if "epsilon_share" in metric:
-            metric["epsilon_share"] /= shares
     kept = {m["name"]: data["federation"]["metrics"][m["name"]] for m in data["metrics"]}  # the rounds' metrics too
     data["federation"]["metrics"] = {name: share / sum(kept.values()) for name, share in kept.items()}
     word = lambda: "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(2, 9)))  # noqa: E731

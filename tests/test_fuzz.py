@@ -39,7 +39,7 @@ from node.ingest import (
     validate_each,
 )
 from node.privacy import FilteredEvent, PrivacyFilter, Rejection
-from protocol.catalog import load_catalog
+from protocol.catalog import Catalog, load_catalog, parse_catalog
 from protocol.codec import EnvelopeError, decode_canonical, encode_canonical
 from protocol.countries import COUNTRY_DOMAIN, ISO_CODES
 from protocol.envelope import sign_body, verify_envelope
@@ -47,9 +47,20 @@ from protocol.errors import Problem
 from protocol.events import MAX_ATTRIBUTES, SLUG_PATTERN, Event
 from protocol.keys import SigningKey
 from protocol.snapshot import Snapshot
-from tests.snapshots import DAY, node_snapshot
+from protocol.windows import DAY, WEEK, is_window_start
+from tests.snapshots import node_snapshot
 
 CATALOG = load_catalog()
+
+
+@cache
+def _with_window(seconds: int) -> Catalog:
+    """The default catalog with daily or weekly windows."""
+    return CATALOG if seconds == CATALOG.window_seconds else parse_catalog(
+        {**CATALOG.model_dump(mode="json"), "window": "week" if seconds == WEEK else "day"}
+    )
+
+
 EXAMPLES = 300  # per target in `make test`; bench/bench_fuzz.py runs many more
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 
@@ -221,7 +232,7 @@ FILTER_CASES = st.builds(
     FilterCase,
     events=st.lists(events(), min_size=1, max_size=4),
     now=st.just(NOW) | st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)),
-    window_seconds=st.sampled_from([86_400, 3_600]),
+    window_seconds=st.sampled_from([DAY, WEEK]),
     live=st.booleans(),
     salt=st.none() | st.binary(min_size=32, max_size=32),
     client_country=st.none() | st.sampled_from(COUNTRY_DOMAIN),
@@ -237,7 +248,7 @@ def _check_kept(event: Event, kept: FilteredEvent, dropped: int, window_seconds:
     assert len(kept.attributes) + dropped == len(event.attributes)
     assert kept.country in COUNTRY_DOMAIN
     start = int(kept.window.timestamp())
-    assert start % window_seconds == 0 and kept.hour.minute == kept.hour.second == kept.hour.microsecond == 0
+    assert is_window_start(start, window_seconds) and kept.hour.minute == kept.hour.second == kept.hour.microsecond == 0
     assert kept.window <= kept.hour < kept.window + timedelta(seconds=window_seconds)
     assert 0 <= kept.minute < window_seconds // 60
     assert -(2**63) <= kept.session < 2**63
@@ -245,7 +256,7 @@ def _check_kept(event: Event, kept: FilteredEvent, dropped: int, window_seconds:
 
 def check_privacy(case: FilterCase) -> None:
     """The filter never raises, and whatever it keeps is inside the catalog's public domains."""
-    privacy = PrivacyFilter(CATALOG, clock_skew=timedelta(minutes=10), window_seconds=case.window_seconds)
+    privacy = PrivacyFilter(_with_window(case.window_seconds), clock_skew=timedelta(minutes=10))
     salt_for: Callable[[datetime], bytes | None] = lambda window: case.salt  # noqa: E731
     singles = []
     for event in case.events:

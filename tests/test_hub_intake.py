@@ -23,13 +23,15 @@ from federation.app import Hub, close_hub, open_hub
 from federation.intake import IntakeResult
 from federation.settings import HubSettings
 from federation.translog import verify_chain
-from protocol.catalog import load_catalog
+from protocol.catalog import Catalog, load_catalog
 from protocol.codec import encode_canonical
 from protocol.envelope import sign_snapshot, verify_envelope
 from protocol.errors import PROBLEM_BASE, Problem
 from protocol.keys import SigningKey, key_id_of
 from protocol.snapshot import Snapshot, max_envelope_size
+from protocol.windows import window_start
 from runtime.storage import StoreVersionError
+from tests.factories import weekly_catalog
 from tests.servers import RunningHub, admin_token, run_hub
 from tests.snapshots import DAY, envelope, node_snapshot
 
@@ -556,45 +558,82 @@ async def test_a_child_hub_enrolled_as_a_node_changes_kind_by_enrolling_again(hu
 # ---- review L4: one window length per node ---------------------------------------------------
 
 HOUR = 3600
+WEEK = 7 * DAY
+MONDAY = window_start(W, WEEK)  # the ISO week that holds W, ended before NOW
 
 
-def _window(key: SigningKey, start: int, length: int, seed: int = 1) -> bytes:
-    snapshot = node_snapshot(key, W, seed=seed).model_copy(update={"window_start": start, "window_end": start + length})
+def _window(key: SigningKey, start: int, length: int, seed: int = 1, catalog: Catalog | None = None) -> bytes:
+    snapshot = node_snapshot(key, W, seed=seed, catalog=catalog).model_copy(
+        update={"window_start": start, "window_end": start + length}
+    )
     return sign_snapshot(snapshot, key)
 
 
-async def test_regression_a_node_cannot_send_a_day_and_hours_of_it(hub: RunningHub) -> None:
-    """Review L4 (probe_window_overlap.py): node a posted day D and D's 05:00 hour; both merged, a's data counted twice."""
+@pytest.fixture
+async def two_lengths(tmp_path: Path) -> AsyncIterator[tuple[RunningHub, Catalog]]:
+    """A hub that merges the default (daily) catalog and the same catalog with weekly windows."""
+    path, weekly = weekly_catalog(tmp_path)
+    settings = HubSettings(data_dir=tmp_path / "hub", port=0, metrics_port=0, admin_token=TOKEN,  # type: ignore[arg-type]
+                           catalogs=(path,))
+    async with run_hub(settings, now=lambda: NOW) as running:
+        yield running, weekly
+
+
+async def test_a_window_of_another_length_than_its_catalogs_is_refused(two_lengths: tuple[RunningHub, Catalog]) -> None:
+    """(7): a daily catalog's window is one UTC day, a weekly one's an ISO week from Monday; nothing else is stored."""
+    hub, weekly = two_lengths
+    a = SigningKey.generate()
+    await enroll(hub, "a", a)
+    before = merged(hub)
+    for start, length, catalog in (
+        (W + 5 * HOUR, HOUR, None),  # an hour of the daily catalog
+        (W, WEEK, weekly),  # seven days from a Saturday: not an ISO week
+        (MONDAY, DAY, weekly),  # a day under the weekly catalog
+        (MONDAY, WEEK, None),  # a week under the daily catalog
+    ):
+        status, problem = await push(hub, _window(a, start, length, catalog=catalog))
+        assert (status, problem["type"]) == (422, PROBLEM_BASE + "window-out-of-range"), (start, length)
+    assert merged(hub) == before
+    assert (await push(hub, _window(a, MONDAY, WEEK, catalog=weekly)))[0] == 202
+
+
+async def test_regression_a_node_cannot_send_a_day_and_the_week_of_it(two_lengths: tuple[RunningHub, Catalog]) -> None:
+    """Review L4 (probe_window_overlap.py): node a posted day D and a window holding D; both merged, a's data counted twice.
+
+    One catalog has one window length, so this takes two catalogs: a daily and a weekly one.
+    """
+    hub, weekly = two_lengths
     a, c = SigningKey.generate(), SigningKey.generate()
     await enroll(hub, "a", a)
     await enroll(hub, "c", c)
     assert (await push(hub, _window(a, W, DAY)))[0] == 202
+
     def tables() -> dict[str, int]:  # the archive trails the answers by a batch: the tables tell
         return {name: n for name, n in _stored(hub.hub).items() if name != "archive files"}
 
     before = (merged(hub), tables())
-    for start in (W + 5 * HOUR, W):  # an hour inside the day, and the hour that starts with it
-        status, problem = await push(hub, _window(a, start, HOUR))
-        assert (status, problem["type"]) == (422, PROBLEM_BASE + "overlapping-window"), start
-        assert problem["window_start"] == start
+    status, problem = await push(hub, _window(a, MONDAY, WEEK, catalog=weekly))  # the week that holds D
+    assert (status, problem["type"]) == (422, PROBLEM_BASE + "overlapping-window")
+    assert problem["window_start"] == MONDAY
     assert (merged(hub), tables()) == before  # a refused snapshot stores nothing
-    # Hours first, then the day: refused the other way round too; hours of other days are fine.
-    assert (await push(hub, _window(c, W - DAY + 3 * HOUR, HOUR)))[0] == 202
-    assert (await push(hub, _window(c, W - DAY + 4 * HOUR, HOUR)))[0] == 202
-    assert (await push(hub, _window(c, W - DAY, DAY)))[1]["type"] == PROBLEM_BASE + "overlapping-window"
-    assert (await push(hub, _window(c, W - 2 * DAY + 23 * HOUR, HOUR)))[0] == 202  # ends where the day starts
+    # The week first, then one of its days: refused the other way round too; other weeks' days are fine.
+    assert (await push(hub, _window(c, MONDAY - WEEK, WEEK, catalog=weekly)))[0] == 202
+    assert (await push(hub, _window(c, MONDAY - 3 * DAY, DAY)))[1]["type"] == PROBLEM_BASE + "overlapping-window"
+    assert (await push(hub, _window(c, MONDAY, DAY)))[0] == 202  # starts where the week ends
     assert (await push(hub, _window(a, W + DAY, DAY)))[0] == 202  # a's next day
-    assert 'liberation_hub_snapshots_rejected_total{reason="overlapping-window"} 3.0' in await metric_text(hub)
+    assert 'liberation_hub_snapshots_rejected_total{reason="overlapping-window"} 2.0' in await metric_text(hub)
 
 
 def test_overlapping_windows_within_one_commit(tmp_path: Path) -> None:
-    hub = open_hub(HubSettings(data_dir=tmp_path / "hub", port=0), now=lambda: NOW)  # type: ignore[arg-type]
+    path, weekly = weekly_catalog(tmp_path)
+    hub = open_hub(HubSettings(data_dir=tmp_path / "hub", port=0, catalogs=(path,)), now=lambda: NOW)  # type: ignore[arg-type]
     try:
         a, b = SigningKey.generate(), SigningKey.generate()
         hub.registry.enroll("a", a.public)
         hub.registry.enroll("b", b.public)
         batch = [hub.intake.check(data) for data in (
-            _window(a, W, DAY), _window(a, W + 5 * HOUR, HOUR), _window(b, W + 5 * HOUR, HOUR), _window(a, W, DAY),
+            _window(a, W, DAY), _window(a, MONDAY, WEEK, catalog=weekly), _window(b, MONDAY, WEEK, catalog=weekly),
+            _window(a, W, DAY),
         )]
         outcomes = hub.intake.commit(batch)
         assert [o.status if isinstance(o, IntakeResult) else o.slug for o in outcomes] == [

@@ -91,7 +91,7 @@ def test_catalog_check_prints_epsilon_scales_thresholds_and_hash(tmp_path: Path)
     out = run("catalog", "check", str(mine)).stdout
     assert load_catalog(mine).hash in out and "catalogs = [...]" in out
     # An invalid one: one line naming the fault, exit 1.
-    mine.write_text(text.replace("epsilon_share = 0.06", "epsilon_share = 0.6", 1))
+    mine.write_text(text.replace("weight = 0.25", "epsilon_share = 0.06", 1))
     result = run("catalog", "check", str(mine), check=False)
     assert result.returncode == 1 and result.stderr.count("\n") == 1
-    assert "epsilon shares add up to" in result.stderr and "Traceback" not in result.stderr
+    assert "replaced by `weight`" in result.stderr and "Traceback" not in result.stderr

@@ -156,7 +156,7 @@ def reference_view(store: HubStore, name: str, start: int, end: int) -> Any:
         "session-shape": lambda: session_shape(CATALOG, combined, raw),
         "peak-times": lambda: peak_times(CATALOG, {
             ws[0]: apply_presence(CATALOG, combine_windows(tables[w] for w in ws)) for ws in groups.values()}),
-        "geography": lambda: geography(CATALOG, combined),
+        "geography": lambda: geography(CATALOG, combined, raw=raw),
         "financial": lambda: financial(CATALOG, combined, raw),
         "breakdown": lambda: breakdown(CATALOG, combined, raw=raw),
         "trends": lambda: reference_trends(CATALOG, {w: apply_presence(CATALOG, t) for w, t in tables.items()}, tables),

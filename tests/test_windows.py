@@ -1,18 +1,26 @@
-"""The window lifecycle (node/windows.py): closing at the durable append, expiry, salts, length."""
+"""Windows: ISO-week and day alignment (protocol/windows.py); the lifecycle (node/windows.py): closing, expiry, salts."""
 
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+import random
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from node.app import close_node, open_node
 from node.schema import session_tables
 from node.windows import WindowClosed, WindowLengthChanged
+from protocol.catalog import Catalog, load_catalog
+from protocol.envelope import verify_envelope
+from protocol.errors import BadRequest
 from protocol.events import Event
+from protocol.windows import DAY, WEEK, is_window_start, parse_window, window_start
+from tests.factories import weekly_catalog
 from tests.servers import node_settings, run_node
+from views.ranges import RangeData, ViewService
 
 MIDNIGHT = datetime(2026, 11, 11, tzinfo=UTC)
 W = int((MIDNIGHT - timedelta(days=1)).timestamp())
@@ -94,22 +102,118 @@ def test_a_refused_window_does_not_stop_later_ones_and_expiry_removes_state(tmp_
         close_node(reopened)
 
 
-def test_hourly_windows_destroy_the_first_days_salt_of_a_node_created_after_one(tmp_path: Path) -> None:
-    clock = Clock(MIDNIGHT + timedelta(hours=5, minutes=10))
-    node = open_node(node_settings(tmp_path / "node", window="hour", export_grace_seconds=0), clock=clock)
+def test_a_weekly_window_keeps_one_salt_and_its_sessions_until_its_export(tmp_path: Path) -> None:
+    """ISO weeks: a session's events on Wednesday and Sunday are one session; salt and state go at the week's export."""
+    path, weekly = weekly_catalog(tmp_path)
+    monday = datetime(2026, 11, 9, tzinfo=UTC)  # ISO week 2026-W46
+    clock = Clock(monday + timedelta(days=2, hours=9))
+    settings = node_settings(tmp_path / "node", catalog=path, export_grace_seconds=3600)
+    node = open_node(settings, clock=clock)
     try:
-        result = node.ingestor.privacy.apply(live_event(clock), now=clock.now, salt_for=node.windows.salt_for)
-        assert result.event is not None
-        node.windows.commit([node.ingestor.layout.block([result.event])])
-        assert node.windows.salts.days() == [MIDNIGHT.date()]
-        clock.now = MIDNIGHT + timedelta(days=1, minutes=1)
-        node.export_due()
-        assert node.windows.salts.days() == []
+        assert node.windows.seconds == WEEK == weekly.window_seconds
+        for moment in (monday + timedelta(days=2, hours=9), monday + timedelta(days=6, hours=23, minutes=59)):
+            clock.now = moment
+            result = node.ingestor.privacy.apply(live_event(clock), now=clock.now, salt_for=node.windows.salt_for)
+            assert result.event is not None and result.event.window == monday
+            node.windows.commit([node.ingestor.layout.block([result.event])])
+        node.store.fold_sessions()
+        sessions = node.store.cursor().execute("SELECT count(DISTINCT session) FROM events").fetchall()
+        assert sessions == [(1,)]  # one salt for the week: the same session on two days
+        assert node.windows.salts.days() == [monday.date()]
+        w = int(monday.timestamp())
+        # Sunday night and Monday inside the grace period: not due yet, salt and state kept.
+        clock.now = monday + timedelta(days=7, minutes=30)
+        assert node.export_due() == [] and node.windows.salts.days() == [monday.date()]
+        assert w in session_tables(node.store.cursor())
+        clock.now = monday + timedelta(days=7, hours=1, minutes=1)
+        assert node.export_due() == [w]
+        snapshot = verify_envelope(node.publisher.export(w)).snapshot
+        assert (snapshot.window_start, snapshot.window_end) == (w, w + WEEK)
+        assert node.windows.salts.days() == []  # destroyed at the weekly export
+        assert w not in session_tables(node.store.cursor())
+        assert [e.epsilon for e in node.publisher.ledger()] == [weekly.epsilon(m) for m in sorted(
+            weekly.metrics, key=lambda m: m.name)]
+        # An event of the exported week is refused; the next week takes rows under a salt of its own.
+        clock.now = monday + timedelta(days=6)
+        assert node.windows.salt_for(monday) is None
+        assert node.windows.salt_for(monday + timedelta(days=7)) is not None
     finally:
         close_node(node)
 
 
 def test_a_silent_switch_of_window_length_is_refused(tmp_path: Path) -> None:
     close_node(open_node(node_settings(tmp_path / "node")))
-    with pytest.raises(WindowLengthChanged, match="86400 s long, the settings ask for 3600 s"):
-        open_node(node_settings(tmp_path / "node", window="hour"))
+    path, _ = weekly_catalog(tmp_path)
+    with pytest.raises(WindowLengthChanged, match="86400 s long, the settings ask for 604800 s"):
+        open_node(node_settings(tmp_path / "node", catalog=path))
+
+
+def test_the_window_length_is_the_catalogs_not_a_node_setting(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="`window` moved to the catalog"):
+        node_settings(tmp_path / "node", window="day")
+
+
+@pytest.mark.parametrize(
+    ("moment", "monday"),
+    [
+        pytest.param(datetime(2026, 11, 15, 23, 59, 59, tzinfo=UTC), datetime(2026, 11, 9, tzinfo=UTC), id="sunday-night"),
+        pytest.param(datetime(2026, 11, 16, tzinfo=UTC), datetime(2026, 11, 16, tzinfo=UTC), id="monday-midnight"),
+        # 2026-12-31 is a Thursday of ISO week 2026-W53, which runs to Sunday 2027-01-03.
+        pytest.param(datetime(2027, 1, 3, 12, tzinfo=UTC), datetime(2026, 12, 28, tzinfo=UTC), id="year-end"),
+        pytest.param(datetime(2027, 1, 4, tzinfo=UTC), datetime(2027, 1, 4, tzinfo=UTC), id="iso-week-1"),
+        pytest.param(datetime(1970, 1, 5, 7, tzinfo=UTC), datetime(1970, 1, 5, tzinfo=UTC), id="first-monday"),
+    ],
+)
+def test_weeks_are_iso_weeks_from_monday_utc(moment: datetime, monday: datetime) -> None:
+    start = window_start(int(moment.timestamp()), WEEK)
+    assert start == int(monday.timestamp()) and is_window_start(start, WEEK)
+    assert datetime.fromtimestamp(start, UTC).isocalendar()[:2] == moment.isocalendar()[:2]
+    year, week, _ = moment.isocalendar()
+    assert parse_window(f"{year}-W{week:02d}", WEEK) == start
+    assert window_start(int(moment.timestamp()), DAY) == int(moment.timestamp()) // DAY * DAY
+
+
+def test_every_moment_falls_in_the_iso_week_that_holds_it() -> None:
+    rng = random.Random(46)
+    for _ in range(2_000):
+        ts = rng.randrange(0, 4_102_444_800)  # up to 2100
+        start = window_start(ts, WEEK)
+        assert start <= ts < start + WEEK or start < 0  # the days before the first Monday start in 1969
+        begins = datetime.fromtimestamp(start, UTC)
+        assert begins.weekday() == 0 and begins.time() == time(0)
+        assert begins.isocalendar()[:2] == datetime.fromtimestamp(ts, UTC).isocalendar()[:2]
+
+
+def test_a_day_that_does_not_start_a_week_is_not_a_weekly_window() -> None:
+    with pytest.raises(BadRequest, match="not the start of a window"):
+        parse_window("2026-11-11", WEEK)  # a Wednesday
+    assert parse_window("2026-11-09", WEEK) == int(datetime(2026, 11, 9, tzinfo=UTC).timestamp())
+    with pytest.raises(BadRequest, match="ISO week"):
+        parse_window("2026-W99", WEEK)
+
+
+class _Latest:
+    """A range source that only knows its latest window (date_range reads nothing else)."""
+
+    def __init__(self, latest: int | None) -> None:
+        self.latest = latest
+
+    def latest_window(self, catalog: Catalog) -> int | None:
+        return self.latest
+
+    def load(self, catalog: Catalog, start: int, end: int) -> RangeData:
+        raise AssertionError("date_range loads nothing")
+
+
+def test_a_views_range_is_widened_to_whole_windows(tmp_path: Path) -> None:
+    """A weekly catalog's range runs from the Monday of `from` to the Sunday of `to`; a daily one is as asked."""
+    _, weekly = weekly_catalog(tmp_path)
+    daily = load_catalog()
+    monday = int(datetime(2026, 11, 9, tzinfo=UTC).timestamp())
+    for catalog, expected in ((weekly, (monday, monday + 2 * WEEK)), (daily, (monday + 2 * DAY, monday + 10 * DAY))):
+        service = ViewService(_Latest(None), {catalog.hash: catalog}, lambda: 0)
+        assert service.date_range(catalog, {"from": "2026-11-11", "to": "2026-11-18"}) == expected
+    # Without `to`: the latest window, whole (its Sunday for a week).
+    service = ViewService(_Latest(monday + WEEK), {weekly.hash: weekly}, lambda: 0)
+    start, end = service.date_range(weekly, {})
+    assert end == monday + 2 * WEEK and is_window_start(start, WEEK) and end - start <= 5 * WEEK

@@ -18,8 +18,8 @@ import numpy as np
 import numpy.typing as npt
 
 from protocol.catalog import Catalog
+from views import significance
 from views.merge import CellKey, CellSum, ReadTable, Table
-from views.significance import presence_threshold
 
 Array = npt.NDArray[Any]
 INT64_SAFE = 2**62
@@ -152,29 +152,46 @@ def sum_windows(layout: Layout, parts: Sequence[Cells]) -> Cells:
 
 
 def presence_thresholds(
-    layout: Layout, catalog: Catalog, cells: Cells, scales: Mapping[str, float] | None = None
+    layout: Layout,
+    catalog: Catalog,
+    cells: Cells,
+    scales: Mapping[str, float] | None = None,
+    metrics: Collection[str] | None = None,
 ) -> Array:
     """Per position, the least value a present cell needs (`significance.presence_threshold`); 0 for others.
 
     `scales`: the noise scale of each metric's draws when not the community snapshots' (a round's keepers').
+    With `metrics`, only their cells get a bound (a caller that reads those alone).
     """
     out = np.zeros(len(layout), dtype=np.int64)
     for metric in catalog.metrics:
+        if metrics is not None and metric.name not in metrics:
+            continue
         first, count = layout.offset[(metric.name, "cell")]
         variances = cells.variance[first : first + count]
         scale = scales.get(metric.name) if scales is not None else None
         # One merged variance per number of draws: a handful of distinct values per metric.
         distinct, inverse = np.unique(variances, return_inverse=True)
-        thresholds = np.array([presence_threshold(catalog, metric, float(v), scale) for v in distinct], dtype=np.int64)
+        thresholds = np.array(significance.presence_thresholds(catalog, metric, distinct.tolist(), scale), dtype=np.int64)
         out[first : first + count] = thresholds[inverse]
     return out
 
 
-def apply_presence(layout: Layout, cells: Cells, catalog: Catalog, scales: Mapping[str, float] | None = None) -> Cells:
-    """`merge.apply_presence` over columns: cells not present folded into their prefix's other; others kept."""
+def apply_presence(
+    layout: Layout,
+    cells: Cells,
+    catalog: Catalog,
+    scales: Mapping[str, float] | None = None,
+    metrics: Collection[str] | None = None,
+) -> Cells:
+    """`merge.apply_presence` over columns: cells not present folded into their prefix's other; others kept.
+
+    `scales`: as for `presence_thresholds`. With `metrics`, only their cells are folded: the others
+    are left as summed (read them not).
+    """
     order = cells.order
-    thresholds = presence_thresholds(layout, catalog, cells, scales)
-    low_mask = cells.present & layout.is_cell & (cells.value < thresholds).astype(bool)
+    bounds = presence_thresholds(layout, catalog, cells, scales, metrics)
+    low_mask = cells.present & layout.is_cell & (cells.value < bounds).astype(bool)
     low = order[low_mask[order]]  # in the table's order: folds add in that order
     targets = layout.other_of[low]
     size = len(layout)

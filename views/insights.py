@@ -24,10 +24,11 @@ from typing import Any
 import numpy as np
 
 from protocol.catalog import ATTRIBUTE_DIMENSION_PREFIX, STAGES, Catalog, MetricSpec
+from protocol.regions import REGION_NAMES, region_of
 from protocol.windows import DAY
 from views.columns import INT64_SAFE, Array, Cells, Layout
 from views.merge import CellSum, Kind, ReadTable, fold_sums, sd, total_sums
-from views.significance import presence_threshold
+from views.significance import presence_threshold, presence_thresholds
 
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 STARTED, COMPLETED = STAGES.index("started"), STAGES.index("completed")
@@ -334,14 +335,22 @@ def breakdown(
     }
 
 
-def geography(catalog: Catalog, table: ReadTable, top: int | None = None) -> dict[str, Any]:
-    """Sessions per country, ranked: each session once (the default catalog), or once per tool (an older one).
+def geography(
+    catalog: Catalog, table: ReadTable, top: int | None = None, raw: ReadTable | None = None
+) -> dict[str, Any]:
+    """Sessions per country, ranked, then per UN M49 region, then the world: each session once (the default catalog).
 
     {"countries": [{"country", "sessions": Num}] (every country shown as present, or the
      top `top`; descending), "rest": Num (None when every country is listed),
      "countries_with_data": int, "per": "session" | "session and tool",
+     "regions": [{"region": M49 code, "name", "sessions": Num, "countries": int}] (descending),
      "by_app": {app: {country: Num}} (a per-tool metric only), "unattributed": {app or "all": Num}}
-    `unattributed` is the `other` of sessions whose country could not be told apart from noise.
+    A country not shown as present folds into its M49 sub-region (protocol/regions.py); a
+    region is shown when the sum of its folded countries (`raw`: every cell's sum) clears
+    the same presence bound as a cell, its sd covering every folded country's noise
+    (`countries`: how many folded into it). What no shown region holds (and `ZZ`, country
+    unknown) is `unattributed`: sessions whose country could not be told apart from noise.
+    Without `raw`, or for a per-tool metric, no region is shown.
     """
     spec, per = _geo_metric(catalog)
     countries, apps = catalog.domain("country"), catalog.app_names
@@ -352,18 +361,53 @@ def geography(catalog: Catalog, table: ReadTable, top: int | None = None) -> dic
         if by_app:
             by_app[apps[a]][countries[c]] = _num(cs)
     ranked = sorted(per_country.items(), key=lambda item: (-item[1].value, item[0]))
+    regions: list[tuple[str, CellSum, int]] = []
+    if spec is not None and raw is not None and not by_app:
+        regions = _regions(catalog, spec, raw, set(per_country))
+    world = _get(table, spec, "other", 0)
+    for _, cs, _ in regions:  # what a shown region holds is not unattributed any more
+        assert world is not None
+        world = CellSum(world.value - cs.value, max(0.0, world.variance - cs.variance), world.nodes)
     unattributed = (
         {app: _num(_get(table, spec, "other", a)) for a, app in enumerate(apps)} if by_app
-        else {"all": _num(_get(table, spec, "other", 0))}
+        else {"all": _num(world)}
     )
     return {
         "countries": [{"country": code, "sessions": _num(cs)} for code, cs in ranked[:top]],
         "rest": _num(total_sums(cs for _, cs in (ranked[top:] if top is not None else []))),
         "countries_with_data": len(ranked),
         "per": per,
+        "regions": [{"region": code, "name": REGION_NAMES[code], "sessions": _num(cs), "countries": n}
+                    for code, cs, n in regions],
         "by_app": {app: dict(sorted(cells.items())) for app, cells in by_app.items()},
         "unattributed": unattributed,
     }
+
+
+def _regions(catalog: Catalog, spec: MetricSpec, raw: ReadTable, shown: set[str]) -> list[tuple[str, CellSum, int]]:
+    """The M49 regions whose folded countries (every country not in `shown`) together clear the presence bound.
+
+    Each region's sum and variance add its folded countries' merged sums and variances
+    (countries without a merged cell add nothing); (code, sum, countries folded), descending.
+    """
+    countries = catalog.domain("country")
+    folded: dict[str, CellSum] = {}
+    count: dict[str, int] = defaultdict(int)
+    for (name, kind, index), cs in raw.items():
+        if name != spec.name or kind != "cell" or countries[index] in shown:
+            continue
+        region = region_of(countries[index])
+        if region is not None:
+            folded[region] = fold_sums(folded.get(region), cs)
+            count[region] += 1
+    bounds = presence_thresholds(catalog, spec, [cs.variance for cs in folded.values()])
+    significant = [(code, cs, count[code]) for (code, cs), bound in zip(folded.items(), bounds, strict=True)
+                   if cs.value >= bound]
+    return sorted(significant, key=lambda item: (-item[1].value, item[0]))
+
+
+GEO_METRICS = ("geo_sessions",)
+"""The metrics `geography` reads from its `raw` table: a caller may hand it those alone."""
 
 
 def _geo_metric(catalog: Catalog) -> tuple[MetricSpec | None, str]:
@@ -385,23 +429,25 @@ def peak_times(catalog: Catalog, tables_by_window: Mapping[int, ReadTable]) -> d
      "by_app": {app: 7x24 [[Num]]}, "windows": int}
     The weekday is that of the window's start (Monday = 0), the hour the
     metric's `hour` dimension. A daily window starts at 00:00 UTC, so this is
-    exact; an hourly window's cells fall on its start's weekday as well.
+    exact. A weekly window holds every weekday and its cells only the hour:
+    then "weekdays" is ["Mon-Sun"] and each matrix has that one row.
     """
     spec = _metric(catalog, PEAK_METRICS[0], ("app", "hour"))
     hours, apps = catalog.domain("hour"), catalog.app_names
+    days = WEEKDAYS if catalog.window_seconds <= DAY else ("Mon-Sun",)
     total: dict[tuple[int, int], CellSum] = {}
     per_app: dict[int, dict[tuple[int, int], CellSum]] = defaultdict(dict)
     for window_start, table in tables_by_window.items():
-        day = weekday(window_start)
+        day = weekday(window_start) if len(days) > 1 else 0
         for (a, h), cs in _grid_cells(table, spec, len(hours)):
             total[(day, h)] = fold_sums(total.get((day, h)), cs)
             per_app[a][(day, h)] = fold_sums(per_app[a].get((day, h)), cs)
 
     def matrix(sums: Mapping[tuple[int, int], CellSum]) -> list[list[Num | None]]:
-        return [[_num(sums.get((d, h))) for h in range(len(hours))] for d in range(len(WEEKDAYS))]
+        return [[_num(sums.get((d, h))) for h in range(len(hours))] for d in range(len(days))]
 
     return {
-        "weekdays": list(WEEKDAYS),
+        "weekdays": list(days),
         "hours": list(hours),
         "events": matrix(total),
         "by_app": {app: matrix(per_app[a]) for a, app in enumerate(apps)},

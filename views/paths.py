@@ -40,8 +40,10 @@ def path_param(name: str, description: str, **schema: Any) -> dict[str, Any]:
 
 CATALOG_PARAM = query_param("catalog", "catalog hash (default: the hub's default catalog)", pattern="^[0-9a-f]{64}$")
 RANGE = [
-    query_param("from", "first day, inclusive (default: 29 days before `to`)", format="date"),
-    query_param("to", "last day, inclusive (default: the latest window with data)", format="date"),
+    query_param("from", "first day, inclusive (default: 29 days before `to`); a weekly catalog's range starts "
+                "on that day's ISO week's Monday", format="date"),
+    query_param("to", "last day, inclusive (default: the latest window with data); a weekly catalog's range ends "
+                "on that day's ISO week's Sunday", format="date"),
     CATALOG_PARAM,
 ]
 

@@ -28,6 +28,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, Protocol
 
 import numpy as np
@@ -36,9 +37,10 @@ from aiohttp import web
 from protocol.catalog import Catalog
 from protocol.errors import BadRequest, NotFound, ProblemType
 from protocol.noise import laplace_variance
-from protocol.windows import DAY
+from protocol.windows import DAY, window_start
 from views.columns import Cells, Layout, apply_presence, sum_windows
 from views.insights import (
+    GEO_METRICS,
     PEAK_METRICS,
     breakdown,
     completion,
@@ -99,18 +101,30 @@ class RangeData:
         return cls(catalog, layout, start, end,
                    {w: WindowCells(layout, catalog, Cells.from_table(layout, tables[w])) for w in sorted(tables)}, nodes)
 
+    @cached_property
+    def _range_sum(self) -> Cells:
+        """Every window of the range summed, every cell: summed once per render, for `combined` and `raw` alike."""
+        windows = list(self.per_window)
+        if len(windows) == 1:
+            return self.per_window[windows[0]].cells
+        return sum_windows(self.layout, [self.per_window[w].cells for w in windows])
+
     @property
     def combined(self) -> Table:
         """The whole range summed, presence inferred over all of its snapshots."""
-        return self._summed(list(self.per_window))
+        windows = list(self.per_window)
+        if len(windows) == 1:
+            return self.per_window[windows[0]].thresholded().to_table(self.layout)
+        return apply_presence(self.layout, self._range_sum, self.catalog, self._scales(windows)).to_table(self.layout)
 
     @property
     def raw(self) -> Table:
         """The whole range summed, every cell (no presence folding): what quantiles read, noise and all."""
-        windows = list(self.per_window)
-        if len(windows) == 1:
-            return self.per_window[windows[0]].cells.to_table(self.layout)
-        return sum_windows(self.layout, [self.per_window[w].cells for w in windows]).to_table(self.layout)
+        return self._range_sum.to_table(self.layout)
+
+    def raw_of(self, metrics: Collection[str]) -> Table:
+        """`raw`, only the cells of `metrics` (a view that reads a few)."""
+        return self._range_sum.to_table(self.layout, metrics)
 
     def thresholded_windows(self) -> dict[int, Cells]:
         return {w: wc.thresholded() for w, wc in self.per_window.items()}
@@ -126,7 +140,9 @@ class RangeData:
         if len(windows) == 1:
             return self.per_window[windows[0]].thresholded().to_table(self.layout, metrics)
         summed = sum_windows(self.layout, [self.per_window[w].cells for w in windows])
-        return apply_presence(self.layout, summed, self.catalog, self._scales(windows)).to_table(self.layout, metrics)
+        return apply_presence(self.layout, summed, self.catalog, self._scales(windows), metrics).to_table(
+            self.layout, metrics
+        )
 
     def _scales(self, windows: Sequence[int]) -> dict[str, float] | None:
         """The noise scale to test a sum over `windows` with: the windows' own when they agree, else the larger
@@ -150,7 +166,8 @@ VIEWS: dict[str, tuple[str, View]] = {
     "session-shape": ("Tools per session and session duration, with median and quartiles",
                       lambda d: session_shape(d.catalog, d.combined, d.raw)),
     "peak-times": ("Hour-of-week heat map of events (UTC)", lambda d: peak_times(d.catalog, d.by_weekday(PEAK_METRICS))),
-    "geography": ("Sessions per country, top countries and per tool", lambda d: geography(d.catalog, d.combined)),
+    "geography": ("Sessions per country, then per UN M49 region, then the world",
+                  lambda d: geography(d.catalog, d.combined, raw=d.raw_of(GEO_METRICS))),
     "financial": ("Runway, real-wage gap, savings, industries, salary, expenses, debt: histograms and quantiles",
                   lambda d: financial(d.catalog, d.combined, d.raw)),
     "breakdown": ("Industry x runway months", lambda d: breakdown(d.catalog, d.combined, raw=d.raw)),
@@ -355,7 +372,11 @@ class ViewService:
         return catalog
 
     def date_range(self, catalog: Catalog, query: Mapping[str, str]) -> tuple[int, int]:
-        """[start, end) from `from`/`to` (inclusive dates); default: the 30 days up to the latest data."""
+        """[start, end) from `from`/`to` (inclusive dates); default: the 30 days up to the latest data.
+
+        Widened to whole windows of the catalog: with weekly windows, from the Monday of
+        `from`'s ISO week to the Sunday of `to`'s (a window is summed whole or not at all).
+        """
         def parse(name: str) -> int | None:
             text = query.get(name)
             if not text:
@@ -368,18 +389,18 @@ class ViewService:
                 raise BadRequest(f"`{name}` must be 1970-01-01 or later: windows are unix times", slug=ProblemType.INVALID_QUERY)
             return int(day.timestamp())
 
+        length = catalog.window_seconds
         start, last = parse("from"), parse("to")
         if last is None:
             latest = self._source.latest_window(catalog)
-            today = int(self._now()) // DAY * DAY
-            last = (latest // DAY * DAY) if latest is not None else today
+            last = (latest + length - DAY) if latest is not None else int(self._now()) // DAY * DAY
         if start is None:
             start = max(0, last - (DEFAULT_RANGE_DAYS - 1) * DAY)
         if start > last:
             raise BadRequest("`from` is after `to`", slug=ProblemType.INVALID_QUERY)
         if last - start > MAX_RANGE_DAYS * DAY:
             raise BadRequest(f"a range spans at most {MAX_RANGE_DAYS} days", slug=ProblemType.INVALID_QUERY)
-        return start, last + DAY
+        return max(0, window_start(start, length)), window_start(last, length) + length
 
     def render(self, name: str, catalog: Catalog, start: int, end: int, fmt: str) -> tuple[bytes, str]:
         """The body of one view and its ETag; cached until the next accepted snapshot."""
@@ -403,12 +424,16 @@ class ViewService:
             "catalog": catalog.hash,
             "from": _day(start),
             "to": _day(end - DAY),
+            "window": catalog.window,
             "windows": len(data.per_window),
             "nodes": data.nodes,
             "k_min": catalog.k_min,
             "data": result,
         }
-        return to_csv(result).encode() if fmt == "csv" else json.dumps(envelope, allow_nan=False).encode()
+        if fmt == "csv":
+            return to_csv(result).encode()
+        # A view is a tree of fresh dicts and lists: no cycle to look for (trends' 160 KB encode 12 % faster).
+        return json.dumps(envelope, allow_nan=False, check_circular=False).encode()
 
 
 def _day(ts: int) -> str:
@@ -514,6 +539,7 @@ def catalog_document(catalog: Catalog) -> dict[str, Any]:
                 for m in catalog.federation_metrics
             ],
         },
+        "window": catalog.window,
         "max_events_per_session": catalog.max_events_per_session,
         "retention_days": catalog.retention_days,
         "apps": {
@@ -529,7 +555,8 @@ def catalog_document(catalog: Catalog) -> dict[str, Any]:
                 "name": m.name, "description": m.description, "unit": m.unit.value,
                 "dimensions": list(m.dimensions), "cells": catalog.domain_size(m),
                 "max_cells_per_session": m.max_cells, "cap_per_cell": m.cell_cap,
-                "sensitivity": m.sensitivity, "epsilon": catalog.epsilon(m), "scale": catalog.scale(m),
+                "sensitivity": m.sensitivity, "weight": m.weight,
+                "epsilon": catalog.epsilon(m), "scale": catalog.scale(m),
                 # The least value a cell of one snapshot (one community, one window) is shown from.
                 "threshold": presence_threshold(catalog, m, catalog.variance(m)),
             }

@@ -14,6 +14,7 @@ snapshot*, and the hub showed any cell one of them published).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from statistics import NormalDist
 
@@ -92,10 +93,29 @@ def presence_threshold(catalog: Catalog, metric: MetricSpec, variance: float, sc
     The noise is a sum of discrete Laplace draws of `scale`: the community snapshots' by default,
     the keepers' for a federation round's aggregate (one draw per keeper).
     """
+    return presence_thresholds(catalog, metric, (variance,), scale)[0]
+
+
+def presence_thresholds(
+    catalog: Catalog, metric: MetricSpec, variances: Iterable[float], scale: float | None = None
+) -> list[int]:
+    """`presence_threshold` of each variance: the catalog's cells counted once for all of them."""
     p = FALSE_CELLS / total_cells(catalog)
     scale = catalog.scale(metric) if scale is None else scale
-    return max(catalog.k_min, noise_threshold(scale, draws(variance, scale), p))
+    return [max(catalog.k_min, noise_threshold(scale, draws(variance, scale), p)) for variance in variances]
 
 
 def total_cells(catalog: Catalog) -> int:
-    return sum(catalog.domain_size(m) for m in catalog.metrics)
+    """The number of cells of all of a catalog's metrics: what FALSE_CELLS is spread over."""
+    return _total_cells(catalog.hash, lambda: sum(catalog.domain_size(m) for m in catalog.metrics))
+
+
+_TOTALS: dict[str, int] = {}
+"""total_cells by catalog hash (content-addressed, so never stale): views ask for it per cell and per country."""
+
+
+def _total_cells(catalog_hash: str, count: Callable[[], int]) -> int:
+    total = _TOTALS.get(catalog_hash)
+    if total is None:
+        total = _TOTALS.setdefault(catalog_hash, count())
+    return total

@@ -61,14 +61,14 @@ name = "usage"
 unit = "sessions"
 dimensions = ["app_action"]
 max_cells = 2
-epsilon_share = 0.5
+weight = 1
 
 [[metrics]]
 name = "tools"
 unit = "sessions"
 dimensions = ["tool_count"]
 max_cells = 1
-epsilon_share = 0.5
+weight = 1
 
 [federation]
 min_nodes = 2

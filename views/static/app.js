@@ -4,7 +4,7 @@
 
 import { getJson, optional, view } from "./api.js";
 import { h } from "./dom.js";
-import { addDays, fmtRange, plural } from "./fmt.js";
+import { addDays, fmtRange, plural, windowWords } from "./fmt.js";
 import {
   renderBreakdown, renderCombinations, renderCompletion, renderFinancial, renderGeography, renderHeadline,
   renderPeaks, renderShape, renderTrends, renderUsage,
@@ -157,7 +157,8 @@ async function loadViews() {
       $("range-from").value = any.from;
       $("range-to").value = any.to;
     }
-    setStatus(`Showing ${fmtRange(any.from, any.to)} · ${plural(any.windows, "daily window")} with data · up to ${plural(any.nodes, "community node")} per day${failures ? ` · ${failures} panel(s) failed to load` : ""}`, failures > 0);
+    const w = windowWords(any.window);
+    setStatus(`Showing ${fmtRange(any.from, any.to)} · ${plural(any.windows, `${w.adjective} window`)} with data · up to ${plural(any.nodes, "community node")} ${w.per}${failures ? ` · ${failures} panel(s) failed to load` : ""}`, failures > 0);
   } else {
     setStatus(failures ? "The numbers could not be loaded. Please try again later." : "No published data yet.", failures > 0);
   }

@@ -143,6 +143,13 @@ export function humanize(name) {
   return t.charAt(0).toUpperCase() + t.slice(1);
 }
 
+/** The words of a catalog's window: `window` is "day" or "week" (a view's or the catalog's `window`). */
+export function windowWords(window) {
+  return window === "week"
+    ? { unit: "week", adjective: "weekly", per: "per week", title: "Weeks" }
+    : { unit: "day", adjective: "daily", per: "per day", title: "Days" };
+}
+
 export function plural(n, one, many) {
   return `${fmtInt(n)} ${n === 1 ? one : many || `${one}s`}`;
 }

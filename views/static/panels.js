@@ -5,6 +5,7 @@ import { barList, heatmap, histogram, lineChart, sankeyChart, toolClass, worldMa
 import { dataTable, fill, h } from "./dom.js";
 import {
   BELOW, countryName, fmtCompact, fmtFixed, fmtInt, fmtRange, fmtUnixDay, humanize, isNum, numEl, parts, plural, text,
+  windowWords,
 } from "./fmt.js";
 
 const capitalize = (t) => t.charAt(0).toUpperCase() + t.slice(1);
@@ -61,8 +62,8 @@ export function renderHeadline(env, ctx) {
     card("events", "Events", numEl(d.events), "steps taken inside the tools"),
     card("tools", "Tools in use", h("span", { class: "num" }, h("span", { class: "value", text: fmtInt(d.tools) }), h("span", { class: "of", text: ` of ${fmtInt(d.tools_in_catalog)}` })), "with published activity"),
     card("countries", "Countries", plain(d.countries), "with published sessions"),
-    card("nodes", "Community nodes", plain(d.nodes), "reporting on the busiest day"),
-    card("windows", "Days of data", plain(d.windows), fmtRange(env.from, env.to)),
+    card("nodes", "Community nodes", plain(d.nodes), `reporting on the busiest ${windowWords(env.window).unit}`),
+    card("windows", `${windowWords(env.window).title} of data`, plain(d.windows), fmtRange(env.from, env.to)),
   );
   const lede = document.getElementById("overview-lede");
   const sessions = isNum(d.sessions) ? `${text(d.sessions)} sessions` : "sessions (too few to publish)";
@@ -258,7 +259,9 @@ export function renderPeaks(env, ctx, tool = "") {
     h("div", { class: "scroll-x heat-wrap" }, svg),
     legend,
     insights.length ? h("ul", { class: "sentences" }, insights) : null,
-    h("p", { class: "panel-note", text: `Built from ${plural(env.windows, "daily window")}; each weekday sums the days of that weekday in the range. Hours are UTC, so evenings in the Americas appear after midnight.` }),
+    h("p", { class: "panel-note", text: env.window === "week"
+      ? `Built from ${plural(env.windows, "weekly window")}: a weekly count keeps the hour of each event, not its weekday, so the row sums every day of the week. Hours are UTC, so evenings in the Americas appear after midnight.`
+      : `Built from ${plural(env.windows, "daily window")}; each weekday sums the days of that weekday in the range. Hours are UTC, so evenings in the Americas appear after midnight.` }),
     dataTable(label, [{ label: "Day" }, ...d.hours.map((hr) => ({ label: hr, numeric: true }))],
       d.weekdays.map((day, i) => [day, ...matrix[i].map((n) => (isNum(n) ? text(n) : BELOW))])),
   );
@@ -299,6 +302,20 @@ export function renderGeography(env, ctx, world, tool = "") {
       })()
     : h("p", { class: "panel-note", text: "The map could not be loaded; the list shows every country." });
   const unattributed = tool ? d.unattributed[tool] : sumNums(Object.values(d.unattributed));
+  // Countries too small to tell apart from noise fold into their UN M49 region; a region that stands clear is shown.
+  const regions = !tool && Array.isArray(d.regions) ? d.regions : [];
+  const regionList = regions.length
+    ? h("div", { class: "regions" },
+        h("h4", { text: "Regions of the smaller countries" }),
+        barList(regions.map((r) => ({
+          key: r.region,
+          label: r.name,
+          labelEl: h("span", {}, r.name),
+          num: r.sessions,
+          title: `${r.name}: ${text(r.sessions)} sessions from countries too small to show one by one`,
+        })), { className: "region-list", max: Math.max(1e-9, ...[...regions.map((r) => r.sessions), ...top.map((c) => c.n)]
+          .filter(isNum).map((n) => n.value + n.sd)) }))
+    : null;
   const list = barList(top.map((c, i) => ({
     key: c.code,
     rank: i + 1,
@@ -315,14 +332,17 @@ export function renderGeography(env, ctx, world, tool = "") {
         // The heading says how many the list shows: the list is the whole truth of it.
         h("h4", { text: `Top ${plural(top.length, "country", "countries")}${tool ? ` — ${title(ctx, tool)}` : ""}` }),
         list,
+        regionList,
         h("div", { class: "map-foot" },
           h("span", {}, h("strong", { text: fmtInt(tool ? totals.size : d.countries_with_data) }), " countries whose sessions stand clear of the noise."),
           !tool && isNum(d.rest) ? h("span", {}, "Countries beyond the list, together: ", numEl(d.rest), ".") : null,
-          h("span", {}, "Sessions whose country cannot be told apart from noise: ", numEl(unattributed), ".")))),
-    h("p", { class: "panel-note", text: `${d.per === "session" ? "A session counts once, in the country of its first event." : "A session counts once for each tool it used."} Countries come from the person's own hint or a one-time lookup of their connection; the address is discarded immediately.` }),
+          regions.length ? h("span", {}, h("strong", { text: fmtInt(regions.length) }), ` ${regions.length === 1 ? "region" : "regions"} whose smaller countries together stand clear of the noise.`) : null,
+          h("span", {}, `Sessions whose country${regions.length ? " and region" : ""} cannot be told apart from noise: `, numEl(unattributed), ".")))),
+    h("p", { class: "panel-note", text: `${d.per === "session" ? "A session counts once, in the country of its first event." : "A session counts once for each tool it used."} A country too small to show on its own folds into its UN M49 region, and a region too small into the world. Countries come from the person's own hint or a one-time lookup of their connection; the address is discarded immediately.` }),
     dataTable(`Sessions by country${tool ? ` (${title(ctx, tool)})` : ""}`, [{ label: "Country" }, { label: "Code" }, { label: "Sessions", numeric: true }, { label: "±", numeric: true }, { label: "Nodes", numeric: true }],
       [...totals.entries()].filter(([, n]) => isNum(n)).sort((a, b) => b[1].value - a[1].value)
-        .map(([code, n]) => [countryName(code), code, ...numCells(n), String(n.nodes)])),
+        .map(([code, n]) => [countryName(code), code, ...numCells(n), String(n.nodes)])
+        .concat(regions.map((r) => [`${r.name} (other countries)`, `M49 ${r.region}`, ...numCells(r.sessions), String(r.sessions.nodes)]))),
   );
 }
 
@@ -446,7 +466,8 @@ function growthEl(n) {
 
 export function renderTrends(env, ctx) {
   const d = env.data;
-  const fmtX = (w) => fmtUnixDay(w);
+  const fmtX = (x) => fmtUnixDay(x);
+  const w = windowWords(env.window);
   const grid = fill(document.getElementById("trend-tools"));
   const pending = [];
   for (const [app, t] of Object.entries(d.tools)) {
@@ -456,9 +477,9 @@ export function renderTrends(env, ctx) {
         h("h3", {}, swatch(ctx, app), " ", t.title || title(ctx, app)),
         h("span", {}, growthEl(t.growth), h("span", { class: "growth-label", text: " growth" }))),
       chartBox,
-      dataTable(`Sessions starting the ${t.title || title(ctx, app)} per day`, [{ label: "Day" }, { label: "Sessions", numeric: true }, { label: "±", numeric: true }],
+      dataTable(`Sessions starting the ${t.title || title(ctx, app)} ${w.per}`, [{ label: w.unit === "week" ? "Week from" : "Day" }, { label: "Sessions", numeric: true }, { label: "±", numeric: true }],
         t.series.map((n, i) => [fmtUnixDay(d.windows[i], true), ...numCells(n)]))));
-    pending.push(() => chartBox.append(lineChart(t.series, d.windows, { label: `Sessions that started the ${t.title || title(ctx, app)} per day, with noise band`, fmtX, width: widthOf(chartBox, 340) })));
+    pending.push(() => chartBox.append(lineChart(t.series, d.windows, { label: `Sessions that started the ${t.title || title(ctx, app)} ${w.per}, with noise band`, fmtX, width: widthOf(chartBox, 340) })));
   }
   for (const draw of pending) draw();
   const countries = d.countries.slice(0, 6);
@@ -474,6 +495,6 @@ export function renderTrends(env, ctx) {
     h("p", { class: "panel-note", text: "Growth compares the sum of the second half of the range with the first half; green means it grew by more than its noise." }),
   );
   for (const [c, box] of boxes) {
-    box.append(lineChart(c.series, d.windows, { label: `Sessions from ${countryName(c.country)} per day`, fmtX, width: widthOf(box, 340), className: "country-line" }));
+    box.append(lineChart(c.series, d.windows, { label: `Sessions from ${countryName(c.country)} ${w.per}`, fmtX, width: widthOf(box, 340), className: "country-line" }));
   }
 }

@@ -2,7 +2,7 @@
 // public transparency log from /v1/log.
 
 import { dataTable, fill, h } from "./dom.js";
-import { fmtFixed, fmtInt, fmtUnixDay, humanize, plural } from "./fmt.js";
+import { fmtFixed, fmtInt, fmtUnixDay, humanize, plural, windowWords } from "./fmt.js";
 import { toolClass } from "./charts.js";
 
 const KIND_WORDS = {
@@ -30,6 +30,7 @@ function dimensionWords(dim) {
 
 const epsFmt = new Intl.NumberFormat("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 3 });
 const eps = (v) => epsFmt.format(v);
+const weightFmt = new Intl.NumberFormat("en-US", { maximumFractionDigits: 3 });
 
 export function renderTransparency(cat) {
   const root = document.getElementById("transparency");
@@ -40,11 +41,13 @@ export function renderTransparency(cat) {
     h("div", { class: "fact" }, h("span", { class: "fact-value", text: value }), h("strong", { text: label }), h("span", { class: "fact-text", text: textContent }));
   const apps = Object.entries(cat.apps || {});
   const attributes = Object.entries(cat.attributes || {});
+  const w = windowWords(cat.window);
+  const utc = w.unit === "week" ? "ISO week (from Monday, UTC)" : "UTC day";
   fill(
     root,
     h("div", { class: "facts" },
-      fact(`ε = ${fmtFixed(cat.epsilon_per_window, 1)}`, "privacy budget per day", `Differential privacy: the total privacy loss of one day's published numbers, split across ${plural(metrics.length, "metric")}.`),
-      fact(`≥ ${fmtInt(cat.k_min)}`, "smallest number ever shown", `A count is shown only once it stands clear of the noise summed over every community and day behind it (from ${fmtInt(minThreshold)} to ${fmtInt(maxThreshold)} for one community-day here, never under ${fmtInt(cat.k_min)}); the rest is shown as "not distinguishable from noise", never as zero. The noise, not the threshold, is what protects each person.`),
+      fact(`ε = ${fmtFixed(cat.epsilon_per_window, 1)}`, `privacy budget ${w.per}`, `Differential privacy: the total privacy loss of one ${w.unit}'s published numbers, split across ${plural(metrics.length, "metric")} by their weights.`),
+      fact(`≥ ${fmtInt(cat.k_min)}`, "smallest number ever shown", `A count is shown only once it stands clear of the noise summed over every community and ${w.unit} behind it (from ${fmtInt(minThreshold)} to ${fmtInt(maxThreshold)} for one community-${w.unit} here, never under ${fmtInt(cat.k_min)}); the rest is shown as "not distinguishable from noise", never as zero. The noise, not the threshold, is what protects each person.`),
       fact(`${fmtInt(cat.retention_days)} days`, "raw events kept, at most", "Each community node deletes its raw, already-minimised events after this; only noisy totals leave the node."),
       fact(`${fmtInt(cat.max_events_per_session)}`, "events per session counted", "Beyond this, one session's events are not counted, so no single person can move a number much."),
     ),
@@ -53,7 +56,7 @@ export function renderTransparency(cat) {
         h("header", { class: "panel-head" }, h("h3", { id: "never-title", text: "Never collected" })),
         h("ul", { class: "never", id: "never-collected" }, (cat.never_collected || []).map((item) =>
           h("li", {}, h("span", { class: "cross", "aria-hidden": "true", text: "✕" }), h("span", { text: item })))),
-        h("p", { class: "panel-note", text: "Sessions are linked only within one UTC day by a keyed hash whose key is destroyed when the day is exported: nobody, including the node's operator, can follow a person from one day to the next." })),
+        h("p", { class: "panel-note", text: `Sessions are linked only within one ${utc} by a keyed hash whose key is destroyed when that ${w.unit} is exported: nobody, including the node's operator, can follow a person from one ${w.unit} to the next.` })),
       h("article", { class: "panel", "aria-labelledby": "apps-title" },
         h("header", { class: "panel-head" }, h("h3", { id: "apps-title", text: "The tools and what each may send" })),
         h("div", { class: "app-list" }, apps.map(([name, app], i) =>
@@ -80,16 +83,17 @@ export function renderTransparency(cat) {
       h("p", { class: "panel-note", text: "Anything a tool sends that is not declared here is dropped before it is stored — and only counted as “dropped”." })),
     h("article", { class: "panel", id: "metrics", "aria-labelledby": "metrics-title" },
       h("header", { class: "panel-head" }, h("h3", { id: "metrics-title", text: "What is published, and how much noise protects it" })),
-      h("p", { class: "panel-note", text: `Each day, every node counts these metrics, bounds what one session can add (the sensitivity), adds discrete Laplace noise of the given scale to every cell — zeros included — and publishes them all; a cell is shown once its sum over every community and day stands clear of that noise (“shown from”: for one community-day). The epsilons add up to ${fmtFixed(cat.epsilon_community ?? cat.epsilon_per_window, 2)} per day; ${cat.federation ? `the federation round of each day spends ${fmtFixed(cat.epsilon_federation, 2)} more, noised once on the sum over every community by the share keepers (${plural(cat.federation.metrics.length, "metric")})` : "no federation rounds"}, ${fmtFixed(cat.epsilon_per_window, 1)} in all.` }),
+      h("p", { class: "panel-note", text: `Each ${w.unit}, every node counts these metrics, bounds what one session can add (the sensitivity), adds discrete Laplace noise of the given scale to every cell — zeros included — and publishes them all; a cell is shown once its sum over every community and ${w.unit} stands clear of that noise (“shown from”: for one community-${w.unit}). The epsilons add up to ${fmtFixed(cat.epsilon_community ?? cat.epsilon_per_window, 2)} ${w.per}, split to make the noise least where the weights say it matters most (ε of a metric grows with the cube root of its weight times its sensitivity squared); ${cat.federation ? `the federation round of each ${w.unit} spends ${fmtFixed(cat.epsilon_federation, 2)} more, noised once on the sum over every community by the share keepers (${plural(cat.federation.metrics.length, "metric")})` : "no federation rounds"}, ${fmtFixed(cat.epsilon_per_window, 1)} in all.` }),
       h("div", { class: "table-wrap" },
         h("table", { class: "data" },
           h("caption", { class: "visually-hidden", text: "Published metrics with their privacy parameters" }),
-          h("thead", {}, h("tr", {}, [["Metric"], ["Counts"], ["By"], ["ε per day", 1], ["Noise scale", 1], ["Sensitivity", 1], ["Shown from", 1], ["Cells", 1]].map(([t, n]) => h("th", { scope: "col", class: n ? "n" : null, text: t })))),
+          h("thead", {}, h("tr", {}, [["Metric"], ["Counts"], ["By"], ["Weight", 1], [`ε ${w.per}`, 1], ["Noise scale", 1], ["Sensitivity", 1], ["Shown from", 1], ["Cells", 1]].map(([t, n]) => h("th", { scope: "col", class: n ? "n" : null, text: t })))),
           h("tbody", {}, metrics.map((m) =>
             h("tr", { "data-metric": m.name },
               h("th", { scope: "row" }, h("code", { text: m.name })),
               h("td", { text: `${m.description} (${m.unit})` }),
               h("td", { text: m.dimensions.map(dimensionWords).join(" × ") }),
+              h("td", { class: "n", text: m.weight === undefined ? "—" : weightFmt.format(m.weight) }),
               h("td", { class: "n", text: eps(m.epsilon) }),
               h("td", { class: "n", text: fmtFixed(m.scale, 1) }),
               h("td", { class: "n", text: fmtInt(m.sensitivity) }),
