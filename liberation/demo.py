@@ -148,7 +148,9 @@ def _publish_file(
     from node.settings import NodeSettings
 
     name = Path(path).stem
-    settings = NodeSettings(data_dir=Path(data_dir), retention_days=IMPORT_RETENTION_DAYS,
+    # No grace: a history file is complete, nothing late can still arrive for its last day,
+    # so yesterday publishes also in the hour after midnight UTC.
+    settings = NodeSettings(data_dir=Path(data_dir), retention_days=IMPORT_RETENTION_DAYS, export_grace_seconds=0,
                             rounds={"keepers": keepers}, catalog=catalog)
     node = open_node(settings)
     try:
