@@ -188,7 +188,7 @@ class ViewInput(Protocol):
     catalog: Catalog
 
     @property
-    def combined(self) -> Table: ...
+    def combined(self) -> ReadTable: ...
 
 
 class Shown:
