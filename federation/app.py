@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import pyarrow as pa
 from aiohttp import web
 
 from federation import admin
@@ -144,6 +145,9 @@ async def offline_hub(settings: HubSettings) -> AsyncIterator[Hub]:
 
 
 def _open(settings: HubSettings, now: Now) -> Hub:
+    # pyarrow's first array imports pandas where it is installed (a test environment's half a second of
+    # CPU): pay it while opening, not under the first snapshots' intake.
+    pa.array([0])
     paths = data_paths(settings)
     key = load_or_create(paths["key"])
     store = HubStore(paths["db"], memory_limit=settings.memory_limit)

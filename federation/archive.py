@@ -102,7 +102,8 @@ class Archive:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), PRIVATE_FILE_MODE)
         os.fchmod(fd, PRIVATE_FILE_MODE)
         with open(fd, "wb") as fh:
-            pq.write_table(table, fh, compression="zstd")
+            # Without the Arrow schema, readers take the Parquet types: the dictionary columns read as strings.
+            pq.write_table(table, fh, compression="zstd", store_schema=False)
             fh.flush()
             os.fsync(fh.fileno())
         try:
@@ -180,25 +181,33 @@ def _holds(union: tuple[list[int], list[int]], seq: int) -> bool:
 def _archive_rows(items: Sequence[Accepted]) -> pa.Table:
     """The archive's columns for snapshots of one window: their merge rows, and where each row comes from.
 
-    One table for the whole commit (per-snapshot columns repeated by numpy): building a table
-    per snapshot cost more than writing the file.
+    One table for the whole commit, the per-snapshot columns repeated by numpy: building a
+    table per snapshot cost more than writing the file. Its string columns that are constant
+    within a snapshot are dictionary arrays (a code per row, no string per row), which the
+    Parquet writer dictionary-encodes without hashing; the file holds plain strings either
+    way (`SCHEMA`, as `Archive._write_file` writes it).
     """
     rows = pa.concat_tables([item.rows for item in items])
-    counts = np.array([len(item.rows) for item in items])
+    counts = np.array([item.rows.num_rows for item in items], dtype=np.int64)
 
-    def per_snapshot(values: list[Any], kind: pa.DataType) -> pa.Array:
-        return pa.array(np.repeat(np.array(values, dtype=object if kind == pa.string() else np.int64), counts), kind)
+    def integers(values: list[int]) -> pa.Array:
+        return pa.array(np.repeat(np.array(values, dtype=np.int64), counts))
+
+    def strings(values: list[str]) -> pa.Array:
+        distinct = {value: code for code, value in enumerate(dict.fromkeys(values))}
+        codes = np.repeat(np.array([distinct[value] for value in values], dtype=np.int32), counts)
+        return pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(list(distinct), pa.string()))
 
     snapshots = [item.snapshot for item in items]
     return pa.table(
         {
-            "node": per_snapshot([s.node for s in snapshots], pa.string()),
-            "catalog": rows["catalog"],
+            "node": strings([s.node for s in snapshots]),
+            "catalog": strings([s.catalog for s in snapshots]),
             "window_start": rows["window_start"],
-            "window_end": per_snapshot([s.window_end for s in snapshots], pa.int64()),
-            "seq": per_snapshot([s.seq for s in snapshots], pa.int64()),
-            "digest": per_snapshot([item.digest for item in items], pa.string()),
-            "log_seq": per_snapshot([item.log_seq for item in items], pa.int64()),
+            "window_end": integers([s.window_end for s in snapshots]),
+            "seq": integers([s.seq for s in snapshots]),
+            "digest": strings([item.digest for item in items]),
+            "log_seq": integers([item.log_seq for item in items]),
             "metric": rows["metric"],
             "kind": rows["kind"],
             "idx": rows["idx"],
@@ -206,6 +215,5 @@ def _archive_rows(items: Sequence[Accepted]) -> pa.Table:
             "variance": rows["variance"],
             "epsilon": rows["epsilon"],
             "nodes": rows["nodes"],
-        },
-        schema=SCHEMA,
+        }
     )

@@ -381,15 +381,27 @@ class Catalog(_Frozen):
 
     def shape(self, metric: MetricSpec) -> tuple[int, ...]:
         """Sizes of the metric's dimensions, in declared order."""
-        return tuple(len(self._domains[d]) for d in metric.dimensions)
+        return self._sizes(metric.dimensions)[0]
 
     def domain_size(self, metric: MetricSpec) -> int:
         """Number of cells of the metric: the product of its dimensions' domain sizes."""
-        return math.prod(self.shape(metric))
+        return self._sizes(metric.dimensions)[1]
 
     def prefix_size(self, metric: MetricSpec) -> int:
         """Number of `other` cells: the product of all dimensions but the last."""
-        return math.prod(self.shape(metric)[:-1])
+        return self._sizes(metric.dimensions)[2]
+
+    def _sizes(self, dimensions: tuple[str, ...]) -> tuple[tuple[int, ...], int, int]:
+        """(shape, cells, prefixes) of a metric's dimensions: intake asks for each metric of every snapshot."""
+        sizes = self._size_memo.get(dimensions)
+        if sizes is None:
+            shape = tuple(len(self._domains[d]) for d in dimensions)
+            sizes = self._size_memo.setdefault(dimensions, (shape, math.prod(shape), math.prod(shape[:-1])))
+        return sizes
+
+    @cached_property
+    def _size_memo(self) -> dict[tuple[str, ...], tuple[tuple[int, ...], int, int]]:
+        return {}
 
     def cell_labels(self, metric: MetricSpec, index: int) -> tuple[str, ...]:
         """The labels of cell `index` (row-major, last dimension fastest)."""
@@ -429,15 +441,29 @@ class Catalog(_Frozen):
 
     def epsilon(self, metric: MetricSpec) -> float:
         """The metric's share of the community snapshot's epsilon (`epsilon_shares`)."""
-        return self.epsilon_community * self.epsilon_shares[metric.name]
+        return self._noise(metric)[0]
 
     def scale(self, metric: MetricSpec) -> float:
         """Discrete Laplace scale b = sensitivity / epsilon for the metric's cells."""
-        return metric.sensitivity / self.epsilon(metric)
+        return self._noise(metric)[1]
 
     def variance(self, metric: MetricSpec) -> float:
         """Noise variance of one published cell of the metric: `laplace_variance(scale(metric))`."""
-        return laplace_variance(self.scale(metric))
+        return self._noise(metric)[2]
+
+    def _noise(self, metric: MetricSpec) -> tuple[float, float, float]:
+        """(epsilon, scale, variance) of a metric, computed once: intake checks each metric of every snapshot."""
+        key = (metric.name, metric.sensitivity)
+        noise = self._noise_memo.get(key)
+        if noise is None:
+            epsilon = self.epsilon_community * self.epsilon_shares[metric.name]
+            scale = metric.sensitivity / epsilon
+            noise = self._noise_memo.setdefault(key, (epsilon, scale, laplace_variance(scale)))
+        return noise
+
+    @cached_property
+    def _noise_memo(self) -> dict[tuple[str, int], tuple[float, float, float]]:
+        return {}
 
     def threshold(self, metric: MetricSpec) -> int:
         """A snapshot's publication threshold: 0, every noisy cell of the domain is published.

@@ -16,10 +16,12 @@ from typing import Any
 
 import aiohttp
 import duckdb
+import pyarrow.parquet as pq
 import pytest
 
 import federation.intake as intake_module
 from federation.app import Hub, close_hub, open_hub
+from federation.archive import SCHEMA
 from federation.intake import IntakeResult
 from federation.settings import HubSettings
 from federation.translog import verify_chain
@@ -219,8 +221,8 @@ def test_archive_is_one_file_per_window_per_commit_and_reconciled_after_a_crash(
         for i, key in enumerate(keys):
             hub.registry.enroll(f"node-{i}", key.public)
         batch = [hub.intake.check(envelope(key, w, seed=i)) for i, key in enumerate(keys) for w in (W, W + DAY)]
-        assert {type(o) for o in hub.intake.commit(batch[:5])} == {IntakeResult}
-        assert {type(o) for o in hub.intake.commit(batch[5:])} == {IntakeResult}
+        outcomes = hub.intake.commit(batch[:5]) + hub.intake.commit(batch[5:])
+        assert {type(o) for o in outcomes} == {IntakeResult}
         files = sorted(p.relative_to(hub.archive.root).as_posix() for p in hub.archive.root.rglob("*.parquet"))
         day = datetime.fromtimestamp(W, UTC).strftime("%Y-%m-%d")
         next_day = datetime.fromtimestamp(W + DAY, UTC).strftime("%Y-%m-%d")
@@ -244,6 +246,16 @@ def test_archive_is_one_file_per_window_per_commit_and_reconciled_after_a_crash(
         ).fetchall()
         assert [r[0] for r in rows] == list(range(1, 9)) and {r[2] for r in rows} == {1}
         assert sum(r[1] for r in rows) == expected
+        # Plain strings, as documented (SCHEMA), whatever Arrow types wrote them; each row names its snapshot.
+        files = sorted(hub.archive.root.rglob("*.parquet"))
+        assert [pq.read_schema(path) for path in files] == [SCHEMA] * len(files)
+        table = pq.read_table(files, schema=SCHEMA)
+        assert set(zip(*(table[c].to_pylist() for c in ("log_seq", "node", "digest", "catalog")), strict=True)) == {
+            (o.log_seq, o.node, o.digest, CATALOG.hash) for o in outcomes if isinstance(o, IntakeResult)
+        }
+        assert set(zip(table["metric"].to_pylist(), table["kind"].to_pylist(), strict=True)) == {
+            (metric.name, "cell") for metric in CATALOG.metrics
+        }
         merged_total = hub.store.cursor().execute("SELECT sum(value) FROM merged").fetchall()[0][0]
         assert sum(r[3] for r in rows) == merged_total
         assert hub.archive.reconcile(hub.store, hub.catalogs) == 0  # nothing left to write

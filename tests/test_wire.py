@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from protocol import codec
 from protocol.catalog import Catalog, load_catalog, parse_catalog
 from protocol.codec import (
     MAX_ENVELOPE_SIZE,
@@ -173,6 +174,25 @@ def test_a_mutated_encoding_decodes_only_if_it_is_canonical(value: Any, data: st
     except DecodeError:
         return
     assert encode_canonical(decoded) == bytes(encoded)
+
+
+def _outcome(call: Callable[[], Any]) -> tuple[str, Any]:
+    try:
+        return "value", call()
+    except DecodeError as exc:
+        return "refused", exc.reason
+
+
+@given(VALUES, st.data())
+def test_the_fast_decode_answers_as_the_strict_one(value: Any, data: st.DataObject) -> None:
+    """decode_canonical's hook-free path: same value or same reason as decoding with every hook, mutated bytes too."""
+    encoded = bytearray(encode_canonical(value))
+    for _ in range(data.draw(st.integers(0, 2))):
+        encoded[data.draw(st.integers(0, len(encoded) - 1))] = data.draw(st.integers(0, 255))
+    bounds = dict.fromkeys(("max_str_len", "max_bin_len", "max_array_len", "max_map_len", "max_ext_len"), len(encoded))
+    assert _outcome(lambda: decode_canonical(bytes(encoded), BIG)) == _outcome(
+        lambda: codec._decode_strict(bytes(encoded), bounds)
+    )
 
 
 def test_map_keys_are_ordered_by_their_utf8_bytes() -> None:

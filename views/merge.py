@@ -12,8 +12,11 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
+from itertools import chain
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
 
 from protocol.catalog import Catalog
@@ -76,44 +79,60 @@ def snapshot_rows(snapshot: Snapshot, catalog: Catalog) -> pa.Table:
     """A snapshot's cells as rows of the merged table (one per published cell), with the epsilon
     its metric spent (for the archive).
 
-    The rows of `snapshot_table`, built column by column: intake runs this for every
-    snapshot, and per-cell Python objects were a fifth of its time.
+    The rows of `snapshot_table`, built column by column. Intake runs this for every
+    snapshot, and all columns but `value` are the same for every snapshot of a window with
+    the same cells published (every node's, with threshold 0): those come from a small
+    cache, so a snapshot costs one array of its values.
+    """
+    runs = tuple(
+        (name, cells.idx, cells.other_idx, cells.variance, math.copysign(1.0, cells.variance), cells.epsilon,
+         # An `other` sums its prefix's suppressed cells: its variance needs the last dimension's size.
+         catalog.shape(catalog.metric(name))[-1] if cells.other_idx else 0)
+        for name, cells in snapshot.metrics.items()
+    )
+    fixed = _fixed_columns(snapshot.catalog, snapshot.window_start, snapshot.nodes, runs)
+    values = [run for cells in snapshot.metrics.values() for run in (cells.val, cells.other_val)]
+    value = pa.array(np.fromiter(chain.from_iterable(values), dtype=np.int64, count=len(fixed[0])))
+    return pa.Table.from_arrays([*fixed[:5], value, *fixed[5:]], schema=CELL_SCHEMA)
+
+
+_Run = tuple[str, tuple[int, ...], tuple[int, ...], float, float, float, int]
+"""A metric's part of `snapshot_rows`' cache key: name, idx, other_idx, variance (and its sign), epsilon, last dimension."""
+
+
+@lru_cache(maxsize=64)
+def _fixed_columns(catalog: str, window_start: int, nodes: int, runs: tuple[_Run, ...]) -> tuple[pa.Array, ...]:
+    """Every column of `snapshot_rows` but `value`, for these metrics' published cells.
+
+    Keyed by everything they are made of (a variance's sign too: -0.0 == 0.0), so a hit is
+    exactly what building them again would give. Arrow arrays are immutable: tables share them.
     """
     metrics: list[str] = []
     kinds: list[str] = []
     indices: list[int] = []
-    values: list[int] = []
     variances: list[float] = []
     epsilons: list[float] = []
-    for name, cells in snapshot.metrics.items():
-        n_cells, n_other = len(cells.idx), len(cells.other_idx)
-        metrics += [name] * (n_cells + n_other)
-        epsilons += [cells.epsilon] * (n_cells + n_other)
-        kinds += ["cell"] * n_cells + ["other"] * n_other
-        indices += cells.idx
-        indices += cells.other_idx
-        values += cells.val
-        values += cells.other_val
-        variances += [cells.variance] * n_cells
-        if n_other:
+    for name, idx, other_idx, variance, _, epsilon, last in runs:
+        metrics += [name] * (len(idx) + len(other_idx))
+        epsilons += [epsilon] * (len(idx) + len(other_idx))
+        kinds += ["cell"] * len(idx) + ["other"] * len(other_idx)
+        indices += idx
+        indices += other_idx
+        variances += [variance] * len(idx)
+        if other_idx:
             # An `other` sums the prefix's suppressed cells, each noised: m times the variance (snapshot_table).
-            last = catalog.shape(catalog.metric(name))[-1]
-            published = Counter(index // last for index in cells.idx)
-            variances += [cells.variance * max(1, last - published[prefix]) for prefix in cells.other_idx]
+            published = Counter(index // last for index in idx)
+            variances += [variance * max(1, last - published[prefix]) for prefix in other_idx]
     n = len(indices)
-    return pa.table(
-        [
-            pa.array([snapshot.catalog] * n, pa.string()),
-            pa.array([snapshot.window_start] * n, pa.int64()),
-            pa.array(metrics, pa.string()),
-            pa.array(kinds, pa.string()),
-            pa.array(indices, pa.int64()),
-            pa.array(values, pa.int64()),
-            pa.array(variances, pa.float64()),
-            pa.array([snapshot.nodes] * n, pa.int64()),
-            pa.array(epsilons, pa.float64()),
-        ],
-        schema=CELL_SCHEMA,
+    return (
+        pa.array([catalog] * n, pa.string()),
+        pa.array([window_start] * n, pa.int64()),
+        pa.array(metrics, pa.string()),
+        pa.array(kinds, pa.string()),
+        pa.array(indices, pa.int64()),
+        pa.array(variances, pa.float64()),
+        pa.array([nodes] * n, pa.int64()),
+        pa.array(epsilons, pa.float64()),
     )
 
 
