@@ -12,7 +12,7 @@ columns: as the equivalent dict, without building one.
 from __future__ import annotations
 
 from collections.abc import Collection, ItemsView, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
 import numpy as np
@@ -94,6 +94,8 @@ class Cells:
     nodes: Array  # int64
     present: Array  # bool
     order: Array  # the present positions, in the key order of the equivalent dict
+    memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+    """What views derive from these cells alone, kept with them (a window's cells serve many ranges)."""
 
     @classmethod
     def from_positions(cls, size: int, positions: Array, value: Array, variance: Array, nodes: Array) -> Cells:

@@ -19,7 +19,9 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, cast
 
 import numpy as np
 
@@ -514,65 +516,91 @@ def _country_series(
     layout: Layout, parts: Sequence[Cells], raw_parts: Sequence[Cells], geo: MetricSpec, countries: Sequence[str],
     catalog: Catalog,
 ) -> list[dict[str, Any]]:
-    # Per window and country, geo_sessions cells summed over tools in the table's key order (fold_sums'
-    # order, so floats add as the dict code adds them); then over windows in order.
     n, width = len(parts), len(countries)
     if n == 0:
         return []
-    first, count = layout.offset[(geo.name, "cell")]
-    rows = count // width
+    shown = [_window_countries(layout, part, geo, width) for part in parts]
+    every = shown if raw_parts is parts else [_window_countries(layout, part, geo, width) for part in raw_parts]
 
-    def columns_of(ps: Sequence[Cells]) -> tuple[Array, Array, Array, Array]:
-        def grid(column: Callable[[Cells], Array]) -> Array:
-            return np.stack([column(p)[first : first + count] for p in ps]).reshape(n, rows, width)
-
-        rank = np.zeros((n, len(layout)), dtype=np.int64)
-        for i, part in enumerate(ps):
-            rank[i, part.order] = np.arange(len(part.order))
-        by_order = np.argsort(rank[:, first : first + count].reshape(n, rows, width), axis=1, kind="stable")
-        value, variance, nodes, present = (
-            np.take_along_axis(grid(column), by_order, axis=1)
-            for column in (lambda p: p.value, lambda p: p.variance, lambda p: p.nodes, lambda p: p.present)
-        )
-        if value.dtype != object and int(np.abs(value).max(initial=0)) * rows * n >= INT64_SAFE:
+    def over(columns: Sequence[_CountrySums], windows: range) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+        # Summed over windows in order, as the dict code adds them.
+        picked = [columns[w] for w in windows]
+        value: Array = np.stack([c.value for c in picked]) if picked else np.zeros((1, width), dtype=np.int64)
+        if value.dtype != object and int(np.abs(value).max(initial=0)) * len(picked) >= INT64_SAFE:
             value = value.astype(object)
-        c_value, c_variance = value[:, 0].copy(), variance[:, 0].copy()
-        for r in range(1, rows):  # absent cells hold 0 and 0.0, which add nothing
-            c_value += value[:, r]
-            c_variance += variance[:, r]
-        return c_value, c_variance, np.asarray(nodes.max(axis=1)), np.asarray(present.any(axis=1))
+        v, var = value[0] * 0, np.zeros(width)
+        for i, c in enumerate(picked):
+            v = v + value[i]
+            var = var + c.variance
+        nodes: Array = np.max([c.nodes for c in picked], axis=0) if picked else np.zeros(width, dtype=np.int64)
+        present: Array = np.any([c.present for c in picked], axis=0) if picked else np.zeros(width, dtype=bool)
+        return v.tolist(), var.tolist(), nodes.tolist(), present.tolist()
 
-    def over(columns: tuple[Array, Array, Array, Array], windows: range) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
-        c_value, c_variance, c_nodes, c_present = columns
-        v, var = c_value[0] * 0, np.zeros(width)
-        for w in windows:
-            v = v + c_value[w]
-            var = var + c_variance[w]
-        sel = slice(windows.start, windows.stop)
-        present_any: Array = np.asarray(c_present[sel].any(axis=0))
-        return v.tolist(), var.tolist(), c_nodes[sel].max(axis=0, initial=0).tolist(), present_any.tolist()
-
-    shown = columns_of(parts)
-    every = shown if raw_parts is parts else columns_of(raw_parts)
     totals = over(shown, range(n))
     half = n // 2
     firsts, seconds = over(every, range(half)), over(every, range(n - half, n))
     ranked = sorted((c for c in range(width) if totals[3][c]), key=lambda c: (-totals[0][c], countries[c]))
-    columns: list[list[list[Any]]] = [a.T.tolist() for a in (shown[0], np.sqrt(shown[1]), shown[2], shown[3])]
-    values, sds, counts, held = columns
-    significant = _significance(catalog, geo)
+    numbers = [window.numbers for window in shown]
+    # Growth needs both halves clear of their noise (`_growth_of`'s test): the presence bound of each
+    # distinct variance computed once, not once per country and half.
+    growable = [c for c in ranked if half and firsts[3][c] and seconds[3][c]]
+    variances = sorted({firsts[1][c] for c in growable} | {seconds[1][c] for c in growable})
+    bound = dict(zip(variances, presence_thresholds(catalog, geo, variances), strict=True))
+    clear = {c for c in growable if firsts[0][c] >= bound[firsts[1][c]] and seconds[0][c] >= bound[seconds[1][c]]}
     out = []
     for c in ranked:
-        series = [
-            {"value": v, "sd": s, "nodes": k} if p else None
-            for v, s, k, p in zip(values[c], sds[c], counts[c], held[c], strict=False)
-        ]
         growth = None
-        if half and firsts[3][c] and seconds[3][c]:
+        if c in clear:
             growth = _growth_of(CellSum(firsts[0][c], firsts[1][c], firsts[2][c]),
-                                CellSum(seconds[0][c], seconds[1][c], seconds[2][c]), significant)
-        out.append({"country": countries[c], "series": series, "growth": growth})
+                                CellSum(seconds[0][c], seconds[1][c], seconds[2][c]))
+        out.append({"country": countries[c], "series": [window[c] for window in numbers], "growth": growth})
     return out
+
+
+@dataclass(frozen=True)
+class _CountrySums:
+    """One window's geo_sessions cells summed per country, over tools in the table's key order (fold_sums'
+    order, so floats add as the dict code adds them): what trends reads of a window, whatever the range."""
+
+    value: Array  # int64, or Python ints (object) for sums an int64 could not hold
+    variance: Array
+    nodes: Array
+    present: Array
+
+    @cached_property
+    def numbers(self) -> list[Num | None]:
+        """Each country's sum as a shown number, None where no cell is present."""
+        return [
+            {"value": v, "sd": s, "nodes": k} if p else None
+            for v, s, k, p in zip(
+                self.value.tolist(), np.sqrt(self.variance).tolist(), self.nodes.tolist(), self.present.tolist(), strict=True
+            )
+        ]
+
+
+def _window_countries(layout: Layout, part: Cells, geo: MetricSpec, width: int) -> _CountrySums:
+    """`_CountrySums` of a window's cells, kept with them (`Cells.memo`): a window is read by many ranges."""
+    key = ("country sums", geo.name, width)
+    held = part.memo.get(key)
+    if held is not None:
+        return cast(_CountrySums, held)
+    first, count = layout.offset[(geo.name, "cell")]
+    rows = count // width
+    rank = np.zeros(len(layout), dtype=np.int64)
+    rank[part.order] = np.arange(len(part.order))
+    by_order = np.argsort(rank[first : first + count].reshape(rows, width), axis=0, kind="stable")
+    value, variance, nodes, present = (
+        np.take_along_axis(column[first : first + count].reshape(rows, width), by_order, axis=0)
+        for column in (part.value, part.variance, part.nodes, part.present)
+    )
+    if value.dtype != object and int(np.abs(value).max(initial=0)) * rows >= INT64_SAFE:
+        value = value.astype(object)
+    c_value, c_variance = value[0].copy(), variance[0].copy()
+    for r in range(1, rows):  # absent cells hold 0 and 0.0, which add nothing
+        c_value += value[r]
+        c_variance += variance[r]
+    sums = _CountrySums(c_value, c_variance, np.asarray(nodes.max(axis=0)), np.asarray(present.any(axis=0)))
+    return cast(_CountrySums, part.memo.setdefault(key, sums))
 
 
 def headline(catalog: Catalog, table: ReadTable, windows: int, nodes: int) -> dict[str, Any]:
