@@ -192,7 +192,11 @@ def _open(settings: HubSettings, now: Now) -> Hub:
         now=now,
         on_accept=bump,
     )
-    views = ViewService(RoundRanges(StoreRanges(store), PublishedRounds(store)), catalogs, lambda: version[0], now=now)
+    def data_version() -> int:
+        return version[0]
+
+    ranges = RoundRanges(StoreRanges(store, data_version), PublishedRounds(store), data_version)
+    views = ViewService(ranges, catalogs, data_version, now=now)
     upstream = UpstreamExporter(store, key, export_after=settings.export_after_seconds, now=now)
     return Hub(settings, store, registry, catalogs, archive, intake, metrics, key, views, upstream,
                keepers, contributions, rounds, now, version)

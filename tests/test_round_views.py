@@ -64,3 +64,22 @@ def test_without_a_published_round_the_snapshots_serve(tmp_path: Path) -> None:
     source = RoundRanges(StoreRanges(store), PublishedRounds(store))
     assert source.load(CATALOG, W, W + DAY).per_window == {}
     store.close()
+
+
+def test_with_the_data_version_rounds_and_window_counts_are_read_once_per_version(tmp_path: Path) -> None:
+    """The hub hands its data version (bumped on every accepted snapshot and published round) to its sources."""
+    store = HubStore(tmp_path / "hub.duckdb")
+    version = [0]
+    source = RoundRanges(StoreRanges(store, lambda: version[0]), PublishedRounds(store), lambda: version[0])
+    assert source.load(CATALOG, W, W + DAY).per_window == {}
+    aggregate = np.zeros(CATALOG.federation_size, dtype=np.int64)
+    publish(store, aggregate, nodes=17, keepers=2)
+    assert source.load(CATALOG, W, W + DAY).per_window == {}  # what was read for this version
+    version[0] += 1
+    first = source.load(CATALOG, W, W + DAY)
+    assert list(first.per_window) == [W] and first.nodes == 17
+    again = source.load(CATALOG, W - DAY, W + 2 * DAY)
+    assert again.per_window[W] is first.per_window[W]  # made once per version, with what views keep of it
+    version[0] += 1
+    assert source.load(CATALOG, W, W + DAY).per_window[W] is not first.per_window[W]
+    store.close()

@@ -16,6 +16,7 @@ JSON-ready, with one convention throughout:
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -569,13 +570,50 @@ class _CountrySums:
 
     @cached_property
     def numbers(self) -> list[Num | None]:
-        """Each country's sum as a shown number, None where no cell is present."""
+        """Each country's sum as a shown number (that keeps its JSON text), None where no cell is present."""
         return [
-            {"value": v, "sd": s, "nodes": k} if p else None
+            _Shown(value=v, sd=s, nodes=k) if p else None
             for v, s, k, p in zip(
                 self.value.tolist(), np.sqrt(self.variance).tolist(), self.nodes.tolist(), self.present.tolist(), strict=True
             )
         ]
+
+
+class _Shown(dict[str, Any]):
+    """An output number that keeps its JSON text once encoded (`trends_json`): a window's numbers serve many
+    renders. A dict to every other reader; never changed once made, as no view output is."""
+
+    __slots__ = ("_text",)
+    _text: str
+
+    def json(self) -> str:
+        try:
+            return self._text
+        except AttributeError:
+            self._text = _JSON.encode(self)
+            return self._text
+
+
+_JSON = json.JSONEncoder(allow_nan=False, check_circular=False)
+"""How views are encoded (views/ranges.py `ViewService`): json.dumps' separators, no NaN, no cycle check."""
+
+
+def trends_json(result: Mapping[str, Any]) -> str:
+    """`_JSON.encode(result)` of a `trends_of_cells` result (its "countries" last), the same text, with each
+    country's series joined from its numbers' kept texts: the series are nearly all of a trends body (450 KB
+    over 30 windows of 244 countries), and encoding them anew was most of a render."""
+    countries = [
+        '{"country": ' + _JSON.encode(entry["country"])
+        + ', "series": [' + ", ".join([n.json() if type(n) is _Shown else _encode(n) for n in entry["series"]])
+        + '], "growth": ' + _encode(entry["growth"]) + "}"
+        for entry in result["countries"]
+    ]
+    head = _JSON.encode({key: value for key, value in result.items() if key != "countries"})
+    return head[:-1] + ', "countries": [' + ", ".join(countries) + "]}"
+
+
+def _encode(value: Any) -> str:
+    return "null" if value is None else _JSON.encode(value)  # encode() sets up an encoder per call: not for a None
 
 
 def _window_countries(layout: Layout, part: Cells, geo: MetricSpec, width: int) -> _CountrySums:
