@@ -198,8 +198,9 @@ class StoreRanges:
     cells are never older than the count they are kept under). At most
     `MAX_WINDOWS` windows are held, least recently used dropped first: with the
     default catalog (1,086 keys) a window is about 55 KiB (its columns and
-    their presence-inferred copy), plus what views derive from them (trends' per-country
-    numbers, up to about 60 KiB), so 366 days take about 40 MiB and the cap about 110 MiB.
+    their presence-inferred copy), plus what views keep of it (trends' per-country numbers
+    and their JSON text: up to 105 KiB with every country present), so 366 days take up
+    to about 60 MiB and the cap about 160 MiB.
 
     With `version` (the hub's data version, bumped after every accepted snapshot), the
     counts themselves are read once per version: a render of held windows then reads no table.
