@@ -381,23 +381,20 @@ class Catalog(_Frozen):
 
     def shape(self, metric: MetricSpec) -> tuple[int, ...]:
         """Sizes of the metric's dimensions, in declared order."""
-        return self._sizes(metric.dimensions)[0]
+        return (self._size_memo.get(metric.dimensions) or self._sizes(metric.dimensions))[0]
 
     def domain_size(self, metric: MetricSpec) -> int:
         """Number of cells of the metric: the product of its dimensions' domain sizes."""
-        return self._sizes(metric.dimensions)[1]
+        return (self._size_memo.get(metric.dimensions) or self._sizes(metric.dimensions))[1]
 
     def prefix_size(self, metric: MetricSpec) -> int:
         """Number of `other` cells: the product of all dimensions but the last."""
-        return self._sizes(metric.dimensions)[2]
+        return (self._size_memo.get(metric.dimensions) or self._sizes(metric.dimensions))[2]
 
     def _sizes(self, dimensions: tuple[str, ...]) -> tuple[tuple[int, ...], int, int]:
-        """(shape, cells, prefixes) of a metric's dimensions: intake asks for each metric of every snapshot."""
-        sizes = self._size_memo.get(dimensions)
-        if sizes is None:
-            shape = tuple(len(self._domains[d]) for d in dimensions)
-            sizes = self._size_memo.setdefault(dimensions, (shape, math.prod(shape), math.prod(shape[:-1])))
-        return sizes
+        """(shape, cells, prefixes) of a metric's dimensions, computed once: intake asks for each metric of every snapshot."""
+        shape = tuple(len(self._domains[d]) for d in dimensions)
+        return self._size_memo.setdefault(dimensions, (shape, math.prod(shape), math.prod(shape[:-1])))
 
     @cached_property
     def _size_memo(self) -> dict[tuple[str, ...], tuple[tuple[int, ...], int, int]]:
@@ -441,28 +438,31 @@ class Catalog(_Frozen):
 
     def epsilon(self, metric: MetricSpec) -> float:
         """The metric's share of the community snapshot's epsilon (`epsilon_shares`)."""
-        return self._noise(metric)[0]
+        return self._noise(metric)[1]
 
     def scale(self, metric: MetricSpec) -> float:
         """Discrete Laplace scale b = sensitivity / epsilon for the metric's cells."""
-        return self._noise(metric)[1]
+        return self._noise(metric)[2]
 
     def variance(self, metric: MetricSpec) -> float:
         """Noise variance of one published cell of the metric: `laplace_variance(scale(metric))`."""
-        return self._noise(metric)[2]
+        return self._noise(metric)[3]
 
-    def _noise(self, metric: MetricSpec) -> tuple[float, float, float]:
-        """(epsilon, scale, variance) of a metric, computed once: intake checks each metric of every snapshot."""
-        key = (metric.name, metric.sensitivity)
-        noise = self._noise_memo.get(key)
-        if noise is None:
+    def _noise(self, metric: MetricSpec) -> tuple[MetricSpec, float, float, float]:
+        """(metric, epsilon, scale, variance), computed once per metric: intake checks each metric of every snapshot.
+
+        Kept by name for the spec it was computed from: another spec of that name is computed afresh.
+        """
+        noise = self._noise_memo.get(metric.name)
+        if noise is None or noise[0] is not metric:
             epsilon = self.epsilon_community * self.epsilon_shares[metric.name]
             scale = metric.sensitivity / epsilon
-            noise = self._noise_memo.setdefault(key, (epsilon, scale, laplace_variance(scale)))
+            noise = (metric, epsilon, scale, laplace_variance(scale))
+            self._noise_memo.setdefault(metric.name, noise)
         return noise
 
     @cached_property
-    def _noise_memo(self) -> dict[tuple[str, int], tuple[float, float, float]]:
+    def _noise_memo(self) -> dict[str, tuple[MetricSpec, float, float, float]]:
         return {}
 
     def threshold(self, metric: MetricSpec) -> int:
