@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import operator
+from itertools import chain
 from typing import Any, Final
 
 import msgpack  # ships no type information: Any (pyproject's mypy overrides)
@@ -187,14 +188,11 @@ def _canonical_tree(obj: Any) -> bool:
             return False
         below: list[Any] = []
         if dict in kinds:
-            good: set[tuple[Any, ...]] = set()  # key lists already checked: a body's metrics share theirs
-            for mapping in [x for x in level if type(x) is dict]:
-                keys = tuple(mapping)
-                if keys not in good:
-                    if operator.countOf(map(type, keys), str) != len(keys) or list(keys) != sorted(keys):
-                        return False
-                    good.add(keys)
-                below += mapping.values()
+            mappings = [x for x in level if type(x) is dict]
+            for keys in {tuple(mapping) for mapping in mappings}:  # each key list once: a body's metrics share theirs
+                if operator.countOf(map(type, keys), str) != len(keys) or list(keys) != sorted(keys):
+                    return False
+            below += chain.from_iterable(map(dict.values, mappings))
         if tuple in kinds:
             arrays = [x for x in level if type(x) is tuple]
             try:
