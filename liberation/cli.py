@@ -647,10 +647,10 @@ def build_parser() -> argparse.ArgumentParser:
     knodes = _leaf(keeper, "nodes", _keeper_nodes, "list the nodes enrolled at this keeper (keeper stopped)")
     _keeper_options(knodes)
 
-    demo = _leaf(sub, "demo", _demo, "run a demo federation: a hub, two share keepers, three nodes, a month of traffic")
+    demo = _leaf(sub, "demo", _demo, "run a demo federation: a hub, two share keepers, three nodes, two weeks of traffic")
     demo.add_argument("--data-dir", dest="data_dir", default="data/demo", metavar="DIR",
                       help="where the demo's data and logs go (default data/demo, recreated unless --keep)")
-    demo.add_argument("--days", type=int, default=30, help="days of history (default 30)")
+    demo.add_argument("--days", type=int, default=14, help="days of history (default 14)")
     demo.add_argument("--keep", action="store_true", help="keep an existing demo data dir instead of starting afresh")
     demo.add_argument("--import", dest="source", metavar="DIR",
                       help="a federation of your own history: one node per <community>.jsonl in DIR (node import's "
