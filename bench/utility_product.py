@@ -106,8 +106,8 @@ def import_history(
     `catalog_path`: the nodes' catalog (`catalog_file`), None for the default.
     """
     from node.aggregate import true_tables
-    from node.app import close_node, open_node
     from node.importer import import_lines
+    from node.service import close_node, open_node
     from node.settings import NodeSettings
 
     days = (int(today.timestamp()) - min(windows)) // DAY

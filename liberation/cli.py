@@ -22,9 +22,9 @@ from liberation.setup_cli import add_catalog_check_command, add_sites_commands
 from protocol.errors import LiberationError
 
 if TYPE_CHECKING:
-    from federation.app import Hub
+    from federation.service import Hub
     from federation.settings import HubSettings
-    from node.app import Node
+    from node.service import Node
     from node.settings import NodeSettings
     from protocol.keys import PublicKey
     from runtime.admin import Channel
@@ -157,7 +157,7 @@ def _hub_settings(args: argparse.Namespace) -> HubSettings:
 
 def _node_channel(args: argparse.Namespace) -> AbstractAsyncContextManager[Channel[Node]]:
     """The running node's socket, or the node's files opened here."""
-    from node.app import offline_node
+    from node.service import offline_node
     from runtime.admin import open_channel
 
     settings = _node_settings(args)
@@ -166,7 +166,7 @@ def _node_channel(args: argparse.Namespace) -> AbstractAsyncContextManager[Chann
 
 def _hub_channel(args: argparse.Namespace) -> AbstractAsyncContextManager[Channel[Hub]]:
     """The running hub's socket, or the hub's files opened here."""
-    from federation.app import offline_hub
+    from federation.service import offline_hub
     from runtime.admin import open_channel
 
     settings = _hub_settings(args)
@@ -188,7 +188,7 @@ def _node_serve(args: argparse.Namespace) -> int:
 
 
 def _node_key(args: argparse.Namespace) -> int:
-    from node.app import data_paths
+    from node.service import data_paths
     from protocol.keys import load_or_create
 
     _print_public(load_or_create(data_paths(_node_settings(args))["key"]).public)

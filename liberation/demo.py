@@ -118,8 +118,8 @@ def _rounds_line(rounds: list[dict[str, Any]]) -> str:
 
 def _import_history(community: Community, data_dir: str, seed: int, days: int, catalog: str | None = None) -> str:
     """One node's history through the import path (run in a worker process)."""
-    from node.app import close_node, open_node
     from node.importer import import_lines
+    from node.service import close_node, open_node
     from node.settings import NodeSettings
 
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -143,8 +143,8 @@ def _publish_file(
     The node seals its round contributions to `keepers`, whose keys it takes from the hub's `listing`.
     Returns the node's name, public key, envelopes, contributions and a summary line.
     """
-    from node.app import close_node, open_node
     from node.importer import import_lines
+    from node.service import close_node, open_node
     from node.settings import NodeSettings
 
     name = Path(path).stem

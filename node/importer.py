@@ -26,7 +26,7 @@ from protocol.events import Event
 from runtime.groupcommit import StorageUnavailable
 
 if TYPE_CHECKING:
-    from node.app import Node
+    from node.service import Node
 
 CHUNK = 20_000
 """Lines filtered, then committed, at a time by `import_lines`."""
