@@ -12,7 +12,7 @@ from prometheus_client import Counter
 
 from federation import admin
 from federation.contributions import ContributionResult
-from federation.intake import IntakeResult
+from federation.intake_commit import IntakeResult
 from federation.openapi import openapi_document
 from federation.service import HUB
 from federation.translog import GENESIS, head_message
