@@ -22,12 +22,15 @@ from liberation.setup_cli import add_catalog_check_command, add_sites_commands
 from protocol.errors import LiberationError
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from federation.service import Hub
     from federation.settings import HubSettings
     from node.service import Node
     from node.settings import NodeSettings
     from protocol.keys import PublicKey
     from runtime.admin import Channel
+    from runtime.config import ServerSettings
 
 KEY_FILE = "signing.key"
 EXIT_ERROR = 1
@@ -37,6 +40,7 @@ EXIT_INTERRUPTED = 130
 
 Command = Callable[[argparse.Namespace], int]
 T = TypeVar("T")
+S = TypeVar("S", bound="ServerSettings")
 
 RUNS_WHILE_SERVING = "Runs whether or not the service runs: through its admin socket if it does, on its files if not."
 
@@ -155,6 +159,16 @@ def _hub_settings(args: argparse.Namespace) -> HubSettings:
     return _settings(args, load_hub_settings, "LIBERATION_HUB_CONFIG")
 
 
+def _serve(settings: S, create_app: Callable[[S], web.Application], service: str) -> int:
+    """Run a service's app in the foreground until it is stopped (SIGINT, SIGTERM)."""
+    from liberation.server import run_app
+    from runtime.logs import configure_logging
+
+    configure_logging(settings.log_level)
+    run_app(create_app(settings), settings.host, settings.port, service, max_connections=settings.max_connections)
+    return 0
+
+
 def _node_channel(args: argparse.Namespace) -> AbstractAsyncContextManager[Channel[Node]]:
     """The running node's socket, or the node's files opened here."""
     from node.service import offline_node
@@ -177,14 +191,9 @@ def _hub_channel(args: argparse.Namespace) -> AbstractAsyncContextManager[Channe
 
 
 def _node_serve(args: argparse.Namespace) -> int:
-    from liberation.server import run_app
     from node.app import create_app
-    from runtime.logs import configure_logging
 
-    settings = _node_settings(args)
-    configure_logging(settings.log_level)
-    run_app(create_app(settings), settings.host, settings.port, "node", max_connections=settings.max_connections)
-    return 0
+    return _serve(_node_settings(args), create_app, "node")
 
 
 def _node_key(args: argparse.Namespace) -> int:
@@ -300,13 +309,8 @@ def _keeper_settings(args: argparse.Namespace) -> Any:
 
 def _keeper_serve(args: argparse.Namespace) -> int:
     from keeper.app import create_app
-    from liberation.server import run_app
-    from runtime.logs import configure_logging
 
-    settings = _keeper_settings(args)
-    configure_logging(settings.log_level)
-    run_app(create_app(settings), settings.host, settings.port, "keeper", max_connections=settings.max_connections)
-    return 0
+    return _serve(_keeper_settings(args), create_app, "keeper")
 
 
 def _keeper_key(args: argparse.Namespace) -> int:
@@ -365,13 +369,8 @@ def _keeper_nodes(args: argparse.Namespace) -> int:
 
 def _hub_serve(args: argparse.Namespace) -> int:
     from federation.app import create_app
-    from liberation.server import run_app
-    from runtime.logs import configure_logging
 
-    settings = _hub_settings(args)
-    configure_logging(settings.log_level)
-    run_app(create_app(settings), settings.host, settings.port, "hub", max_connections=settings.max_connections)
-    return 0
+    return _serve(_hub_settings(args), create_app, "hub")
 
 
 def _key_text(arg: str) -> str:

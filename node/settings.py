@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
 
+from protocol.catalog import refuse_removed_keys
 from runtime.config import (
     HttpUrl,
     Off,
@@ -21,6 +22,13 @@ from runtime.config import (
 )
 
 ENV_PREFIX = "LIBERATION_NODE_"
+REMOVED = {
+    "ingest_workers": "`ingest_workers` was removed: a node is one process, which takes tens of "
+    "thousands of events a second (docs/operations.md); delete the setting",
+    "window": "`window` moved to the catalog: a federation has one window length, "
+    '`window = "day"` or `"week"` in its catalog (docs/privacy.md); delete the setting',
+}
+"""Settings no longer taken, and what to do instead."""
 
 
 class PlausibleSettings(Section):
@@ -100,17 +108,7 @@ class NodeSettings(ServerSettings):
     @model_validator(mode="before")
     @classmethod
     def _removed(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "ingest_workers" in data:
-            raise ValueError(
-                "`ingest_workers` was removed: a node is one process, which takes tens of "
-                "thousands of events a second (docs/operations.md); delete the setting"
-            )
-        if isinstance(data, dict) and "window" in data:
-            raise ValueError(
-                "`window` moved to the catalog: a federation has one window length, "
-                '`window = "day"` or `"week"` in its catalog (docs/privacy.md); delete the setting'
-            )
-        return data
+        return refuse_removed_keys(data, REMOVED)
 
     @field_validator("trusted_proxies")
     @classmethod
