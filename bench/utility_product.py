@@ -25,6 +25,7 @@ from protocol.windows import DAY, WINDOW_LENGTHS
 from runtime.dp import opendp_laplace
 from views.columns import Cells, Layout
 from views.merge import (
+    CellKey,
     CellSum,
     ReadTable,
     Table,
@@ -36,7 +37,7 @@ from views.merge import (
 from views.ranges import VIEWS, RangeData, WindowCells, round_cells
 
 __all__ = [
-    "CellSum", "ReadTable", "Table", "combine_windows", "fold_sums", "laplace", "noise_variance",
+    "CellKey", "CellSum", "ReadTable", "Table", "combine_windows", "fold_sums", "laplace", "noise_variance",
     "catalog", "catalog_file", "truth_identity", "with_weights", "import_history", "node_id", "publish_window",
     "hub_range", "render", "Shown", "round_window", "hub_range_with_rounds", "KEEPERS",
 ]
@@ -172,7 +173,7 @@ def hub_range_with_rounds(
     for w in sorted(merged_by_window):
         base = Cells.from_table(layout, merged_by_window[w])
         per_window[w] = WindowCells(layout, catalog, round_cells(layout, catalog, base, rounds[w]), scales)
-    start, end = min(merged_by_window), max(merged_by_window) + DAY
+    start, end = min(merged_by_window), max(merged_by_window) + catalog.window_seconds
     return RangeData(catalog, layout, start, end, per_window, nodes)
 
 
@@ -188,7 +189,7 @@ class ViewInput(Protocol):
     catalog: Catalog
 
     @property
-    def combined(self) -> Table: ...
+    def combined(self) -> ReadTable: ...
 
 
 class Shown:
