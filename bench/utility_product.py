@@ -1,7 +1,7 @@
 """The utility bench's one door into the product: node import, true tables, export, hub merge and views.
 
 Every step that decides a published or shown number is the product's own public
-function, called here and nowhere else in the bench, so a change to node/export.py,
+function, called here and nowhere else in the bench, so a change to node/noising.py,
 node/windows.py, federation/intake.py or the release semantics touches this file only.
 """
 
@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from keeper.answer import keeper_noise
-from node.export import build_snapshot
+from node.noising import build_snapshot
 from protocol.catalog import Catalog, load_catalog, parse_catalog
 from protocol.noise import laplace_variance
 from protocol.rounds import federation_vector
@@ -25,6 +25,7 @@ from protocol.windows import DAY, WINDOW_LENGTHS
 from runtime.dp import opendp_laplace
 from views.columns import Cells, Layout
 from views.merge import (
+    CellKey,
     CellSum,
     ReadTable,
     Table,
@@ -36,7 +37,7 @@ from views.merge import (
 from views.ranges import VIEWS, RangeData, WindowCells, round_cells
 
 __all__ = [
-    "CellSum", "ReadTable", "Table", "combine_windows", "fold_sums", "laplace", "noise_variance",
+    "CellKey", "CellSum", "ReadTable", "Table", "combine_windows", "fold_sums", "laplace", "noise_variance",
     "catalog", "catalog_file", "truth_identity", "with_weights", "import_history", "node_id", "publish_window",
     "hub_range", "render", "Shown", "round_window", "hub_range_with_rounds", "KEEPERS",
 ]
@@ -106,8 +107,8 @@ def import_history(
     `catalog_path`: the nodes' catalog (`catalog_file`), None for the default.
     """
     from node.aggregate import true_tables
-    from node.app import close_node, open_node
     from node.importer import import_lines
+    from node.service import close_node, open_node
     from node.settings import NodeSettings
 
     days = (int(today.timestamp()) - min(windows)) // DAY
@@ -172,7 +173,7 @@ def hub_range_with_rounds(
     for w in sorted(merged_by_window):
         base = Cells.from_table(layout, merged_by_window[w])
         per_window[w] = WindowCells(layout, catalog, round_cells(layout, catalog, base, rounds[w]), scales)
-    start, end = min(merged_by_window), max(merged_by_window) + DAY
+    start, end = min(merged_by_window), max(merged_by_window) + catalog.window_seconds
     return RangeData(catalog, layout, start, end, per_window, nodes)
 
 
@@ -188,7 +189,7 @@ class ViewInput(Protocol):
     catalog: Catalog
 
     @property
-    def combined(self) -> Table: ...
+    def combined(self) -> ReadTable: ...
 
 
 class Shown:

@@ -1,6 +1,6 @@
 """The hub operator's commands, each one function: run by the hub's admin socket, its admin HTTP API, or the CLI on its files.
 
-`HUB_OPERATIONS` is what the socket serves (federation/app.py); `federation.app.offline_hub` opens
+`HUB_OPERATIONS` is what the socket serves (federation/app.py); `federation.service.offline_hub` opens
 a stopped hub for the CLI (runtime/admin.py picks the way). Results are data; `render` gives the CLI's lines.
 """
 
@@ -19,7 +19,7 @@ from runtime.admin import Blob, Operation
 from runtime.registry import Kind, NodeRecord
 
 if TYPE_CHECKING:
-    from federation.app import Hub  # which serves these operations on its socket
+    from federation.service import Hub  # which serves these operations on its socket
 
 log = logging.getLogger("liberation.hub")
 

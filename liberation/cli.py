@@ -22,12 +22,15 @@ from liberation.setup_cli import add_catalog_check_command, add_sites_commands
 from protocol.errors import LiberationError
 
 if TYPE_CHECKING:
-    from federation.app import Hub
+    from aiohttp import web
+
+    from federation.service import Hub
     from federation.settings import HubSettings
-    from node.app import Node
+    from node.service import Node
     from node.settings import NodeSettings
     from protocol.keys import PublicKey
     from runtime.admin import Channel
+    from runtime.config import ServerSettings
 
 KEY_FILE = "signing.key"
 EXIT_ERROR = 1
@@ -37,6 +40,7 @@ EXIT_INTERRUPTED = 130
 
 Command = Callable[[argparse.Namespace], int]
 T = TypeVar("T")
+S = TypeVar("S", bound="ServerSettings")
 
 RUNS_WHILE_SERVING = "Runs whether or not the service runs: through its admin socket if it does, on its files if not."
 
@@ -155,9 +159,19 @@ def _hub_settings(args: argparse.Namespace) -> HubSettings:
     return _settings(args, load_hub_settings, "LIBERATION_HUB_CONFIG")
 
 
+def _serve(settings: S, create_app: Callable[[S], web.Application], service: str) -> int:
+    """Run a service's app in the foreground until it is stopped (SIGINT, SIGTERM)."""
+    from liberation.server import run_app
+    from runtime.logs import configure_logging
+
+    configure_logging(settings.log_level)
+    run_app(create_app(settings), settings.host, settings.port, service, max_connections=settings.max_connections)
+    return 0
+
+
 def _node_channel(args: argparse.Namespace) -> AbstractAsyncContextManager[Channel[Node]]:
     """The running node's socket, or the node's files opened here."""
-    from node.app import offline_node
+    from node.service import offline_node
     from runtime.admin import open_channel
 
     settings = _node_settings(args)
@@ -166,7 +180,7 @@ def _node_channel(args: argparse.Namespace) -> AbstractAsyncContextManager[Chann
 
 def _hub_channel(args: argparse.Namespace) -> AbstractAsyncContextManager[Channel[Hub]]:
     """The running hub's socket, or the hub's files opened here."""
-    from federation.app import offline_hub
+    from federation.service import offline_hub
     from runtime.admin import open_channel
 
     settings = _hub_settings(args)
@@ -177,18 +191,13 @@ def _hub_channel(args: argparse.Namespace) -> AbstractAsyncContextManager[Channe
 
 
 def _node_serve(args: argparse.Namespace) -> int:
-    from liberation.server import run_app
     from node.app import create_app
-    from runtime.logs import configure_logging
 
-    settings = _node_settings(args)
-    configure_logging(settings.log_level)
-    run_app(create_app(settings), settings.host, settings.port, "node", max_connections=settings.max_connections)
-    return 0
+    return _serve(_node_settings(args), create_app, "node")
 
 
 def _node_key(args: argparse.Namespace) -> int:
-    from node.app import data_paths
+    from node.service import data_paths
     from protocol.keys import load_or_create
 
     _print_public(load_or_create(data_paths(_node_settings(args))["key"]).public)
@@ -300,13 +309,8 @@ def _keeper_settings(args: argparse.Namespace) -> Any:
 
 def _keeper_serve(args: argparse.Namespace) -> int:
     from keeper.app import create_app
-    from liberation.server import run_app
-    from runtime.logs import configure_logging
 
-    settings = _keeper_settings(args)
-    configure_logging(settings.log_level)
-    run_app(create_app(settings), settings.host, settings.port, "keeper", max_connections=settings.max_connections)
-    return 0
+    return _serve(_keeper_settings(args), create_app, "keeper")
 
 
 def _keeper_key(args: argparse.Namespace) -> int:
@@ -365,13 +369,8 @@ def _keeper_nodes(args: argparse.Namespace) -> int:
 
 def _hub_serve(args: argparse.Namespace) -> int:
     from federation.app import create_app
-    from liberation.server import run_app
-    from runtime.logs import configure_logging
 
-    settings = _hub_settings(args)
-    configure_logging(settings.log_level)
-    run_app(create_app(settings), settings.host, settings.port, "hub", max_connections=settings.max_connections)
-    return 0
+    return _serve(_hub_settings(args), create_app, "hub")
 
 
 def _key_text(arg: str) -> str:

@@ -166,8 +166,8 @@ def _history_worker(conn: Connection, community: Community, data_dir: str, seed:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the demo stops its workers itself (a terminal's ^C reaches all)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
-        from node.app import close_node, open_node
         from node.importer import import_events
+        from node.service import close_node, open_node
 
         today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         node = open_node(_demo_node_settings(data_dir, days, catalog))
@@ -272,8 +272,8 @@ def _publish_file(
     The node seals its round contributions to `keepers`, whose keys it takes from the hub's `listing`.
     Returns the node's name, public key, envelopes, contributions and a summary line.
     """
-    from node.app import close_node, open_node
     from node.importer import import_lines
+    from node.service import close_node, open_node
     from node.settings import NodeSettings
 
     name = Path(path).stem

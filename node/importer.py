@@ -28,7 +28,7 @@ from protocol.events import MAX_BATCH, Event
 from runtime.groupcommit import StorageUnavailable
 
 if TYPE_CHECKING:
-    from node.app import Node
+    from node.service import Node
 
 CHUNK = 20_000
 """Events filtered, then committed, at a time by `import_lines` and `import_events`."""

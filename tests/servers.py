@@ -18,8 +18,9 @@ from typing import Any
 
 from aiohttp import web
 
-from node.app import NODE, Node, create_app
+from node.app import create_app
 from node.ingest import Clock, utc_now
+from node.service import NODE, Node
 from node.settings import NodeSettings
 from runtime.metrics_listener import METRICS_LISTENER
 
@@ -162,7 +163,7 @@ class RunningHub:
 
     @property
     def hub(self) -> Any:
-        from federation.app import HUB
+        from federation.service import HUB
 
         return self.app[HUB]
 

@@ -129,9 +129,10 @@ def test_hub_commands_while_it_runs_and_while_it_does_not(tmp_path: Path) -> Non
     public = node_key.split("public key:")[1].split()[0]
     key_file = tmp_path / "node.pub"
     key_file.write_text(node_key.split("public key:")[1].split(None, 1)[1])  # the PEM block
-    carried = tmp_path / "day.bin"  # a snapshot carried by hand (yesterday's, of a node with no events)
-    yesterday = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%d")
-    liberation("node", "export", "--window", yesterday, "--out", str(carried), "--data-dir", str(tmp_path / "node"))
+    carried = tmp_path / "day.bin"  # a snapshot carried by hand (of a node with no events)
+    # Two days back: yesterday is in its export grace during the first hour after midnight UTC.
+    day = (datetime.now(UTC) - timedelta(days=2)).strftime("%Y-%m-%d")
+    liberation("node", "export", "--window", day, "--out", str(carried), "--data-dir", str(tmp_path / "node"))
 
     data = tmp_path / "hub"
     hub = serve("hub", data, tmp_path / "hub.log")  # no admin token: the socket is the way

@@ -21,10 +21,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from liberation.traffic import COMMUNITIES, Traffic
-from node.app import Node, close_node, open_node
 from node.importer import GROUP_EVENTS, decode, import_lines
 from node.privacy import FilteredEvent
 from node.schema import session_tables, tables_of
+from node.service import Node, close_node, open_node
 from protocol import jsontext
 from protocol.events import Event
 from tests.servers import node_settings

@@ -12,14 +12,14 @@ from typing import Any
 import pyarrow as pa  # type: ignore[import-untyped]
 import pytest
 
-from federation.app import close_hub, open_hub
+from federation.service import close_hub, open_hub
 from federation.settings import HubSettings
 from federation.store import HubStore
 from protocol.catalog import STAGES, Catalog, load_catalog
 from protocol.keys import SigningKey
 from tests.servers import admin_token
 from tests.snapshots import DAY, envelope
-from views.columns import Cells, Layout, sum_windows
+from views.columns import Cells, CellTable, Layout, metric_items, sum_windows
 from views.columns import apply_presence as apply_presence_cells
 from views.insights import (
     STARTED,
@@ -74,10 +74,35 @@ def test_window_sums_and_presence_equal_the_dict_functions(seed: int) -> None:
     expected_sum = combine_windows(tables)
     expected = apply_presence(CATALOG, expected_sum)
     summed = sum_windows(LAYOUT, [Cells.from_table(LAYOUT, t) for t in tables])
-    assert list(summed.to_table(LAYOUT).items()) == list(expected_sum.items())
-    got = apply_presence_cells(LAYOUT, summed, CATALOG).to_table(LAYOUT)
+    assert list(CellTable(LAYOUT, summed).items()) == list(expected_sum.items())
+    got = CellTable(LAYOUT, apply_presence_cells(LAYOUT, summed, CATALOG))
     assert list(got.items()) == list(expected.items())  # same keys, same order, same bits
     assert all(type(cs.value) is int and type(cs.variance) is float and type(cs.nodes) is int for cs in got.values())
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_cell_table_reads_as_its_dict(seed: int) -> None:
+    """Every read the insights make of a `CellTable` answers as the dict it stands for: keys, order, sums, types."""
+    rng = random.Random(seed)
+    table = random_table(rng, density=rng.choice([0.0, 0.05, 0.5, 1.0]), huge=seed % 4 == 3)
+    names = [m.name for m in CATALOG.metrics]
+    for metrics in (None, rng.sample(names, 3), ["no_such_metric"]):
+        expected = table if metrics is None else {key: cs for key, cs in table.items() if key[0] in metrics}
+        got = CellTable(LAYOUT, Cells.from_table(LAYOUT, table), metrics)
+        assert list(got) == list(expected) and len(got) == len(expected)
+        assert list(got.items()) == list(expected.items()) and dict(got) == expected
+        assert all(type(cs.value) is int and type(cs.variance) is float for _, cs in got.items())
+        for key in rng.sample(LAYOUT.keys, 200):
+            assert got.get(key) == expected.get(key) and (key in got) == (key in expected)
+            if key in expected:
+                assert got[key] == expected[key]
+            else:
+                with pytest.raises(KeyError):
+                    got[key]
+        assert got.get(("no_such_metric", "cell", 0)) is None and ("usage_events", "cell", 10_000) not in got
+        for name in [*names, "no_such_metric"]:
+            assert metric_items(got, name) == metric_items(expected, name) == [
+                (key, cs) for key, cs in expected.items() if key[0] == name]
 
 
 def test_a_key_outside_the_catalog_is_refused() -> None:

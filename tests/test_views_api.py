@@ -16,7 +16,7 @@ from protocol.keys import SigningKey
 from tests.servers import RunningHub, run_hub
 from tests.snapshots import envelope
 from tests.test_hub_views import CATALOG, NOW, TOKEN, WINDOWS, enroll, get, push
-from views.columns import Layout
+from views.columns import CellTable, Layout
 from views.ranges import RangeData
 
 FROM, TO = "2026-11-19", "2026-11-23"
@@ -50,7 +50,7 @@ def expected_rows(hub: RunningHub) -> list[dict[str, str]]:
     layout = Layout.from_catalog(CATALOG)
     out = []
     for window, cells in data.thresholded_windows().items():
-        for (name, kind, index), cs in cells.to_table(layout).items():
+        for (name, kind, index), cs in CellTable(layout, cells).items():
             spec = CATALOG.metric(name)
             last = CATALOG.shape(spec)[-1]
             labels = CATALOG.cell_labels(spec, index if kind == "cell" else index * last)

@@ -1,29 +1,31 @@
-"""Merged tables as columns over a catalog's cell layout: window sums and presence folding, vectorized.
+"""Merged tables as columns over a catalog's cell layout: window sums, presence folding, and reads by key.
 
 A catalog fixes every key a merged table can hold (per metric: its cells, then
 its `other` prefixes), so a table is a few arrays over that layout rather than a
 dict of `CellSum`s. The functions here give the same numbers as
 `merge.combine_windows` and `merge.apply_presence` on the equivalent dicts, bit for
 bit: floats are added in the order those functions add them, which follows the
-dicts' key order; `Cells.order` records it.
+dicts' key order; `Cells.order` records it. `CellTable` is how the insights read
+columns: as the equivalent dict, without building one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, ItemsView, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import numpy as np
 import numpy.typing as npt
 
 from protocol.catalog import Catalog
 from views import significance
-from views.merge import CellKey, CellSum, ReadTable, Table
+from views.merge import CellKey, CellSum, ReadTable
 
 Array = npt.NDArray[Any]
 INT64_SAFE = 2**62
 """Below this bound on the summed |values|, int64 arithmetic is exact; beyond it, Python ints."""
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,22 @@ class Layout:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def span(self, metric: str) -> tuple[int, int] | None:
+        """[first, end) of a metric's positions (its cells, then its others); None if the catalog lacks it."""
+        cells, others = self.offset.get((metric, "cell")), self.offset.get((metric, "other"))
+        if cells is None or others is None:
+            return None
+        return cells[0], others[0] + others[1]
+
+    def mask(self, metrics: Collection[str]) -> Array:
+        """Per position, whether it is a key of one of `metrics`."""
+        wanted = np.zeros(len(self), dtype=bool)
+        for metric in metrics:
+            span = self.span(metric)
+            if span is not None:
+                wanted[span[0] : span[1]] = True
+        return wanted
 
     def positions(self, metrics: Sequence[str], kinds: Sequence[str], indices: Sequence[int]) -> Array:
         """The positions of keys given as columns; ValueError for a key outside the catalog."""
@@ -101,26 +119,101 @@ class Cells:
             np.array([cs.variance for cs in sums], dtype=np.float64), np.array([cs.nodes for cs in sums], dtype=np.int64),
         )
 
-    def to_table(self, layout: Layout, metrics: Collection[str] | None = None) -> Table:
-        """The equivalent dict table, in its key order; only `metrics`' keys if given (a view reading a few)."""
-        order = self.order
-        if metrics is not None:
-            wanted = np.zeros(len(layout), dtype=bool)
-            for (name, _), (first, count) in layout.offset.items():
-                if name in metrics:
-                    wanted[first : first + count] = True
-            order = order[wanted[order]]
-        keys = layout.keys
-        return {
-            keys[i]: CellSum(v, var, n)
+
+class CellTable(Mapping[CellKey, CellSum]):
+    """`Cells` read as their equivalent dict table (`merge.Table`): the same keys, order, sums and types.
+
+    What the insights read. Nothing is copied into a dict: `get` reads a position of the
+    columns, `metric_items` one metric's slice of the order. With `metrics`, only their
+    keys are in the table (a view that reads a few, over cells folded for those alone).
+    """
+
+    __slots__ = ("_layout", "_cells", "_order", "_wanted", "_lists")
+
+    def __init__(self, layout: Layout, cells: Cells, metrics: Collection[str] | None = None) -> None:
+        self._layout, self._cells, self._order = layout, cells, cells.order
+        self._wanted = None if metrics is None else layout.mask(metrics)
+        if self._wanted is not None:
+            self._order = self._order[self._wanted[self._order]]
+        self._lists: tuple[list[Any], list[float], list[int], list[bool]] | None = None
+
+    def _columns(self) -> tuple[list[Any], list[float], list[int], list[bool]]:
+        """The columns as Python lists, made on the first read by key: a lookup is then a list index."""
+        if self._lists is None:
+            cells = self._cells
+            held = cells.present if self._wanted is None else cells.present & self._wanted
+            self._lists = (cells.value.tolist(), cells.variance.tolist(), cells.nodes.tolist(), held.tolist())
+        return self._lists
+
+    @overload
+    def get(self, key: CellKey, /) -> CellSum | None: ...
+    @overload
+    def get(self, key: CellKey, /, default: CellSum | _T) -> CellSum | _T: ...
+    def get(self, key: CellKey, /, default: object = None) -> object:
+        i = self._layout.position.get(key)
+        if i is None:
+            return default
+        value, variance, nodes, held = self._columns()
+        return CellSum(value[i], variance[i], nodes[i]) if held[i] else default
+
+    def __getitem__(self, key: CellKey) -> CellSum:
+        found = self.get(key)
+        if found is None:
+            raise KeyError(key)
+        return found
+
+    def __contains__(self, key: object) -> bool:
+        i = self._layout.position.get(key)  # type: ignore[call-overload]
+        return i is not None and self._columns()[3][i]
+
+    def __iter__(self) -> Iterator[CellKey]:
+        keys = self._layout.keys
+        return (keys[i] for i in self._order.tolist())
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def items(self) -> ItemsView[CellKey, CellSum]:
+        return _Items(self)
+
+    def metric_items(self, metric: str) -> list[tuple[CellKey, CellSum]]:
+        """One metric's keys and sums, in the table's order."""
+        span = self._layout.span(metric)
+        if span is None:
+            return []
+        order = self._order
+        return self._pairs(order[(order >= span[0]) & (order < span[1])])
+
+    def _pairs(self, positions: Array) -> list[tuple[CellKey, CellSum]]:
+        keys, cells = self._layout.keys, self._cells
+        return [
+            (keys[i], CellSum(v, var, n))
             for i, v, var, n in zip(
-                order.tolist(),
-                self.value[order].tolist(),
-                self.variance[order].tolist(),
-                self.nodes[order].tolist(),
-                strict=False,
+                positions.tolist(),
+                cells.value[positions].tolist(),
+                cells.variance[positions].tolist(),
+                cells.nodes[positions].tolist(),
+                strict=True,
             )
-        }
+        ]
+
+
+class _Items(ItemsView[CellKey, CellSum]):
+    """`CellTable.items()`: the pairs made from slices of the columns, not by a lookup per key."""
+
+    def __init__(self, table: CellTable) -> None:
+        super().__init__(table)
+        self._table = table
+
+    def __iter__(self) -> Iterator[tuple[CellKey, CellSum]]:
+        return iter(self._table._pairs(self._table._order))
+
+
+def metric_items(table: ReadTable, metric: str) -> list[tuple[CellKey, CellSum]]:
+    """One metric's keys and sums in the table's order: a slice of a `CellTable`, a scan of a dict (test oracles)."""
+    if isinstance(table, CellTable):
+        return table.metric_items(metric)
+    return [(key, cs) for key, cs in table.items() if key[0] == metric]
 
 
 def sum_windows(layout: Layout, parts: Sequence[Cells]) -> Cells:

@@ -26,7 +26,7 @@ import numpy as np
 from protocol.catalog import ATTRIBUTE_DIMENSION_PREFIX, STAGES, Catalog, MetricSpec
 from protocol.regions import REGION_NAMES, region_of
 from protocol.windows import DAY
-from views.columns import INT64_SAFE, Array, Cells, Layout
+from views.columns import INT64_SAFE, Array, Cells, Layout, metric_items
 from views.merge import CellSum, Kind, ReadTable, fold_sums, sd, total_sums
 from views.significance import presence_threshold, presence_thresholds
 
@@ -393,8 +393,8 @@ def _regions(catalog: Catalog, spec: MetricSpec, raw: ReadTable, shown: set[str]
     countries = catalog.domain("country")
     folded: dict[str, CellSum] = {}
     count: dict[str, int] = defaultdict(int)
-    for (name, kind, index), cs in raw.items():
-        if name != spec.name or kind != "cell" or countries[index] in shown:
+    for (_, kind, index), cs in metric_items(raw, spec.name):
+        if kind != "cell" or countries[index] in shown:
             continue
         region = region_of(countries[index])
         if region is not None:
@@ -593,8 +593,8 @@ def headline(catalog: Catalog, table: ReadTable, windows: int, nodes: int) -> di
         app_of[index]
         for spec in (events_spec, sessions_spec)
         if spec is not None
-        for (name, kind, index), cs in table.items()
-        if name == spec.name and kind == "cell" and cs.value > 0
+        for (_, kind, index), cs in metric_items(table, spec.name)
+        if kind == "cell" and cs.value > 0
     }
     countries = {c for (_, c), cs in _grid_cells(table, geo, len(catalog.domain("country"))) if cs.value > 0}
     return {
@@ -636,16 +636,14 @@ def _get(table: ReadTable, spec: MetricSpec | None, kind: Kind, index: int) -> C
 
 
 def _entries(table: ReadTable, spec: MetricSpec | None) -> list[CellSum]:
-    return [] if spec is None else [cs for (name, _, _), cs in table.items() if name == spec.name]
+    return [] if spec is None else [cs for _, cs in metric_items(table, spec.name)]
 
 
 def _grid_cells(table: ReadTable, spec: MetricSpec | None, width: int) -> list[tuple[tuple[int, int], CellSum]]:
     """A 2-D metric's present cells as ((row, column), sum)."""
     if spec is None:
         return []
-    return [
-        (divmod(index, width), cs) for (name, kind, index), cs in table.items() if name == spec.name and kind == "cell"
-    ]
+    return [(divmod(index, width), cs) for (_, kind, index), cs in metric_items(table, spec.name) if kind == "cell"]
 
 
 def _histogram(catalog: Catalog, table: ReadTable, spec: MetricSpec | None, dimension: str) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from protocol.catalog import Catalog
 from protocol.errors import BadRequest, NotFound, ProblemType
 from protocol.noise import laplace_variance
 from protocol.windows import DAY, window_start
-from views.columns import Cells, Layout, apply_presence, sum_windows
+from views.columns import Cells, CellTable, Layout, apply_presence, sum_windows
 from views.insights import (
     GEO_METRICS,
     PEAK_METRICS,
@@ -54,7 +54,7 @@ from views.insights import (
     usage,
     weekday,
 )
-from views.merge import ReadTable, Table
+from views.merge import ReadTable
 from views.significance import presence_threshold
 
 DEFAULT_RANGE_DAYS = 30
@@ -110,39 +110,37 @@ class RangeData:
         return sum_windows(self.layout, [self.per_window[w].cells for w in windows])
 
     @property
-    def combined(self) -> Table:
+    def combined(self) -> CellTable:
         """The whole range summed, presence inferred over all of its snapshots."""
         windows = list(self.per_window)
         if len(windows) == 1:
-            return self.per_window[windows[0]].thresholded().to_table(self.layout)
-        return apply_presence(self.layout, self._range_sum, self.catalog, self._scales(windows)).to_table(self.layout)
+            return CellTable(self.layout, self.per_window[windows[0]].thresholded())
+        return CellTable(self.layout, apply_presence(self.layout, self._range_sum, self.catalog, self._scales(windows)))
 
     @property
-    def raw(self) -> Table:
+    def raw(self) -> CellTable:
         """The whole range summed, every cell (no presence folding): what quantiles read, noise and all."""
-        return self._range_sum.to_table(self.layout)
+        return CellTable(self.layout, self._range_sum)
 
-    def raw_of(self, metrics: Collection[str]) -> Table:
+    def raw_of(self, metrics: Collection[str]) -> CellTable:
         """`raw`, only the cells of `metrics` (a view that reads a few)."""
-        return self._range_sum.to_table(self.layout, metrics)
+        return CellTable(self.layout, self._range_sum, metrics)
 
     def thresholded_windows(self) -> dict[int, Cells]:
         return {w: wc.thresholded() for w, wc in self.per_window.items()}
 
-    def by_weekday(self, metrics: Collection[str] | None = None) -> dict[int, Table]:
+    def by_weekday(self, metrics: Collection[str] | None = None) -> dict[int, CellTable]:
         """Windows of the same weekday summed (then presence inferred), keyed by their first window; only `metrics` if given."""
         groups: dict[int, list[int]] = {}
         for w in self.per_window:
             groups.setdefault(weekday(w), []).append(w)
         return {ws[0]: self._summed(ws, metrics) for ws in groups.values()}
 
-    def _summed(self, windows: Sequence[int], metrics: Collection[str] | None = None) -> Table:
+    def _summed(self, windows: Sequence[int], metrics: Collection[str] | None = None) -> CellTable:
         if len(windows) == 1:
-            return self.per_window[windows[0]].thresholded().to_table(self.layout, metrics)
+            return CellTable(self.layout, self.per_window[windows[0]].thresholded(), metrics)
         summed = sum_windows(self.layout, [self.per_window[w].cells for w in windows])
-        return apply_presence(self.layout, summed, self.catalog, self._scales(windows), metrics).to_table(
-            self.layout, metrics
-        )
+        return CellTable(self.layout, apply_presence(self.layout, summed, self.catalog, self._scales(windows), metrics), metrics)
 
     def _scales(self, windows: Sequence[int]) -> dict[str, float] | None:
         """The noise scale to test a sum over `windows` with: the windows' own when they agree, else the larger
@@ -264,7 +262,7 @@ class StoreRanges:
 
 
 class RoundSource(Protocol):
-    """Published federation rounds (federation/rounds.py `Rounds`)."""
+    """Published federation rounds (federation/round_records.py `PublishedRounds`)."""
 
     def published(self, catalog: Catalog, start: int, end: int) -> Mapping[int, Any]: ...
 

@@ -24,6 +24,7 @@ from aiohttp import web
 from protocol.catalog import ATTRIBUTE_DIMENSION_PREFIX, OTHER, Catalog, MetricSpec
 from protocol.errors import BadRequest, ProblemType
 from protocol.windows import DAY
+from views.columns import CellTable
 from views.ranges import CACHE_CONTROL, RangeData, ViewService
 
 
@@ -64,7 +65,7 @@ def tidy_csv(data: RangeData, metrics: list[MetricSpec]) -> bytes:
     specs = {m.name: m for m in metrics}
     for window, cells in data.thresholded_windows().items():
         label = _window_label(window)
-        table = cells.to_table(data.layout, names)
+        table = CellTable(data.layout, cells, names)
         for (name, kind, index), cs in sorted(table.items(), key=lambda item: (names.index(item[0][0]), item[0][1], item[0][2])):
             spec = specs[name]
             if kind == "cell":
