@@ -1,7 +1,7 @@
 """The hub operator's commands, each one function: run by the hub's admin socket, its admin HTTP API, or the CLI on its files.
 
-`HUB_OPERATIONS` is what the socket serves (federation/app.py); `federation.service.offline_hub` opens
-a stopped hub for the CLI (runtime/admin.py picks the way). Results are data; `render` gives the CLI's lines.
+`HUB_OPERATIONS` is what the socket serves (federation/app.py); a stopped hub
+is opened by the CLI itself (runtime/admin.py picks the way). Results are data; `render` gives the CLI's lines.
 """
 
 from __future__ import annotations

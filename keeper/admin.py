@@ -1,7 +1,7 @@
 """The keeper operator's commands, each one function: run by the keeper's admin socket, its admin HTTP API, or the CLI.
 
-`KEEPER_OPERATIONS` is what the socket serves (keeper/app.py); `keeper.app.offline_keeper` opens a
-stopped keeper for the CLI (runtime/admin.py picks the way), so `liberation keeper enroll|revoke|nodes`
+`KEEPER_OPERATIONS` is what the socket serves (keeper/app.py); a stopped
+keeper is opened by the CLI itself (runtime/admin.py picks the way), so `liberation keeper enroll|revoke|nodes`
 work the same whether the keeper runs or not.
 """
 

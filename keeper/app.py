@@ -18,7 +18,6 @@ import base64
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,16 +82,6 @@ def open_keeper(settings: KeeperSettings, *, now: Now = time.time, wait_seconds:
 def close_keeper(keeper: Keeper) -> None:
     keeper.store.close()
     keeper.lock.release()
-
-
-@asynccontextmanager
-async def offline_keeper(settings: KeeperSettings) -> AsyncIterator[Keeper]:
-    """A stopped keeper opened by this process: how the CLI works on its files."""
-    keeper = await asyncio.to_thread(open_keeper, settings)
-    try:
-        yield keeper
-    finally:
-        close_keeper(keeper)
 
 
 def _open(settings: KeeperSettings, now: Now, lock: DataDirLock) -> Keeper:

@@ -181,11 +181,11 @@ def _node_channel(args: argparse.Namespace) -> AbstractAsyncContextManager[Chann
 
 def _hub_channel(args: argparse.Namespace) -> AbstractAsyncContextManager[Channel[Hub]]:
     """The running hub's socket, or the hub's files opened here."""
-    from federation.service import offline_hub
-    from runtime.admin import open_channel
+    from federation.service import close_hub, open_hub
+    from runtime.admin import offline, open_channel
 
     settings = _hub_settings(args)
-    return open_channel("hub", settings.data_dir, lambda: offline_hub(settings))
+    return open_channel("hub", settings.data_dir, lambda: offline(lambda: open_hub(settings), close_hub))
 
 
 # ---- node -----------------------------------------------------------------------------------
@@ -326,11 +326,11 @@ def _keeper_key(args: argparse.Namespace) -> int:
 
 def _keeper_channel(args: argparse.Namespace) -> AbstractAsyncContextManager[Channel[Keeper]]:
     """The running keeper's socket, or the keeper's files opened here."""
-    from keeper.app import offline_keeper
-    from runtime.admin import open_channel
+    from keeper.app import close_keeper, open_keeper
+    from runtime.admin import offline, open_channel
 
     settings = _keeper_settings(args)
-    return open_channel("keeper", settings.data_dir, lambda: offline_keeper(settings))
+    return open_channel("keeper", settings.data_dir, lambda: offline(lambda: open_keeper(settings), close_keeper))
 
 
 def _keeper_enroll(args: argparse.Namespace) -> int:
