@@ -18,6 +18,7 @@ from federation.service import HUB
 from federation.translog import GENESIS, head_message
 from protocol.errors import BadRequest, NotFound, ProblemType, UnsupportedMediaType
 from protocol.windows import parse_window
+from runtime import enrollment
 from runtime.registry import KINDS
 from runtime.service import Route
 from runtime.tokens import admin_service, enrollment_body
@@ -114,7 +115,7 @@ async def _round(request: web.Request) -> web.Response:
 
 async def _admin_nodes(request: web.Request) -> web.Response:
     hub = admin_service(request, HUB)
-    return web.json_response((await admin.list_nodes(hub, admin.NoParams())).model_dump())
+    return web.json_response((await admin.list_nodes(hub, enrollment.NoParams())).model_dump())
 
 
 async def _admin_enroll(request: web.Request) -> web.Response:
@@ -133,7 +134,7 @@ async def _admin_enroll(request: web.Request) -> web.Response:
 
 async def _admin_revoke(request: web.Request) -> web.Response:
     hub = admin_service(request, HUB)
-    done = await admin.revoke(hub, admin.RevokeParams(node=request.match_info["node"]))
+    done = await admin.revoke(hub, enrollment.RevokeParams(node=request.match_info["node"]))
     return web.json_response(done.record.model_dump())
 
 

@@ -1,16 +1,14 @@
 """The running hub: everything it owns (store, registry, catalogs, intake, archive, rounds, views), opened and closed together.
 
 No server involved: the app factory (federation/app.py) opens it in its lifecycle, the CLI
-(`offline_hub`) on a stopped hub's files.
+(through `runtime.admin.offline`) on a stopped hub's files.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,16 +90,6 @@ def open_hub(settings: HubSettings, *, now: Now = time.time, wait_seconds: float
 def close_hub(hub: Hub) -> None:
     hub.store.close()
     hub.lock.release()
-
-
-@asynccontextmanager
-async def offline_hub(settings: HubSettings) -> AsyncIterator[Hub]:
-    """A stopped hub opened by this process: how the CLI works on its files."""
-    hub = await asyncio.to_thread(open_hub, settings)
-    try:
-        yield hub
-    finally:
-        close_hub(hub)
 
 
 def _open(settings: HubSettings, now: Now, lock: DataDirLock) -> Hub:

@@ -23,22 +23,26 @@ from pathlib import Path
 
 from aiohttp import web
 
+from keeper import admin
 from keeper.answer import Answerer
 from keeper.identity import KeeperIdentity, load_or_create_identity
 from keeper.metrics import KeeperMetrics
 from keeper.settings import KeeperSettings
 from keeper.store import KeeperStore
 from protocol.catalog import Catalog, load_catalog
-from protocol.errors import BadRequest, ProblemType, UnsupportedMediaType
+from protocol.errors import ProblemType, UnsupportedMediaType
 from protocol.files import make_private_dir
 from protocol.keys import PublicKey
 from protocol.windows import format_utc
+from runtime import enrollment
+from runtime.admin import add_admin_socket
 from runtime.datadir import SERVICE_WAIT_SECONDS, DataDirLock, open_locked
 from runtime.metrics_listener import add_metrics_listener
 from runtime.problems import problem_middleware
 from runtime.registry import Registry
 from runtime.service import Route, add_routes
 from runtime.tokens import admin_service, enrollment_body
+from runtime.version import liberation_version
 
 log = logging.getLogger("liberation.keeper")
 
@@ -146,26 +150,20 @@ async def _healthz(request: web.Request) -> web.Response:
 
 async def _admin_nodes(request: web.Request) -> web.Response:
     keeper = admin_service(request, KEEPER)
-    return web.json_response({"nodes": [r.to_dict() for r in keeper.registry.nodes()]})
+    return web.json_response((await admin.list_nodes(keeper, enrollment.NoParams())).model_dump())
 
 
 async def _admin_enroll(request: web.Request) -> web.Response:
     keeper = admin_service(request, KEEPER)
     data = await enrollment_body(request)
-    try:
-        public_key = PublicKey.parse(data["public_key"])
-    except ValueError:
-        raise BadRequest("`public_key` is not an Ed25519 public key (base64 or PEM)", slug=ProblemType.INVALID_KEY) from None
-    record = await asyncio.to_thread(keeper.registry.enroll, data["name"], public_key, "node")
-    log.info("enrolled", extra={"node": record.key_id, "node_name": record.name})
-    return web.json_response(record.to_dict(), status=201)
+    done = await admin.enroll(keeper, admin.EnrollParams(name=data["name"], public_key=data["public_key"]))
+    return web.json_response(done.record.model_dump(), status=201)
 
 
 async def _admin_revoke(request: web.Request) -> web.Response:
     keeper = admin_service(request, KEEPER)
-    record = await asyncio.to_thread(keeper.registry.revoke, request.match_info["node"])
-    log.info("revoked", extra={"node": record.key_id, "node_name": record.name})
-    return web.json_response(record.to_dict())
+    done = await admin.revoke(keeper, enrollment.RevokeParams(node=request.match_info["node"]))
+    return web.json_response(done.record.model_dump())
 
 
 def create_app(settings: KeeperSettings, *, now: Now = time.time) -> web.Application:
@@ -183,6 +181,10 @@ def create_app(settings: KeeperSettings, *, now: Now = time.time) -> web.Applica
         close_keeper(keeper)
 
     app.cleanup_ctx.append(lifecycle)
+    add_admin_socket(
+        app, service="keeper", version=liberation_version(), data_dir=settings.data_dir,
+        target=lambda app: app[KEEPER], operations=admin.KEEPER_OPERATIONS,
+    )
     add_metrics_listener(
         app, service="keeper", host=settings.metrics_host, port=settings.metrics_port,
         render=lambda app: app[KEEPER].metrics.render,

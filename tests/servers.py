@@ -26,7 +26,9 @@ from runtime.metrics_listener import METRICS_LISTENER
 
 URL_PATTERN = re.compile(r'"url": "(http://127\.0\.0\.1:\d+)"')
 METRICS_URL_PATTERN = re.compile(r'"metrics_url": "(http://127\.0\.0\.1:\d+)"')
-METRICS_ANY_PORT = {"LIBERATION_NODE_METRICS_PORT": "0", "LIBERATION_HUB_METRICS_PORT": "0"}
+METRICS_ANY_PORT = {
+    "LIBERATION_NODE_METRICS_PORT": "0", "LIBERATION_HUB_METRICS_PORT": "0", "LIBERATION_KEEPER_METRICS_PORT": "0",
+}
 """Tests never take a service's default metrics port: parallel runs would collide."""
 
 
