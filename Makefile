@@ -8,10 +8,13 @@ PY     := $(VENV)/bin/python
 UV     := $(VENV)/bin/uv
 # uv installs what pip would, from PyPI, in seconds (pip took 90 s here for the demo's packages),
 # compiled as pip does (every process of the demo would compile them again if the environment
-# says not to write bytecode); pip only where uv could not be had. uv reads UV_DEFAULT_INDEX,
-# not pip's configuration.
-INSTALL = $$(if [ -x $(UV) ]; then echo $(UV) pip install --quiet --compile-bytecode --python $(PY); \
-	else echo $(PY) -m pip install --quiet --disable-pip-version-check; fi)
+# says not to write bytecode). uv reads UV_DEFAULT_INDEX, not pip's configuration: where uv is
+# missing or fails (a machine that reaches only a mirror pip is configured for), pip installs.
+PIP     = $(PY) -m pip install --quiet --disable-pip-version-check
+INSTALL = install() { \
+	if [ -x $(UV) ] && $(UV) pip install --quiet --compile-bytecode --python $(PY) "$$@"; then return 0; fi; \
+	$(PY) -m pip --version >/dev/null 2>&1 || $(PY) -m ensurepip --default-pip >/dev/null || return 1; \
+	echo "uv could not install; pip does" >&2; $(PIP) "$$@"; }; install
 RUN_STAMP := $(VENV)/.installed-run
 STAMP  := $(VENV)/.installed
 
