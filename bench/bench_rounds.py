@@ -22,8 +22,8 @@ import aiohttp
 import numpy as np
 from aiohttp import web
 
-from federation.app import HUB
 from federation.app import create_app as create_hub
+from federation.service import HUB
 from federation.settings import HubSettings
 from keeper.app import KEEPER
 from keeper.app import create_app as create_keeper
@@ -128,7 +128,7 @@ async def run(nodes: int, concurrency: int) -> None:
         clock.offset = 2 * 3600  # past the round's deadline
         started = time.perf_counter()
         while True:
-            rounds = await asyncio.to_thread(hub.rounds.rounds)
+            rounds = await asyncio.to_thread(hub.rounds.records.rounds)
             if rounds and rounds[0].state in ("published", "failed"):
                 break
             await asyncio.sleep(0.05)

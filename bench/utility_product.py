@@ -1,7 +1,7 @@
 """The utility bench's one door into the product: node import, true tables, export, hub merge and views.
 
 Every step that decides a published or shown number is the product's own public
-function, called here and nowhere else in the bench, so a change to node/export.py,
+function, called here and nowhere else in the bench, so a change to node/noising.py,
 node/windows.py, federation/intake.py or the release semantics touches this file only.
 """
 
@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from keeper.answer import keeper_noise
-from node.export import build_snapshot
+from node.noising import build_snapshot
 from protocol.catalog import Catalog, load_catalog, parse_catalog
 from protocol.noise import laplace_variance
 from protocol.rounds import federation_vector
@@ -107,8 +107,8 @@ def import_history(
     `catalog_path`: the nodes' catalog (`catalog_file`), None for the default.
     """
     from node.aggregate import true_tables
-    from node.app import close_node, open_node
     from node.importer import import_lines
+    from node.service import close_node, open_node
     from node.settings import NodeSettings
 
     days = (int(today.timestamp()) - min(windows)) // DAY

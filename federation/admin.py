@@ -1,7 +1,7 @@
 """The hub operator's commands, each one function: run by the hub's admin socket, its admin HTTP API, or the CLI on its files.
 
-`HUB_OPERATIONS` is what the socket serves (federation/app.py); `federation.app.offline_hub` opens
-a stopped hub for the CLI (runtime/admin.py picks the way). Results are data; `render` gives the CLI's lines.
+`HUB_OPERATIONS` is what the socket serves (federation/app.py); a stopped hub
+is opened by the CLI itself (runtime/admin.py picks the way). Results are data; `render` gives the CLI's lines.
 """
 
 from __future__ import annotations
@@ -15,47 +15,19 @@ from pydantic import BaseModel
 from federation.keepers import fetch_statement
 from protocol.errors import BadRequest, ProblemType
 from protocol.keys import PublicKey
+from runtime import enrollment
 from runtime.admin import Blob, Operation
-from runtime.registry import Kind, NodeRecord
+from runtime.enrollment import Enrolled, Nodes, NoParams, Revoked, RevokeParams
+from runtime.registry import Kind
 
 if TYPE_CHECKING:
-    from federation.app import Hub  # which serves these operations on its socket
+    from federation.service import Hub  # which serves these operations on its socket
 
 log = logging.getLogger("liberation.hub")
 
 
-class NoParams(BaseModel):
-    pass
-
-
-class Enrolled(BaseModel):
-    """One enrolled key, as the admin API and the CLI show it."""
-
-    key_id: str
-    name: str
-    public_key: str
-    enrolled: int
-    revoked: int | None
-    active: bool
-    kind: Kind
-
-    @classmethod
-    def of(cls, record: NodeRecord) -> Enrolled:
-        return cls.model_validate(record.to_dict())
-
-    def line(self) -> str:
-        return f"{self.key_id}  {'active' if self.active else 'revoked':8s} {self.kind:5s} {self.name}"
-
-
-class Nodes(BaseModel):
-    nodes: list[Enrolled]
-
-    def render(self) -> list[str]:
-        return [n.line() for n in self.nodes] or ["no node enrolled"]
-
-
 async def list_nodes(hub: Hub, params: NoParams) -> Nodes:
-    return Nodes(nodes=[Enrolled.of(r) for r in hub.registry.nodes()])
+    return enrollment.list_nodes(hub.registry)
 
 
 class EnrollParams(BaseModel):
@@ -100,22 +72,11 @@ async def enroll(hub: Hub, params: EnrollParams) -> Enrollment:
     return Enrollment(record=Enrolled.of(record), changed=known)
 
 
-class RevokeParams(BaseModel):
-    node: str  # key id or name
-
-
-class Revoked(BaseModel):
-    record: Enrolled
-
-    def render(self) -> str:
-        return f"revoked {self.record.name}: key id {self.record.key_id}"
-
-
 async def revoke(hub: Hub, params: RevokeParams) -> Revoked:
     """Revoke a node by key id or name: its later snapshots are refused, what was merged stays."""
-    record = await asyncio.to_thread(hub.registry.revoke, params.node)
-    log.info("revoked", extra={"node": record.key_id, "node_name": record.name})
-    return Revoked(record=Enrolled.of(record))
+    done = await enrollment.revoke(hub.registry, params)
+    log.info("revoked", extra={"node": done.record.key_id, "node_name": done.record.name})
+    return done
 
 
 class ImportParams(BaseModel):

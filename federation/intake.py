@@ -33,6 +33,9 @@ statements and commit (~15 ms) is paid once per batch, not once per snapshot.
 (10) sees the earlier envelopes of its own batch as well as the stored ones. A
 request is answered only after its batch committed (acked means durable) and
 after the batch before it was archived.
+
+(10) and (11) are federation/intake_commit.py. This module stays whole past ~400 lines on
+purpose: checks (1)-(9) read in step order, beside the scheduling that decides where each runs.
 """
 
 from __future__ import annotations
@@ -42,13 +45,10 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TypeVar
 
-import duckdb
-import pyarrow as pa
-
-from federation.archive import Accepted, Archive
+from federation.archive import Archive
+from federation.intake_commit import Checked, IntakeCommit, IntakeResult, Outcome
 from federation.logwriter import LogWriter
 from federation.metrics import HubMetrics
 from federation.store import HubStore
@@ -57,7 +57,6 @@ from protocol.codec import EnvelopeError
 from protocol.envelope import Envelope, SignatureError
 from protocol.errors import (
     BadRequest,
-    Conflict,
     PayloadTooLarge,
     Problem,
     ProblemType,
@@ -65,7 +64,7 @@ from protocol.errors import (
     Unprocessable,
 )
 from protocol.snapshot import Snapshot, max_envelope_size
-from protocol.windows import WINDOW_LENGTHS, is_window_start
+from protocol.windows import is_window_start
 from runtime.groupcommit import GroupQueue, StorageUnavailable, storage_unavailable
 from runtime.registry import Kind, Registry
 from views.merge import snapshot_rows
@@ -96,33 +95,8 @@ LINGER_SECONDS = 0.015
 """Longest a commit waits to gather its batch: a transaction costs about as much for 1 envelope as for 16."""
 
 
-@dataclass(frozen=True)
-class IntakeResult:
-    """What intake did with one envelope."""
-
-    status: str  # "accepted" or "duplicate"
-    node: str
-    window_start: int
-    digest: str
-    log_seq: int | None
-
-
-@dataclass(frozen=True)
-class Checked:
-    """An envelope that passed checks (1)-(9), waiting for (10) and (11)."""
-
-    envelope: bytes
-    digest: str
-    snapshot: Snapshot
-    rows: pa.Table  # its merged-cell rows, built here rather than in the (serial) commit
-    started: float  # perf_counter() when its intake began
-
-
-Outcome = IntakeResult | Problem
-
-
 class Intake:
-    """Verifies and merges snapshots; the only code that writes envelopes and merged cells."""
+    """Checks snapshots, (1)-(9), and hands them in batches to (10) and (11) (`committer`, federation/intake_commit.py)."""
 
     def __init__(
         self,
@@ -143,9 +117,9 @@ class Intake:
         """`log`: the transparency log's writer, shared with federation rounds (a fresh one if None)."""
         self.store = store
         self.log = log if log is not None else LogWriter(store)
+        self.committer = IntakeCommit(self.log, archive, now)
         self.registry = registry
         self.catalogs = catalogs
-        self.archive = archive
         self.metrics = metrics
         self.max_bytes = max_bytes
         self.horizon = horizon_seconds
@@ -154,7 +128,7 @@ class Intake:
         self.max_batch = max_batch
         self._on_accept = on_accept
         self._queue: GroupQueue[Checked] = GroupQueue(max_batch)
-        self._committer: asyncio.Task[None] | None = None
+        self._commit_task: asyncio.Task[None] | None = None
         self._checking = 0  # envelopes in checks (4)-(9) in a worker thread, about to queue
         self._arrived = asyncio.Event()  # set when an envelope queues or a check ends
         self._inflight = 0  # requests inside `submit`
@@ -201,9 +175,9 @@ class Intake:
                 self._arrived.set()
         future = self._queue.put(checked, 1)
         self._arrived.set()
-        if self._committer is None or self._committer.done():
+        if self._commit_task is None or self._commit_task.done():
             # Runs while envelopes are queued, then ends: nothing to start or stop with the app.
-            self._committer = loop.create_task(self._commit_queued(), name="hub-intake-commit")
+            self._commit_task = loop.create_task(self._commit_queued(), name="hub-intake-commit")
         try:
             outcome: Outcome = await future
         except StorageUnavailable:
@@ -229,7 +203,7 @@ class Intake:
             group = await self._queue.take()
             checked = group.items
             try:
-                outcomes = await asyncio.to_thread(self._store, checked)
+                outcomes = await asyncio.to_thread(self.committer.store, checked)
             except Exception as exc:  # noqa: BLE001 - every waiter must hear of it
                 log.error("commit of %d snapshots failed: %s", len(checked), type(exc).__name__)
                 self._queue.settle(group, error=StorageUnavailable(type(exc).__name__))
@@ -238,7 +212,7 @@ class Intake:
                 await _archived(archiving)
             self._count(checked, outcomes)
             self._queue.settle(group, results=outcomes)
-            archiving = asyncio.ensure_future(asyncio.to_thread(self._archive, checked, outcomes))
+            archiving = asyncio.ensure_future(asyncio.to_thread(self.committer.archive_accepted, checked, outcomes))
 
     async def _linger(self) -> None:
         """Wait briefly until half the clients posting lately have queued, and for envelopes still being checked.
@@ -332,30 +306,10 @@ class Intake:
         Returns one outcome per envelope: its IntakeResult, or the Problem
         (equivocation, or a merged sum that would overflow) to answer with.
         """
-        outcomes = self._store(batch)
-        self._archive(batch, outcomes)
+        outcomes = self.committer.store(batch)
+        self.committer.archive_accepted(batch, outcomes)
         self._count(batch, outcomes)
         return outcomes
-
-    def _store(self, batch: Sequence[Checked]) -> list[Outcome]:
-        try:
-            return self._commit(batch)
-        except duckdb.DataError:
-            # A merged sum would overflow. Only its snapshot is refused: commit the rest one at a time.
-            return [self._commit_alone(checked) for checked in batch]
-
-    def _commit_alone(self, checked: Checked) -> Outcome:
-        try:
-            return self._commit([checked])[0]
-        except duckdb.DataError:
-            return Unprocessable("merging this snapshot would overflow a merged sum", slug=ProblemType.CELLS_OUT_OF_DOMAIN)
-
-    def _archive(self, batch: Sequence[Checked], outcomes: Sequence[Outcome]) -> None:
-        self.archive.write([
-            Accepted(checked.snapshot, checked.digest, outcome.log_seq, checked.rows)
-            for checked, outcome in zip(batch, outcomes, strict=False)
-            if isinstance(outcome, IntakeResult) and outcome.status == "accepted" and outcome.log_seq is not None
-        ])
 
     def _count(self, batch: Sequence[Checked], outcomes: Sequence[Outcome]) -> None:
         for checked, outcome in zip(batch, outcomes, strict=False):
@@ -374,192 +328,11 @@ class Intake:
                 self.metrics.duplicates.inc()
             self.metrics.intake_seconds.observe(time.perf_counter() - checked.started)
 
-    def _commit(self, batch: Sequence[Checked]) -> list[Outcome]:
-        outcomes: list[Outcome | None] = [None] * len(batch)
-        received = int(self.now())
-        with self.log.transaction() as tx:
-            # (10) one window length per node: nothing overlapping a window of another length it sent
-            for i in sorted(overlapping := self._overlapping(tx, batch)):
-                outcomes[i] = Unprocessable(
-                    "this node sent a window of another length that overlaps this one: a node publishes one "
-                    "window length, or its data would count twice", slug=ProblemType.OVERLAPPING_WINDOW,
-                    extra={"window_start": batch[i].snapshot.window_start},
-                )
-            live = [i for i in range(len(batch)) if i not in overlapping]
-            # (10) within the batch: the first envelope of a (node, window) is the one offered to the store
-            first: dict[tuple[str, int], int] = {}
-            for i in live:
-                first.setdefault((batch[i].snapshot.node, batch[i].snapshot.window_start), i)
-            offered = sorted(first.values())
-            inserted = self._insert_envelopes(tx, [batch[i] for i in offered], received)
-            # (10) against the store: what did not insert was there before
-            kept: dict[tuple[str, int], tuple[bytes, str]] = {}
-            for i in offered:
-                key = (batch[i].snapshot.node, batch[i].snapshot.window_start)
-                if key in inserted:
-                    kept[key] = (batch[i].envelope, batch[i].digest)
-                else:
-                    row = tx.execute(
-                        "SELECT envelope, digest FROM envelopes WHERE key_id = ? AND window_start = ?", list(key)
-                    ).fetchall()
-                    kept[key] = (bytes(row[0][0]), str(row[0][1]))
-            fresh: list[int] = []
-            incidents: list[list[object]] = []
-            for i in live:
-                checked = batch[i]
-                snapshot = checked.snapshot
-                key = (snapshot.node, snapshot.window_start)
-                kept_envelope, kept_digest = kept[key]
-                if first[key] == i and key in inserted:
-                    fresh.append(i)
-                elif kept_envelope == checked.envelope:
-                    outcomes[i] = IntakeResult("duplicate", snapshot.node, snapshot.window_start, checked.digest, None)
-                else:
-                    # The incident row is committed; the offer itself is refused.
-                    incidents.append(["equivocation", *key, kept_digest, checked.digest, received])
-                    outcomes[i] = Conflict(
-                        "this node already published different bytes for this window", slug=ProblemType.EQUIVOCATION,
-                        extra={"window_start": snapshot.window_start},
-                    )
-            for incident in incidents:
-                tx.execute("INSERT INTO incidents VALUES (?, ?, ?, ?, ?, ?)", incident)
-            if fresh:
-                accepted = [batch[i] for i in fresh]
-                self._merge(tx, accepted)
-                seqs = self.log.append(tx, [_log_entry(c, received) for c in accepted])
-                for i, seq in zip(fresh, seqs, strict=False):
-                    snapshot = batch[i].snapshot
-                    outcomes[i] = IntakeResult("accepted", snapshot.node, snapshot.window_start, batch[i].digest, seq)
-        assert all(outcome is not None for outcome in outcomes)
-        return outcomes  # type: ignore[return-value]
-
-    def _overlapping(self, tx: duckdb.DuckDBPyConnection, batch: Sequence[Checked]) -> set[int]:
-        """Positions in `batch` of windows that overlap a window of another length from the same node,
-        stored or earlier in the batch (a day and an hour of it: the node's data would count twice)."""
-        snapshots = [c.snapshot for c in batch]
-        rows = pa.table(
-            {
-                "pos": pa.array(range(len(batch)), pa.int64()),
-                "key_id": [s.node for s in snapshots],
-                "window_start": pa.array([s.window_start for s in snapshots], pa.int64()),
-                "window_end": pa.array([s.window_end for s in snapshots], pa.int64()),
-            }
-        )
-        # A stored window overlapping [start, end) starts after start minus the longest window length:
-        # the literal bounds let DuckDB skip row groups by their min/max.
-        low = min(s.window_start for s in snapshots) - max(WINDOW_LENGTHS.values())
-        high = max(s.window_end for s in snapshots)
-        with _registered(tx, "incoming_windows", rows):
-            hits = tx.execute(
-                """
-                SELECT DISTINCT i.pos FROM incoming_windows i JOIN envelopes e ON e.key_id = i.key_id
-                WHERE e.window_start > ? AND e.window_start < ?
-                  AND e.window_start < i.window_end AND e.window_end > i.window_start
-                  AND e.window_end - e.window_start <> i.window_end - i.window_start
-                """,
-                [low, high],
-            ).fetchall()
-        refused = {int(pos) for (pos,) in hits}
-        spans: dict[str, list[tuple[int, int]]] = {}
-        for i, s in enumerate(snapshots):
-            if i in refused:
-                continue
-            length = s.window_end - s.window_start
-            mine = spans.setdefault(s.node, [])
-            if any(a < s.window_end and s.window_start < b and b - a != length for a, b in mine):
-                refused.add(i)
-            else:
-                mine.append((s.window_start, s.window_end))
-        return refused
-
-    def _insert_envelopes(
-        self, tx: duckdb.DuckDBPyConnection, offered: Sequence[Checked], received: int
-    ) -> set[tuple[str, int]]:
-        """Insert the envelopes of (node, window)s not stored yet; return the keys that were inserted."""
-        snapshots = [c.snapshot for c in offered]
-        rows = pa.table(
-            {
-                "key_id": [s.node for s in snapshots],
-                "window_start": pa.array([s.window_start for s in snapshots], pa.int64()),
-                "window_end": pa.array([s.window_end for s in snapshots], pa.int64()),
-                "catalog": [s.catalog for s in snapshots],
-                "seq": pa.array([s.seq for s in snapshots], pa.int64()),
-                "nodes": pa.array([s.nodes for s in snapshots], pa.int32()),
-                "digest": [c.digest for c in offered],
-                "envelope": pa.array([c.envelope for c in offered], pa.binary()),
-                "received": pa.array([received] * len(offered), pa.int64()),
-            }
-        )
-        with _registered(tx, "incoming_envelopes", rows):
-            inserted = tx.execute(
-                "INSERT INTO envelopes SELECT * FROM incoming_envelopes ON CONFLICT DO NOTHING RETURNING key_id, window_start"
-            ).fetchall()
-        return {(str(k), int(w)) for k, w in inserted}
-
-    def _merge(self, tx: duckdb.DuckDBPyConnection, accepted: Sequence[Checked]) -> None:
-        windows: dict[tuple[str, int], list[int]] = {}
-        for checked in accepted:
-            snapshot = checked.snapshot
-            window = windows.setdefault((snapshot.catalog, snapshot.window_start), [snapshot.window_end, 0])
-            window[1] += snapshot.nodes
-        incoming = pa.concat_tables([checked.rows for checked in accepted])
-        # Summed per cell first: one upsert may not touch a row twice; casts refuse an overflowing sum.
-        with _registered(tx, "incoming_cells", incoming):
-            tx.execute(
-                """
-                INSERT INTO merged
-                SELECT catalog, window_start, metric, kind, idx,
-                       sum(value)::BIGINT, sum(variance), sum(nodes)::INTEGER
-                FROM incoming_cells GROUP BY catalog, window_start, metric, kind, idx
-                ON CONFLICT (catalog, window_start, metric, kind, idx) DO UPDATE SET
-                    value = merged.value + excluded.value,
-                    variance = merged.variance + excluded.variance,
-                    nodes = merged.nodes + excluded.nodes
-                """
-            )
-        # Usually one window per batch: plain statements cost less than an Arrow upsert here.
-        for (catalog, start), (end, nodes) in windows.items():
-            updated = tx.execute(
-                "UPDATE windows SET nodes = nodes + ? WHERE catalog = ? AND window_start = ?", [nodes, catalog, start]
-            ).fetchall()
-            if not updated[0][0]:
-                tx.execute("INSERT INTO windows VALUES (?, ?, ?, ?)", [catalog, start, end, nodes])
-
-
-
-def _log_entry(checked: Checked, received: int) -> dict[str, object]:
-    """An accepted snapshot's transparency log entry: who, which window, what digest, the epsilon per metric."""
-    snapshot = checked.snapshot
-    return {
-        "node": snapshot.node, "window_start": snapshot.window_start, "window_end": snapshot.window_end,
-        "catalog": snapshot.catalog, "digest": checked.digest,
-        "epsilon": {name: cells.epsilon for name, cells in snapshot.metrics.items()}, "accepted": received,
-    }
-
-
 async def _archived(archiving: asyncio.Future[None]) -> None:
     try:
         await archiving
     except Exception as exc:  # noqa: BLE001 - committed and answered; the archive can be rebuilt from the store
         log.error("archive write failed: %s", type(exc).__name__)
-
-
-class _registered:
-    """An Arrow table visible to SQL under `name` for the length of a `with` block."""
-
-    def __init__(self, con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
-        self._con, self._name, self._table = con, name, table
-
-    def __enter__(self) -> None:
-        self._con.register(self._name, self._table)
-
-    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
-        try:
-            self._con.unregister(self._name)
-        except duckdb.Error:
-            if exc_type is None:
-                raise
-            # The transaction is aborted by the error on its way out, which is the one to report.
 
 
 def size_limit(catalogs: Mapping[str, Catalog], ceiling: int) -> int:

@@ -1,51 +1,31 @@
-"""The hub's Prometheus metrics, in a registry of its own."""
+"""The hub's Prometheus metrics (runtime/standard_metrics.py gives the registry, prefix and standard ones)."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-
-from runtime.standard_metrics import register_standard_metrics
+from runtime.standard_metrics import ServiceMetrics
 
 PREFIX = "liberation_hub_"
 """Every metric of a hub starts with it (a node's with liberation_node_)."""
 
 
-class HubMetrics:
+class HubMetrics(ServiceMetrics):
     """Counters of intake outcomes (one label value per intake check) and view latency."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        register_standard_metrics(r, PREFIX)
-        self.accepted = Counter("liberation_hub_snapshots_accepted", "Snapshots verified and merged", registry=r)
-        self.duplicates = Counter(
-            "liberation_hub_snapshots_duplicate", "Replays of an accepted snapshot (idempotent)", registry=r
+        super().__init__(PREFIX)
+        self.accepted = self.counter("snapshots_accepted", "Snapshots verified and merged")
+        self.duplicates = self.counter("snapshots_duplicate", "Replays of an accepted snapshot (idempotent)")
+        self.rejected = self.counter("snapshots_rejected", "Snapshots refused, by intake check", ["reason"])
+        self.equivocations = self.counter("equivocations", "Nodes that offered different bytes for a window")
+        self.intake_seconds = self.histogram(
+            "intake_seconds", "Intake of one snapshot", (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
         )
-        self.rejected = Counter(
-            "liberation_hub_snapshots_rejected", "Snapshots refused, by intake check", ["reason"], registry=r
+        self.view_seconds = self.histogram(
+            "view_seconds", "Views API latency", (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25), ["view"]
         )
-        self.equivocations = Counter(
-            "liberation_hub_equivocations", "Nodes that offered different bytes for a window", registry=r
+        self.contributions_accepted = self.counter("contributions_accepted", "Round contributions verified and stored")
+        self.contributions_rejected = self.counter(
+            "contributions_rejected", "Round contributions refused, by check", ["reason"]
         )
-        self.intake_seconds = Histogram(
-            "liberation_hub_intake_seconds", "Intake of one snapshot",
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5), registry=r,
-        )
-        self.view_seconds = Histogram(
-            "liberation_hub_view_seconds", "Views API latency", ["view"],
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25), registry=r,
-        )
-
-        self.contributions_accepted = Counter(
-            "liberation_hub_contributions_accepted", "Round contributions verified and stored", registry=r
-        )
-        self.contributions_rejected = Counter(
-            "liberation_hub_contributions_rejected", "Round contributions refused, by check", ["reason"], registry=r
-        )
-        self.rounds = Counter("liberation_hub_rounds", "Rounds that reached a state", ["state"], registry=r)
-        self.keeper_requests = Counter(
-            "liberation_hub_keeper_requests", "Requests to share keepers, by outcome", ["outcome"], registry=r
-        )
-
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+        self.rounds = self.counter("rounds", "Rounds that reached a state", ["state"])
+        self.keeper_requests = self.counter("keeper_requests", "Requests to share keepers, by outcome", ["outcome"])

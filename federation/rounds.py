@@ -16,28 +16,27 @@
 Every state change is one DuckDB transaction, and nothing is kept only in memory: a hub killed
 at any point takes up where it was (a keeper asked twice for the same set answers the same bytes).
 Contributions, keeper answers and the published round are transparency log entries, so anyone can
-recompute the aggregate from the signed parts (liberation/logaudit.py).
+recompute the aggregate from the signed parts (liberation/logaudit.py). Stored rounds are read
+through federation/round_records.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import numpy as np
-import numpy.typing as npt
 
 from federation.keepers import KeeperEndpoint, Keepers
 from federation.logwriter import LogWriter
 from federation.metrics import HubMetrics
+from federation.round_records import Round, RoundRecords
 from federation.settings import RoundsSettings
 from federation.store import HubStore
 from protocol.catalog import Catalog
@@ -58,58 +57,6 @@ log = logging.getLogger("liberation.hub.rounds")
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
 MAX_CHECK_PASSES = 4
 """Checks of a closed round per pass: each may leave out nodes whose seeds a keeper cannot open."""
-
-
-@dataclass(frozen=True)
-class Round:
-    """A round as stored."""
-
-    catalog: str
-    window_start: int
-    window_end: int
-    state: str
-    opened: int
-    deadline: int
-    keepers: tuple[str, ...]
-    participants: tuple[tuple[str, str], ...] | None
-    """(node key id, contribution digest), ascending; fixed when the round closes (it shrinks only while closed)."""
-    published: int | None
-    note: str | None
-
-    @property
-    def key(self) -> list[object]:
-        return [self.catalog, self.window_start, self.window_end]
-
-
-@dataclass(frozen=True)
-class PublishedRound:
-    """A published round's aggregate, as views read it."""
-
-    window_start: int
-    window_end: int
-    aggregate: npt.NDArray[np.int64]
-    nodes: int
-    keepers: int
-
-
-class PublishedRounds:
-    """The published rounds' aggregates, as the views read them (views/ranges.py `RoundRanges`)."""
-
-    def __init__(self, store: HubStore) -> None:
-        self.store = store
-
-    def published(self, catalog: Catalog, start: int, end: int) -> dict[int, PublishedRound]:
-        """The published rounds of a catalog whose windows start in [start, end)."""
-        rows = self.store.cursor().execute(
-            "SELECT window_start, window_end, aggregate, participants, keepers FROM rounds "
-            "WHERE catalog = ? AND state = 'published' AND window_start >= ? AND window_start < ? ORDER BY window_start",
-            [catalog.hash, start, end],
-        ).fetchall()
-        return {
-            int(w): PublishedRound(int(w), int(e), np.frombuffer(bytes(a), dtype="<i8").astype(np.int64),
-                                   len(json.loads(p)), len(json.loads(k)))
-            for w, e, a, p, k in rows
-        }
 
 
 class Rounds:
@@ -137,87 +84,27 @@ class Rounds:
         self.settings = settings
         self.now = now
         self._on_publish = on_publish
+        self.records = RoundRecords(store)
 
     def deadline(self, window_end: int, opened: int) -> int:
         """When a round opened at `opened` closes: after its nodes had time to export and push."""
         return max(window_end + self.settings.close_after_seconds, opened + self.settings.collect_seconds)
-
-    # ---- reading --------------------------------------------------------------------------
-
-    def rounds(self, states: Sequence[str] | None = None) -> list[Round]:
-        rows = self.store.cursor().execute(
-            "SELECT catalog, window_start, window_end, state, opened, deadline, keepers, participants, published, note "
-            "FROM rounds ORDER BY window_start, catalog"
-        ).fetchall()
-        out = [_round(r) for r in rows]
-        return [r for r in out if states is None or r.state in states]
-
-    def get(self, catalog: str, window_start: int) -> Round | None:
-        return next((r for r in self.rounds() if r.catalog == catalog and r.window_start == window_start), None)
-
-    def contributions(self, rnd: Round, nodes: Sequence[str] | None = None) -> list[tuple[str, str, bytes]]:
-        """(node, digest, envelope) of a round's contributions, ascending by node; only `nodes` if given."""
-        rows = self.store.cursor().execute(
-            "SELECT key_id, digest, envelope FROM round_contributions WHERE catalog = ? AND window_start = ? "
-            "AND window_end = ? ORDER BY key_id", rnd.key,
-        ).fetchall()
-        wanted = set(nodes) if nodes is not None else None
-        return [(str(k), str(d), bytes(e)) for k, d, e in rows if wanted is None or k in wanted]
-
-    def answers(self, rnd: Round) -> list[tuple[str, str, bytes]]:
-        """(keeper, digest, envelope) of the answers a round has, ascending by keeper."""
-        rows = self.store.cursor().execute(
-            "SELECT keeper, digest, envelope FROM round_answers WHERE catalog = ? AND window_start = ? "
-            "AND window_end = ? ORDER BY keeper", rnd.key,
-        ).fetchall()
-        return [(str(k), str(d), bytes(e)) for k, d, e in rows]
-
-    def version(self) -> int:
-        """Changes whenever a round is published (views are cached under it)."""
-        rows = self.store.cursor().execute("SELECT count(*) FROM rounds WHERE state = 'published'").fetchall()
-        return int(rows[0][0])
-
-    def document(self, rnd: Round) -> dict[str, Any]:
-        """`GET /v1/rounds/{window}`: the round with every signed part, base64, so anyone can recompute it."""
-        body: dict[str, Any] = {
-            "catalog": rnd.catalog, "window_start": rnd.window_start, "window_end": rnd.window_end,
-            "state": rnd.state, "opened": rnd.opened, "deadline": rnd.deadline, "keepers": list(rnd.keepers),
-            "published": rnd.published, "note": rnd.note,
-        }
-        if rnd.participants is not None:
-            nodes = [n for n, _ in rnd.participants]
-            body["participants"] = [
-                {"node": n, "digest": d, "contribution": base64.b64encode(e).decode()}
-                for n, d, e in self.contributions(rnd, nodes)
-            ]
-        body["answers"] = [{"keeper": k, "digest": d, "answer": base64.b64encode(e).decode()} for k, d, e in self.answers(rnd)]
-        if rnd.state == "published":
-            row = self.store.cursor().execute(
-                "SELECT aggregate FROM rounds WHERE catalog = ? AND window_start = ? AND window_end = ?", rnd.key
-            ).fetchall()
-            aggregate = bytes(row[0][0])
-            body["aggregate"] = np.frombuffer(aggregate, dtype="<i8").tolist()
-            answers = [(k, d) for k, d, _ in self.answers(rnd)]
-            document = round_document(rnd.catalog, rnd.window_start, rnd.window_end, rnd.participants or (), answers,
-                                      aggregate)
-            body["digest"] = hashlib.sha256(document).hexdigest()
-        return body
 
     # ---- the state machine ----------------------------------------------------------------
 
     async def step(self, session: aiohttp.ClientSession) -> None:
         """One pass: close rounds past their deadline, check closed ones with the keepers, ask for answers, publish."""
         await asyncio.to_thread(self.close_due)
-        for rnd in await asyncio.to_thread(self.rounds, ("closed",)):
+        for rnd in await asyncio.to_thread(self.records.rounds, ("closed",)):
             await self._check(session, rnd)
-        for rnd in await asyncio.to_thread(self.rounds, ("asked",)):
+        for rnd in await asyncio.to_thread(self.records.rounds, ("asked",)):
             await self._ask(session, rnd)
 
     def close_due(self) -> list[Round]:
         """Close every open round past its deadline: its participants are the contributions it has."""
         now = int(self.now())
         closed = []
-        for rnd in self.rounds(("open",)):
+        for rnd in self.records.rounds(("open",)):
             if rnd.deadline > now:
                 continue
             with self.store.transaction() as tx:
@@ -262,7 +149,7 @@ class Rounds:
 
     def _request(self, rnd: Round) -> bytes:
         assert rnd.participants is not None
-        parts = self.contributions(rnd, [n for n, _ in rnd.participants])
+        parts = self.records.contributions(rnd, [n for n, _ in rnd.participants])
         request = RoundRequest(rnd.catalog, rnd.window_start, rnd.window_end, tuple(e for _, _, e in parts))
         return sign_request(request, self.key)
 
@@ -331,7 +218,7 @@ class Rounds:
         endpoints = await asyncio.to_thread(self._endpoints, rnd)
         if endpoints is None or catalog is None:
             return
-        have = {k for k, _, _ in await asyncio.to_thread(self.answers, rnd)}
+        have = {k for k, _, _ in await asyncio.to_thread(self.records.answers, rnd)}
         body = b""
         for endpoint in endpoints:
             if endpoint.key_id in have:
@@ -392,8 +279,8 @@ class Rounds:
     def _publish(self, rnd: Round, catalog: Catalog) -> None:
         """Combine the round and publish it with its log entry, in one transaction."""
         assert rnd.participants is not None
-        contributions = self.contributions(rnd, [n for n, _ in rnd.participants])
-        answers = self.answers(rnd)
+        contributions = self.records.contributions(rnd, [n for n, _ in rnd.participants])
+        answers = self.records.answers(rnd)
         ys = [verify_contribution(e, max_size=len(e)).contribution.y for _, _, e in contributions]
         a_s = [verify_answer(e, max_size=len(e)).answer.a for _, _, e in answers]
         aggregate = combine(ys, a_s, catalog.federation_size)
@@ -417,14 +304,6 @@ class Rounds:
         if self._on_publish is not None:
             self._on_publish()
 
-
-def _round(row: Sequence[Any]) -> Round:
-    catalog, start, end, state, opened, deadline, keepers, participants, published, note = row
-    return Round(
-        str(catalog), int(start), int(end), str(state), int(opened), int(deadline), tuple(json.loads(keepers)),
-        tuple((str(n), str(d)) for n, d in json.loads(participants)) if participants is not None else None,
-        int(published) if published is not None else None, note,
-    )
 
 
 def _problem(data: bytes) -> dict[str, Any]:

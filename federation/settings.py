@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field
 
-from runtime.config import Off, PathTuple, Section, ServiceSettings, StrTuple, load_settings
-from runtime.tokens import AdminToken, strong_admin_token
+from runtime.config import OptionalPort, PathTuple, Port, Section, ServerSettings, StrTuple, load_settings
+from runtime.tokens import AdminToken
 
 ENV_PREFIX = "LIBERATION_HUB_"
 
@@ -26,18 +26,12 @@ class RoundsSettings(Section):
     keeper_timeout_seconds: float = Field(default=60.0, gt=0)
 
 
-class HubSettings(ServiceSettings):
+class HubSettings(ServerSettings):
     """Everything a hub operator can set; every field is documented in deploy/hub.example.toml."""
 
     data_dir: Path = Path("data/hub")
-    host: str = "127.0.0.1"
-    port: int = Field(default=8700, ge=0, le=65535)
-    # The operator's listener for /metrics (never the public port); None = no metrics served.
-    metrics_host: str = "127.0.0.1"
-    metrics_port: Annotated[Annotated[int, Field(ge=0, le=65535)] | None, Off] = 9700
-    # Most client connections open at once on the public port; at the cap a newcomer closes the
-    # longest-open idle one (or is closed, if every one is busy). Fitted to the open-file limit.
-    max_connections: int = Field(default=4096, ge=1)
+    port: Port = 8700
+    metrics_port: OptionalPort = 9700
     # The federation's catalog TOML (its window length, metrics, weights): what the views show
     # unless a request names another. None = the built-in default catalog.
     catalog: Path | None = None
@@ -45,6 +39,7 @@ class HubSettings(ServiceSettings):
     catalogs: PathTuple = ()
     views_cors_origins: StrTuple = ("*",)  # origins that may GET the public views; () = no CORS
     # Bearer token of the admin API (enroll, revoke, list nodes, incidents). None (unset, or "off") = admin API off.
+    # A guessable one is refused at start: the admin API shares its port with public intake.
     admin_token: AdminToken = None
     # Ceiling on an envelope's size; intake takes the smaller of this and twice the largest
     # envelope its catalogs can produce (protocol.snapshot.max_envelope_size).
@@ -56,16 +51,8 @@ class HubSettings(ServiceSettings):
     # A window is exported upstream (GET /v1/export, hub of hubs) this long after its end,
     # once late node snapshots had their chance; the export never changes afterwards.
     export_after_seconds: int = Field(default=6 * 3600, ge=0)
-    memory_limit: str = Field(default="640MB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|KiB|MiB|GiB)$")
-    log_level: str = "INFO"
 
     rounds: RoundsSettings = Field(default_factory=RoundsSettings)
-
-    @field_validator("admin_token")
-    @classmethod
-    def _strong_admin_token(cls, token: SecretStr | None) -> SecretStr | None:
-        """Refuse guessable admin tokens at start: the admin API shares its port with public intake."""
-        return strong_admin_token(token)
 
 
 def load_hub_settings(

@@ -17,30 +17,16 @@ All writes go through `transaction()`, one at a time.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
 
-from protocol.files import make_private_dir, make_private_files
-from runtime.storage import Database
-
-Migration = Callable[[duckdb.DuckDBPyConnection], None]
+from runtime.registry import NODES_TABLE
+from runtime.storage import FileDatabase, Migration
 
 
 def _v1(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute(
-        """
-        CREATE TABLE nodes (
-            key_id VARCHAR PRIMARY KEY,
-            name VARCHAR NOT NULL UNIQUE,
-            public_key BLOB NOT NULL,
-            enrolled BIGINT NOT NULL,
-            revoked BIGINT,
-            kind VARCHAR NOT NULL DEFAULT 'node'
-        )
-        """
-    )
+    con.execute(NODES_TABLE)
     con.execute(
         """
         CREATE TABLE envelopes (
@@ -190,20 +176,11 @@ MIGRATIONS: tuple[Migration, ...] = (_v1, _v2)
 """Schema migrations in order; the schema version is their count."""
 
 
-class HubStore(Database):
+class HubStore(FileDatabase):
     """Owns the hub's DuckDB file."""
 
     def __init__(self, path: Path, *, memory_limit: str = "640MB") -> None:
-        self.path = path
-        make_private_dir(path.parent)
-        # DuckDB's default spill directory, made here 0700 (DuckDB would use the umask's mode).
-        spill = path.with_name(path.name + ".tmp")
-        make_private_dir(spill)
-        con = duckdb.connect(str(path), config={"temp_directory": str(spill)})
-        super().__init__(con, MIGRATIONS, memory_limit=memory_limit)
-        # DuckDB made the file and its WAL with the umask's mode (a WAL made again after a
-        # checkpoint too: the services run under umask 077).
-        make_private_files(path, path.with_name(path.name + ".wal"))
+        super().__init__(path, MIGRATIONS, memory_limit=memory_limit)
 
     def envelope(self, key_id: str, window_start: int) -> bytes | None:
         """The envelope a key published for a window, exactly as accepted, if this hub holds one."""

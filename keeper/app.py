@@ -15,31 +15,34 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from aiohttp import web
 
+from keeper import admin
 from keeper.answer import Answerer
 from keeper.identity import KeeperIdentity, load_or_create_identity
 from keeper.metrics import KeeperMetrics
 from keeper.settings import KeeperSettings
 from keeper.store import KeeperStore
-from protocol import jsontext
 from protocol.catalog import Catalog, load_catalog
-from protocol.errors import BadRequest, ProblemType, UnsupportedMediaType
+from protocol.errors import ProblemType, UnsupportedMediaType
 from protocol.files import make_private_dir
 from protocol.keys import PublicKey
-from runtime.datadir import SERVICE_WAIT_SECONDS, DataDirLock
+from protocol.windows import format_utc
+from runtime import enrollment
+from runtime.admin import add_admin_socket
+from runtime.datadir import SERVICE_WAIT_SECONDS, DataDirLock, open_locked
 from runtime.metrics_listener import add_metrics_listener
 from runtime.problems import problem_middleware
 from runtime.registry import Registry
-from runtime.tokens import require_bearer
+from runtime.service import Route, add_routes
+from runtime.tokens import admin_service, enrollment_body
+from runtime.version import liberation_version
 
 log = logging.getLogger("liberation.keeper")
 
@@ -58,7 +61,7 @@ class Keeper:
     catalogs: dict[str, Catalog]
     metrics: KeeperMetrics
     answerer: Answerer
-    lock: DataDirLock | None = None  # this process's hold on the data dir, released by close_keeper
+    lock: DataDirLock  # this process's hold on the data dir, released by close_keeper
 
 
 KEEPER = web.AppKey("keeper", Keeper)
@@ -73,23 +76,15 @@ def open_keeper(settings: KeeperSettings, *, now: Now = time.time, wait_seconds:
 
     The data dir's lock comes first (runtime/datadir.py): one process at a time uses the files.
     """
-    lock = DataDirLock.acquire(settings.data_dir, "keeper", wait_seconds=wait_seconds)
-    try:
-        keeper = _open(settings, now)
-    except BaseException:
-        lock.release()
-        raise
-    keeper.lock = lock
-    return keeper
+    return open_locked(settings.data_dir, "keeper", lambda lock: _open(settings, now, lock), wait_seconds=wait_seconds)
 
 
 def close_keeper(keeper: Keeper) -> None:
     keeper.store.close()
-    if keeper.lock is not None:
-        keeper.lock.release()
+    keeper.lock.release()
 
 
-def _open(settings: KeeperSettings, now: Now) -> Keeper:
+def _open(settings: KeeperSettings, now: Now, lock: DataDirLock) -> Keeper:
     make_private_dir(settings.data_dir)
     identity = load_or_create_identity(settings.data_dir)
     store = KeeperStore(data_paths(settings)["db"], memory_limit=settings.memory_limit)
@@ -101,11 +96,7 @@ def _open(settings: KeeperSettings, now: Now) -> Keeper:
         hub_keys=[PublicKey.from_b64(k) for k in settings.hub_keys], metrics=metrics,
         max_bytes=settings.max_request_bytes, skew_seconds=settings.clock_skew_seconds, now=now,
     )
-    return Keeper(settings, identity, store, registry, catalogs, metrics, answerer)
-
-
-def _iso(ts: int) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return Keeper(settings, identity, store, registry, catalogs, metrics, answerer, lock)
 
 
 async def _body(request: web.Request) -> bytes:
@@ -145,8 +136,8 @@ async def _ledger(request: web.Request) -> web.Response:
     return web.json_response({
         "keeper": keeper.identity.key_id,
         "rounds": [
-            {"catalog": r.catalog, "window_start": _iso(r.window_start), "window_end": _iso(r.window_end),
-             "nodes": r.nodes, "participants": r.participants, "digest": r.digest, "answered": _iso(r.answered)}
+            {"catalog": r.catalog, "window_start": format_utc(r.window_start), "window_end": format_utc(r.window_end),
+             "nodes": r.nodes, "participants": r.participants, "digest": r.digest, "answered": format_utc(r.answered)}
             for r in rows
         ],
     })
@@ -157,42 +148,22 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "key_id": keeper.identity.key_id})
 
 
-def _admin(request: web.Request) -> Keeper:
-    keeper = request.app[KEEPER]
-    require_bearer(request, keeper.settings.admin_token)
-    return keeper
-
-
 async def _admin_nodes(request: web.Request) -> web.Response:
-    keeper = _admin(request)
-    return web.json_response({"nodes": [r.to_dict() for r in keeper.registry.nodes()]})
+    keeper = admin_service(request, KEEPER)
+    return web.json_response((await admin.list_nodes(keeper, enrollment.NoParams())).model_dump())
 
 
 async def _admin_enroll(request: web.Request) -> web.Response:
-    keeper = _admin(request)
-    try:
-        data = jsontext.loads(await request.text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadRequest("body must be JSON: {\"name\": ..., \"public_key\": ...}", slug=ProblemType.MALFORMED_BODY) from None
-    if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not isinstance(data.get("public_key"), str):
-        raise BadRequest("`name` and `public_key` (base64 or PEM) are required", slug=ProblemType.INVALID_ENROLLMENT)
-    try:
-        public_key = PublicKey.parse(data["public_key"])
-    except ValueError:
-        raise BadRequest("`public_key` is not an Ed25519 public key (base64 or PEM)", slug=ProblemType.INVALID_KEY) from None
-    record = await asyncio.to_thread(keeper.registry.enroll, data["name"], public_key, "node")
-    log.info("enrolled", extra={"node": record.key_id, "node_name": record.name})
-    return web.json_response(record.to_dict(), status=201)
+    keeper = admin_service(request, KEEPER)
+    data = await enrollment_body(request)
+    done = await admin.enroll(keeper, admin.EnrollParams(name=data["name"], public_key=data["public_key"]))
+    return web.json_response(done.record.model_dump(), status=201)
 
 
 async def _admin_revoke(request: web.Request) -> web.Response:
-    keeper = _admin(request)
-    record = await asyncio.to_thread(keeper.registry.revoke, request.match_info["node"])
-    log.info("revoked", extra={"node": record.key_id, "node_name": record.name})
-    return web.json_response(record.to_dict())
-
-
-Route = tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]
+    keeper = admin_service(request, KEEPER)
+    done = await admin.revoke(keeper, enrollment.RevokeParams(node=request.match_info["node"]))
+    return web.json_response(done.record.model_dump())
 
 
 def create_app(settings: KeeperSettings, *, now: Now = time.time) -> web.Application:
@@ -210,6 +181,10 @@ def create_app(settings: KeeperSettings, *, now: Now = time.time) -> web.Applica
         close_keeper(keeper)
 
     app.cleanup_ctx.append(lifecycle)
+    add_admin_socket(
+        app, service="keeper", version=liberation_version(), data_dir=settings.data_dir,
+        target=lambda app: app[KEEPER], operations=admin.KEEPER_OPERATIONS,
+    )
     add_metrics_listener(
         app, service="keeper", host=settings.metrics_host, port=settings.metrics_port,
         render=lambda app: app[KEEPER].metrics.render,
@@ -224,6 +199,5 @@ def create_app(settings: KeeperSettings, *, now: Now = time.time) -> web.Applica
         ("DELETE", "/v1/admin/nodes/{node}", _admin_revoke),
         ("GET", "/healthz", _healthz),
     ]
-    for method, path, handler in routes:
-        app.router.add_route(method, path, handler)
+    add_routes(app, routes)
     return app

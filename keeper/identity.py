@@ -8,19 +8,15 @@ the identity (`protocol.rounds.KeeperKey`), so a hub cannot swap it for one of i
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from protocol.files import PRIVATE_FILE_MODE, make_private_dir, write_file_then
-from protocol.keys import KeyFileError, SigningKey, load_or_create
+from protocol.files import make_private_dir
+from protocol.keys import KeyFileError, SigningKey, load_or_create, load_private_key, save_private_key
 from protocol.rounds import KeeperKey
-
-MAX_KEY_FILE_SIZE = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -54,36 +50,11 @@ def load_or_create_identity(data_dir: Path) -> KeeperIdentity:
 def _load_or_create_sealing(path: Path) -> X25519PrivateKey:
     if not os.path.lexists(path):
         key = X25519PrivateKey.generate()
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
         try:
-            write_file_then(path, pem, PRIVATE_FILE_MODE, os.link)  # never over an existing key
+            save_private_key(path, key)  # never over an existing key
             return key
         except FileExistsError:
             pass  # created meanwhile by another process: use theirs
         except OSError as exc:
             raise KeyFileError(f"cannot write key file {path}: {exc.strerror or exc}") from None
-    return _load_sealing(path)
-
-
-def _load_sealing(path: Path) -> X25519PrivateKey:
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise KeyFileError(f"cannot open key file {path}: {exc.strerror or exc}") from None
-    try:
-        info = os.fstat(fd)
-        mode = stat.S_IMODE(info.st_mode)
-        if not stat.S_ISREG(info.st_mode):
-            raise KeyFileError(f"key file {path} is not a regular file")
-        if mode & 0o077:
-            raise KeyFileError(f"key file {path} has mode {mode:04o}, readable beyond its owner; run `chmod 600 {path}`")
-        data = os.read(fd, MAX_KEY_FILE_SIZE + 1)
-    finally:
-        os.close(fd)
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise KeyFileError(f"key file {path} is not a valid PKCS#8 private key") from None
-    if not isinstance(key, X25519PrivateKey):
-        raise KeyFileError(f"key file {path} holds a key that is not X25519")
-    return key
+    return load_private_key(path, "X25519")

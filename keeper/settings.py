@@ -4,27 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, field_validator
 
 from protocol.keys import PublicKey
-from runtime.config import Off, PathTuple, ServiceSettings, StrTuple, load_settings
-from runtime.tokens import AdminToken, strong_admin_token
+from runtime.config import MemoryLimit, OptionalPort, PathTuple, Port, ServerSettings, StrTuple, load_settings
+from runtime.tokens import AdminToken
 
 ENV_PREFIX = "LIBERATION_KEEPER_"
 
 
-class KeeperSettings(ServiceSettings):
+class KeeperSettings(ServerSettings):
     """Everything a keeper operator can set; every field is documented in deploy/keeper.example.toml."""
 
     data_dir: Path = Path("data/keeper")
-    host: str = "127.0.0.1"
-    port: int = Field(default=8710, ge=0, le=65535)
-    # The operator's listener for /metrics (never the public port); None ("off") = no metrics served.
-    metrics_host: str = "127.0.0.1"
-    metrics_port: Annotated[Annotated[int, Field(ge=0, le=65535)] | None, Off] = 9710
+    port: Port = 8710
+    metrics_port: OptionalPort = 9710
     max_connections: int = Field(default=256, ge=1)
+    memory_limit: MemoryLimit = "256MB"
     # Catalog TOML files whose rounds this keeper answers, besides the built-in default catalog.
     catalogs: PathTuple = ()
     # Public keys (base64) of the hubs allowed to ask for answers: a request is signed by one of them.
@@ -35,13 +33,6 @@ class KeeperSettings(ServiceSettings):
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     # A hub's clock may run this far ahead of the keeper's before a window counts as not ended.
     clock_skew_seconds: int = Field(default=600, ge=0)
-    memory_limit: str = Field(default="256MB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|KiB|MiB|GiB)$")
-    log_level: str = "INFO"
-
-    @field_validator("admin_token")
-    @classmethod
-    def _strong_admin_token(cls, token: SecretStr | None) -> SecretStr | None:
-        return strong_admin_token(token)
 
     @field_validator("hub_keys")
     @classmethod

@@ -15,23 +15,12 @@ from pathlib import Path
 
 import duckdb
 
-from protocol.files import make_private_dir, make_private_files
-from runtime.storage import Database
+from runtime.registry import NODES_TABLE
+from runtime.storage import FileDatabase
 
 
 def _v1(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute(
-        """
-        CREATE TABLE nodes (
-            key_id VARCHAR PRIMARY KEY,
-            name VARCHAR NOT NULL UNIQUE,
-            public_key BLOB NOT NULL,
-            enrolled BIGINT NOT NULL,
-            revoked BIGINT,
-            kind VARCHAR DEFAULT 'node'
-        )
-        """
-    )
+    con.execute(NODES_TABLE)
     con.execute(
         """
         CREATE TABLE answers (
@@ -68,16 +57,11 @@ class AnsweredRound:
     answered: int
 
 
-class KeeperStore(Database):
+class KeeperStore(FileDatabase):
     """Owns the keeper's DuckDB file."""
 
     def __init__(self, path: Path, *, memory_limit: str = "256MB") -> None:
-        make_private_dir(path.parent)
-        spill = path.with_name(path.name + ".tmp")
-        make_private_dir(spill)
-        con = duckdb.connect(str(path), config={"temp_directory": str(spill)})
-        super().__init__(con, MIGRATIONS, memory_limit=memory_limit)
-        make_private_files(path, path.with_name(path.name + ".wal"))
+        super().__init__(path, MIGRATIONS, memory_limit=memory_limit)
 
     def answered(self, catalog: str, window_start: int, window_end: int) -> AnsweredRound | None:
         """The ledger's row of a round, if it was answered."""

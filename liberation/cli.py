@@ -22,12 +22,16 @@ from liberation.setup_cli import add_catalog_check_command, add_sites_commands
 from protocol.errors import LiberationError
 
 if TYPE_CHECKING:
-    from federation.app import Hub
+    from aiohttp import web
+
+    from federation.service import Hub
     from federation.settings import HubSettings
-    from node.app import Node
+    from keeper.app import Keeper
+    from node.service import Node
     from node.settings import NodeSettings
     from protocol.keys import PublicKey
     from runtime.admin import Channel
+    from runtime.config import ServerSettings
 
 KEY_FILE = "signing.key"
 EXIT_ERROR = 1
@@ -37,6 +41,7 @@ EXIT_INTERRUPTED = 130
 
 Command = Callable[[argparse.Namespace], int]
 T = TypeVar("T")
+S = TypeVar("S", bound="ServerSettings")
 
 RUNS_WHILE_SERVING = "Runs whether or not the service runs: through its admin socket if it does, on its files if not."
 
@@ -155,9 +160,19 @@ def _hub_settings(args: argparse.Namespace) -> HubSettings:
     return _settings(args, load_hub_settings, "LIBERATION_HUB_CONFIG")
 
 
+def _serve(settings: S, create_app: Callable[[S], web.Application], service: str) -> int:
+    """Run a service's app in the foreground until it is stopped (SIGINT, SIGTERM)."""
+    from liberation.server import run_app
+    from runtime.logs import configure_logging
+
+    configure_logging(settings.log_level)
+    run_app(create_app(settings), settings.host, settings.port, service, max_connections=settings.max_connections)
+    return 0
+
+
 def _node_channel(args: argparse.Namespace) -> AbstractAsyncContextManager[Channel[Node]]:
     """The running node's socket, or the node's files opened here."""
-    from node.app import offline_node
+    from node.service import offline_node
     from runtime.admin import open_channel
 
     settings = _node_settings(args)
@@ -166,29 +181,24 @@ def _node_channel(args: argparse.Namespace) -> AbstractAsyncContextManager[Chann
 
 def _hub_channel(args: argparse.Namespace) -> AbstractAsyncContextManager[Channel[Hub]]:
     """The running hub's socket, or the hub's files opened here."""
-    from federation.app import offline_hub
-    from runtime.admin import open_channel
+    from federation.service import close_hub, open_hub
+    from runtime.admin import offline, open_channel
 
     settings = _hub_settings(args)
-    return open_channel("hub", settings.data_dir, lambda: offline_hub(settings))
+    return open_channel("hub", settings.data_dir, lambda: offline(lambda: open_hub(settings), close_hub))
 
 
 # ---- node -----------------------------------------------------------------------------------
 
 
 def _node_serve(args: argparse.Namespace) -> int:
-    from liberation.server import run_app
     from node.app import create_app
-    from runtime.logs import configure_logging
 
-    settings = _node_settings(args)
-    configure_logging(settings.log_level)
-    run_app(create_app(settings), settings.host, settings.port, "node", max_connections=settings.max_connections)
-    return 0
+    return _serve(_node_settings(args), create_app, "node")
 
 
 def _node_key(args: argparse.Namespace) -> int:
-    from node.app import data_paths
+    from node.service import data_paths
     from protocol.keys import load_or_create
 
     _print_public(load_or_create(data_paths(_node_settings(args))["key"]).public)
@@ -288,8 +298,6 @@ def _node_push(args: argparse.Namespace) -> int:
 
 
 # ---- share keeper ---------------------------------------------------------------------------
-# The keeper has no admin socket: these commands work on its files with it stopped (its admin
-# HTTP API does the same while it runs: docs/operations.md, "Share keepers").
 
 
 def _keeper_settings(args: argparse.Namespace) -> Any:
@@ -300,13 +308,8 @@ def _keeper_settings(args: argparse.Namespace) -> Any:
 
 def _keeper_serve(args: argparse.Namespace) -> int:
     from keeper.app import create_app
-    from liberation.server import run_app
-    from runtime.logs import configure_logging
 
-    settings = _keeper_settings(args)
-    configure_logging(settings.log_level)
-    run_app(create_app(settings), settings.host, settings.port, "keeper", max_connections=settings.max_connections)
-    return 0
+    return _serve(_keeper_settings(args), create_app, "keeper")
 
 
 def _keeper_key(args: argparse.Namespace) -> int:
@@ -321,43 +324,50 @@ def _keeper_key(args: argparse.Namespace) -> int:
     return 0
 
 
-def _on_keeper(args: argparse.Namespace, operation: Callable[[Any], str]) -> int:
+def _keeper_channel(args: argparse.Namespace) -> AbstractAsyncContextManager[Channel[Keeper]]:
+    """The running keeper's socket, or the keeper's files opened here."""
     from keeper.app import close_keeper, open_keeper
+    from runtime.admin import offline, open_channel
 
-    keeper = open_keeper(_keeper_settings(args))
-    try:
-        print(operation(keeper))
-    finally:
-        close_keeper(keeper)
-    return 0
+    settings = _keeper_settings(args)
+    return open_channel("keeper", settings.data_dir, lambda: offline(lambda: open_keeper(settings), close_keeper))
 
 
 def _keeper_enroll(args: argparse.Namespace) -> int:
-    from protocol.keys import PublicKey
+    from keeper.admin import ENROLL, EnrollParams
 
-    public_key = PublicKey.parse(_key_text(args.key).strip())
+    params = EnrollParams(name=args.name, public_key=_key_text(args.key))
 
-    def enroll(keeper: Any) -> str:
-        record = keeper.registry.enroll(args.name, public_key, "node")
-        return f"enrolled {record.name}: key id {record.key_id}"
+    async def run() -> str:
+        async with _keeper_channel(args) as keeper:
+            return (await keeper.call(ENROLL, params)).render()
 
-    return _on_keeper(args, enroll)
+    print(_run(run()))
+    return 0
 
 
 def _keeper_revoke(args: argparse.Namespace) -> int:
-    def revoke(keeper: Any) -> str:
-        record = keeper.registry.revoke(args.node)
-        return f"revoked {record.name}: key id {record.key_id}"
+    from keeper.admin import REVOKE
+    from runtime.enrollment import RevokeParams
 
-    return _on_keeper(args, revoke)
+    async def run() -> str:
+        async with _keeper_channel(args) as keeper:
+            return (await keeper.call(REVOKE, RevokeParams(node=args.node))).render()
+
+    print(_run(run()))
+    return 0
 
 
 def _keeper_nodes(args: argparse.Namespace) -> int:
-    def nodes(keeper: Any) -> str:
-        records = keeper.registry.nodes()
-        return "\n".join(f"{r.key_id}  {'active' if r.active else 'revoked':8s} {r.name}" for r in records) or "no node enrolled"
+    from keeper.admin import NODES
+    from runtime.enrollment import NoParams
 
-    return _on_keeper(args, nodes)
+    async def run() -> list[str]:
+        async with _keeper_channel(args) as keeper:
+            return (await keeper.call(NODES, NoParams())).render()
+
+    _print_lines(_run(run()))
+    return 0
 
 
 # ---- hub ------------------------------------------------------------------------------------
@@ -365,13 +375,8 @@ def _keeper_nodes(args: argparse.Namespace) -> int:
 
 def _hub_serve(args: argparse.Namespace) -> int:
     from federation.app import create_app
-    from liberation.server import run_app
-    from runtime.logs import configure_logging
 
-    settings = _hub_settings(args)
-    configure_logging(settings.log_level)
-    run_app(create_app(settings), settings.host, settings.port, "hub", max_connections=settings.max_connections)
-    return 0
+    return _serve(_hub_settings(args), create_app, "hub")
 
 
 def _key_text(arg: str) -> str:
@@ -400,7 +405,8 @@ def _hub_enroll(args: argparse.Namespace) -> int:
 
 
 def _hub_revoke(args: argparse.Namespace) -> int:
-    from federation.admin import REVOKE, RevokeParams
+    from federation.admin import REVOKE
+    from runtime.enrollment import RevokeParams
 
     async def run() -> str:
         async with _hub_channel(args) as hub:
@@ -411,7 +417,8 @@ def _hub_revoke(args: argparse.Namespace) -> int:
 
 
 def _hub_nodes(args: argparse.Namespace) -> int:
-    from federation.admin import NODES, NoParams
+    from federation.admin import NODES
+    from runtime.enrollment import NoParams
 
     async def run() -> list[str]:
         async with _hub_channel(args) as hub:
@@ -636,21 +643,21 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_options(kserve, 8710)
     kkey = _leaf(keeper, "key", _keeper_key, "print the keeper's key id, public key and signed sealing key")
     _keeper_options(kkey)
-    kenroll = _leaf(keeper, "enroll", _keeper_enroll,
-                    "enroll a node whose contributions this keeper opens seeds for (keeper stopped; else its admin API)")
+    kenroll = _leaf(keeper, "enroll", _keeper_enroll, "enroll a node whose contributions this keeper opens seeds for",
+                    while_serving=True)
     _keeper_options(kenroll)
     kenroll.add_argument("--name", required=True, help="a unique name for the node")
     kenroll.add_argument("--key", required=True, metavar="BASE64|FILE", help="the node's public key, or a file holding it")
-    krevoke = _leaf(keeper, "revoke", _keeper_revoke, "revoke a node, by key id or name (keeper stopped)")
+    krevoke = _leaf(keeper, "revoke", _keeper_revoke, "revoke a node, by key id or name", while_serving=True)
     _keeper_options(krevoke)
     krevoke.add_argument("node", metavar="NODE", help="the node's key id or its enrolled name")
-    knodes = _leaf(keeper, "nodes", _keeper_nodes, "list the nodes enrolled at this keeper (keeper stopped)")
+    knodes = _leaf(keeper, "nodes", _keeper_nodes, "list the nodes enrolled at this keeper", while_serving=True)
     _keeper_options(knodes)
 
-    demo = _leaf(sub, "demo", _demo, "run a demo federation: a hub, two share keepers, three nodes, a month of traffic")
+    demo = _leaf(sub, "demo", _demo, "run a demo federation: a hub, two share keepers, three nodes, two weeks of traffic")
     demo.add_argument("--data-dir", dest="data_dir", default="data/demo", metavar="DIR",
                       help="where the demo's data and logs go (default data/demo, recreated unless --keep)")
-    demo.add_argument("--days", type=int, default=30, help="days of history (default 30)")
+    demo.add_argument("--days", type=int, default=14, help="days of history (default 14)")
     demo.add_argument("--keep", action="store_true", help="keep an existing demo data dir instead of starting afresh")
     demo.add_argument("--import", dest="source", metavar="DIR",
                       help="a federation of your own history: one node per <community>.jsonl in DIR (node import's "

@@ -28,10 +28,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from multiprocessing import Pipe, Process
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -40,7 +43,8 @@ from protocol.errors import LiberationError
 from protocol.files import make_private_dir
 
 URL_PATTERN = re.compile(r'"url": "(http://[^"]+)"')
-HISTORY_DAYS = 30
+HISTORY_DAYS = 14
+"""Days of synthetic history `liberation demo` imports: two weeks, the demo at the dashboard in seconds."""
 
 
 class DemoError(LiberationError):
@@ -59,15 +63,22 @@ class Service:
 KEEPERS = 2
 """Share keepers the demo runs: any one honest keeper protects a round; every one must answer."""
 ROUNDS_ENV = {
-    # The demo's rounds close 20 s after their first contribution (history arrives at once) and
-    # right at a live window's end: the hub's defaults wait hours for nodes' pushes.
-    "LIBERATION_HUB_ROUNDS__CLOSE_AFTER_SECONDS": "0", "LIBERATION_HUB_ROUNDS__COLLECT_SECONDS": "20",
+    # The demo's rounds close 5 s after their first contribution (its nodes push their history at
+    # once, and export a live window within seconds of each other) and right at a live window's
+    # end: the hub's defaults wait hours for nodes' pushes.
+    "LIBERATION_HUB_ROUNDS__CLOSE_AFTER_SECONDS": "0", "LIBERATION_HUB_ROUNDS__COLLECT_SECONDS": "5",
     "LIBERATION_HUB_ROUNDS__INTERVAL_SECONDS": "1",
 }
 
 
-def _start_keepers(root: Path, hub: Service, token: str, *, fixed_ports: bool, catalog: Path | None = None) -> list[Service]:
-    """Two keepers answering this hub only, enrolled at it (kind keeper, with their URL)."""
+def _start_keepers(
+    root: Path, hub: Service, token: str, services: list[Service], *, fixed_ports: bool, catalog: Path | None = None,
+    stop: list[bool] | None = None,
+) -> list[Service]:
+    """Two keepers answering this hub only, enrolled at it (kind keeper, with their URL).
+
+    They join `services` as soon as they are started, so that the demo stops them whatever happens next.
+    """
     hub_key = (root / "hub" / "keys" / "signing.pub").read_text().strip()
     keepers = [
         _start(f"keeper-{k}", ["keeper", "serve"], root / f"keeper-{k}.log", {
@@ -79,8 +90,9 @@ def _start_keepers(root: Path, hub: Service, token: str, *, fixed_ports: bool, c
         })
         for k in range(KEEPERS)
     ]
+    services += keepers
     for keeper in keepers:
-        _wait_url(keeper)
+        _wait_url(keeper, stop=stop)
         statement = _request(keeper.url + "/v1/keeper")
         keeper.key_id = statement["key_id"]
         _request(hub.url + "/v1/admin/nodes", {"name": keeper.name, "public_key": statement["public_key"],
@@ -116,19 +128,136 @@ def _rounds_line(rounds: list[dict[str, Any]]) -> str:
     return line
 
 
-def _import_history(community: Community, data_dir: str, seed: int, days: int, catalog: str | None = None) -> str:
-    """One node's history through the import path (run in a worker process)."""
-    from node.app import close_node, open_node
-    from node.importer import import_lines
+def _demo_node_settings(data_dir: str, days: int, catalog: str | None, **more: Any) -> Any:
+    """A demo community's node settings in its history worker, as its `node serve` gets them (`_node_env`)."""
     from node.settings import NodeSettings
 
-    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    node = open_node(NodeSettings(data_dir=Path(data_dir), retention_days=days + 1, catalog=catalog))
+    return NodeSettings(data_dir=Path(data_dir), retention_days=days + 1, export_grace_seconds=0, catalog=catalog, **more)
+
+
+def _node_env(data_dir: str, days: int, hub: Service, keepers: list[str], catalog: Path | None, i: int) -> dict[str, str]:
+    """The environment of a demo community's `node serve`."""
+    return {
+        "LIBERATION_NODE_DATA_DIR": data_dir, "LIBERATION_NODE_PORT": str(_free_port(8701 + i)),
+        "LIBERATION_NODE_METRICS_PORT": str(_free_port(9701 + i)),
+        "LIBERATION_NODE_RETENTION_DAYS": str(days + 1),
+        # No grace: yesterday is published at midnight UTC, so the history's last
+        # day is there at start also in the hour after midnight.
+        "LIBERATION_NODE_EXPORT_GRACE_SECONDS": "0",
+        # Closed windows are looked for every few seconds: the nodes' contributions to a
+        # live window's round all reach the hub within its collection time.
+        "LIBERATION_NODE_EXPORT_INTERVAL_SECONDS": "2",
+        "LIBERATION_NODE_PUSH__HUB_URL": hub.url, "LIBERATION_NODE_PUSH__INTERVAL_SECONDS": "1",
+        "LIBERATION_NODE_CORS_ORIGINS": json.dumps([hub.url]), **_catalog_env("NODE", catalog),
+        "LIBERATION_NODE_ROUNDS__KEEPERS": json.dumps(keepers),
+    }
+
+
+def _history_worker(conn: Connection, community: Community, data_dir: str, seed: int, days: int, catalog: str | None) -> None:
+    """One community's history in a process of its own: import it; export once the keepers are known; push when told.
+
+    Speaks with `_History` over `conn`: sends ("imported", line), receives (keeper ids,
+    the hub's keeper listing, the hub's URL), sends ("exported", public key), receives
+    "push", pushes the outbox as `liberation node push` does, closes the node and sends
+    ("pushed", count). Any failure is sent as ("failed", its first line).
+    """
+    import asyncio
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the demo stops its workers itself (a terminal's ^C reaches all)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
-        summary = import_lines(node, Traffic(community, seed).history_lines(days, today))
-    finally:
-        close_node(node)
-    return f"{community.name}: {summary.accepted:,} events imported"
+        from node.importer import import_events
+        from node.service import close_node, open_node
+
+        today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        node = open_node(_demo_node_settings(data_dir, days, catalog))
+        try:
+            # The events as `node import` decodes them from its lines: the same filter, without a JSON round trip.
+            summary = import_events(node, Traffic(community, seed).history(days, today))
+        finally:
+            close_node(node)
+        conn.send(("imported", f"{community.name}: {summary.accepted:,} events imported"))
+        keepers, listing, hub_url = conn.recv()
+        node = open_node(_demo_node_settings(data_dir, days, catalog, rounds={"keepers": keepers},
+                                             push={"hub_url": hub_url}))
+        try:
+            if node.publisher.keepers is not None:
+                node.publisher.keepers.learn(listing)
+            node.export_due()  # what the node's service would do first, here while the other histories import
+            conn.send(("exported", node.key.public.b64))
+            conn.recv()
+            pushed = asyncio.run(_push(node))
+        finally:
+            close_node(node)
+        conn.send(("pushed", pushed))
+    except Exception as exc:  # noqa: BLE001 - reported by the demo as one line, never a traceback
+        conn.send(("failed", f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"))
+
+
+async def _push(node: Any) -> int:
+    """Send a node's outbox to the hub now (`liberation node push`'s code); how many entries the hub took."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        return sum(attempt.outcome == "sent" for attempt in await node.outbox.push_now(session))
+
+
+class _Histories:
+    """The demo communities' history workers (`_history_worker`), one process each, driven step by step."""
+
+    def __init__(self, root: Path, days: int, catalog: Path | None, stop: list[bool]) -> None:
+        self.stop = stop
+        self.data = {c.name: str(root / c.name) for c in COMMUNITIES}
+        self.conns: dict[str, Connection] = {}
+        self.procs: list[BaseProcess] = []
+        for i, community in enumerate(COMMUNITIES):
+            ours, theirs = Pipe()
+            proc = Process(target=_history_worker, name=f"history-{community.name}", daemon=True,
+                           args=(theirs, community, self.data[community.name], 1000 + i, days, _text(catalog)))
+            proc.start()
+            theirs.close()
+            self.conns[community.name], self.procs = ours, [*self.procs, proc]
+
+    def tell(self, message: Any) -> None:
+        """Send every worker the next step's input (one that failed has said so, which `answers` reports)."""
+        for conn in self.conns.values():
+            try:
+                conn.send(message)
+            except OSError:
+                pass
+
+    def answers(self, step: str) -> Iterator[tuple[str, Any]]:
+        """(community, answer) of each worker's `step`, as they come; DemoError for a failure, _Stopped on a signal."""
+        waiting = {conn: name for name, conn in self.conns.items()}
+        while waiting:
+            if self.stop[0]:
+                raise _Stopped
+            ready = wait(list(waiting), timeout=0.2)
+            for conn in [c for c in waiting if c in ready]:
+                name = waiting.pop(conn)
+                try:
+                    kind, value = conn.recv()
+                except EOFError:
+                    raise DemoError(f"the demo's history worker of {name} stopped") from None
+                if kind == "failed":
+                    raise DemoError(f"the demo's history of {name} failed: {value}")
+                if kind != step:
+                    raise DemoError(f"the demo's history worker of {name} said {kind!r} for {step!r}")
+                yield name, value
+
+    def close(self) -> None:
+        """Stop every worker still running (a signal, or a failure elsewhere) and reap them."""
+        for proc in self.procs:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in self.procs:
+            proc.join(timeout=10)
+        for conn in self.conns.values():
+            conn.close()
+
+
+class _Stopped(Exception):
+    """A signal asked the demo to stop while it was still setting up."""
 
 
 IMPORT_RETENTION_DAYS = 400
@@ -143,8 +272,8 @@ def _publish_file(
     The node seals its round contributions to `keepers`, whose keys it takes from the hub's `listing`.
     Returns the node's name, public key, envelopes, contributions and a summary line.
     """
-    from node.app import close_node, open_node
     from node.importer import import_lines
+    from node.service import close_node, open_node
     from node.settings import NodeSettings
 
     name = Path(path).stem
@@ -202,14 +331,13 @@ def run_import_demo(
     hub = _start("hub", ["hub", "serve"], root / "hub.log", {
         "LIBERATION_HUB_DATA_DIR": str(root / "hub"), "LIBERATION_HUB_PORT": str(hub_port),
         "LIBERATION_HUB_METRICS_PORT": "0", "LIBERATION_HUB_ADMIN_TOKEN": token,
-        "LIBERATION_HUB_EXPORT_AFTER_SECONDS": "0", **ROUNDS_ENV, "LIBERATION_HUB_ROUNDS__COLLECT_SECONDS": "5",
+        "LIBERATION_HUB_EXPORT_AFTER_SECONDS": "0", **ROUNDS_ENV,
         **_catalog_env("HUB", catalog),
     })
     services = [hub]
     try:
         _wait_url(hub)
-        keepers = _start_keepers(root, hub, token, fixed_ports=False, catalog=catalog)
-        services += keepers
+        keepers = _start_keepers(root, hub, token, services, fixed_ports=False, catalog=catalog)
         listing = _request(hub.url + "/v1/keepers")
         keeper_ids = [k.key_id for k in keepers]
         with ProcessPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
@@ -311,9 +439,12 @@ def _start(name: str, args: list[str], log: Path, env: dict[str, str]) -> Servic
     return Service(name, proc, log)
 
 
-def _wait_url(service: Service, timeout: float = 60) -> str:
+def _wait_url(service: Service, timeout: float = 60, stop: list[bool] | None = None) -> str:
+    """The service's URL once it answers (`_Stopped` as soon as a signal in `stop` asks the demo to stop)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if stop is not None and stop[0]:
+            raise _Stopped
         if service.proc.poll() is not None:
             raise DemoError(f"the demo's {service.name} stopped at start: see {service.log}")
         found = URL_PATTERN.findall(service.log.read_text(errors="replace"))
@@ -352,7 +483,12 @@ def _free_port(preferred: int) -> int:
 def run_demo(
     root: Path, *, days: int = HISTORY_DAYS, out: TextIO = sys.stdout, fresh: bool = True, catalog: Path | None = None
 ) -> int:
-    """Set up and run the demo federation until SIGINT/SIGTERM (`catalog`: hub's and nodes', None = built in)."""
+    """Set up and run the demo federation until SIGINT/SIGTERM (`catalog`: hub's and nodes', None = built in).
+
+    Each community's history is made, imported and exported in a worker process while the hub
+    and the keepers start; the nodes push at once, so that every round has all its contributions
+    within a second or two, and then the nodes' services start.
+    """
     started = time.monotonic()
     if fresh and root.exists():
         shutil.rmtree(root)
@@ -362,16 +498,9 @@ def run_demo(
 
     say(f"Liberation Analytics demo: a hub, {KEEPERS} share keepers and {len(COMMUNITIES)} communities, "
         f"{days} days of history")
-    with ProcessPoolExecutor(max_workers=min(3, os.cpu_count() or 1)) as pool:
-        jobs = [
-            pool.submit(_import_history, c, str(root / c.name), 1000 + i, days, _text(catalog))
-            for i, c in enumerate(COMMUNITIES)
-        ]
-        for job in jobs:
-            say("  " + job.result())
-
     services: list[Service] = []
     stop = _stop_on_signals()
+    histories = _Histories(root, days, catalog, stop)
     try:
         hub = _start("hub", ["hub", "serve"], root / "hub.log", {
             "LIBERATION_HUB_DATA_DIR": str(root / "hub"), "LIBERATION_HUB_PORT": str(_free_port(8700)),
@@ -380,40 +509,36 @@ def run_demo(
             **_catalog_env("HUB", catalog),
         })
         services.append(hub)
-        _wait_url(hub)
-        keepers = _start_keepers(root, hub, token, fixed_ports=True, catalog=catalog)
-        services += keepers
-        nodes: list[Service] = []
-        for i, community in enumerate(COMMUNITIES):
-            data = root / community.name
-            from protocol.keys import load_or_create
-
-            public = load_or_create(data / "keys" / "signing.key").public.b64
-            _enroll(community.name, public, hub, keepers, token)
-            node = _start(community.name, ["node", "serve"], root / f"{community.name}.log", {
-                "LIBERATION_NODE_DATA_DIR": str(data), "LIBERATION_NODE_PORT": str(_free_port(8701 + i)),
-                "LIBERATION_NODE_METRICS_PORT": str(_free_port(9701 + i)),
-                "LIBERATION_NODE_RETENTION_DAYS": str(days + 1),
-                # No grace: yesterday is published at midnight UTC, so the history's last
-                # day is there at start also in the hour after midnight.
-                "LIBERATION_NODE_EXPORT_GRACE_SECONDS": "0",
-                "LIBERATION_NODE_PUSH__HUB_URL": hub.url, "LIBERATION_NODE_PUSH__INTERVAL_SECONDS": "1",
-                "LIBERATION_NODE_CORS_ORIGINS": json.dumps([hub.url]), **_catalog_env("NODE", catalog),
-                "LIBERATION_NODE_ROUNDS__KEEPERS": json.dumps([k.key_id for k in keepers]),
-            })
-            nodes.append(node)
-        services += nodes
-        for node in nodes:
-            _wait_url(node)
+        _wait_url(hub, stop=stop)
+        keepers = _start_keepers(root, hub, token, services, fixed_ports=True, catalog=catalog, stop=stop)
+        keeper_ids = [k.key_id for k in keepers]
+        histories.tell((keeper_ids, _request(hub.url + "/v1/keepers"), hub.url))
+        imported = dict(histories.answers("imported"))
+        for community in COMMUNITIES:
+            say("  " + imported[community.name])
+        for name, public in histories.answers("exported"):
+            _enroll(name, public, hub, keepers, token)
+        histories.tell("push")
+        serving: dict[str, Service] = {}
+        for name, _ in histories.answers("pushed"):  # each node's service starts once its worker let go of its files
+            i = next(i for i, c in enumerate(COMMUNITIES) if c.name == name)
+            serving[name] = _start(name, ["node", "serve"], root / f"{name}.log",
+                                   _node_env(histories.data[name], days, hub, keeper_ids, catalog, i))
+            services.append(serving[name])
+        nodes = [serving[c.name] for c in COMMUNITIES]
         deadline, expected = time.monotonic() + 60, _closed_windows(days, catalog)
+        windows: list[dict[str, Any]] = []
         while time.monotonic() < deadline and not stop[0]:
             windows = _request(hub.url + "/v1/windows")["windows"]
             if len(windows) >= expected and all(w["nodes"] == len(COMMUNITIES) for w in windows[-expected:]):
                 break
-            time.sleep(0.5)
+            time.sleep(0.2)
         say(f"  hub: {len(windows)} windows merged from {len(COMMUNITIES)} nodes "
             f"({time.monotonic() - started:.0f} s after start)")
-        say(_rounds_line(_wait_for_rounds(hub, days, stop)))
+        rounds = _wait_for_rounds(hub, expected, stop)
+        for node in nodes:
+            _wait_url(node, stop=stop)
+        say(_rounds_line(rounds))
         say("")
         say(f"  dashboard:  {hub.url}/")
         say(f"  views API:  {hub.url}/v1/views   (OpenAPI: {hub.url}/openapi.json)")
@@ -441,6 +566,9 @@ def run_demo(
                 if stop[0]:
                     break
                 time.sleep(0.1)
+    except _Stopped:
+        pass
     finally:
+        histories.close()
         _stop_services(services, say)
     return 0

@@ -25,11 +25,12 @@ import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -386,6 +387,32 @@ def _logged(log: VerifiedLog, digest: str, kind: str, signer: str, entry: LogEnt
                and e.window_end == entry.window_end and e.catalog == entry.catalog for e in log.by_digest.get(digest, []))
 
 
+class _Verified(Protocol):
+    @property
+    def digest(self) -> str: ...
+
+
+V = TypeVar("V", bound=_Verified)
+
+
+def _signed_part(
+    name: str, log: VerifiedLog, entry: LogEntry, what: str, party: tuple[str, str], listed: tuple[str, bytes],
+    verify: Callable[..., V], claims: Callable[[V], tuple[object, ...]], expected: tuple[object, ...],
+) -> V:
+    """(1) a round's part verifies, is the one listed and `claims` what is `expected` (its signer first);
+    (2) it is in the log as that party's part of the round."""
+    (role, who), (digest, envelope) = party, listed
+    try:
+        verified = verify(envelope, max_size=len(envelope))
+    except EnvelopeError as exc:
+        raise LogAuditError(f"{name}: the {what} of {role} {who} does not verify ({exc.reason})") from None
+    if verified.digest != digest or claims(verified) != expected:
+        raise LogAuditError(f"{name}: the {what} listed for {role} {who} is another one")
+    if not _logged(log, digest, "contribution" if what == "contribution" else "keeper-answer", who, entry):
+        raise LogAuditError(f"{name}: the {what} of {role} {who} is not in the log")
+    return verified
+
+
 def check_round(base: str, log: VerifiedLog, entry: LogEntry) -> None:
     """(1) the round's parts verify, (2) each is in the log, (3) the answers are for its set, (4) they add up."""
     name = f"the round of {_when(entry.window_start)} (log entry {entry.seq})"
@@ -404,30 +431,17 @@ def check_round(base: str, log: VerifiedLog, entry: LogEntry) -> None:
     cells = len(aggregate)
     ys, set_ = [], []
     for node, digest, envelope in parts:
-        # (1) signed by the node it names, (2) in the log as its contribution to this round
-        try:
-            verified = verify_contribution(envelope, max_size=len(envelope))
-        except EnvelopeError as exc:
-            raise LogAuditError(f"{name}: the contribution of node {node} does not verify ({exc.reason})") from None
-        c = verified.contribution
-        if (verified.digest, c.node) != (digest, node) or (c.window_start, c.window_end, c.catalog) != (
-                entry.window_start, entry.window_end, entry.catalog):
-            raise LogAuditError(f"{name}: the contribution listed for node {node} is another one")
-        if not _logged(log, digest, "contribution", node, entry):
-            raise LogAuditError(f"{name}: the contribution of node {node} is not in the log")
+        c = _signed_part(
+            name, log, entry, "contribution", ("node", node), (digest, envelope), verify_contribution,
+            lambda v: (v.contribution.node, v.contribution.window_start, v.contribution.window_end, v.contribution.catalog),
+            (node, entry.window_start, entry.window_end, entry.catalog),
+        ).contribution
         ys.append(c.y)
         set_.append((node, digest))
     a_s, answered = [], []
     for keeper, digest, envelope in answers:
-        try:
-            verified_answer = verify_answer(envelope, max_size=len(envelope))
-        except EnvelopeError as exc:
-            raise LogAuditError(f"{name}: the answer of keeper {keeper} does not verify ({exc.reason})") from None
-        answer = verified_answer.answer
-        if (verified_answer.digest, answer.keeper) != (digest, keeper):
-            raise LogAuditError(f"{name}: the answer listed for keeper {keeper} is another one")
-        if not _logged(log, digest, "keeper-answer", keeper, entry):
-            raise LogAuditError(f"{name}: the answer of keeper {keeper} is not in the log")
+        answer = _signed_part(name, log, entry, "answer", ("keeper", keeper), (digest, envelope), verify_answer,
+                              lambda v: (v.answer.keeper,), (keeper,)).answer
         # (3) for exactly this round's participant set
         if list(zip(answer.nodes, answer.digests, strict=False)) != set_ or (answer.window_start, answer.window_end) != (
                 entry.window_start, entry.window_end):

@@ -1,6 +1,6 @@
 """The node operator's commands, each one function: run by the node's admin socket, or by the CLI on the node's files.
 
-`NODE_OPERATIONS` is what the socket serves (node/app.py); `node.app.offline_node` opens a stopped
+`NODE_OPERATIONS` is what the socket serves (node/app.py); `node.service.offline_node` opens a stopped
 node for the CLI (runtime/admin.py picks the way). Results are data; `render` gives the CLI's lines.
 """
 
@@ -19,7 +19,7 @@ from protocol.windows import parse_window
 from runtime.admin import Blob, Operation, Refused
 
 if TYPE_CHECKING:
-    from node.app import Node  # which serves these operations on its socket
+    from node.service import Node  # which serves these operations on its socket
 
 
 def _day(ts: int) -> str:

@@ -31,6 +31,7 @@ import duckdb
 
 from node.aggregate import true_tables
 from node.keepers import KeeperDirectory
+from node.noising import build_snapshot
 from node.published import Publication, PublishedLog
 from node.store import Store
 from node.windows import Windows
@@ -40,7 +41,7 @@ from protocol.envelope import Envelope, sign_snapshot, verify_envelope
 from protocol.errors import LiberationError
 from protocol.keys import SigningKey
 from protocol.rounds import KeeperKey, build_contribution, federation_vector, verify_contribution
-from protocol.snapshot import FORMAT, MetricCells, Snapshot
+from protocol.snapshot import Snapshot
 from protocol.windows import DAY, is_window_start
 from runtime.dp import NoiseSampler, opendp_laplace, privacy_loss
 
@@ -73,52 +74,6 @@ class KeepersUnknown(ExportError):
 
 ROUND_METRIC_PREFIX = "round:"
 """Ledger rows of a contribution name their metric `round:<metric>`."""
-
-
-def build_snapshot(
-    catalog: Catalog,
-    tables: dict[str, list[int]],
-    *,
-    node: str,
-    window_start: int,
-    window_end: int,
-    seq: int,
-    created: int,
-    sampler: NoiseSampler = opendp_laplace,
-) -> Snapshot:
-    """Noise every cell of every metric's domain and publish them all: the snapshot body.
-
-    Nothing is suppressed here: presence is decided once, on merged sums
-    (views/significance.py), so every sum over snapshots stays unbiased.
-    """
-    metrics: dict[str, MetricCells] = {}
-    for metric in catalog.metrics:
-        counts = tables[metric.name]
-        if len(counts) != catalog.domain_size(metric):
-            raise ValueError(f"metric {metric.name!r}: table does not cover its domain")
-        scale = catalog.scale(metric)
-        noisy = sampler(counts, scale)
-        metrics[metric.name] = MetricCells(
-            epsilon=catalog.epsilon(metric),
-            scale=scale,
-            variance=catalog.variance(metric),
-            threshold=catalog.threshold(metric),
-            idx=tuple(range(len(noisy))),
-            val=tuple(noisy),
-            other_idx=(),
-            other_val=(),
-        )
-    return Snapshot(
-        format=FORMAT,
-        node=node,
-        catalog=catalog.hash,
-        window_start=window_start,
-        window_end=window_end,
-        seq=seq,
-        created=created,
-        nodes=1,
-        metrics=metrics,
-    )
 
 
 @dataclass(frozen=True)
@@ -297,18 +252,8 @@ class Publisher:
             ).fetchall()[0][0]
             if taken:
                 raise AdoptionRefused(f"sequence number {snapshot.seq} is another window's in the store")
-            tx.execute(
-                "INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [window, snapshot.window_end, snapshot.seq, snapshot.catalog, verified.digest, verified.envelope,
-                 snapshot.created],
-            )
-            if not tx.execute("SELECT count(*) FROM ledger WHERE window_start = ?", [window]).fetchall()[0][0]:
-                tx.executemany(
-                    "INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [[window, name, cells.epsilon, cells.scale, cells.threshold, snapshot.catalog, verified.digest, now]
-                     for name, cells in snapshot.metrics.items()],
-                )
-            tx.execute("INSERT INTO outbox VALUES (?, ?, 'sent', 0, 0, NULL, NULL)", [snapshot.seq, window])
+            ledgered = tx.execute("SELECT count(*) FROM ledger WHERE window_start = ?", [window]).fetchall()[0][0]
+            _insert_snapshot(tx, snapshot, verified.digest, verified.envelope, now, outbox="sent", ledger=not ledgered)
             self.store.drop_session_state(tx, window)
             if unrecorded is not None:
                 self.record.append([unrecorded])  # before the commit, as an export's line
@@ -366,18 +311,7 @@ class Publisher:
             )
             envelope = sign_snapshot(snapshot, self.key)
             digest = verify_envelope(envelope).digest
-            tx.execute(
-                "INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [window_start, snapshot.window_end, seq, self.catalog.hash, digest, envelope, snapshot.created],
-            )
-            tx.executemany(
-                "INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    [window_start, name, cells.epsilon, cells.scale, cells.threshold, self.catalog.hash, digest, now]
-                    for name, cells in snapshot.metrics.items()
-                ],
-            )
-            tx.execute("INSERT INTO outbox VALUES (?, ?, 'pending', 0, 0, NULL, NULL)", [seq, window_start])
+            _insert_snapshot(tx, snapshot, digest, envelope, now, outbox="pending")
             epsilon = math.fsum(cells.epsilon for cells in snapshot.metrics.values())
             if keepers:
                 epsilon += self._contribute(tx, tables, keepers, window_start, snapshot.window_end, snapshot.created, now)
@@ -435,6 +369,25 @@ class Publisher:
             LedgerEntry(*(int(r[0]), str(r[1]), float(r[2]), float(r[3]), int(r[4]), str(r[5]), str(r[6]), int(r[7])))
             for r in rows
         ]
+
+
+def _insert_snapshot(
+    tx: duckdb.DuckDBPyConnection, snapshot: Snapshot, digest: str, envelope: bytes, now: int, *, outbox: str,
+    ledger: bool = True,
+) -> None:
+    """A committed snapshot's rows: its envelope, its ledger rows (with `ledger`), its outbox entry in state `outbox`."""
+    window = snapshot.window_start
+    tx.execute(
+        "INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [window, snapshot.window_end, snapshot.seq, snapshot.catalog, digest, envelope, snapshot.created],
+    )
+    if ledger:
+        tx.executemany(
+            "INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [[window, name, cells.epsilon, cells.scale, cells.threshold, snapshot.catalog, digest, now]
+             for name, cells in snapshot.metrics.items()],
+        )
+    tx.execute("INSERT INTO outbox VALUES (?, ?, ?, 0, 0, NULL, NULL)", [snapshot.seq, window, outbox])
 
 
 def epsilon_cap_default(catalog: Catalog) -> float:

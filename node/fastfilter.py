@@ -1,4 +1,4 @@
-"""Validation and the privacy filter of a whole batch of live events in one pass, straight into rows.
+"""Validation and the privacy filter of a whole batch of events in one pass, straight into rows.
 
 The exact path validates each decoded item into a pydantic `Event`, filters
 it into a `FilteredEvent` (node/privacy.py) and turns those into Arrow rows
@@ -12,7 +12,9 @@ it does not parse itself, a closed window. That batch then takes the exact
 path, which decides and names the faulty field. So this pass never accepts
 what the exact path refuses, and what it stores is what the exact path
 stores; `tests/test_fast_filter.py` checks both on generated batches, under
-the default catalog and a generated one.
+the default catalog and a generated one. Live batches (`run`) take the server
+clock's window, hour and minute; imported ones (`run_history`, `node import`)
+each event's own, as the exact path's `apply(live=False)`.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from node.privacy import PrivacyFilter, SaltSource
+from node.privacy import PrivacyFilter, SaltSource, Slot
 from node.rows import Row, RowBlock, RowLayout
 from protocol.countries import UNKNOWN_COUNTRY
 from protocol.events import (
@@ -63,19 +65,60 @@ class FastFilter:
         valid `geo_hint`: the caller's address is looked up only when needed
         (possibly for a batch that then takes the exact path).
         """
-        n = len(items)
-        if not 1 <= n <= MAX_BATCH:
+        if not 1 <= len(items) <= MAX_BATCH:
             return None
         slot = self._privacy.slot(now, salt_for)
         if slot.hasher is None:
             return None
         skew = self._privacy.clock_skew
+        times: dict[str, bool] = {}
+
+        def place(stamp: str) -> Slot | None:
+            """The server clock's slot, if the event's own time is near it."""
+            fresh = times.get(stamp)
+            if fresh is None:
+                fresh = times[stamp] = _near(stamp, now, skew)
+            return slot if fresh else None
+
+        return self._rows(items, place, client_country)
+
+    def run_history(self, items: list[Any], *, now: datetime, salt_for: SaltSource) -> tuple[RowBlock, int] | None:
+        """(rows, attributes dropped) of a batch of imported events, or None: take the exact path.
+
+        As `PrivacyFilter.apply(live=False)`: each event's own timestamp decides
+        its window, hour and minute (not in the future beyond the skew; its window
+        still taking rows). Imported events carry no address: no hint is ZZ.
+        """
+        if not 1 <= len(items) <= MAX_BATCH:
+            return None
+        privacy = self._privacy
+        skew = privacy.clock_skew
+        salts: dict[datetime, bytes | None] = {}
+
+        def salt_of(window: datetime) -> bytes | None:
+            """`salt_for`, asked once per window in a batch (as a live batch asks once)."""
+            if window in salts:
+                return salts[window]
+            salt = salts[window] = salt_for(window)
+            return salt
+
+        def place(stamp: str) -> Slot | None:
+            """The slot of the event's own time, if it is not in the future and its window takes rows."""
+            moment = _parse(stamp)
+            if moment is None or moment - now > skew:
+                return None
+            slot = privacy.slot(moment.astimezone(UTC), salt_of)
+            return slot if slot.hasher is not None else None
+
+        return self._rows(items, place, lambda: None)
+
+    def _rows(
+        self, items: list[Any], place: Callable[[str], Slot | None], client_country: Callable[[], str | None]
+    ) -> tuple[RowBlock, int] | None:
+        """The batch's rows, each event where `place` puts its timestamp; None at the first doubt."""
         apps = self._privacy.rules.apps
-        session_hash = slot.hasher
-        window, hour, minute = slot.window_unix, slot.hour_unix, slot.minute
         width = self._attributes
         rows: list[Row] = []
-        times: dict[str, bool] = {}
         fallback: str | None = None  # the client's country, looked up at the first event without a hint
         dropped = 0
         for item in items:
@@ -93,10 +136,8 @@ class FastFilter:
                 return None
             if type(stamp) is not str:
                 return None
-            fresh = times.get(stamp)
-            if fresh is None:
-                fresh = times[stamp] = _near(stamp, now, skew)
-            if not fresh:
+            slot = place(stamp)
+            if slot is None:
                 return None
             if type(session_id) is not str or SESSION_ID.fullmatch(session_id) is None:
                 return None
@@ -134,16 +175,24 @@ class FastFilter:
                 if fallback is None:
                     fallback = client_country() or UNKNOWN_COUNTRY
                 geo = fallback
-            rows.append((window, hour, session_hash(session_id.encode()), app, action, geo, minute, *labels))
+            hasher = slot.hasher
+            assert hasher is not None  # `place` gives only slots of windows that take rows
+            rows.append((slot.window_unix, slot.hour_unix, hasher(session_id.encode()), app, action, geo, slot.minute,
+                         *labels))
         return RowBlock(rows), dropped
+
+
+def _parse(stamp: str) -> datetime | None:
+    """`stamp` as an aware datetime if it is plain RFC 3339 (None: let the exact path decide)."""
+    if _TIMESTAMP.fullmatch(stamp) is None:
+        return None
+    try:
+        return datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
 
 
 def _near(stamp: str, now: datetime, skew: timedelta) -> bool:
     """Whether `stamp` is plain RFC 3339 within `skew` of `now` (False: let the exact path decide)."""
-    if _TIMESTAMP.fullmatch(stamp) is None:
-        return False
-    try:
-        moment = datetime.fromisoformat(stamp)
-    except ValueError:
-        return False
-    return abs(moment - now) <= skew
+    moment = _parse(stamp)
+    return moment is not None and abs(moment - now) <= skew

@@ -4,7 +4,8 @@ Each line of a JSONL file is one event; its own timestamp decides the window (ev
 window already published or closed for export are refused as `window-closed`, not stored).
 `import_batch` sends a batch through the node's writer, the live ingest path: a running node
 takes it through its admin socket, a stopped one in the command's own process (node/admin.py).
-`import_lines` is for code that holds an opened node and no event loop (the demo, benchmarks).
+`import_lines` is for code that holds an opened node and no event loop (benchmarks); `import_events`
+takes the events already decoded (the demo's synthetic history, made as dicts).
 """
 
 from __future__ import annotations
@@ -12,26 +13,29 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
 from typing import IO, TYPE_CHECKING
 
 from pydantic import BaseModel, Field, ValidationError
 
 from node.privacy import WINDOW_CLOSED, FilteredEvent
-from node.rows import RowBlock
+from node.rows import Row, RowBlock
 from node.windows import WindowClosed
 from protocol import jsontext
 from protocol.errors import LiberationError
-from protocol.events import Event
+from protocol.events import MAX_BATCH, Event
 from runtime.groupcommit import StorageUnavailable
 
 if TYPE_CHECKING:
-    from node.app import Node
+    from node.service import Node
 
 CHUNK = 20_000
-"""Lines filtered, then committed, at a time by `import_lines`."""
+"""Events filtered, then committed, at a time by `import_lines` and `import_events`."""
 BATCH_LINES = 5_000
 """Lines the CLI sends in one `import_batch` (a megabyte or two of JSON)."""
+GROUP_EVENTS = MAX_BATCH
+"""Events the fast pass takes at a time: a group it is not sure of goes the exact way, so one odd line costs little."""
 
 
 class ImportSummary(BaseModel):
@@ -62,31 +66,85 @@ class ImportSummary(BaseModel):
         return "\n".join(lines)
 
 
-def filter_lines(node: Node, lines: Iterable[str], summary: ImportSummary) -> list[RowBlock]:
-    """Parse and filter JSONL lines (counting into `summary`); the kept rows, one block per window."""
-    by_window: dict[object, list[FilteredEvent]] = {}
-    now = node.clock()
+MALFORMED = object()
+"""What `decode` gives for a line that is not JSON: the exact path refuses it as `malformed-json`."""
+
+
+def decode(lines: Iterable[str]) -> Iterator[object]:
+    """The events of JSONL lines, decoded (MALFORMED for a line that is not JSON); blank lines skipped."""
     for line in lines:
         if not line.strip():
             continue
-        summary.lines += 1
         try:
-            event = Event.model_validate(jsontext.loads(line))
+            yield jsontext.loads(line)
         except json.JSONDecodeError:
+            yield MALFORMED
+
+
+def filter_lines(node: Node, lines: Iterable[str], summary: ImportSummary) -> list[RowBlock]:
+    """Parse and filter JSONL lines (counting into `summary`); the kept rows, one block per window."""
+    return filter_events(node, decode(lines), summary)
+
+
+def filter_events(node: Node, events: Iterable[object], summary: ImportSummary) -> list[RowBlock]:
+    """Filter decoded events (counting into `summary`); the kept rows, one block per window.
+
+    Events go through the fast pass (node/fastfilter.py `run_history`) a group at a
+    time; it stores what the exact path would, or gives the whole group to the exact
+    path (pydantic `Event`, `PrivacyFilter.apply`), which decides event by event and
+    names each refusal. Both decide with the same rules, salts and windows.
+    """
+    by_window: dict[int, list[Row]] = {}
+    now = node.clock()
+    group: list[object] = []
+    for event in events:
+        group.append(event)
+        if len(group) == GROUP_EVENTS:
+            _filter_group(node, group, now, summary, by_window)
+            group = []
+    if group:
+        _filter_group(node, group, now, summary, by_window)
+    return [RowBlock(rows) for rows in by_window.values()]
+
+
+def _filter_group(
+    node: Node, group: list[object], now: datetime, summary: ImportSummary, by_window: dict[int, list[Row]]
+) -> None:
+    """One group of events into `by_window`: the fast pass if it is sure of every event, else the exact one."""
+    summary.lines += len(group)
+    fast = node.ingestor.fast.run_history(group, now=now, salt_for=node.windows.salt_for)
+    block, dropped = fast if fast is not None else _filter_exact(node, group, now, summary)
+    summary.dropped_attributes += dropped
+    for row in block.rows:
+        rows = by_window.get(row[0])
+        if rows is None:
+            rows = by_window[row[0]] = []
+        rows.append(row)
+
+
+def _filter_exact(node: Node, group: list[object], now: datetime, summary: ImportSummary) -> tuple[RowBlock, int]:
+    """The exact path, event by event: the kept rows and attributes dropped; refusals counted in `summary`."""
+    kept: list[FilteredEvent] = []
+    dropped = 0
+    privacy, salt_for = node.ingestor.privacy, node.windows.salt_for
+    for item in group:
+        if item is MALFORMED:
             summary.reject("malformed-json")
             continue
+        try:
+            event = Event.model_validate(item)
         except ValidationError as exc:
             first = exc.errors(include_input=False)[0]
             summary.reject(f"invalid-{first['loc'][0] if first['loc'] else 'event'}")
             continue
-        result = node.ingestor.privacy.apply(event, now=now, salt_for=node.windows.salt_for, live=False)
+        result = privacy.apply(event, now=now, salt_for=salt_for, live=False)
         if result.event is None:
             assert result.rejection is not None
             summary.reject(result.rejection.reason)
             continue
-        by_window.setdefault(result.event.window, []).append(result.event)
-        summary.dropped_attributes += result.dropped_attributes
-    return [node.ingestor.layout.block(events) for events in by_window.values()]
+        kept.append(result.event)
+        dropped += result.dropped_attributes
+    return node.ingestor.layout.block(kept), dropped
 
 
 async def import_batch(node: Node, lines: list[str]) -> ImportSummary:
@@ -113,11 +171,21 @@ def import_lines(
     progress: Callable[[ImportSummary], None] | None = None,
 ) -> ImportSummary:
     """Filter and commit events from JSONL lines on a node opened here, without its writer task; the summary."""
+    return import_events(node, decode(lines), progress=progress)
+
+
+def import_events(
+    node: Node,
+    events: Iterable[object],
+    *,
+    progress: Callable[[ImportSummary], None] | None = None,
+) -> ImportSummary:
+    """`import_lines` of events already decoded (what a line's JSON holds, as the demo makes them); the summary."""
     summary = ImportSummary()
-    chunk: list[str] = []
+    chunk: list[object] = []
 
     def flush() -> None:
-        blocks = filter_lines(node, chunk, summary)
+        blocks = filter_events(node, chunk, summary)
         closed = node.windows.commit(blocks)
         summary.accepted += sum(len(block) for block in blocks) - closed
         if closed:
@@ -126,8 +194,8 @@ def import_lines(
         if progress is not None:
             progress(summary)
 
-    for line in lines:
-        chunk.append(line)
+    for event in events:
+        chunk.append(event)
         if len(chunk) >= CHUNK:
             flush()
     if chunk:

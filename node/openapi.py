@@ -97,6 +97,21 @@ WINDOW = {"name": "window", "in": "path", "required": True,
           "schema": {"type": "string"}}
 
 
+def _envelope_of_window(summary: str) -> dict[str, Any]:
+    """A GET of one window's committed envelope (node/read_routes.py)."""
+    return {
+        "get": {
+            "summary": summary,
+            "parameters": [WINDOW],
+            "responses": {
+                "200": {"description": "the envelope", "content": {"application/msgpack": MSGPACK}},
+                "400": PROBLEM,
+                "404": PROBLEM,
+            },
+        }
+    }
+
+
 def openapi_document() -> dict[str, Any]:
     """The whole document."""
     events_content = {
@@ -163,31 +178,15 @@ def openapi_document() -> dict[str, Any]:
                 "options": PREFLIGHT,
             },
             "/v1/snapshots": {"get": {"summary": "The node's published snapshots", "responses": {"200": JSON_OK}}},
-            "/v1/snapshots/{window}": {
-                "get": {
-                    "summary": "One published snapshot: the signed envelope, exactly as pushed to the hub",
-                    "parameters": [WINDOW],
-                    "responses": {
-                        "200": {"description": "the envelope", "content": {"application/msgpack": MSGPACK}},
-                        "400": PROBLEM,
-                        "404": PROBLEM,
-                    },
-                }
-            },
+            "/v1/snapshots/{window}": _envelope_of_window(
+                "One published snapshot: the signed envelope, exactly as pushed to the hub"
+            ),
             "/v1/contributions": {
                 "get": {"summary": "The node's contributions to federation rounds", "responses": {"200": JSON_OK}}
             },
-            "/v1/contributions/{window}": {
-                "get": {
-                    "summary": "One contribution: masked counts and seeds sealed to the keepers, exactly as pushed",
-                    "parameters": [WINDOW],
-                    "responses": {
-                        "200": {"description": "the envelope", "content": {"application/msgpack": MSGPACK}},
-                        "400": PROBLEM,
-                        "404": PROBLEM,
-                    },
-                }
-            },
+            "/v1/contributions/{window}": _envelope_of_window(
+                "One contribution: masked counts and seeds sealed to the keepers, exactly as pushed"
+            ),
             "/v1/ledger": {
                 "get": {"summary": "The privacy ledger: epsilon spent per window and metric", "responses": {"200": JSON_OK}}
             },

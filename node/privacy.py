@@ -118,6 +118,7 @@ class PrivacyFilter:
         self._window_seconds = catalog.window_seconds
         self.rules = StorageRules(catalog)
         self._last_slot: tuple[int, bytes | None, Slot] | None = None  # (unix minute, salt, slot)
+        self._last_window: _KeyedWindow | None = None
 
     @property
     def catalog(self) -> Catalog:
@@ -204,24 +205,32 @@ class PrivacyFilter:
 
         The last slot is kept: live requests of the same minute under the same
         salt share it (keying the HMAC was a third of a one-event request's filter).
+        So is the last window's keyed HMAC: imported history moves from minute to
+        minute inside a window, and keying it per event was a fifth of an import.
         """
-        minute_of = int(moment.timestamp()) // 60
+        seconds = int(moment.timestamp())
+        minute_of = seconds // 60
         last = self._last_slot
         if last is not None and last[0] == minute_of:
             if salt_for(last[2].window) is last[1]:
                 return last[2]
-        window = window_of(moment, self._window_seconds)
+        start = window_start(seconds, self._window_seconds)
+        held = self._last_window
+        same_window = held is not None and held.start == start
+        window = held.window if held is not None and same_window else datetime.fromtimestamp(start, UTC)
         salt = salt_for(window)
-        hour = moment.replace(minute=0, second=0, microsecond=0)
-        slot = Slot(
-            window=window,
-            hour=hour,
-            minute=int((moment - window).total_seconds() // 60),
+        if held is None or not same_window or held.salt != salt:
             # One salt per window: a session is cut at window boundaries, so that
             # each part belongs to exactly one window (the one it starts in).
-            hasher=None if salt is None else SessionHasher(salt),
-            window_unix=int(window.timestamp()),
-            hour_unix=int(hour.timestamp()),
+            held = self._last_window = _KeyedWindow(start, window, salt, None if salt is None else SessionHasher(salt))
+        hour = seconds - seconds % 3600
+        slot = Slot(
+            window=window,
+            hour=datetime.fromtimestamp(hour, UTC),
+            minute=(seconds - start) // 60,
+            hasher=held.hasher,
+            window_unix=start,
+            hour_unix=hour,
         )
         self._last_slot = (minute_of, salt, slot)
         return slot
@@ -249,6 +258,15 @@ class PrivacyFilter:
             attributes=kept,
         )
         return FilterResult(filtered, None, dropped)
+
+
+class _KeyedWindow(NamedTuple):
+    """A window's start, its salt and the HMAC keyed with it: kept while events stay in that window."""
+
+    start: int
+    window: datetime
+    salt: bytes | None
+    hasher: SessionHasher | None
 
 
 class Slot(NamedTuple):

@@ -9,16 +9,26 @@ from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
 
+from protocol.catalog import refuse_removed_keys
 from runtime.config import (
     HttpUrl,
     Off,
+    OptionalPort,
+    Port,
     Section,
-    ServiceSettings,
+    ServerSettings,
     StrTuple,
     load_settings,
 )
 
 ENV_PREFIX = "LIBERATION_NODE_"
+REMOVED = {
+    "ingest_workers": "`ingest_workers` was removed: a node is one process, which takes tens of "
+    "thousands of events a second (docs/operations.md); delete the setting",
+    "window": "`window` moved to the catalog: a federation has one window length, "
+    '`window = "day"` or `"week"` in its catalog (docs/privacy.md); delete the setting',
+}
+"""Settings no longer taken, and what to do instead."""
 
 
 class PlausibleSettings(Section):
@@ -70,19 +80,13 @@ class RoundSettings(Section):
     wait_for_keepers_seconds: int = Field(default=86_400, ge=0)
 
 
-class NodeSettings(ServiceSettings):
+class NodeSettings(ServerSettings):
     """Everything a node operator can set; every field is documented in deploy/node.example.toml."""
 
     data_dir: Path = Path("data/node")
     display_name: str | None = Field(default=None, max_length=120)  # whose node: shown on its own page
-    host: str = "127.0.0.1"
-    port: int = Field(default=8701, ge=0, le=65535)
-    # The operator's listener for /metrics (never the public port); None = no metrics served.
-    metrics_host: str = "127.0.0.1"
-    metrics_port: Annotated[Annotated[int, Field(ge=0, le=65535)] | None, Off] = 9701
-    # Most client connections open at once on the public port; at the cap a newcomer closes the
-    # longest-open idle one (or is closed, if every one is busy). Fitted to the open-file limit.
-    max_connections: int = Field(default=4096, ge=1)
+    port: Port = 8701
+    metrics_port: OptionalPort = 9701
     catalog: Annotated[Path | None, Off] = None  # a catalog TOML; None = the built-in default catalog
     geoip_database: Annotated[Path | None, Off] = None  # a MaxMind-format country .mmdb; None = country ZZ
     trusted_proxies: StrTuple = ()  # CIDRs whose X-Forwarded-For is believed
@@ -92,11 +96,9 @@ class NodeSettings(ServiceSettings):
     clock_skew_seconds: int = Field(default=600, ge=0)  # live events further off are refused
     retention_days: Annotated[Annotated[int, Field(ge=0)] | None, Off] = None  # None = the catalog's
     commit_max_rows: int = Field(default=50_000, ge=1)  # most rows in one group commit
-    memory_limit: str = Field(default="640MB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|KiB|MiB|GiB)$")  # DuckDB's
     export_grace_seconds: int = Field(default=3600, ge=0)  # a window closes this long after its end
     export_interval_seconds: float = Field(default=60.0, gt=0)  # how often closed windows are looked for
     epsilon_cap_per_day: Annotated[Annotated[float, Field(gt=0)] | None, Off] = None  # None = one day's worth of windows
-    log_level: str = "INFO"
     plausible: PlausibleSettings = Field(default_factory=PlausibleSettings)
     umami: UmamiSettings = Field(default_factory=UmamiSettings)
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
@@ -106,17 +108,7 @@ class NodeSettings(ServiceSettings):
     @model_validator(mode="before")
     @classmethod
     def _removed(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "ingest_workers" in data:
-            raise ValueError(
-                "`ingest_workers` was removed: a node is one process, which takes tens of "
-                "thousands of events a second (docs/operations.md); delete the setting"
-            )
-        if isinstance(data, dict) and "window" in data:
-            raise ValueError(
-                "`window` moved to the catalog: a federation has one window length, "
-                '`window = "day"` or `"week"` in its catalog (docs/privacy.md); delete the setting'
-            )
-        return data
+        return refuse_removed_keys(data, REMOVED)
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -22,7 +22,7 @@ from node.tally import TallyReading
 from protocol.windows import DAY
 
 if TYPE_CHECKING:
-    from node.app import Node
+    from node.service import Node
 
 LAST_EVENTS = 20
 HEADERS = {

@@ -57,6 +57,25 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+METRIC_KEYS_REPLACED: Mapping[str, str] = {
+    "epsilon_share": "`epsilon_share` was replaced by `weight`: the split of epsilon across metrics is derived "
+    "from the weights and sensitivities (docs/privacy.md, the epsilon split)",
+}
+
+
+def refuse_removed_keys(data: Any, removed: Mapping[str, str]) -> Any:
+    """`data` unchanged, or ValueError with the message `removed` gives for a key it holds that is no longer taken.
+
+    For a `model_validator(mode="before")` of a file's model (a catalog's, a service's settings):
+    a key that was removed or replaced says what to write instead, rather than "not a setting".
+    """
+    if isinstance(data, dict):
+        for key, message in removed.items():
+            if key in data:
+                raise ValueError(message)
+    return data
+
+
 def _fmt_number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
@@ -200,12 +219,7 @@ class MetricSpec(_Frozen):
     @model_validator(mode="before")
     @classmethod
     def _replaced(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "epsilon_share" in data:
-            raise ValueError(
-                "`epsilon_share` was replaced by `weight`: the split of epsilon across metrics is derived "
-                "from the weights and sensitivities (docs/privacy.md, the epsilon split)"
-            )
-        return data
+        return refuse_removed_keys(data, METRIC_KEYS_REPLACED)
 
     @property
     def sensitivity(self) -> int:

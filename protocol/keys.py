@@ -1,12 +1,13 @@
-"""Ed25519 keys: public keys and their key ids, signing keys and their files on disk.
+"""Ed25519 keys: public keys and their key ids, signing keys; private key files on disk.
 
     LiberationError
     ├── KeyFormatError (also a ValueError)   key text or seed that is not an Ed25519 key, or a
     │                                        small-order / non-canonical public key
-    └── KeyFileError                         key file missing, unsafe (mode), or not PKCS#8 Ed25519
+    └── KeyFileError                         key file missing, unsafe (mode), or not PKCS#8 of its kind
 
 A node or hub keeps its private key as an unencrypted PKCS#8 PEM file of mode
-0600 (`SigningKey.save`), next to `<stem>.pub` holding the base64 public key.
+0600 (`SigningKey.save`), next to `<stem>.pub` holding the base64 public key; a
+share keeper keeps its X25519 sealing key the same way (`save_private_key`).
 Error messages name files and modes, never key material.
 """
 
@@ -19,6 +20,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, overload
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -26,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from protocol.errors import LiberationError
 from protocol.files import write_file_then
@@ -44,6 +47,11 @@ PRIVATE_KEY_MODE = 0o600
 PUBLIC_KEY_MODE = 0o644
 """Mode of the `<stem>.pub` file beside it."""
 MAX_KEY_FILE_SIZE = 16 * 1024  # a PKCS#8 Ed25519 PEM is 119 bytes
+
+PrivateKey = Ed25519PrivateKey | X25519PrivateKey
+"""The private keys kept in files: a signing key (Ed25519), a share keeper's sealing key (X25519)."""
+Algorithm = Literal["Ed25519", "X25519"]
+_KEY_TYPES: dict[str, type[PrivateKey]] = {"Ed25519": Ed25519PrivateKey, "X25519": X25519PrivateKey}
 
 _FIELD_PRIME = 2**255 - 19
 _SMALL_ORDER_Y = frozenset(
@@ -71,7 +79,7 @@ class KeyFormatError(LiberationError, ValueError):
 
 
 class KeyFileError(LiberationError):
-    """A key file that is missing, readable by others, already present, or not PKCS#8 Ed25519."""
+    """A key file that is missing, readable by others, already present, or not PKCS#8 of the kind expected."""
 
 
 def key_id_of(raw: bytes) -> str:
@@ -227,16 +235,9 @@ class SigningKey:
             raise KeyFileError(f"{path}: a private key file must not be named *.pub")
         if os.path.lexists(path):
             raise FileExistsError(path)
-        pem = self._key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            # link() publishes the complete temporary file under its name, or
-            # fails with FileExistsError: atomic, and never an overwrite.
-            write_file_then(path, pem, PRIVATE_KEY_MODE, os.link)
+            save_private_key(path, self._key)
             write_file_then(public_key_path(path), (self.public.b64 + "\n").encode(), PUBLIC_KEY_MODE, os.replace)
         except FileExistsError:
             raise
@@ -246,30 +247,7 @@ class SigningKey:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SigningKey:
         """Read a key written by `save`: refused unless mode has no group/other bits and it is PKCS#8 Ed25519."""
-        name = os.fspath(path)
-        try:
-            fd = os.open(name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except FileNotFoundError:
-            raise KeyFileError(f"no key file at {name}") from None
-        except OSError as exc:
-            raise KeyFileError(f"cannot open key file {name}: {exc.strerror or exc}") from None
-        try:
-            # fstat on the open file: the mode checked is the mode of the bytes read.
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise KeyFileError(f"key file {name} is not a regular file")
-            mode = stat.S_IMODE(info.st_mode)
-            if mode & 0o077:
-                raise KeyFileError(
-                    f"key file {name} has mode {mode:04o}, readable beyond its owner; "
-                    f"run `chmod 600 {name}`"
-                )
-            data = b""
-            while len(data) <= MAX_KEY_FILE_SIZE and (chunk := os.read(fd, MAX_KEY_FILE_SIZE + 1)):
-                data += chunk
-        finally:
-            os.close(fd)
-        return cls(_parse_private_pem(data, name))
+        return cls(load_private_key(path, "Ed25519"))
 
     @classmethod
     def load_or_create(cls, path: str | os.PathLike[str]) -> SigningKey:
@@ -289,9 +267,52 @@ def load_or_create(path: str | os.PathLike[str]) -> SigningKey:
     return SigningKey.load_or_create(path)
 
 
-def _parse_private_pem(data: bytes, name: str) -> Ed25519PrivateKey:
+def save_private_key(path: Path, key: PrivateKey) -> None:
+    """Write `key` as unencrypted PKCS#8 PEM of mode 0600; FileExistsError if `path` exists.
+
+    link() publishes the complete temporary file under its name, or fails with
+    FileExistsError: the file appears whole or not at all, and is never an overwrite.
+    """
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    write_file_then(path, pem, PRIVATE_KEY_MODE, os.link)
+
+
+@overload
+def load_private_key(path: str | os.PathLike[str], algorithm: Literal["Ed25519"]) -> Ed25519PrivateKey: ...
+@overload
+def load_private_key(path: str | os.PathLike[str], algorithm: Literal["X25519"]) -> X25519PrivateKey: ...
+def load_private_key(path: str | os.PathLike[str], algorithm: Algorithm) -> PrivateKey:
+    """Read a key file written by `save_private_key`: KeyFileError unless it is a regular file without
+    group/other mode bits holding a PKCS#8 PEM key of `algorithm`."""
+    name = os.fspath(path)
+    try:
+        fd = os.open(name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise KeyFileError(f"no key file at {name}") from None
+    except OSError as exc:
+        raise KeyFileError(f"cannot open key file {name}: {exc.strerror or exc}") from None
+    try:
+        # fstat on the open file: the mode checked is the mode of the bytes read.
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise KeyFileError(f"key file {name} is not a regular file")
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & 0o077:
+            raise KeyFileError(
+                f"key file {name} has mode {mode:04o}, readable beyond its owner; "
+                f"run `chmod 600 {name}`"
+            )
+        data = b""
+        while len(data) <= MAX_KEY_FILE_SIZE and (chunk := os.read(fd, MAX_KEY_FILE_SIZE + 1)):
+            data += chunk
+    finally:
+        os.close(fd)
+    return _parse_private_pem(data, name, algorithm)
+
+
+def _parse_private_pem(data: bytes, name: str, algorithm: Algorithm) -> PrivateKey:
     if len(data) > MAX_KEY_FILE_SIZE:
-        raise KeyFileError(f"key file {name} is too large to be an Ed25519 key")
+        raise KeyFileError(f"key file {name} is too large to be an {algorithm} key")
     text = data.lstrip()
     if text.startswith(_PEM_ENCRYPTED_HEADER):
         raise KeyFileError(f"key file {name} is encrypted; an unencrypted PKCS#8 PEM is required")
@@ -302,6 +323,6 @@ def _parse_private_pem(data: bytes, name: str) -> Ed25519PrivateKey:
     except (ValueError, TypeError, UnsupportedAlgorithm):
         # The library's message is dropped: it is not ours to vouch that it holds no key bytes.
         raise KeyFileError(f"key file {name} is not a valid PKCS#8 private key") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise KeyFileError(f"key file {name} holds a key that is not Ed25519")
+    if not isinstance(key, _KEY_TYPES[algorithm]):
+        raise KeyFileError(f"key file {name} holds a key that is not {algorithm}")
     return key

@@ -27,6 +27,11 @@ def window_start(ts: int, window_seconds: int) -> int:
     return ts - (ts - offset) % window_seconds
 
 
+def format_utc(ts: int) -> str:
+    """`1795392000` -> `2026-11-23T00:00:00Z`: how documents and logs name a window's start or a published moment."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def is_window_start(ts: int, window_seconds: int) -> bool:
     """Whether `ts` starts a window of `window_seconds` (a UTC day, or an ISO week's Monday)."""
     return window_start(ts, window_seconds) == ts

@@ -10,6 +10,7 @@ the CLI prints from it, is the same either way.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -280,6 +281,16 @@ class LocalChannel(Channel[Service]):
         except LiberationError as exc:
             raise Refused.of(exc) from None
         return op.result.model_validate_json(result.model_dump_json())
+
+
+@asynccontextmanager
+async def offline(open_: Callable[[], Service], close: Callable[[Service], None]) -> AsyncIterator[Service]:
+    """A stopped service opened by this process (`open_` takes the data dir's lock): how the CLI works on its files."""
+    service = await asyncio.to_thread(open_)
+    try:
+        yield service
+    finally:
+        close(service)
 
 
 def _owner(data_dir: Path) -> int | None:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, AnyHttpUrl, BaseModel, BeforeValidator, TypeAdapter, ValidationError
+from pydantic import AfterValidator, AnyHttpUrl, BaseModel, BeforeValidator, Field, TypeAdapter, ValidationError
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -105,6 +105,34 @@ PathTuple = Annotated[tuple[Path, ...], NoDecode, BeforeValidator(list_items)]
 
 HttpUrl = Annotated[str, BeforeValidator(_require_scheme), AfterValidator(_http_url)]
 """An http(s) URL with its scheme, kept as the string given (without a trailing slash)."""
+
+Port = Annotated[int, Field(ge=0, le=65535)]
+"""A TCP port (0: any free one)."""
+
+OptionalPort = Annotated[Port | None, Off]
+"""A port that "off" turns off."""
+
+MemoryLimit = Annotated[str, Field(pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|KiB|MiB|GiB)$")]
+"""DuckDB's memory limit, such as 640MB or 1.5GiB."""
+
+
+class ServerSettings(ServiceSettings):
+    """What the settings of every service hold: its data dir, listeners, connection cap, DuckDB memory, log level.
+
+    Each service gives its own `data_dir`, `port` and `metrics_port` defaults (and its own where others differ).
+    """
+
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: Port
+    # The operator's listener for /metrics (never the public port); None ("off") = no metrics served.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: OptionalPort
+    # Most client connections open at once on the public port; at the cap a newcomer closes the
+    # longest-open idle one (or is closed, if every one is busy). Fitted to the open-file limit.
+    max_connections: int = Field(default=4096, ge=1)
+    memory_limit: MemoryLimit = "640MB"  # DuckDB's; bigger queries spill to the store's .tmp directory
+    log_level: str = "INFO"
 
 
 def _known_env_names(model: type[BaseModel], prefix: str) -> dict[str, bool]:

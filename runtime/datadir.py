@@ -10,7 +10,9 @@ from __future__ import annotations
 import fcntl
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from protocol.errors import LiberationError
 from protocol.files import PRIVATE_FILE_MODE, make_private_dir
@@ -19,6 +21,8 @@ LOCK_NAME = "lock"
 POLL_SECONDS = 0.1
 SERVICE_WAIT_SECONDS = 5.0
 """How long a starting service waits for a command on its files to finish (an offline `node budget`)."""
+
+T = TypeVar("T")
 
 
 class DataDirInUse(LiberationError):
@@ -61,3 +65,15 @@ class DataDirLock:
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor drops the lock
             self._fd = None
+
+
+def open_locked(data_dir: Path, service: str, opener: Callable[[DataDirLock], T], *, wait_seconds: float = 0.0) -> T:
+    """`opener(lock)` under the data dir's lock, taken first: nothing in the dir is opened or cleaned up while
+    another process holds it. What is opened keeps the lock (and releases it when closed); if opening fails,
+    the lock is released here."""
+    lock = DataDirLock.acquire(data_dir, service, wait_seconds=wait_seconds)
+    try:
+        return opener(lock)
+    except BaseException:
+        lock.release()
+        raise

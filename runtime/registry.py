@@ -57,6 +57,19 @@ class NodeRecord:
         }
 
 
+NODES_TABLE = """
+    CREATE TABLE nodes (
+        key_id VARCHAR PRIMARY KEY,
+        name VARCHAR NOT NULL UNIQUE,
+        public_key BLOB NOT NULL,
+        enrolled BIGINT NOT NULL,
+        revoked BIGINT,
+        kind VARCHAR NOT NULL DEFAULT 'node'
+    )
+"""
+"""The registry's table, created by the first migration of each store that holds one."""
+
+
 class Registry:
     """Enrolled keys, cached in memory for intake (the store is the truth)."""
 

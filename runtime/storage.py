@@ -1,6 +1,7 @@
-"""What node and hub stores share: numbered migrations, one writer at a time, reader cursors.
+"""What the stores of node, hub and share keeper share: numbered migrations, one writer at a time, reader cursors.
 
-Typed against a small `Connection` protocol rather than duckdb itself (node and hub hand in DuckDB).
+`Database` is typed against a small `Connection` protocol (the node hands in its own DuckDB
+connection, attached to its store file); `FileDatabase` opens a DuckDB file of its own.
 """
 
 from __future__ import annotations
@@ -8,9 +9,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Protocol
 
+import duckdb
+
 from protocol.errors import LiberationError
+from protocol.files import make_private_dir, make_private_files
 
 
 class Connection(Protocol):
@@ -123,3 +128,18 @@ class Database:
     def close(self) -> None:
         with self._lock:
             self._con.close()
+
+
+class FileDatabase(Database):
+    """A Database on a DuckDB file of its own; the file, its WAL and its spill directory are the service user's only."""
+
+    def __init__(self, path: Path, migrations: Sequence[Migration], *, memory_limit: str) -> None:
+        self.path = path
+        make_private_dir(path.parent)
+        # DuckDB's default spill directory, made here 0700 (DuckDB would use the umask's mode).
+        spill = path.with_name(path.name + ".tmp")
+        make_private_dir(spill)
+        super().__init__(duckdb.connect(str(path), config={"temp_directory": str(spill)}), migrations, memory_limit=memory_limit)
+        # DuckDB made the file and its WAL with the umask's mode (a WAL made again after a
+        # checkpoint too: the services run under umask 077).
+        make_private_files(path, path.with_name(path.name + ".wal"))

@@ -1,14 +1,17 @@
-"""Admin API tokens of hub and share keeper: strong enough to trust (checked at start), compared in constant time."""
+"""The admin HTTP API of hub and share keeper: tokens strong enough to trust (checked at start), compared in
+constant time; the enrollment body both take."""
 
 from __future__ import annotations
 
 import hmac
-from typing import Annotated, Any
+import json
+from typing import Annotated, Any, Protocol, TypeVar
 
 from aiohttp import web
-from pydantic import BeforeValidator, SecretStr
+from pydantic import AfterValidator, BeforeValidator, SecretStr
 
-from protocol.errors import NotFound, ProblemType, Unauthorized
+from protocol import jsontext
+from protocol.errors import BadRequest, NotFound, ProblemType, Unauthorized
 from runtime.config import OFF_WORDS
 
 MIN_ADMIN_TOKEN_CHARS = 43
@@ -33,8 +36,6 @@ def token_or_off(value: Any) -> Any:
     return value
 
 
-AdminToken = Annotated[SecretStr | None, BeforeValidator(token_or_off)]
-"""An admin token setting: a secret, or None (unset, or "off") for the admin API off."""
 
 
 def strong_admin_token(token: SecretStr | None) -> SecretStr | None:
@@ -54,6 +55,30 @@ def strong_admin_token(token: SecretStr | None) -> SecretStr | None:
     return token
 
 
+class _AdminSettings(Protocol):
+    @property
+    def admin_token(self) -> SecretStr | None: ...
+
+
+class _Service(Protocol):
+    @property
+    def settings(self) -> _AdminSettings: ...
+
+
+S = TypeVar("S", bound=_Service)
+
+
+def admin_service(request: web.Request, key: web.AppKey[S]) -> S:
+    """The running service behind an admin API request (`app[key]`), once `require_bearer` let the request in."""
+    service = request.app[key]
+    require_bearer(request, service.settings.admin_token)
+    return service
+
+
+AdminToken = Annotated[SecretStr | None, BeforeValidator(token_or_off), AfterValidator(strong_admin_token)]
+"""An admin token setting: a secret strong enough to trust, or None (unset, or "off") for the admin API off."""
+
+
 def require_bearer(request: web.Request, token: SecretStr | None) -> None:
     """404 if the admin API is off (no token), 401 unless the request carries `Bearer <token>`."""
     if token is None:
@@ -64,3 +89,14 @@ def require_bearer(request: web.Request, token: SecretStr | None) -> None:
     # token is ASCII (settings), so a non-ASCII header is simply not it.
     if not given.isascii() or not hmac.compare_digest(given.encode("ascii"), expected.encode("ascii")):
         raise Unauthorized("a valid bearer token is required", slug=ProblemType.UNAUTHORIZED)
+
+
+async def enrollment_body(request: web.Request) -> dict[str, Any]:
+    """The JSON body of an enrollment (`POST /v1/admin/nodes`), with its `name` and `public_key` strings; else 400."""
+    try:
+        data = jsontext.loads(await request.text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequest("body must be JSON: {\"name\": ..., \"public_key\": ...}", slug=ProblemType.MALFORMED_BODY) from None
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not isinstance(data.get("public_key"), str):
+        raise BadRequest("`name` and `public_key` (base64 or PEM) are required", slug=ProblemType.INVALID_ENROLLMENT)
+    return dict(data)

@@ -18,14 +18,17 @@ from typing import Any
 
 from aiohttp import web
 
-from node.app import NODE, Node, create_app
+from node.app import create_app
 from node.ingest import Clock, utc_now
+from node.service import NODE, Node
 from node.settings import NodeSettings
 from runtime.metrics_listener import METRICS_LISTENER
 
 URL_PATTERN = re.compile(r'"url": "(http://127\.0\.0\.1:\d+)"')
 METRICS_URL_PATTERN = re.compile(r'"metrics_url": "(http://127\.0\.0\.1:\d+)"')
-METRICS_ANY_PORT = {"LIBERATION_NODE_METRICS_PORT": "0", "LIBERATION_HUB_METRICS_PORT": "0"}
+METRICS_ANY_PORT = {
+    "LIBERATION_NODE_METRICS_PORT": "0", "LIBERATION_HUB_METRICS_PORT": "0", "LIBERATION_KEEPER_METRICS_PORT": "0",
+}
 """Tests never take a service's default metrics port: parallel runs would collide."""
 
 
@@ -162,7 +165,7 @@ class RunningHub:
 
     @property
     def hub(self) -> Any:
-        from federation.app import HUB
+        from federation.service import HUB
 
         return self.app[HUB]
 

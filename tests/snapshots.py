@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from node.export import build_snapshot
+from node.noising import build_snapshot
 from protocol.catalog import Catalog, load_catalog
 from protocol.envelope import sign_snapshot
 from protocol.keys import SigningKey

@@ -175,6 +175,35 @@ def test_hub_commands_while_it_runs_and_while_it_does_not(tmp_path: Path) -> Non
     assert offline == live
 
 
+def test_keeper_commands_while_it_runs_and_while_it_does_not(tmp_path: Path) -> None:
+    """A share keeper's enrollments, through its socket while it serves, on its files when stopped: the same lines."""
+    node_key = liberation("node", "key", "--data-dir", str(tmp_path / "node")).stdout
+    public = node_key.split("public key:")[1].split()[0]
+
+    def commands(data: Path) -> list[str]:
+        return [
+            liberation("keeper", "enroll", "--name", "berlin", "--key", public, "--data-dir", str(data)).stdout,
+            liberation("keeper", "enroll", "--name", "lagos", "--key", public, "--data-dir", str(data),
+                       check=False).stderr,
+            liberation("keeper", "revoke", "berlin", "--data-dir", str(data)).stdout,
+            liberation("keeper", "nodes", "--data-dir", str(data)).stdout,
+        ]
+
+    data = tmp_path / "keeper"
+    keeper = serve("keeper", data, tmp_path / "keeper.log")  # no admin token: the socket is the way
+    try:
+        wait_until(lambda: (data / SOCKET_NAME).exists())
+        live = commands(data)
+    finally:
+        assert keeper.stop() == 0
+    assert "admin socket listening" in (tmp_path / "keeper.log").read_text()
+    assert live[0].startswith("enrolled berlin: key id ")
+    assert live[1] == "liberation: this key is already enrolled\n"
+    assert live[2].startswith("revoked berlin: key id ")
+    assert live[3].endswith("revoked  node  berlin\n")
+    assert commands(tmp_path / "other") == live
+
+
 def test_a_held_data_dir_without_a_socket_is_one_clear_line(tmp_path: Path) -> None:
     """The service runs but its socket is gone: the command says so, and never touches the files."""
     data = tmp_path / "hub"

@@ -14,8 +14,8 @@ import pytest
 import pytest_asyncio
 
 from federation.settings import HubSettings
-from node.app import close_node, open_node
 from node.importer import import_lines
+from node.service import close_node, open_node
 from protocol.keys import SigningKey
 from tests.browser import launch_chromium
 from tests.servers import admin_token, node_settings, run_hub, run_node

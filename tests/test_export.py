@@ -14,8 +14,8 @@ from node.export import (
     ExportError,
     Publisher,
     WindowNotClosed,
-    build_snapshot,
 )
+from node.noising import build_snapshot
 from node.published import PublishedLog
 from node.salts import SaltKeeper
 from node.schema import session_log_table, session_table, session_tables

@@ -10,6 +10,7 @@ negative and fractional edges), since both paths share one rule set.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import string
 import tomllib
@@ -29,7 +30,7 @@ from node.privacy import FilteredEvent, PrivacyFilter
 from node.rows import RowLayout
 from protocol.catalog import Catalog, load_catalog, parse_catalog
 from protocol.countries import ISO_CODES
-from protocol.events import EVENTS_ADAPTER
+from protocol.events import EVENTS_ADAPTER, MAX_BATCH, Event
 
 NOW = datetime(2026, 11, 24, 13, 37, 21, 123456, tzinfo=UTC)
 SALT = bytes(range(32))
@@ -182,7 +183,7 @@ GEO = mostly(st.sampled_from(ISO_CODES[:8]) | st.sampled_from(["de", "Fr", "ZZ",
 
 
 @st.composite
-def events(draw: st.DrawFn, catalog: Catalog) -> Any:
+def events(draw: st.DrawFn, catalog: Catalog, stamps: st.SearchStrategy[Any] = STAMPS) -> Any:
     app_name = draw(st.sampled_from(sorted(catalog.apps)))
     app = catalog.apps[app_name]
     attributes: dict[Any, Any] = {}
@@ -197,7 +198,7 @@ def events(draw: st.DrawFn, catalog: Catalog) -> Any:
         "app": draw(mostly(st.just(app_name), st.sampled_from(["nope", app_name.upper()]) | ODD)),
         "action": draw(mostly(st.sampled_from(app.actions), st.just("nope") | ODD)),
         "attributes": attributes,
-        "timestamp": draw(STAMPS),
+        "timestamp": draw(stamps),
         "session_id": draw(SESSIONS),
     }
     if draw(st.booleans()):
@@ -307,3 +308,97 @@ def test_forms_only_the_exact_path_parses_are_left_to_it() -> None:
     batch = [dict(VALID, timestamp="2026-11-24 13:35:00Z")]
     assert fast(batch) is None
     assert exact(batch) is not None
+
+
+# ---- imported history (`run_history`): each event's own time decides ------------------------
+
+def history_salt(window: datetime) -> bytes | None:
+    """A salt of its own per window (a new bytes object per call); none for windows older than three weeks (closed)."""
+    if window < NOW - timedelta(days=21):
+        return None
+    return hashlib.sha256(window.isoformat().encode()).digest()
+
+
+def exact_history(items: list[Any], paths: Paths = DEFAULT) -> tuple[pa.Table, int] | None:
+    """What the exact import path stores of a batch (`apply(live=False)`), or None when it refuses any event."""
+    kept: list[FilteredEvent] = []
+    dropped = 0
+    for item in items:
+        try:
+            event = Event.model_validate(item)
+        except ValidationError:
+            return None
+        result = paths.privacy.apply(event, now=NOW, salt_for=history_salt, live=False)
+        if result.event is None:
+            return None
+        kept.append(result.event)
+        dropped += result.dropped_attributes
+    return paths.layout.table([paths.layout.block(kept)]), dropped
+
+
+def fast_history(items: list[Any], paths: Paths = DEFAULT) -> tuple[pa.Table, int] | None:
+    result = paths.fast.run_history(items, now=NOW, salt_for=history_salt)
+    if result is None:
+        return None
+    block, dropped = result
+    return paths.layout.table([block]), dropped
+
+
+def agree_history(items: list[Any], paths: Paths = DEFAULT) -> bool:
+    """As `agree`, for imported events; True if the fast pass took the batch."""
+    got = fast_history(items, paths)
+    if got is None:
+        return False
+    want = exact_history(items, paths)
+    assert want is not None, f"fast pass took imported events the exact path refuses: {items!r}"
+    assert got[0].to_pylist() == want[0].to_pylist()
+    assert got[1] == want[1]
+    return True
+
+
+# Four weeks back (windows closed past three) to past the skew ahead, in every form of `_stamp`.
+HISTORY_STAMPS = mostly(
+    st.builds(_stamp, st.floats(-28 * 86_400, 599), st.integers(0, 3)),
+    st.builds(_stamp, st.floats(-29 * 86_400, 3_600) | st.sampled_from([600.0, 600.001]), st.integers(0, 8)),
+)
+
+
+@pytest.mark.parametrize("paths", [DEFAULT, GENERATED], ids=["default-catalog", "generated-catalog"])
+@CHECKS
+@given(data=st.data())
+def test_generated_history_agrees_with_the_exact_path(paths: Paths, data: st.DataObject) -> None:
+    items = data.draw(st.lists(events(paths.catalog, HISTORY_STAMPS), min_size=1, max_size=4))
+    agree_history(items, paths)
+
+
+@pytest.mark.parametrize("window", ["day", "week"])
+def test_plain_history_takes_the_fast_path(window: str) -> None:
+    """Events over twelve days, in three zones, each in its own window, hour and minute."""
+    paths = Paths.of(parse_catalog({**CATALOG.model_dump(mode="json"), "window": window}))
+    zones = [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8))]
+    batch = [
+        dict(VALID, session_id=f"tab-{i % 40:08d}", geo_hint=["DE", "br", None][i % 3],
+             timestamp=(NOW - timedelta(minutes=17 * i, microseconds=i)).astimezone(zones[i % 3]).isoformat())
+        for i in range(MAX_BATCH)
+    ]
+    assert agree_history(batch, paths)
+    rows = fast_history(batch, paths)[0]  # type: ignore[index]
+    assert len(set(rows.column("window_start").to_pylist())) == (13 if window == "day" else 3)
+    assert len(set(rows.column("minute").to_pylist())) > 900
+    assert set(rows.column("country").to_pylist()) == {"DE", "BR", "ZZ"}  # imported: no address, no hint is ZZ
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"timestamp": (NOW + timedelta(minutes=11)).isoformat()},  # in the future beyond the skew
+        {"timestamp": (NOW - timedelta(days=22)).isoformat()},  # its window takes no rows
+        {"timestamp": "2026-11-20 13:35:00Z"},  # a form only the exact path parses
+        {"timestamp": "2026-11-20T13:35:00"},  # no zone
+        {"session_id": "short"},
+    ],
+)
+def test_history_faults_leave_the_batch_to_the_exact_path(change: dict[str, Any]) -> None:
+    batch = [VALID, dict(VALID, **change)]
+    assert fast_history(batch) is None
+    assert exact_history(batch) is None or change["timestamp"].startswith("2026-11-20 ")

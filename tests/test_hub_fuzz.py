@@ -304,7 +304,7 @@ def campaign(client: Client, key: SigningKey, valid: bytes, *, examples: int, se
 
 @pytest.fixture(scope="module")
 def fuzz_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ThreadedHub, Client, SigningKey, bytes]]:
-    settings_ = HubSettings(data_dir=tmp_path_factory.mktemp("fuzz") / "hub", port=0, admin_token=TOKEN)
+    settings_ = HubSettings(data_dir=tmp_path_factory.mktemp("fuzz") / "hub", port=0, metrics_port=0, admin_token=TOKEN)
     with hub_in_thread(settings_, now=lambda: NOW) as hub:
         client = Client(hub.url)
         key = SigningKey.from_seed(bytes(range(32)))

@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import federation.intake as intake_module
-from federation.app import Hub, close_hub, open_hub
 from federation.archive import SCHEMA
-from federation.intake import IntakeResult
+from federation.intake_commit import IntakeResult
+from federation.service import Hub, close_hub, open_hub
 from federation.settings import HubSettings
 from federation.translog import verify_chain
 from protocol.catalog import Catalog, load_catalog

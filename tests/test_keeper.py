@@ -233,7 +233,7 @@ async def test_a_hub_enrolls_a_keeper_from_its_statement(keeper: RunningKeeper, 
     import contextlib
     import io
 
-    from federation.app import close_hub, open_hub
+    from federation.service import close_hub, open_hub
     from federation.settings import HubSettings
     from liberation.cli import build_parser
     from runtime.admin import Refused

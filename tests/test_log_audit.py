@@ -29,8 +29,8 @@ from aiohttp import web
 
 from federation.settings import HubSettings
 from federation.translog import GENESIS, content_of, entry_hash
-from node.app import close_node, open_node
 from node.importer import import_lines
+from node.service import close_node, open_node
 from protocol.keys import SigningKey
 from tests.factories import NOW, WINDOW, ev
 from tests.servers import RunningHub, RunningNode, node_settings, run_hub, run_node

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.export import build_snapshot
+from node.noising import build_snapshot
 from protocol.catalog import load_catalog
 from protocol.noise import laplace_parameter, laplace_variance
 from protocol.snapshot import FORMAT, MetricCells, Snapshot

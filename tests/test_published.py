@@ -25,11 +25,11 @@ import duckdb
 import pytest
 
 from federation.settings import HubSettings
-from node.app import close_node, open_node
 from node.export import AdoptionRefused, PublishedCopyMissing
 from node.importer import import_lines
 from node.published import Publication, PublishedLog, PublishedLogDamaged
 from node.schema import session_tables
+from node.service import close_node, open_node
 from protocol.envelope import sign_snapshot, verify_envelope
 from protocol.keys import PublicKey, SigningKey
 from tests.factories import W_DAY, ev, store_with
@@ -216,7 +216,7 @@ def test_a_crash_between_the_record_and_the_commit_never_noises_the_window_again
     child = f"""
 import os, signal
 from pathlib import Path
-from node.app import open_node
+from node.service import open_node
 from node.published import PublishedLog
 from tests.servers import node_settings
 

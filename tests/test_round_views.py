@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from federation.rounds import PublishedRounds
+from federation.round_records import PublishedRounds
 from federation.store import HubStore
 from protocol.catalog import load_catalog
 from protocol.noise import laplace_variance

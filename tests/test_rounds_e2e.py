@@ -76,8 +76,8 @@ def prepare_node(data: Path, node: int, day: datetime) -> tuple[str, np.ndarray]
     """Import a day of history through the node's own import path; the node's public key and its bounded
     true vector of the day (computed by the export's own code, before the export drops the session state)."""
     from node.aggregate import true_tables
-    from node.app import close_node, open_node
     from node.importer import import_lines
+    from node.service import close_node, open_node
     from node.settings import NodeSettings
     from protocol.rounds import federation_vector
 

@@ -142,7 +142,9 @@ def test_off_turns_an_optional_setting_off() -> None:
 
 def test_numeric_looking_strings_stay_strings() -> None:
     """The old loader parsed every value as JSON first: an all-digit token became a number and failed."""
-    token = "".join(secrets.choice("0123456789") for _ in range(64))
+    digits = list("0123456789" * 6 + "0123")  # every digit present: a strong token, whatever the shuffle
+    secrets.SystemRandom().shuffle(digits)
+    token = "".join(digits)
     settings = load_hub_settings(None, environ={"LIBERATION_HUB_ADMIN_TOKEN": token})
     assert settings.admin_token is not None and settings.admin_token.get_secret_value() == token
     node = load_node_settings(None, environ={"LIBERATION_NODE_PLAUSIBLE__DOMAINS": '{"123.example": "456"}'})

@@ -16,7 +16,7 @@ from typing import cast
 
 import pytest
 
-from federation.app import Hub, close_hub, open_hub
+from federation.service import Hub, close_hub, open_hub
 from federation.settings import HubSettings
 from protocol.catalog import Catalog, load_catalog
 from protocol.keys import SigningKey

@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow as pa  # type: ignore[import-untyped]
 import pytest
 
-from federation.app import close_hub, open_hub
+from federation.service import close_hub, open_hub
 from federation.settings import HubSettings
 from federation.store import HubStore
 from protocol.catalog import STAGES, Catalog, load_catalog

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from node.app import close_node, open_node
 from node.schema import session_tables
+from node.service import close_node, open_node
 from node.windows import WindowClosed, WindowLengthChanged
 from protocol.catalog import Catalog, load_catalog
 from protocol.envelope import verify_envelope

@@ -280,7 +280,7 @@ class StoreRanges:
 
 
 class RoundSource(Protocol):
-    """Published federation rounds (federation/rounds.py `Rounds`)."""
+    """Published federation rounds (federation/round_records.py `PublishedRounds`)."""
 
     def published(self, catalog: Catalog, start: int, end: int) -> Mapping[int, Any]: ...
 
